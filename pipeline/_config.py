@@ -1,0 +1,122 @@
+"""Defaults and the pipeline's keyword-only configuration.
+
+Every default is a named ``DEFAULT_*`` constant here, in one place. The batch
+limits default to the documented values (10,000 requests / 32 MB per batch): a
+batch within them is valid on the service today, which accepts up to 100,000
+requests / 256 MB (``SERVICE_MAX_BATCH_REQUESTS`` / ``SERVICE_MAX_BATCH_BYTES``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = (
+    "DEFAULT_API_KEY_ENV",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_DRY_RUN",
+    "DEFAULT_DRY_RUN_POLICY",
+    "DEFAULT_DRY_RUN_RATE",
+    "DEFAULT_DRY_RUN_SAMPLES",
+    "DEFAULT_LINGER_SECONDS",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_BATCH_BYTES",
+    "DEFAULT_MAX_BATCH_REQUESTS",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_MAX_POLL_INTERVAL",
+    "DEFAULT_POLL_INTERVAL",
+    "SERVICE_MAX_BATCH_BYTES",
+    "SERVICE_MAX_BATCH_REQUESTS",
+    "CanceledPolicy",
+    "DryRunMode",
+    "DryRunPolicy",
+    "PipelineConfig",
+)
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_API_KEY_ENV = "ANTHROPIC_API_KEY"
+
+#: The documented per-batch limits (Oct 2024). 32 MB is taken as 32,000,000 bytes,
+#: which is inside the limit whether the service counts in MB or MiB.
+DEFAULT_MAX_BATCH_REQUESTS = 10_000
+DEFAULT_MAX_BATCH_BYTES = 32_000_000
+#: What the service accepts today.
+SERVICE_MAX_BATCH_REQUESTS = 100_000
+SERVICE_MAX_BATCH_BYTES = 256_000_000
+
+#: Requests at the service at once (submitted, results not yet collected).
+DEFAULT_MAX_IN_FLIGHT = 100_000
+#: How long a partial batch waits for more requests before it is sent anyway.
+DEFAULT_LINGER_SECONDS = 2.0
+#: Attempts per request, the first included, for retryable errors and expiries.
+DEFAULT_MAX_ATTEMPTS = 3
+#: Floor and ceiling of the poller's adaptive interval, in seconds.
+DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_MAX_POLL_INTERVAL = 60.0
+#: Items buffered on each edge between stages (each item is a list of lines).
+DEFAULT_BUFFER_SIZE = 4
+
+DryRunMode = Literal["off", "count-tokens", "messages"]
+DryRunPolicy = Literal["reject-shape", "continue", "abort"]
+CanceledPolicy = Literal["retry", "final"]
+
+DEFAULT_DRY_RUN: DryRunMode = "count-tokens"
+DEFAULT_DRY_RUN_POLICY: DryRunPolicy = "reject-shape"
+DEFAULT_DRY_RUN_SAMPLES = 1
+#: Dry-run calls per second at most.
+DEFAULT_DRY_RUN_RATE = 5.0
+
+
+class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Tuning of one pipeline; every field has a documented default."""
+
+    max_batch_requests: int = DEFAULT_MAX_BATCH_REQUESTS
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    linger_seconds: float = DEFAULT_LINGER_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL
+    canceled: CanceledPolicy = "final"
+    buffer_size: int = DEFAULT_BUFFER_SIZE
+    dry_run: DryRunMode = DEFAULT_DRY_RUN
+    dry_run_samples: int = DEFAULT_DRY_RUN_SAMPLES
+    dry_run_policy: DryRunPolicy = DEFAULT_DRY_RUN_POLICY
+    dry_run_rate: float = DEFAULT_DRY_RUN_RATE
+    budget_usd: float | None = None
+    delete_ended: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch_requests <= SERVICE_MAX_BATCH_REQUESTS:
+            raise ValueError(
+                f"max_batch_requests must be 1..{SERVICE_MAX_BATCH_REQUESTS}, "
+                f"got {self.max_batch_requests}"
+            )
+        if not 1024 <= self.max_batch_bytes <= SERVICE_MAX_BATCH_BYTES:
+            raise ValueError(
+                f"max_batch_bytes must be 1024..{SERVICE_MAX_BATCH_BYTES}, got {self.max_batch_bytes}"
+            )
+        if self.max_in_flight < self.max_batch_requests:
+            raise ValueError(
+                f"max_in_flight ({self.max_in_flight}) must be at least max_batch_requests "
+                f"({self.max_batch_requests}), or no batch could ever be sent"
+            )
+        if self.linger_seconds < 0:
+            raise ValueError(f"linger_seconds must be >= 0, got {self.linger_seconds}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if not 0 < self.poll_interval <= self.max_poll_interval:
+            raise ValueError(
+                f"poll_interval must be > 0 and <= max_poll_interval ({self.max_poll_interval}), "
+                f"got {self.poll_interval}"
+            )
+        if self.buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+        if self.dry_run_samples < 1:
+            raise ValueError(f"dry_run_samples must be >= 1, got {self.dry_run_samples}")
+        if self.dry_run_rate <= 0:
+            raise ValueError(f"dry_run_rate must be > 0, got {self.dry_run_rate}")
+        if self.budget_usd is not None and self.budget_usd < 0:
+            raise ValueError(f"budget_usd must be >= 0, got {self.budget_usd}")

@@ -1,0 +1,223 @@
+"""The exceptions of ``pipeline``, one rooted tree.
+
+::
+
+    PipelineError
+    ├── APIError                    an HTTP call to the service failed for good
+    │   ├── APIStatusError          the service answered with an error envelope
+    │   │   ├── BadRequestError         400 invalid_request_error
+    │   │   ├── AuthenticationError     401 authentication_error
+    │   │   ├── PermissionDeniedError   403 permission_error
+    │   │   ├── NotFoundError           404 not_found_error
+    │   │   ├── RequestTooLargeError    413 request_too_large
+    │   │   ├── RateLimitError          429 rate_limit_error
+    │   │   ├── InternalServerError     500 api_error and other 5xx
+    │   │   └── OverloadedError         529 overloaded_error
+    │   ├── APIConnectionError      no answer: refused, reset, timed out
+    │   └── CreateOutcomeUnknownError   a batch create was sent, no answer came
+    ├── ResultStreamError           a results download broke and could not resume
+    ├── InputError                  the job's input cannot be read at all
+    ├── LedgerError                 the state file is corrupt, foreign or locked
+    ├── StageError                  a stage failed; wraps the cause, names the stage
+    ├── BudgetExceededError         the spend guard stopped submission
+    └── DryRunAbortedError          a dry run failed under the ``abort`` policy
+
+Every message is built in ``__init__`` from the context attributes, and no
+message ever includes an API key: the client redacts it at the boundary.
+Misuse of the Python API raises ``UsageError`` (a ``RuntimeError``), outside the tree.
+
+``Pipeline.run()`` surfaces one exception: the first stage failure, as a
+``StageError`` whose ``__cause__`` is the original error (task-group
+``ExceptionGroup``s are collapsed).
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetExceededError",
+    "CreateOutcomeUnknownError",
+    "DryRunAbortedError",
+    "InputError",
+    "InternalServerError",
+    "LedgerError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "PipelineError",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "ResultStreamError",
+    "StageError",
+    "UsageError",
+    "status_error_class",
+)
+
+
+class UsageError(RuntimeError):
+    """The Python API was used the wrong way (e.g. a pipeline run twice)."""
+
+
+class PipelineError(Exception):
+    """Root of every error ``pipeline`` raises on purpose."""
+
+
+class APIError(PipelineError):
+    """An HTTP call to the service failed for good (after any retries)."""
+
+    def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
+        self.method = method
+        self.url = url
+        super().__init__(message)
+
+
+class APIStatusError(APIError):
+    """The service answered with an error status and envelope."""
+
+    def __init__(
+        self,
+        *,
+        status_code: int,
+        error_type: str,
+        message: str,
+        request_id: str | None = None,
+        method: str = "",
+        url: str = "",
+    ) -> None:
+        self.status_code = status_code
+        self.error_type = error_type
+        self.api_message = message
+        self.request_id = request_id
+        where = f" ({method} {url})" if method else ""
+        rid = f" [request-id {request_id}]" if request_id else ""
+        super().__init__(
+            f"{status_code} {error_type}: {message}{where}{rid}", method=method, url=url
+        )
+
+
+class BadRequestError(APIStatusError):
+    """400 invalid_request_error."""
+
+
+class AuthenticationError(APIStatusError):
+    """401 authentication_error."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403 permission_error."""
+
+
+class NotFoundError(APIStatusError):
+    """404 not_found_error."""
+
+
+class RequestTooLargeError(APIStatusError):
+    """413 request_too_large: the body is over the service's byte limit."""
+
+
+class RateLimitError(APIStatusError):
+    """429 rate_limit_error."""
+
+
+class InternalServerError(APIStatusError):
+    """500 api_error, and any other 5xx."""
+
+
+class OverloadedError(InternalServerError):
+    """529 overloaded_error."""
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    413: RequestTooLargeError,
+    429: RateLimitError,
+    529: OverloadedError,
+}
+
+
+def status_error_class(status_code: int) -> type[APIStatusError]:
+    """The error class for an HTTP status, as the SDK maps them."""
+    if status_code in _BY_STATUS:
+        return _BY_STATUS[status_code]
+    return InternalServerError if status_code >= 500 else APIStatusError
+
+
+class APIConnectionError(APIError):
+    """No answer from the service: connection refused, reset or timed out."""
+
+
+class CreateOutcomeUnknownError(APIError):
+    """A batch create was sent but no answer came: it may or may not exist.
+
+    Never re-send blindly; reconcile by listing the workspace's batches.
+    """
+
+    def __init__(self, *, request_count: int, body_bytes: int, sent_at: float, cause: str) -> None:
+        self.request_count = request_count
+        self.body_bytes = body_bytes
+        self.sent_at = sent_at
+        super().__init__(
+            f"batch create of {request_count} requests ({body_bytes} bytes) has an unknown "
+            f"outcome: {cause}; reconcile before re-sending",
+            method="POST",
+            url="/v1/messages/batches",
+        )
+
+
+class ResultStreamError(PipelineError):
+    """A results download broke and could not be resumed."""
+
+    def __init__(self, batch_id: str, reason: str) -> None:
+        self.batch_id = batch_id
+        super().__init__(f"results of {batch_id}: {reason}")
+
+
+class InputError(PipelineError):
+    """The job's input cannot be read at all (not a bad line: those are rejects)."""
+
+
+class LedgerError(PipelineError):
+    """The state file is corrupt, belongs to another job, or is in use."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(f"state file {path}: {reason}")
+
+
+class StageError(PipelineError):
+    """A stage failed; the original error is ``__cause__``."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        self.stage = stage
+        super().__init__(f"stage {stage!r} failed: {type(cause).__name__}: {cause}")
+
+
+class BudgetExceededError(PipelineError):
+    """The spend guard stopped submission: the next batch would exceed the budget."""
+
+    def __init__(self, budget_usd: float, estimated_usd: float) -> None:
+        self.budget_usd = budget_usd
+        self.estimated_usd = estimated_usd
+        super().__init__(
+            f"budget of ${budget_usd:.4f} reached: submitting more would bring the "
+            f"estimated cost to ${estimated_usd:.4f}"
+        )
+
+
+class DryRunAbortedError(PipelineError):
+    """A dry-run sample failed under the ``abort`` policy."""
+
+    def __init__(self, line: int, custom_id: str, message: str) -> None:
+        self.line = line
+        self.custom_id = custom_id
+        super().__init__(
+            f"dry run failed for line {line} (custom_id {custom_id!r}): {message}; "
+            "job aborted before any batch of that shape was submitted"
+        )

@@ -1,0 +1,198 @@
+"""The ledger's interface: the durable state of one job.
+
+Every method is one transaction. The pipeline is written against ``Ledger``; the
+embedded default is SQLite (``SQLiteLedger``); a PostgreSQL backend for several
+workers sharing one job implements the same methods.
+
+The protocol of a batch, and what a crash between any two steps leaves behind:
+
+1. ``claim``: the requests of a batch-to-be are recorded (state ``claimed``)
+   with the rejects that precede them and the source checkpoint after them;
+   duplicates of custom_ids already in the job come back as rejects. The batch
+   is recorded as an *intent* (no batch id yet). Crash after: on restart the
+   intent is reconciled (``pending_intents``), never blindly re-sent.
+2. ``record_sending``: body size and send time, just before the POST.
+3. ``record_created``: the service's batch id. Crash after: polled again.
+   Or ``resplit`` (413: the requests move to smaller intents) or
+   ``reject_batch`` (the create was refused for good: its requests become
+   rejects) or ``release`` (the create certainly did not happen: the requests
+   go to the spool, to be claimed again).
+4. ``record_ended``: processing ended at the service.
+5. ``commit_results`` (repeatedly, per sink flush): the sink's durable
+   position, results written, retryable requests spooled; ``done=True`` on the
+   last one marks the batch collected.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..stages._items import Entry, Reject
+
+__all__ = (
+    "BatchRecord",
+    "ClaimResult",
+    "JobSpec",
+    "JobStatus",
+    "Ledger",
+    "ResumeState",
+    "SinkPosition",
+    "SpoolItem",
+)
+
+BatchState = Literal["intent", "sending", "created", "ended", "collected", "rejected"]
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What identifies a job; a state file refuses to serve another job."""
+
+    input_path: str | None
+    #: hash of the input's first MiB and its size at start (None for iterables)
+    input_fingerprint: str | None
+    output_path: str | None
+    rejects_path: str | None
+
+
+class SinkPosition(msgspec.Struct, frozen=True):
+    """What a sink has durably written: bytes and lines."""
+
+    offset: int = 0
+    count: int = 0
+
+
+class BatchRecord(msgspec.Struct, kw_only=True):
+    local_id: int
+    batch_id: str | None
+    state: BatchState
+    request_count: int
+    body_bytes: int = 0
+    sent_at: float | None = None
+    #: the output offset at which this batch's first result line was written
+    output_start: int | None = None
+    results_written: int = 0
+
+
+class SpoolItem(msgspec.Struct, array_like=True):
+    """A request waiting to be re-sent: read back from the source by ``offset`` and
+    ``length`` when it came from a file, else carried in ``raw``."""
+
+    custom_id: str
+    line: int
+    attempt: int
+    offset: int
+    length: int
+    raw: bytes | None
+
+
+class ClaimResult(msgspec.Struct):
+    local_id: int
+    #: indices (into the claimed entries) that were duplicates and became rejects
+    duplicates: list[int]
+
+
+class ResumeState(msgspec.Struct, kw_only=True):
+    """What ``open`` found: where to pick the job up."""
+
+    fresh: bool
+    finished: bool
+    source_offset: int = 0
+    source_line: int = 0
+    output: SinkPosition = SinkPosition()
+    rejects: SinkPosition = SinkPosition()
+    #: batches created at the service and not yet collected (poll / download again)
+    batches: list[BatchRecord] = []
+    #: creates with an unknown outcome (reconcile against the service's list)
+    pending_intents: list[BatchRecord] = []
+    spooled: int = 0
+
+
+class JobStatus(msgspec.Struct, kw_only=True):
+    """Progress counters, for ``pipeline status``."""
+
+    read: int
+    rejected: int
+    submitted: int
+    ended: int
+    written: int
+    spooled: int
+    finished: bool
+    batches: list[BatchRecord]
+
+
+class Ledger(Protocol):
+    """Durable state of one job; each method is one transaction."""
+
+    async def open(self, job: JobSpec) -> ResumeState:
+        """Create or check the state; raise ``LedgerError`` on a foreign or corrupt file."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    async def claim(
+        self, entries: Sequence[Entry], rejects: Sequence[Reject], *, checkpoint: int, line: int
+    ) -> ClaimResult:
+        """Record a batch intent with its entries (retries, ``attempt > 1``, move back
+        from the spool), the rejects before them, and the source checkpoint (byte
+        offset ``checkpoint`` after input line ``line``). Entries whose custom_id the
+        job already holds are returned as duplicates and recorded as rejects."""
+        ...
+
+    async def record_rejects(
+        self, rejects: Sequence[Reject], *, checkpoint: int, line: int
+    ) -> None:
+        """Record rejects with no batch (e.g. the tail of the input) and the checkpoint."""
+        ...
+
+    async def record_sending(self, local_id: int, *, body_bytes: int, sent_at: float) -> None: ...
+
+    async def record_created(self, local_id: int, batch_id: str) -> None: ...
+
+    async def resplit(self, local_id: int, parts: Sequence[Sequence[str]]) -> list[int]:
+        """Move the intent's requests (by custom_id) into new intents, one per part."""
+        ...
+
+    async def reject_batch(self, local_id: int, error_type: str, message: str) -> None: ...
+
+    async def release(self, local_id: int) -> None:
+        """The create certainly did not happen: spool the requests for another claim."""
+        ...
+
+    async def record_ended(self, local_id: int) -> None: ...
+
+    async def record_output_start(self, local_id: int, offset: int) -> None: ...
+
+    async def commit_results(
+        self,
+        local_id: int,
+        *,
+        output: SinkPosition,
+        written: int,
+        spool: Sequence[str] = (),
+        done: bool = False,
+    ) -> None:
+        """The sink's durable position after writing ``written`` more lines of this
+        batch; ``spool``: custom_ids to re-send (their attempt is incremented)."""
+        ...
+
+    async def commit_rejects(self, position: SinkPosition) -> None: ...
+
+    async def rejects_after(self, count: int, limit: int) -> list[Reject]:
+        """Recorded rejects from the ``count``-th on, for the rejects writer."""
+        ...
+
+    async def take_spool(self, limit: int) -> list[SpoolItem]:
+        """Up to ``limit`` spooled requests, oldest first (they stay spooled until claimed)."""
+        ...
+
+    async def attempts(self, custom_ids: Sequence[str]) -> dict[str, int]:
+        """The attempt number of each custom_id's last submission."""
+        ...
+
+    async def mark_finished(self) -> None: ...
+
+    async def status(self) -> JobStatus: ...

@@ -1,0 +1,96 @@
+"""What travels between stages. Streams carry lists of these (one list per chunk of
+work), never one item per send: a send costs more than a small item."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = (
+    "EndedBatch",
+    "Entry",
+    "Flush",
+    "RawLine",
+    "Reject",
+    "RejectError",
+    "RejectLine",
+    "SubmittedBatch",
+)
+
+
+class RawLine(msgspec.Struct, array_like=True):
+    """One input line as read: 1-based ``line``, the bytes without terminator, and
+    the byte ``offset`` of the line's start in the source (-1 for iterables)."""
+
+    line: int
+    data: bytes
+    offset: int = -1
+
+
+class Entry(msgspec.Struct, array_like=True):
+    """A request ready to send: ``raw`` is the exact encoded ``{"custom_id":...,
+    "params":...}`` object that goes into the batch body.
+
+    ``end`` is the source position just after this entry's line (what a checkpoint
+    records), ``attempt`` counts submissions, 1 for the first. ``signature`` is the
+    dry-run shape key and ``cost_usd`` the spend-guard estimate (0 when unknown).
+    """
+
+    line: int
+    custom_id: str
+    raw: bytes
+    offset: int = -1
+    end: int = -1
+    attempt: int = 1
+    signature: str = ""
+    cost_usd: float = 0.0
+    input_tokens: int = -1
+
+
+class RejectError(msgspec.Struct):
+    type: str
+    message: str
+
+
+class Reject(msgspec.Struct):
+    """One input that cannot be sent. The rejects JSONL holds
+    ``{"line": N, "custom_id": ... or null, "error": {"type": ..., "message": ...}}``
+    (``RejectLine``); ``end`` is the source position after the line."""
+
+    line: int
+    custom_id: str | None
+    error: RejectError
+    end: int = -1
+
+
+class RejectLine(msgspec.Struct):
+    """The rejects file's line format."""
+
+    line: int
+    custom_id: str | None
+    error: RejectError
+
+
+class Flush(msgspec.Struct):
+    """A marker: send the partial batch now (the source ended, or a retry round
+    was fed in). ``end`` is the source position the marker stands at."""
+
+    end: int = -1
+    final: bool = False
+
+
+class SubmittedBatch(msgspec.Struct):
+    """A batch created at the service, as the poller tracks it."""
+
+    local_id: int
+    batch_id: str
+    request_count: int
+    submitted_at: float
+
+
+class EndedBatch(msgspec.Struct):
+    """A batch whose processing ended: its results may be downloaded."""
+
+    local_id: int
+    batch_id: str
+    request_count: int
+    results_url: str | None
