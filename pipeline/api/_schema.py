@@ -91,7 +91,9 @@ def _tag_kind(path: str) -> str:
     return "object"
 
 
-def check_entry(raw: bytes, *, models: frozenset[str] | None = DEFAULT_MODELS) -> Checked | SchemaError:
+def check_entry(
+    raw: bytes, *, models: frozenset[str] | None = DEFAULT_MODELS
+) -> Checked | SchemaError:
     """Decode and check one batch entry ``{"custom_id": ..., "params": {...}}``."""
     try:
         entry = _entry_decoder.decode(raw)

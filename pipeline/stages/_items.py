@@ -32,7 +32,8 @@ class Entry(msgspec.Struct, array_like=True):
 
     ``end`` is the source position just after this entry's line (what a checkpoint
     records), ``attempt`` counts submissions, 1 for the first. ``signature`` is the
-    dry-run shape key and ``cost_usd`` the spend-guard estimate (0 when unknown).
+    dry-run shape key; ``model``, ``max_tokens`` and ``input_tokens`` feed the
+    spend guard's estimate ``cost_usd`` (0 when unknown).
     """
 
     line: int
@@ -42,8 +43,11 @@ class Entry(msgspec.Struct, array_like=True):
     end: int = -1
     attempt: int = 1
     signature: str = ""
-    cost_usd: float = 0.0
+    model: str = ""
+    max_tokens: int = 0
+    #: input tokens: measured by a dry run, else the documented approximation
     input_tokens: int = -1
+    cost_usd: float = 0.0
 
 
 class RejectError(msgspec.Struct):

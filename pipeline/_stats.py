@@ -1,0 +1,50 @@
+"""The immutable progress record a running pipeline reports (``Pipeline.statistics()``),
+read by the progress display, the final summary, ``pipeline status`` and services."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ("ModelUsage", "PipelineStatistics")
+
+
+class ModelUsage(msgspec.Struct, frozen=True):
+    """Tokens and cost of the results of one model."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class PipelineStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of a job's progress; every count is of requests unless named."""
+
+    #: input lines read from the source
+    read: int = 0
+    #: inputs that went to rejects (bad lines, failed dry runs, duplicates)
+    rejected: int = 0
+    #: requests in batches created at the service (retries count again)
+    submitted: int = 0
+    #: requests at the service whose results are not yet collected
+    in_flight: int = 0
+    #: requests whose batch ended
+    ended: int = 0
+    #: final result lines written to the output
+    written: int = 0
+    #: requests waiting to be re-sent
+    retrying: int = 0
+    batches_submitted: int = 0
+    batches_in_flight: int = 0
+    #: final outcomes: "succeeded", "errored:<error type>", "canceled", "expired"
+    outcomes: dict[str, int] = {}
+    #: usage per model, from the results
+    usage: dict[str, ModelUsage] = {}
+    estimated_cost_usd: float = 0.0
+    actual_cost_usd: float = 0.0
+    dry_run_calls: int = 0
+    elapsed_seconds: float = 0.0
+    #: requests known to be in the job, when the source can tell (else None)
+    total: int | None = None
+    finished: bool = False
+    #: why the job stopped early (budget reached, signal), else None
+    stopped_reason: str | None = None
