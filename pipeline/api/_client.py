@@ -1,35 +1,111 @@
 """The async client of the Message Batches and Messages APIs (one ``httpx.AsyncClient``).
 
-INTERFACE STUB: signatures are fixed (other modules are written against them);
-bodies are being implemented.
+Bodies go out as the caller encoded them (a batch body is spliced from validated
+lines, never re-encoded), answers are decoded with one module-level msgspec decoder
+per type, and results are streamed in the transport's natural chunks through a sync
+``LineSplitter``. Retries follow the SDK's policy (``_retry.py``) except for batch
+creation, which is re-sent only when it certainly did not reach the service.
+
+The API key lives only in the ``httpx`` client's default headers: it is never
+stored on ``Client``, never part of a repr, a log line or an error message.
 """
 
 from __future__ import annotations
 
+import enum
+import gc
+import logging
 import random
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, NoReturn, TypeVar
+from urllib.parse import quote
 
 import anyio
 import httpx
+import msgspec
 
 from .._config import DEFAULT_BASE_URL
+from .._errors import (
+    APIConnectionError,
+    APIError,
+    CreateOutcomeUnknownError,
+    ResultStreamError,
+    UsageError,
+    status_error_class,
+)
+from . import _retry
+from ._lines import LineSplitter
+from ._types import (
+    DeletedMessageBatch,
+    Message,
+    MessageBatch,
+    MessageBatchList,
+    ResultLine,
+    TokenCount,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
     from types import TracebackType
-
-    from ._types import (
-        DeletedMessageBatch,
-        Message,
-        MessageBatch,
-        MessageBatchList,
-        ResultLine,
-    )
 
 __all__ = ("DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "Client")
 
 DEFAULT_MAX_RETRIES = 4
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+
+ANTHROPIC_VERSION = "2023-06-01"
+BATCHES_BETA = "message-batches-2024-09-24"
+
+logger = logging.getLogger("pipeline.api")
+
+_T = TypeVar("_T")
+
+
+class _ErrorDetail(msgspec.Struct):
+    type: str = "api_error"
+    message: str = ""
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    """A lenient view of the error envelope: any JSON error body decodes."""
+
+    error: _ErrorDetail | None = None
+    request_id: str | None = None
+
+
+_BATCH = msgspec.json.Decoder(MessageBatch)
+_BATCH_LIST = msgspec.json.Decoder(MessageBatchList)
+_DELETED = msgspec.json.Decoder(DeletedMessageBatch)
+_MESSAGE = msgspec.json.Decoder(Message)
+_TOKENS = msgspec.json.Decoder(TokenCount)
+_ERROR = msgspec.json.Decoder(_ErrorEnvelope)
+#: Decodes one result line (``results()``); shared by every download.
+RESULT_LINE_DECODER = msgspec.json.Decoder(ResultLine)
+
+_JSON = {"content-type": "application/json"}
+_BINARY = {"accept": "application/binary"}
+#: Error type reported for an error answer whose body is not the service's envelope.
+_STATUS_ERROR_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_MAX_ERROR_TEXT = 500
+# A 504 on create comes from a gateway that gave up waiting: the service may have
+# created the batch, so it is an unknown outcome, not a refusal.
+_CREATE_UNKNOWN_STATUSES = frozenset({504})
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
 
 
 class Client:
@@ -37,6 +113,11 @@ class Client:
 
     ``sleep`` and ``random`` are injected so retry schedules are testable in virtual
     time. The API key is held privately and never appears in a repr, log or error.
+
+    Keyword-only extras: ``clock`` (POSIX time, for ``retry-after`` dates and the
+    ``sent_at`` of an unknown create) and ``collect_after_create``, which runs a full
+    ``gc.collect()`` after each create so the reference cycle httpx keeps around each
+    POSTed body is freed at once (see PERFORMANCE.md).
     """
 
     def __init__(
@@ -52,11 +133,58 @@ class Client:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         random: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
+        collect_after_create: bool = True,
     ) -> None:
-        raise NotImplementedError
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        headers = {"anthropic-version": ANTHROPIC_VERSION, "accept": "application/json"}
+        if beta:
+            headers["anthropic-beta"] = BATCHES_BETA
+        if extra_headers:
+            headers.update(extra_headers)
+        if api_key is not None:
+            headers["x-api-key"] = api_key
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+        self._base_url = base_url
+        self._beta = beta
+        self._max_retries = max_retries
+        self._sleep = sleep
+        self._random = random
+        self._clock = clock
+        self._collect_after_create = collect_after_create
+        self._state = _State.UNOPENED
+        self._used = False
+        self._retries = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Client(base_url={self._base_url!r}, beta={self._beta}, "
+            f"max_retries={self._max_retries}, state={self._state.value})"
+        )
+
+    @property
+    def retries(self) -> int:
+        """Retries taken so far by every call of this client (for statistics)."""
+        return self._retries
 
     async def __aenter__(self) -> Client:
-        raise NotImplementedError
+        if self._state is not _State.UNOPENED:
+            raise UsageError(f"cannot open a client that is {self._state.value}")
+        if not self._used:  # httpx refuses __aenter__ once a request went out
+            await self._http.__aenter__()
+        self._state = _State.OPEN
+        return self
 
     async def __aexit__(
         self,
@@ -64,11 +192,15 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        raise NotImplementedError
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection pool; idempotent."""
-        raise NotImplementedError
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        with anyio.CancelScope(shield=True):
+            await self._http.aclose()
 
     # -- batches -------------------------------------------------------------------
 
@@ -80,27 +212,49 @@ class Client:
         have been sent and no answer came (read timeout, connection dropped after
         writing), raises ``CreateOutcomeUnknownError`` instead of re-sending.
         """
-        raise NotImplementedError
+        try:
+            return await self._call(
+                "POST",
+                "/v1/messages/batches",
+                _BATCH,
+                content=body,
+                create_count=request_count,
+            )
+        finally:
+            if self._collect_after_create:
+                gc.collect()
 
     async def retrieve_batch(self, batch_id: str) -> MessageBatch:
-        raise NotImplementedError
+        """The batch's current state (idempotent: used to poll)."""
+        return await self._call("GET", _batch_path(batch_id), _BATCH)
 
     async def list_batches_page(
         self, *, limit: int | None = None, before_id: str | None = None, after_id: str | None = None
     ) -> MessageBatchList:
-        raise NotImplementedError
+        """One page of the workspace's batches, newest first."""
+        params: dict[str, str | int] = {}
+        if limit is not None:
+            params["limit"] = limit
+        if before_id is not None:
+            params["before_id"] = before_id
+        if after_id is not None:
+            params["after_id"] = after_id
+        return await self._call("GET", "/v1/messages/batches", _BATCH_LIST, params=params)
 
     def list_batches(
         self, *, limit: int | None = None, before_id: str | None = None, after_id: str | None = None
     ) -> AsyncIterator[MessageBatch]:
         """Every batch of the workspace, newest first, walking pages like the SDK."""
-        raise NotImplementedError
+        self._check_usable()
+        return self._walk_pages(limit, before_id, after_id)
 
     async def cancel_batch(self, batch_id: str) -> MessageBatch:
-        raise NotImplementedError
+        """Ask the service to cancel the batch; it moves to ``canceling``."""
+        return await self._call("POST", _batch_path(batch_id) + "/cancel", _BATCH)
 
     async def delete_batch(self, batch_id: str) -> DeletedMessageBatch:
-        raise NotImplementedError
+        """Delete an ended batch (the service refuses one still processing)."""
+        return await self._call("DELETE", _batch_path(batch_id), _DELETED)
 
     def results_lines(self, batch: MessageBatch) -> AsyncIterator[list[bytes]]:
         """The raw JSONL lines of an ended batch's results, a list per network chunk.
@@ -109,19 +263,286 @@ class Client:
         lines are skipped. The response is always closed, also on error or when the
         consumer stops early. A broken download raises ``ResultStreamError`` (callers
         re-open and skip what they already have).
+
+        Raises ``UsageError`` at once for a batch that has not ended, and
+        ``ResultStreamError`` for an ended batch without a ``results_url``.
         """
-        raise NotImplementedError
+        return self._results_lines(batch)
 
     def results(self, batch: MessageBatch) -> AsyncIterator[ResultLine]:
-        """Typed result lines of an ended batch (built on ``results_lines``)."""
-        raise NotImplementedError
+        """Typed result lines of an ended batch (built on ``results_lines``).
+
+        A line that is not a valid result raises ``ResultStreamError``.
+        """
+        return self._decode_results(batch.id, self._results_lines(batch))
+
+    def _results_lines(self, batch: MessageBatch) -> AsyncGenerator[list[bytes]]:
+        self._check_usable()
+        if batch.results_url is None:
+            if batch.processing_status != "ended":
+                raise UsageError(
+                    f"batch {batch.id} is {batch.processing_status}: results are "
+                    "available once it has ended (retrieve it again first)"
+                )
+            raise ResultStreamError(batch.id, "the ended batch has no results_url")
+        return self._stream_lines(batch.id, batch.results_url)
 
     # -- messages ------------------------------------------------------------------
 
     async def create_message(self, params: bytes) -> Message:
         """POST /v1/messages with already-encoded params."""
-        raise NotImplementedError
+        return await self._call("POST", "/v1/messages", _MESSAGE, content=params)
 
     async def count_tokens(self, params: bytes) -> int:
         """POST /v1/messages/count_tokens with already-encoded params; input tokens."""
-        raise NotImplementedError
+        count = await self._call("POST", "/v1/messages/count_tokens", _TOKENS, content=params)
+        return count.input_tokens
+
+    # -- internals -----------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._state is _State.CLOSED:
+            raise UsageError("the client is closed")
+        self._used = True
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        decoder: msgspec.json.Decoder[_T],
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, str | int] | None = None,
+        create_count: int | None = None,
+    ) -> _T:
+        """Send one request with retries and decode its answer.
+
+        ``create_count`` marks a batch create: it is retried only when it certainly
+        did not reach the service.
+        """
+        self._check_usable()
+        headers = _JSON if content is not None else None
+        for retries_taken in range(self._max_retries + 1):
+            last = retries_taken == self._max_retries
+            sent_at = self._clock()
+            try:
+                response = await self._http.request(
+                    method, path, content=content, params=params, headers=headers
+                )
+            except httpx.RequestError as exc:
+                if create_count is not None and not _retry.create_not_sent(exc):
+                    self._outcome_unknown(create_count, content, sent_at, _describe(exc), exc)
+                if last or not _retry.retryable_transport_error(exc):
+                    raise self._connection_error(method, path, exc) from exc
+                await self._backoff(method, path, retries_taken, None, _describe(exc))
+                continue
+            if response.is_success:
+                return self._decode(method, path, decoder, response, create_count, content, sent_at)
+            if create_count is not None and response.status_code in _CREATE_UNKNOWN_STATUSES:
+                cause = f"{response.status_code} answer from a gateway"
+                self._outcome_unknown(create_count, content, sent_at, cause, None)
+            if last or not _retry.retryable_status(response):
+                raise self._status_error(method, path, response)
+            reason = f"status {response.status_code}"
+            await self._backoff(method, path, retries_taken, response.headers, reason)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _decode(
+        self,
+        method: str,
+        path: str,
+        decoder: msgspec.json.Decoder[_T],
+        response: httpx.Response,
+        create_count: int | None,
+        content: bytes | None,
+        sent_at: float,
+    ) -> _T:
+        try:
+            return decoder.decode(response.content)
+        except msgspec.DecodeError as exc:
+            reason = f"invalid {response.status_code} answer: {exc}"
+            if create_count is not None:  # the batch was created; we cannot tell its id
+                self._outcome_unknown(create_count, content, sent_at, reason, exc)
+            message = f"{method} {path}: {self._redact(reason)}"
+            raise APIError(message, method=method, url=path) from exc
+
+    async def _backoff(
+        self,
+        method: str,
+        path: str,
+        retries_taken: int,
+        headers: httpx.Headers | None,
+        reason: str,
+    ) -> None:
+        delay = _retry.retry_delay(headers, retries_taken, self._random, self._clock())
+        self._retries += 1
+        logger.info(
+            "retrying %s %s after %s in %.3f s (retry %d of %d)",
+            method,
+            path,
+            self._redact(reason),
+            delay,
+            retries_taken + 1,
+            self._max_retries,
+        )
+        await self._sleep(delay)
+
+    def _outcome_unknown(
+        self,
+        request_count: int,
+        content: bytes | None,
+        sent_at: float,
+        cause: str,
+        exc: BaseException | None,
+    ) -> NoReturn:
+        error = CreateOutcomeUnknownError(
+            request_count=request_count,
+            body_bytes=len(content or b""),
+            sent_at=sent_at,
+            cause=self._redact(cause),
+        )
+        raise error from exc
+
+    def _connection_error(self, method: str, path: str, exc: Exception) -> APIConnectionError:
+        message = f"{method} {path}: no answer from the service: {_describe(exc)}"
+        return APIConnectionError(self._redact(message), method=method, url=path)
+
+    def _status_error(self, method: str, path: str, response: httpx.Response) -> APIError:
+        status = response.status_code
+        error_type, message, request_id = _parse_error(response)
+        request_id = response.headers.get("request-id") or request_id
+        cls = status_error_class(status)
+        return cls(
+            status_code=status,
+            error_type=self._redact(error_type),
+            message=self._redact(message),
+            request_id=request_id,
+            method=method,
+            url=path,
+        )
+
+    def _redact(self, text: str) -> str:
+        """Remove the API key from text that came from outside (an echoing proxy...)."""
+        key = self._http.headers.get("x-api-key")
+        if key and key in text:
+            return text.replace(key, "[redacted]")
+        return text
+
+    async def _walk_pages(
+        self, limit: int | None, before_id: str | None, after_id: str | None
+    ) -> AsyncGenerator[MessageBatch]:
+        # Like the SDK: a walk that started with before_id goes on towards newer
+        # batches with before_id=first_id, any other with after_id=last_id.
+        backwards = before_id is not None
+        while True:
+            page = await self.list_batches_page(limit=limit, before_id=before_id, after_id=after_id)
+            for batch in page.data:
+                yield batch
+            if not page.has_more or not page.data:
+                return
+            if backwards:
+                before_id, after_id = page.first_id, None
+                cursor = before_id
+            else:
+                after_id = page.last_id
+                cursor = after_id
+            if cursor is None:
+                return
+
+    async def _stream_lines(self, batch_id: str, url: str) -> AsyncGenerator[list[bytes]]:
+        # Not inside a cancel scope or task group: yielding here is safe. The
+        # response is closed in ``finally`` (shielded), so an ``aclose()`` of this
+        # generator, an error or a cancellation always release the connection.
+        splitter = LineSplitter()
+        response = await self._open_results(url)
+        received = 0
+        try:
+            try:
+                async for chunk in response.aiter_bytes():
+                    received += len(chunk)
+                    lines = splitter.feed(chunk)
+                    if lines:
+                        yield lines
+            except httpx.RequestError as exc:
+                reason = f"download broke after {received} bytes: {_describe(exc)}"
+                raise ResultStreamError(batch_id, self._redact(reason)) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+        last = splitter.flush()
+        if last:
+            yield last
+
+    async def _open_results(self, url: str) -> httpx.Response:
+        """GET the results URL, with retries, and return the open streamed response."""
+        self._check_usable()
+        for retries_taken in range(self._max_retries + 1):
+            last = retries_taken == self._max_retries
+            request = self._http.build_request("GET", url, headers=_BINARY)
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.RequestError as exc:
+                if last or not _retry.retryable_transport_error(exc):
+                    raise self._connection_error("GET", url, exc) from exc
+                await self._backoff("GET", url, retries_taken, None, _describe(exc))
+                continue
+            if response.is_success:
+                return response
+            try:
+                await response.aread()
+            except httpx.TransportError:
+                pass  # the status is what matters; the body is only the message
+            finally:
+                await response.aclose()
+            if last or not _retry.retryable_status(response):
+                raise self._status_error("GET", url, response)
+            reason = f"status {response.status_code}"
+            await self._backoff("GET", url, retries_taken, response.headers, reason)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _decode_results(
+        self, batch_id: str, chunks: AsyncGenerator[list[bytes]]
+    ) -> AsyncGenerator[ResultLine]:
+        decode = RESULT_LINE_DECODER.decode
+        try:
+            async for lines in chunks:
+                for line in lines:
+                    try:
+                        result = decode(line)
+                    except msgspec.DecodeError as exc:
+                        raise ResultStreamError(batch_id, f"invalid result line: {exc}") from exc
+                    yield result
+        finally:
+            # Close the download now, not when the inner generator is collected.
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()
+
+
+def _batch_path(batch_id: str) -> str:
+    """``/v1/messages/batches/{id}``, refusing ids that would change the path."""
+    if not batch_id or batch_id in {".", ".."} or batch_id.startswith(";"):
+        raise ValueError(f"invalid batch id {batch_id!r}")
+    return "/v1/messages/batches/" + quote(batch_id, safe="")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an httpx error; never its request (which holds the key)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _parse_error(response: httpx.Response) -> tuple[str, str, str | None]:
+    """(error type, message, request id) of an error answer, JSON envelope or not."""
+    body = response.content
+    fallback_type = _STATUS_ERROR_TYPE.get(
+        response.status_code, "api_error" if response.status_code >= 500 else "http_error"
+    )
+    try:
+        envelope = _ERROR.decode(body)
+    except msgspec.DecodeError:
+        envelope = None
+    if envelope is not None and envelope.error is not None:
+        message = envelope.error.message or response.reason_phrase
+        return envelope.error.type or fallback_type, message, envelope.request_id
+    text = body.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
+    return fallback_type, text or response.reason_phrase or "(no body)", None
