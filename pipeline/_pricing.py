@@ -1,0 +1,143 @@
+"""Batch prices per model and cost estimates, for the spend guard and the run summary.
+
+Prices are the Message Batches API's (50% of the standard price), in US dollars per
+million tokens. Users extend or override the table without touching this module::
+
+    prices = DEFAULT_PRICES.with_prices({"my-model": Price(input=1.0, output=5.0)})
+
+A model the table does not know costs 0: ``estimate_cost_usd`` and ``cost_usd``
+cannot price it, so a budget does not count it. Check ``model in prices`` (or
+``PriceTable.unknown``) to warn about it; the spend guard reports such models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+import msgspec
+
+__all__ = (
+    "CACHE_READ_FACTOR",
+    "CACHE_WRITE_FACTOR",
+    "DEFAULT_PRICES",
+    "Price",
+    "PriceTable",
+    "cost_usd",
+    "estimate_cost_usd",
+)
+
+_MILLION = 1_000_000
+#: Prompt-cache writes cost 1.25x the input price, cache reads 0.1x (batch discount stacks).
+CACHE_WRITE_FACTOR = 1.25
+CACHE_READ_FACTOR = 0.1
+
+
+class Price(msgspec.Struct, frozen=True):
+    """US dollars per million tokens of input and of output."""
+
+    input: float
+    output: float
+
+    def __post_init__(self) -> None:
+        if self.input < 0 or self.output < 0:
+            raise ValueError(f"prices must be >= 0, got input={self.input} output={self.output}")
+
+
+class PriceTable(Mapping[str, Price]):
+    """An immutable model -> ``Price`` mapping; ``with_prices`` returns an extended copy."""
+
+    __slots__ = ("_prices",)
+
+    def __init__(self, prices: Mapping[str, Price] | None = None) -> None:
+        self._prices: dict[str, Price] = dict(prices or {})
+
+    def __getitem__(self, model: str) -> Price:
+        return self._prices[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._prices)
+
+    def __len__(self) -> int:
+        return len(self._prices)
+
+    def __repr__(self) -> str:
+        return f"PriceTable({self._prices!r})"
+
+    def with_prices(
+        self, prices: Mapping[str, Price | tuple[float, float]] | None = None, /
+    ) -> PriceTable:
+        """A copy with ``prices`` added or replaced; a price may be ``(input, output)``."""
+        merged = dict(self._prices)
+        for model, price in (prices or {}).items():
+            merged[model] = price if isinstance(price, Price) else Price(*price)
+        return PriceTable(merged)
+
+    def unknown(self, models: Iterable[str]) -> set[str]:
+        """The models among ``models`` this table cannot price."""
+        return {m for m in models if m not in self._prices}
+
+    def estimate_cost_usd(self, model: str, input_tokens: int, max_tokens: int) -> float:
+        """Worst-case cost of one request: its input plus ``max_tokens`` of output."""
+        price = self._prices.get(model)
+        if price is None:
+            return 0.0
+        return (max(input_tokens, 0) * price.input + max(max_tokens, 0) * price.output) / _MILLION
+
+    def cost_usd(
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cache_creation_input_tokens: int = 0,
+        cache_read_input_tokens: int = 0,
+    ) -> float:
+        """The cost of actual usage, as a result's ``usage`` reports it."""
+        price = self._prices.get(model)
+        if price is None:
+            return 0.0
+        inputs = (
+            input_tokens
+            + cache_creation_input_tokens * CACHE_WRITE_FACTOR
+            + cache_read_input_tokens * CACHE_READ_FACTOR
+        )
+        return (inputs * price.input + output_tokens * price.output) / _MILLION
+
+
+#: Batch prices (DESIGN.md: 50% of the standard price), USD per million tokens.
+DEFAULT_PRICES = PriceTable(
+    {
+        "claude-3-5-sonnet-20240620": Price(1.50, 7.50),
+        "claude-3-5-sonnet-20241022": Price(1.50, 7.50),
+        "claude-3-5-haiku-20241022": Price(0.40, 2.00),
+        "claude-3-haiku-20240307": Price(0.125, 0.625),
+        "claude-3-opus-20240229": Price(7.50, 37.50),
+    }
+)
+
+
+def estimate_cost_usd(
+    model: str, input_tokens: int, max_tokens: int, *, prices: PriceTable = DEFAULT_PRICES
+) -> float:
+    """Upper bound of one request's batch cost (output bounded by ``max_tokens``);
+    0 for a model ``prices`` does not know."""
+    return prices.estimate_cost_usd(model, input_tokens, max_tokens)
+
+
+def cost_usd(
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    cache_creation_input_tokens: int = 0,
+    cache_read_input_tokens: int = 0,
+    prices: PriceTable = DEFAULT_PRICES,
+) -> float:
+    """Batch cost of actual usage; 0 for a model ``prices`` does not know."""
+    return prices.cost_usd(
+        model,
+        input_tokens,
+        output_tokens,
+        cache_creation_input_tokens=cache_creation_input_tokens,
+        cache_read_input_tokens=cache_read_input_tokens,
+    )

@@ -1,0 +1,551 @@
+"""The dry-run stage: sample each new request shape against the Messages API before
+any request of that shape may be submitted in a batch.
+
+The service checks batch requests only when the batch runs, so a mistake in a
+million-request job would come back a day later as a million errored results. This
+stage groups entries by ``Entry.signature`` (the shape key of ``check_entry``) and
+sends the first ``config.dry_run_samples`` requests of each new shape to
+
+* ``count-tokens``: ``POST /v1/messages/count_tokens`` (free; checks the shape), or
+* ``messages``: ``POST /v1/messages`` with the request's own params and a tiny
+  ``max_tokens`` (catches what count_tokens cannot; costs a few tokens),
+
+and holds the other entries of that shape until the verdict. Entries of shapes
+already checked keep flowing meanwhile: the calls run in tasks of a task group the
+stage owns and closes before it returns (it leaves no task behind).
+
+A failed sample goes to rejects with the service's own message. What a failure means
+for the rest of its shape is ``config.dry_run_policy``:
+
+* ``reject-shape``: they are rejected, pointing at the failed sample, with no further
+  calls;
+* ``continue``: they go on to be submitted;
+* ``abort``: the stage raises ``DryRunAbortedError`` before any entry of that shape
+  passed.
+
+Measured input tokens replace the sample's approximation (``Entry.input_tokens``,
+``Entry.cost_usd``), and calibrate the estimate of the shape's later entries (scaled
+by the measured / approximated ratio of its samples).
+
+Order: entries of one shape leave in the order they came; entries of a held shape
+may leave after later entries of other shapes, and after Rejects and non-final
+Flush markers. A final Flush (the source ended) waits until every held shape is
+released. Held entries are bounded by ``max_held``: when full, the stage stops
+reading (backpressure), and shapes still collecting samples are judged on the
+samples already taken.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+import msgspec
+from msgspec import UNSET, Raw, UnsetType
+
+from .._errors import APIStatusError, DryRunAbortedError
+from .._pricing import DEFAULT_PRICES, PriceTable
+from ..api._schema import approx_input_tokens
+from ._items import Entry, Flush, Reject, RejectError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+
+    from .._config import PipelineConfig
+    from ..api._types import Message
+
+__all__ = (
+    "DEFAULT_MAX_HELD",
+    "DRY_RUN_MAX_TOKENS",
+    "DryRunClient",
+    "DryRunMeter",
+    "DryRunStatistics",
+    "count_tokens_body",
+    "dry_run",
+    "messages_body",
+)
+
+#: Entries held (samples included) while their shape is checked, at most.
+DEFAULT_MAX_HELD = 4096
+#: ``max_tokens`` of a ``messages`` dry run (thinking requests get budget + 1).
+DRY_RUN_MAX_TOKENS = 1
+#: HTTP statuses that condemn the request itself; other errors (auth, overload after
+#: the client's retries, no connection) fail the stage: no verdict can be reached.
+_REQUEST_FAULTS = frozenset({400, 404, 413, 422})
+
+Item = Entry | Reject | Flush
+
+
+class DryRunClient(Protocol):
+    """What the stage needs of ``pipeline.api.Client``."""
+
+    async def count_tokens(self, params: bytes) -> int: ...
+
+    async def create_message(self, params: bytes) -> Message: ...
+
+
+class DryRunStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of the dry run's work."""
+
+    mode: str
+    #: API calls made, all modes
+    calls: int = 0
+    count_tokens_calls: int = 0
+    messages_calls: int = 0
+    #: distinct signatures seen, and how their checks ended
+    shapes: int = 0
+    shapes_passed: int = 0
+    shapes_failed: int = 0
+    #: samples the service refused
+    samples_failed: int = 0
+    #: entries rejected because their shape's sample failed (``reject-shape``)
+    shape_rejects: int = 0
+    #: entries held right now, waiting for their shape's verdict
+    held: int = 0
+
+
+class DryRunMeter:
+    """The live counters of one dry-run stage; ``statistics()`` takes a snapshot."""
+
+    def __init__(self, mode: str = "") -> None:
+        self.mode = mode
+        self.count_tokens_calls = 0
+        self.messages_calls = 0
+        self.shapes = 0
+        self.shapes_passed = 0
+        self.shapes_failed = 0
+        self.samples_failed = 0
+        self.shape_rejects = 0
+        self.held = 0
+
+    def statistics(self) -> DryRunStatistics:
+        return DryRunStatistics(
+            mode=self.mode,
+            calls=self.count_tokens_calls + self.messages_calls,
+            count_tokens_calls=self.count_tokens_calls,
+            messages_calls=self.messages_calls,
+            shapes=self.shapes,
+            shapes_passed=self.shapes_passed,
+            shapes_failed=self.shapes_failed,
+            samples_failed=self.samples_failed,
+            shape_rejects=self.shape_rejects,
+            held=self.held,
+        )
+
+
+# -------------------------------------------------------------------- request bodies
+
+
+class _EntryView(msgspec.Struct):
+    params: Raw
+
+
+class _CountTokensView(msgspec.Struct, omit_defaults=True):
+    """The fields ``count_tokens`` accepts, spliced through as raw JSON."""
+
+    model: Raw
+    messages: Raw
+    system: Raw = Raw()
+    tools: Raw = Raw()
+    tool_choice: Raw = Raw()
+    thinking: Raw = Raw()
+    cache_control: Raw = Raw()
+    output_config: Raw = Raw()
+    speed: Raw = Raw()
+    mcp_servers: Raw = Raw()
+    context_management: Raw = Raw()
+
+
+class _Thinking(msgspec.Struct):
+    type: str
+    budget_tokens: int | UnsetType = UNSET
+
+
+_entry_view = msgspec.json.Decoder(_EntryView)
+_count_view = msgspec.json.Decoder(_CountTokensView)
+_fields_view = msgspec.json.Decoder(dict[str, Raw])
+_thinking_view = msgspec.json.Decoder(_Thinking)
+_encoder = msgspec.json.Encoder()
+
+
+def count_tokens_body(raw: bytes) -> bytes:
+    """The ``count_tokens`` body of a batch entry: its params minus ``max_tokens``
+    and the other fields that endpoint refuses."""
+    return _encoder.encode(_count_view.decode(_entry_view.decode(raw).params))
+
+
+def messages_body(raw: bytes, max_tokens: int = DRY_RUN_MAX_TOKENS) -> bytes:
+    """The ``/v1/messages`` body of a batch entry: its own params with a tiny
+    ``max_tokens`` (above the thinking budget when thinking is on)."""
+    fields = _fields_view.decode(_entry_view.decode(raw).params)
+    fields.pop("stream", None)
+    limit = max_tokens
+    if "thinking" in fields:
+        thinking = _thinking_view.decode(fields["thinking"])
+        if thinking.type == "enabled" and thinking.budget_tokens is not UNSET:
+            limit = max(limit, thinking.budget_tokens + 1)
+    fields["max_tokens"] = Raw(str(limit).encode())
+    return _encoder.encode(fields)
+
+
+# -------------------------------------------------------------------------- the stage
+
+
+class _RateLimiter:
+    """At most ``rate`` acquisitions per second: each caller reserves the next free
+    slot ``1/rate`` after the previous one, then sleeps until it (a token bucket of
+    depth one, so no burst ever goes over the rate)."""
+
+    def __init__(
+        self, rate: float, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
+    ) -> None:
+        self._interval = 1.0 / rate
+        self._clock = clock
+        self._sleep = sleep
+        self._next = float("-inf")
+
+    async def acquire(self) -> None:
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await self._sleep(slot - now)
+        else:
+            await anyio.lowlevel.checkpoint()
+
+
+class _Status(enum.Enum):
+    PENDING = 0
+    PASSED = 1
+    FAILED = 2
+
+
+_WAITING = RejectError("", "")  # outcome of a sample whose check is not done
+
+
+class _Shape:
+    """One signature: its samples and held entries until the verdict."""
+
+    __slots__ = (
+        "approx",
+        "failure",
+        "held",
+        "measured",
+        "open",
+        "next",
+        "outcomes",
+        "running",
+        "samples",
+        "status",
+        "unresolved",
+    )
+
+    def __init__(self) -> None:
+        self.status = _Status.PENDING
+        self.open = True  # still taking samples
+        self.samples: list[Entry] = []
+        #: per sample: None (passed), its RejectError, or _WAITING
+        self.outcomes: list[RejectError | None] = []
+        self.unresolved = 0
+        self.next = 0  # index of the next sample to check
+        self.running = False  # a task is checking this shape's samples, one at a time
+        self.held: list[Entry] = []
+        self.failure: Reject | None = None  # the first failed sample
+        self.approx = 0  # approximated input tokens of the passed samples
+        self.measured = 0  # their measured input tokens
+
+
+class _DryRun:
+    """The state of one running dry-run stage (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: DryRunClient,
+        config: PipelineConfig,
+        limiter: _RateLimiter,
+        max_held: int,
+        meter: DryRunMeter,
+        prices: PriceTable,
+    ) -> None:
+        self._client = client
+        self._mode = config.dry_run
+        self._policy = config.dry_run_policy
+        self._samples = config.dry_run_samples
+        self._limiter = limiter
+        self._max_held = max_held
+        self._meter = meter
+        self._prices = prices
+        self._shapes: dict[str, _Shape] = {}
+        self._pending: set[_Shape] = set()
+        self._lock = anyio.Lock()
+        self._changed = anyio.Event()
+        self._failure: BaseException | None = None
+        self._tg: TaskGroup | None = None
+        self._send: ObjectSendStream[list[Item]] | None = None
+
+    async def run(
+        self, receive: ObjectReceiveStream[list[Item]], send: ObjectSendStream[list[Item]]
+    ) -> None:
+        async with receive, send:
+            self._send = send
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    async for items in receive:
+                        await self._take(items)
+                    await self._drain()
+                except Exception as exc:  # surfaces once, unwrapped, below
+                    self._fail(exc)
+            # Downstream closed (e.g. the spend guard stopped): a clean stop, which
+            # closing our receive end passes on upstream.
+            if self._failure is not None and not isinstance(
+                self._failure, anyio.BrokenResourceError
+            ):
+                raise self._failure
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+
+    # -- main loop -----------------------------------------------------------------
+
+    async def _take(self, items: list[Item]) -> None:
+        out: list[Item] = []
+        for item in items:
+            if type(item) is Entry:
+                if self._meter.held >= self._max_held and self._would_hold(item):
+                    out = await self._emit(out)
+                    await self._wait_room()
+                ready = self._admit(item)
+                if ready is not None:
+                    out.append(ready)
+            elif type(item) is Flush and item.final:
+                out = await self._emit(out)
+                await self._drain()
+                out.append(item)
+            else:
+                out.append(item)
+        await self._emit(out)
+
+    async def _emit(self, out: list[Item]) -> list[Item]:
+        if out:
+            assert self._send is not None
+            async with self._lock:
+                await self._send.send(out)
+        return []
+
+    def _would_hold(self, entry: Entry) -> bool:
+        shape = self._shapes.get(entry.signature)
+        return shape is None or shape.status is _Status.PENDING
+
+    def _admit(self, entry: Entry) -> Item | None:
+        """The entry to forward now, or None when it is held for its shape's verdict."""
+        shape = self._shapes.get(entry.signature)
+        if shape is None:
+            shape = self._shapes[entry.signature] = _Shape()
+            self._pending.add(shape)
+            self._meter.shapes += 1
+        if shape.status is not _Status.PENDING:
+            return self._judge(shape, entry)
+        self._meter.held += 1
+        if shape.open and len(shape.samples) < self._samples:
+            shape.samples.append(entry)
+            shape.outcomes.append(_WAITING)
+            shape.unresolved += 1
+            if not shape.running:
+                shape.running = True
+                assert self._tg is not None
+                self._tg.start_soon(self._sampler, shape)
+        else:
+            shape.held.append(entry)
+        return None
+
+    def _judge(self, shape: _Shape, entry: Entry) -> Item:
+        """A non-sample entry of a shape with a verdict."""
+        if shape.failure is not None and self._policy == "reject-shape":
+            self._meter.shape_rejects += 1
+            return Reject(entry.line, entry.custom_id, self._pointer(shape.failure), entry.end)
+        if shape.measured and shape.approx:
+            tokens = _approx(entry) * shape.measured // shape.approx
+            self._price(entry, max(tokens, 1))
+        return entry
+
+    @staticmethod
+    def _pointer(failed: Reject) -> RejectError:
+        return RejectError(
+            failed.error.type,
+            f"dry run of this request's shape failed on line {failed.line} "
+            f"(custom_id {failed.custom_id!r}): {failed.error.message}",
+        )
+
+    def _price(self, entry: Entry, input_tokens: int) -> None:
+        entry.input_tokens = input_tokens
+        entry.cost_usd = self._prices.estimate_cost_usd(entry.model, input_tokens, entry.max_tokens)
+
+    # -- waiting -------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _wait_room(self) -> None:
+        while self._meter.held >= self._max_held:
+            await self._close_pending()
+            if self._meter.held >= self._max_held:
+                await self._changed.wait()
+
+    async def _drain(self) -> None:
+        """Wait until no shape is pending, judging open ones on the samples taken."""
+        while self._pending:
+            await self._close_pending()
+            if self._pending:
+                await self._changed.wait()
+
+    async def _close_pending(self) -> None:
+        for shape in list(self._pending):
+            shape.open = False
+            await self._release_if_done(shape)
+
+    # -- samples -------------------------------------------------------------------
+
+    async def _sampler(self, shape: _Shape) -> None:
+        """Check a shape's samples one after the other (so a failure under
+        ``reject-shape`` spares the calls of the samples after it)."""
+        try:
+            while shape.next < len(shape.samples):
+                shape.next += 1
+                await self._sample(shape, shape.next - 1)
+            shape.running = False
+            await self._release_if_done(shape)
+        except Exception as exc:
+            self._fail(exc)
+
+    async def _sample(self, shape: _Shape, index: int) -> None:
+        entry = shape.samples[index]
+        if not self._skip(shape):
+            await self._limiter.acquire()
+        if self._skip(shape):
+            assert shape.failure is not None
+            outcome: RejectError | None = self._pointer(shape.failure)
+            self._meter.shape_rejects += 1
+        else:
+            outcome = await self._check(shape, entry)
+        shape.outcomes[index] = outcome
+        shape.unresolved -= 1
+        if outcome is not None and shape.failure is None:
+            shape.failure = Reject(entry.line, entry.custom_id, outcome, entry.end)
+            if self._policy == "abort":
+                message = f"{outcome.type}: {outcome.message}"
+                raise DryRunAbortedError(entry.line, entry.custom_id, message)
+
+    def _skip(self, shape: _Shape) -> bool:
+        return shape.failure is not None and self._policy == "reject-shape"
+
+    async def _check(self, shape: _Shape, entry: Entry) -> RejectError | None:
+        """One dry-run call: None when the service accepted the request."""
+        try:
+            if self._mode == "messages":
+                body = messages_body(entry.raw)
+                self._meter.messages_calls += 1
+                tokens = (await self._client.create_message(body)).usage.input_tokens
+            else:
+                body = count_tokens_body(entry.raw)
+                self._meter.count_tokens_calls += 1
+                tokens = await self._client.count_tokens(body)
+        except msgspec.DecodeError as exc:
+            self._meter.samples_failed += 1
+            return RejectError("invalid_request_error", f"request is not valid JSON: {exc}")
+        except APIStatusError as exc:
+            if exc.status_code not in _REQUEST_FAULTS:
+                raise
+            self._meter.samples_failed += 1
+            return RejectError(exc.error_type, exc.api_message)
+        shape.approx += _approx(entry)
+        shape.measured += tokens
+        self._price(entry, tokens)
+        return None
+
+    def _decided(self, shape: _Shape) -> bool:
+        if shape.status is not _Status.PENDING or shape.unresolved:
+            return False
+        return (
+            not shape.open
+            or len(shape.samples) >= self._samples
+            or (shape.failure is not None and self._policy == "reject-shape")
+        )
+
+    async def _release_if_done(self, shape: _Shape) -> None:
+        if not self._decided(shape):
+            return
+        assert self._send is not None
+        async with self._lock:
+            # Decided again under the lock that orders sends (a sample may have come
+            # in meanwhile); the status flips under it too, so an entry of this shape
+            # admitted from now on is sent after the held ones.
+            if not self._decided(shape):
+                return
+            shape.status = _Status.PASSED if shape.failure is None else _Status.FAILED
+            self._pending.discard(shape)
+            if shape.failure is None:
+                self._meter.shapes_passed += 1
+            else:
+                self._meter.shapes_failed += 1
+            out: list[Item] = [
+                entry
+                if outcome is None
+                else Reject(entry.line, entry.custom_id, outcome, entry.end)
+                for entry, outcome in zip(shape.samples, shape.outcomes, strict=True)
+            ]
+            out.extend(self._judge(shape, entry) for entry in shape.held)
+            shape.samples, shape.outcomes, shape.held = [], [], []
+            if out:
+                await self._send.send(out)
+        self._meter.held -= len(out)
+        self._notify()
+
+
+def _approx(entry: Entry) -> int:
+    return entry.input_tokens if entry.input_tokens >= 0 else approx_input_tokens(entry.raw)
+
+
+async def dry_run(
+    receive: ObjectReceiveStream[list[Item]],
+    send: ObjectSendStream[list[Item]],
+    /,
+    *,
+    client: DryRunClient,
+    config: PipelineConfig,
+    clock: Callable[[], float] = anyio.current_time,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    max_held: int = DEFAULT_MAX_HELD,
+    meter: DryRunMeter | None = None,
+    prices: PriceTable = DEFAULT_PRICES,
+) -> None:
+    """The dry-run stage (see the module docstring): validate -> dry_run -> spend_guard.
+
+    ``config.dry_run`` picks the mode (``off`` passes everything through untouched),
+    ``config.dry_run_samples`` the samples per shape, ``config.dry_run_policy`` what a
+    failed sample means for its shape, ``config.dry_run_rate`` the calls per second.
+    ``clock``/``sleep`` drive the rate limit (inject virtual ones in tests); ``meter``
+    receives the live counters (``meter.statistics()``).
+    """
+    if max_held < 1:
+        raise ValueError(f"max_held must be >= 1, got {max_held}")
+    meter = meter if meter is not None else DryRunMeter()
+    meter.mode = config.dry_run
+    if config.dry_run == "off":
+        async with receive, send:
+            try:
+                async for items in receive:
+                    await send.send(items)
+            except anyio.BrokenResourceError:
+                pass  # downstream stopped: so do we
+        return
+    limiter = _RateLimiter(config.dry_run_rate, clock, sleep)
+    stage = _DryRun(client, config, limiter, max_held, meter, prices)
+    await stage.run(receive, send)

@@ -1,0 +1,459 @@
+"""The dry-run stage with a fake client in virtual time (no real sleeps)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from pipeline._config import PipelineConfig
+from pipeline._errors import AuthenticationError, BadRequestError, DryRunAbortedError
+from pipeline._pricing import estimate_cost_usd
+from pipeline.api._types import Message, Usage
+from pipeline.stages._items import Entry, Flush, Reject
+from pipeline.stages.dryrun import (
+    DryRunMeter,
+    count_tokens_body,
+    dry_run,
+    messages_body,
+)
+
+Item = Entry | Reject | Flush
+MODEL = "claude-3-haiku-20240307"
+
+
+class VirtualClock:
+    """A clock that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        target = self.now + seconds
+        await anyio.lowlevel.checkpoint()
+        self.now = max(self.now, target)
+
+
+class FakeClient:
+    """Records every call; ``fail`` maps a prompt to the error to raise; ``gates`` map a
+    prompt to an event the call waits for."""
+
+    def __init__(self, clock: VirtualClock, tokens: int = 42) -> None:
+        self.clock = clock
+        self.tokens = tokens
+        self.calls: list[tuple[str, dict[str, Any], float]] = []
+        self.fail: dict[str, Exception] = {}
+        self.gates: dict[str, anyio.Event] = {}
+
+    async def _call(self, kind: str, params: bytes) -> int:
+        body = msgspec.json.decode(params)
+        self.calls.append((kind, body, self.clock()))
+        prompt = body["messages"][0]["content"]
+        if prompt in self.gates:
+            await self.gates[prompt].wait()
+        await anyio.lowlevel.checkpoint()
+        if prompt in self.fail:
+            raise self.fail[prompt]
+        return self.tokens
+
+    async def count_tokens(self, params: bytes) -> int:
+        return await self._call("count_tokens", params)
+
+    async def create_message(self, params: bytes) -> Message:
+        tokens = await self._call("messages", params)
+        return Message(
+            id="msg_1", model=MODEL, content=[], usage=Usage(input_tokens=tokens, output_tokens=1)
+        )
+
+
+def make_entry(line: int, shape: str, **params: Any) -> Entry:
+    """An entry whose prompt is its shape name (so the fake can fail a shape)."""
+    body = {"model": MODEL, "max_tokens": 100, "messages": [{"role": "user", "content": shape}]}
+    body.update(params)
+    raw = msgspec.json.encode({"custom_id": f"{shape}-{line}", "params": body})
+    return Entry(
+        line,
+        f"{shape}-{line}",
+        raw,
+        end=line * 10,
+        signature=shape,
+        model=MODEL,
+        max_tokens=100,
+        input_tokens=len(raw) // 3 + 1,
+    )
+
+
+def bad_request(message: str) -> BadRequestError:
+    return BadRequestError(status_code=400, error_type="invalid_request_error", message=message)
+
+
+async def run_stage(
+    batches: list[list[Item]], client: Any, config: PipelineConfig, **kwargs: Any
+) -> list[Item]:
+    """Feed ``batches`` through the stage, return everything it sent."""
+    clock = client.clock if isinstance(client, FakeClient) else VirtualClock()
+    send_in, recv_in = anyio.create_memory_object_stream[list[Item]](100)
+    send_out, recv_out = anyio.create_memory_object_stream[list[Item]](100)
+    out: list[Item] = []
+
+    async def feed() -> None:
+        async with send_in:
+            for batch in batches:
+                await send_in.send(batch)
+
+    async def collect() -> None:
+        async with recv_out:
+            async for batch in recv_out:
+                out.extend(batch)
+
+    stage = partial(
+        dry_run,
+        recv_in,
+        send_out,
+        client=client,
+        config=config,
+        clock=clock,
+        sleep=clock.sleep,
+        **kwargs,
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feed)
+            tg.start_soon(collect)
+            tg.start_soon(stage)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    return out
+
+
+def entries_of(items: list[Item], shape: str) -> list[Entry]:
+    return [i for i in items if isinstance(i, Entry) and i.signature == shape]
+
+
+async def test_new_shape_triggers_exactly_k_calls() -> None:
+    client = FakeClient(VirtualClock())
+    config = PipelineConfig(dry_run_samples=2, dry_run_rate=1000)
+    shapes = ["A", "B", "C"]
+    entries = [make_entry(n, shapes[n % 3]) for n in range(60)]
+    meter = DryRunMeter()
+    out = await run_stage(
+        [entries[i : i + 7] for i in range(0, 60, 7)], client, config, meter=meter
+    )
+
+    assert len(client.calls) == 6
+    assert sorted(c[1]["messages"][0]["content"] for c in client.calls) == [
+        "A",
+        "A",
+        "B",
+        "B",
+        "C",
+        "C",
+    ]
+    assert len(out) == 60
+    assert all(isinstance(i, Entry) for i in out)
+    for shape in shapes:  # per-shape order is kept
+        lines = [e.line for e in entries_of(out, shape)]
+        assert lines == sorted(lines)
+        assert len(lines) == 20
+    stats = meter.statistics()
+    assert (stats.calls, stats.count_tokens_calls, stats.shapes, stats.shapes_passed) == (
+        6,
+        6,
+        3,
+        3,
+    )
+    assert stats.held == 0
+
+
+async def test_measured_tokens_price_the_samples_and_calibrate_the_rest() -> None:
+    client = FakeClient(VirtualClock(), tokens=10)
+    entries = [make_entry(n, "A") for n in range(3)]
+    approx = entries[0].input_tokens
+    out = await run_stage([entries], client, PipelineConfig(dry_run_samples=1))
+    first, *rest = entries_of(out, "A")
+    assert first.input_tokens == 10
+    assert first.cost_usd == pytest.approx(estimate_cost_usd(MODEL, 10, 100))
+    for entry in rest:  # same shape and length: scaled by measured / approximated
+        assert entry.input_tokens == (approx * 10) // approx
+        assert entry.cost_usd == pytest.approx(estimate_cost_usd(MODEL, 10, 100))
+
+
+async def test_reject_shape_rejects_the_rest_without_further_calls() -> None:
+    client = FakeClient(VirtualClock())
+    client.fail["B"] = bad_request("messages.0.content: bad thing")
+    entries = [make_entry(n, "AB"[n % 2]) for n in range(20)]
+    meter = DryRunMeter()
+    out = await run_stage([entries], client, PipelineConfig(), meter=meter)
+
+    assert [c[1]["messages"][0]["content"] for c in client.calls] == ["A", "B"]
+    assert len(entries_of(out, "A")) == 10
+    rejects = [i for i in out if isinstance(i, Reject)]
+    assert len(rejects) == 10
+    sample = next(r for r in rejects if r.line == 1)
+    assert (sample.custom_id, sample.error.type) == ("B-1", "invalid_request_error")
+    assert sample.error.message == "messages.0.content: bad thing"
+    assert sample.end == 10
+    pointer = next(r for r in rejects if r.line == 3)
+    assert pointer.custom_id == "B-3"
+    assert pointer.error.message == (
+        "dry run of this request's shape failed on line 1 (custom_id 'B-1'): "
+        "messages.0.content: bad thing"
+    )
+    stats = meter.statistics()
+    assert (stats.shapes_failed, stats.samples_failed, stats.shape_rejects) == (1, 1, 9)
+
+
+async def test_reject_shape_skips_pending_samples_after_a_failure() -> None:
+    client = FakeClient(VirtualClock())
+    client.fail["B"] = bad_request("nope")
+    entries = [make_entry(n, "B") for n in range(5)]
+    out = await run_stage([entries], client, PipelineConfig(dry_run_samples=3, dry_run_rate=1))
+    assert len(client.calls) == 1
+    assert [type(i) for i in out] == [Reject] * 5
+    assert [i.line for i in out] == [0, 1, 2, 3, 4]
+
+
+async def test_continue_policy_lets_the_shape_through() -> None:
+    client = FakeClient(VirtualClock())
+    client.fail["B"] = bad_request("nope")
+    entries = [make_entry(n, "B") for n in range(5)]
+    out = await run_stage([entries], client, PipelineConfig(dry_run_policy="continue"))
+    assert len(client.calls) == 1
+    assert isinstance(out[0], Reject)
+    assert out[0].error.message == "nope"
+    assert [i.line for i in out[1:] if isinstance(i, Entry)] == [1, 2, 3, 4]
+
+
+async def test_abort_policy_raises_before_any_entry_of_the_shape_passes() -> None:
+    client = FakeClient(VirtualClock())
+    client.fail["B"] = bad_request("nope")
+    gate = client.gates["B"] = anyio.Event()
+    gate.set()
+    send_in, recv_in = anyio.create_memory_object_stream[list[Item]](10)
+    send_out, recv_out = anyio.create_memory_object_stream[list[Item]](10)
+    await send_in.send([make_entry(0, "A"), make_entry(1, "B"), make_entry(2, "B")])
+    await send_in.aclose()
+    with pytest.raises(DryRunAbortedError) as info:
+        await dry_run(
+            recv_in,
+            send_out,
+            client=client,
+            config=PipelineConfig(dry_run_policy="abort"),
+            clock=client.clock,
+            sleep=client.clock.sleep,
+        )
+    assert "line 1 (custom_id 'B-1')" in str(info.value)
+    assert "invalid_request_error: nope" in str(info.value)
+    passed: list[Item] = []  # what left before the stop
+    with recv_out:
+        async for batch in recv_out:
+            passed.extend(batch)
+    assert not entries_of(passed, "B")
+
+
+async def test_calls_never_exceed_the_rate() -> None:
+    client = FakeClient(VirtualClock())
+    entries = [make_entry(n, f"S{n}") for n in range(10)]
+    meter = DryRunMeter()
+    await run_stage([entries], client, PipelineConfig(dry_run_rate=2.0), meter=meter)
+    times = [t for _, _, t in client.calls]
+    assert len(times) == 10
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.5 - 1e-9
+    assert times[-1] == pytest.approx(4.5)  # and no slower than needed
+    assert meter.statistics().calls == 10
+
+
+async def test_known_shapes_flow_while_a_new_shape_is_checked() -> None:
+    client = FakeClient(VirtualClock())
+    gate = client.gates["B"] = anyio.Event()
+    send_in, recv_in = anyio.create_memory_object_stream[list[Item]](10)
+    send_out, recv_out = anyio.create_memory_object_stream[list[Item]](10)
+    config = PipelineConfig(dry_run_rate=1000)
+    async with anyio.create_task_group() as tg, send_in, recv_out:
+        tg.start_soon(
+            partial(
+                dry_run,
+                recv_in,
+                send_out,
+                client=client,
+                config=config,
+                clock=client.clock,
+                sleep=client.clock.sleep,
+            )
+        )
+        await send_in.send([make_entry(0, "A")])
+        assert [i.line for i in await recv_out.receive()] == [0]  # A verified
+        await send_in.send([make_entry(1, "B"), make_entry(2, "B")])
+        await send_in.send([make_entry(3, "A"), Flush(end=30)])
+        got = await recv_out.receive()  # while B's check hangs on the gate
+        assert [type(i) for i in got] == [Entry, Flush]
+        assert got[0].line == 3
+        assert not gate.is_set()
+        assert len(client.calls) == 2
+        gate.set()
+        assert [i.line for i in await recv_out.receive()] == [1, 2]
+        await send_in.aclose()
+        with pytest.raises(anyio.EndOfStream):
+            await recv_out.receive()
+
+
+async def test_held_entries_are_bounded_backpressure() -> None:
+    client = FakeClient(VirtualClock())
+    gate = client.gates["B"] = anyio.Event()
+    send_in, recv_in = anyio.create_memory_object_stream[list[Item]](0)
+    send_out, recv_out = anyio.create_memory_object_stream[list[Item]](100)
+    meter = DryRunMeter()
+    fed = 0
+
+    async def feed() -> None:
+        nonlocal fed
+        async with send_in:
+            for n in range(20):
+                await send_in.send([make_entry(n, "B")])
+                fed += 1
+
+    async with anyio.create_task_group() as tg, recv_out:
+        tg.start_soon(
+            partial(
+                dry_run,
+                recv_in,
+                send_out,
+                client=client,
+                config=PipelineConfig(),
+                clock=client.clock,
+                sleep=client.clock.sleep,
+                max_held=3,
+                meter=meter,
+            )
+        )
+        tg.start_soon(feed)
+        for _ in range(50):
+            await anyio.lowlevel.checkpoint()
+        assert meter.statistics().held == 3
+        assert fed <= 4  # the stage stopped reading: the source is blocked
+        gate.set()
+        lines = [i.line async for batch in recv_out for i in batch]
+    assert lines == list(range(20))
+    assert fed == 20
+
+
+async def test_final_flush_waits_for_held_shapes() -> None:
+    client = FakeClient(VirtualClock())
+    out = await run_stage(
+        [[make_entry(0, "A"), make_entry(1, "A")], [Flush(end=20, final=True)]],
+        client,
+        PipelineConfig(dry_run_samples=5),
+    )
+    assert [type(i) for i in out] == [Entry, Entry, Flush]
+    assert len(client.calls) == 2  # fewer entries than samples: all of them checked
+
+
+async def test_fatal_errors_fail_the_stage() -> None:
+    client = FakeClient(VirtualClock())
+    client.fail["A"] = AuthenticationError(
+        status_code=401, error_type="authentication_error", message="bad key"
+    )
+    with pytest.raises(AuthenticationError):
+        await run_stage([[make_entry(0, "A")]], client, PipelineConfig())
+
+
+async def test_off_passes_through_without_calls() -> None:
+    client = FakeClient(VirtualClock())
+    batches: list[list[Item]] = [[make_entry(0, "A"), Flush()], [make_entry(1, "B")]]
+    out = await run_stage(batches, client, PipelineConfig(dry_run="off"))
+    assert out == batches[0] + batches[1]
+    assert client.calls == []
+
+
+async def test_messages_mode_sends_own_params_with_tiny_max_tokens() -> None:
+    client = FakeClient(VirtualClock())
+    entry = make_entry(0, "A", temperature=0.3, system="s")
+    meter = DryRunMeter()
+    await run_stage([[entry]], client, PipelineConfig(dry_run="messages"), meter=meter)
+    [(kind, body, _)] = client.calls
+    assert kind == "messages"
+    assert body == {
+        "model": MODEL,
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": "A"}],
+        "temperature": 0.3,
+        "system": "s",
+    }
+    assert meter.statistics().messages_calls == 1
+
+
+def test_bodies() -> None:
+    raw = make_entry(
+        0,
+        "A",
+        temperature=0.3,
+        metadata={"user_id": "u"},
+        system="s",
+        thinking={"type": "enabled", "budget_tokens": 2000},
+        max_tokens=4000,
+    ).raw
+    assert msgspec.json.decode(count_tokens_body(raw)) == {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "A"}],
+        "system": "s",
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+    }
+    assert msgspec.json.decode(messages_body(raw))["max_tokens"] == 2001
+
+
+async def test_count_tokens_mode_catches_what_the_emulator_rejects(tmp_path: Any) -> None:
+    """Against the real emulator over loopback: a model this deployment does not serve
+    passes local validation (models=None) but fails its count_tokens sample."""
+    from pipeline.api import Client
+    from pipeline.emulator._config import EmulatorConfig
+    from pipeline.testing import serve_emulator
+
+    emulator = EmulatorConfig(models=frozenset({MODEL}))
+    good = [make_entry(n, "A") for n in range(3)]
+    bad = []
+    for n in range(3, 6):
+        entry = make_entry(n, "B", model="claude-3-opus-20240229")
+        entry.model = "claude-3-opus-20240229"
+        bad.append(entry)
+    meter = DryRunMeter()
+    async with (
+        serve_emulator(emulator, data_dir=tmp_path) as emu,
+        Client(api_key="sk-test", base_url=emu.url) as client,
+    ):
+        out = await run_stage([good + bad], client, PipelineConfig(dry_run_rate=1000), meter=meter)
+    assert [e.line for e in entries_of(out, "A")] == [0, 1, 2]
+    assert entries_of(out, "A")[0].input_tokens > 0
+    rejects = [i for i in out if isinstance(i, Reject)]
+    assert [r.line for r in rejects] == [3, 4, 5]
+    assert rejects[0].error.type == "invalid_request_error"
+    assert "claude-3-opus-20240229" in rejects[0].error.message
+    assert rejects[1].error.message.startswith("dry run of this request's shape failed on line 3")
+    assert meter.statistics().count_tokens_calls == 2
+
+
+async def test_downstream_closing_stops_the_stage_cleanly() -> None:
+    client = FakeClient(VirtualClock())
+    send_in, recv_in = anyio.create_memory_object_stream[list[Item]](10)
+    send_out, recv_out = anyio.create_memory_object_stream[list[Item]](10)
+    recv_out.close()  # the spend guard stopped reading
+    await send_in.send([make_entry(0, "A"), make_entry(1, "A")])
+    await dry_run(
+        recv_in,
+        send_out,
+        client=client,
+        config=PipelineConfig(),
+        clock=client.clock,
+        sleep=client.clock.sleep,
+    )
+    with pytest.raises(anyio.BrokenResourceError):  # upstream sees it closed
+        await send_in.send([make_entry(2, "A")])
+    send_in.close()

@@ -1,0 +1,66 @@
+"""Batch prices and cost estimates."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline._pricing import (
+    DEFAULT_PRICES,
+    Price,
+    cost_usd,
+    estimate_cost_usd,
+)
+
+
+@pytest.mark.parametrize(
+    ("model", "price"),
+    [
+        ("claude-3-5-sonnet-20240620", Price(1.50, 7.50)),
+        ("claude-3-5-sonnet-20241022", Price(1.50, 7.50)),
+        ("claude-3-opus-20240229", Price(7.50, 37.50)),
+        ("claude-3-haiku-20240307", Price(0.125, 0.625)),
+        ("claude-3-5-haiku-20241022", Price(0.40, 2.00)),
+    ],
+)
+def test_batch_prices_are_half_the_standard_ones(model: str, price: Price) -> None:
+    assert DEFAULT_PRICES[model] == price
+
+
+def test_estimate_bounds_output_by_max_tokens() -> None:
+    # 1M input at $1.50 + 2,000 output tokens at $7.50/M
+    assert estimate_cost_usd("claude-3-5-sonnet-20241022", 1_000_000, 2_000) == pytest.approx(
+        1.50 + 0.015
+    )
+    assert estimate_cost_usd("claude-3-haiku-20240307", 8_000, 0) == pytest.approx(0.001)
+
+
+def test_actual_cost_with_cache_tokens() -> None:
+    assert cost_usd("claude-3-opus-20240229", 1_000, 500) == pytest.approx(
+        (1_000 * 7.5 + 500 * 37.5) / 1e6
+    )
+    cached = cost_usd(
+        "claude-3-opus-20240229",
+        0,
+        0,
+        cache_creation_input_tokens=1_000_000,
+        cache_read_input_tokens=1_000_000,
+    )
+    assert cached == pytest.approx(7.5 * 1.25 + 7.5 * 0.1)
+
+
+def test_unknown_models_cost_nothing_and_are_reported() -> None:
+    assert estimate_cost_usd("my-model", 1_000, 1_000) == 0.0
+    assert cost_usd("my-model", 1_000, 1_000) == 0.0
+    assert DEFAULT_PRICES.unknown(["my-model", "claude-3-opus-20240229"]) == {"my-model"}
+
+
+def test_users_extend_the_table_without_changing_the_default() -> None:
+    prices = DEFAULT_PRICES.with_prices(
+        {"my-model": (1.0, 2.0), "claude-3-opus-20240229": Price(1, 1)}
+    )
+    assert estimate_cost_usd("my-model", 1_000_000, 1_000_000, prices=prices) == 3.0
+    assert prices["claude-3-opus-20240229"] == Price(1, 1)
+    assert "my-model" not in DEFAULT_PRICES
+    assert len(prices) == len(DEFAULT_PRICES) + 1
+    with pytest.raises(ValueError, match="prices must be >= 0"):
+        Price(-1, 0)
