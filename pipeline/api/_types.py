@@ -169,6 +169,47 @@ class ServerToolBlockParam(
     input: dict[str, Any] = {}
 
 
+class _ServerResultParam(Struct, omit_defaults=True, tag_field="type", forbid_unknown_fields=False):
+    """Base of server-tool result blocks echoed back in a later turn: their inner
+    shape is the service's to check, so unknown fields pass."""
+
+
+class WebSearchToolResultParam(_ServerResultParam, tag="web_search_tool_result"):
+    tool_use_id: str
+    content: Any = None
+
+
+class WebFetchToolResultParam(_ServerResultParam, tag="web_fetch_tool_result"):
+    tool_use_id: str
+    content: Any = None
+
+
+class CodeExecutionToolResultParam(_ServerResultParam, tag="code_execution_tool_result"):
+    tool_use_id: str
+    content: Any = None
+
+
+class BashCodeExecutionToolResultParam(_ServerResultParam, tag="bash_code_execution_tool_result"):
+    tool_use_id: str
+    content: Any = None
+
+
+class TextEditorCodeExecutionToolResultParam(
+    _ServerResultParam, tag="text_editor_code_execution_tool_result"
+):
+    tool_use_id: str
+    content: Any = None
+
+
+class ToolSearchToolResultParam(_ServerResultParam, tag="tool_search_tool_result"):
+    tool_use_id: str
+    content: Any = None
+
+
+class ContainerUploadParam(_ServerResultParam, tag="container_upload"):
+    file_id: str
+
+
 ContentBlockParam: TypeAlias = (
     TextBlockParam
     | ImageBlockParam
@@ -179,6 +220,13 @@ ContentBlockParam: TypeAlias = (
     | ToolUseBlockParam
     | ToolResultBlockParam
     | ServerToolBlockParam
+    | WebSearchToolResultParam
+    | WebFetchToolResultParam
+    | CodeExecutionToolResultParam
+    | BashCodeExecutionToolResultParam
+    | TextEditorCodeExecutionToolResultParam
+    | ToolSearchToolResultParam
+    | ContainerUploadParam
 )
 
 
