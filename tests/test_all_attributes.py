@@ -7,7 +7,13 @@ import types
 
 import pytest
 
-PUBLIC_MODULES = ["pipeline", "pipeline.api", "pipeline.stages", "pipeline.ledger", "pipeline.emulator"]
+PUBLIC_MODULES = [
+    "pipeline",
+    "pipeline.api",
+    "pipeline.stages",
+    "pipeline.ledger",
+    "pipeline.emulator",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
@@ -24,4 +30,6 @@ def test_all_is_complete_and_resolves(name: str) -> None:
         and getattr(value, "__module__", name).startswith("pipeline")
         and key not in {"annotations"}
     }
-    assert public <= set(exported), f"{name} defines public names not in __all__: {public - set(exported)}"
+    assert public <= set(exported), (
+        f"{name} defines public names not in __all__: {public - set(exported)}"
+    )

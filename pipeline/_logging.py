@@ -1,0 +1,219 @@
+"""Logging for people and for log collectors: the standard ``logging`` module,
+structured fields, and a filter that keeps API keys out of every record.
+
+Code in ``pipeline`` logs to loggers under ``"pipeline"`` and passes structured
+fields through ``extra=`` (``batch_id``, ``request_count``, ``counts``, ...)::
+
+    logger.info("batch ended", extra={"batch_id": batch.id, "counts": counts})
+
+``configure_logging`` installs one handler on the ``"pipeline"`` logger, either
+``text`` (one readable line, fields appended as ``key=value``) or ``json`` (one
+JSON object per line, fields as keys: what a worker under a supervisor wants).
+Its ``RedactingFilter`` masks anything shaped like an Anthropic key
+(``sk-ant-...``) and every configured secret (the key read from the
+environment) in messages, arguments, fields and tracebacks, so no handler ever
+sees a key, whatever a caller or a library put into a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+import msgspec
+
+from ._config import DEFAULT_API_KEY_ENV
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = (
+    "FIELDS_IN_MESSAGE",
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "LogFormat",
+    "RedactingFilter",
+    "TextFormatter",
+    "configure_logging",
+    "extra_fields",
+    "redact",
+)
+
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+
+#: What an Anthropic API key looks like; matched anywhere in a string.
+_KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
+_MASK = "[REDACTED]"
+#: Secrets shorter than this are not masked by value (they would mask ordinary words).
+_MIN_SECRET_LENGTH = 8
+
+#: Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
+)
+
+_json_encoder = msgspec.json.Encoder(enc_hook=repr)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every key-shaped substring and every given secret masked."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, _MASK)
+    if "sk-ant-" in text:
+        text = _KEY_PATTERN.sub(_MASK, text)
+    return text
+
+
+def _redact_value(value: object, secrets: tuple[str, ...]) -> object:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {k: _redact_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v, secrets) for v in value]
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return redact(repr(value), secrets)
+
+
+#: Set ``extra={"_fields_in_message": True, ...}`` when the message already says
+#: everything the fields do: the text format then leaves the fields out.
+FIELDS_IN_MESSAGE = "_fields_in_message"
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a record was given through ``extra=`` (names that
+    start with ``_`` are flags for the formatters, not fields)."""
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and k[:1] != "_"}
+
+
+class RedactingFilter(logging.Filter):
+    """Masks API keys in a record before any formatter sees it.
+
+    It resolves ``msg % args`` into the message, formats a traceback into
+    ``exc_text``, and masks both and every ``extra=`` field. Attach it to a
+    handler (``configure_logging`` does) so it covers records of every logger.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets: tuple[str, ...] = ()
+        for secret in secrets:
+            self.add_secret(secret)
+
+    def add_secret(self, secret: str | None) -> None:
+        """Also mask this exact value (e.g. the configured API key)."""
+        if secret and len(secret) >= _MIN_SECRET_LENGTH and secret not in self._secrets:
+            self._secrets = (*self._secrets, secret)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = self._secrets
+        record.msg = redact(record.getMessage(), secrets)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, secrets)
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, secrets)
+        for key, value in extra_fields(record).items():
+            setattr(record, key, _redact_value(value, secrets))
+        return True
+
+
+def _field_text(value: object) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items())
+    text = str(value)
+    return repr(text) if " " in text else text
+
+
+class _StderrProxy:
+    """Writes to whatever ``sys.stderr`` is now, so a live display that redirects
+    stderr (rich's ``Live``) can print log lines above itself."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class TextFormatter(logging.Formatter):
+    """``2024-10-22 12:00:00 INFO pipeline.x: message key=value ...``: for people."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = extra_fields(record)
+        if not fields or getattr(record, FIELDS_IN_MESSAGE, False):
+            return text
+        head, sep, tail = text.partition("\n")
+        extras = " ".join(f"{k}={_field_text(v)}" for k, v in fields.items())
+        return f"{head} {extras}{sep}{tail}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``time``, ``level``, ``logger``, ``message``,
+    every ``extra=`` field as a key, and ``exception`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in extra_fields(record).items():
+            doc.setdefault(key, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exception"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = record.stack_info
+        return _json_encoder.encode(doc).decode()
+
+
+def configure_logging(
+    *,
+    log_format: LogFormat = "text",
+    level: int | str = logging.INFO,
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+    api_key_env: str = DEFAULT_API_KEY_ENV,
+    logger_name: str = "pipeline",
+) -> logging.Handler:
+    """Send ``pipeline``'s log records to ``stream`` (stderr) in ``log_format``.
+
+    The handler masks API keys: anything ``sk-ant-...``, each of ``secrets`` and
+    the value of the ``api_key_env`` environment variable. A handler installed
+    by an earlier call is replaced, so calling this twice does not log twice.
+    Returns the handler (remove it from ``logging.getLogger(logger_name)`` to undo).
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log_format must be one of {LOG_FORMATS}, got {log_format!r}")
+    target: Any = stream if stream is not None else _StderrProxy()
+    handler: logging.StreamHandler[Any] = logging.StreamHandler(target)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    redactor = RedactingFilter(secrets)
+    redactor.add_secret(os.environ.get(api_key_env))
+    handler.addFilter(redactor)
+    setattr(handler, "_pipeline_handler", True)  # noqa: B010 - marks ours for replacement
+    logger = logging.getLogger(logger_name)
+    for old in [h for h in logger.handlers if getattr(h, "_pipeline_handler", False)]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler

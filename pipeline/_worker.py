@@ -1,0 +1,267 @@
+"""Run a Python pipeline definition as a long-lived worker.
+
+A definition is a plain Python file that builds a ``Pipeline``; it names it in
+one of two ways (the first found wins):
+
+* a module-level variable ``pipeline`` holding the ``Pipeline``;
+* a function ``make_pipeline()`` (sync or ``async``) returning one, for
+  definitions that must not build anything at import time.
+
+The same file serves a service: import it and ``await pipeline.run()``.
+
+``python -m pipeline worker definition.py`` loads the file (it is executed
+under the name ``__pipeline_worker__``, so its ``if __name__ == "__main__":``
+block does not run) and runs the pipeline with progress, the ``pipeline`` log
+handler and signal handling: the first SIGTERM or SIGINT asks the pipeline to
+stop (``pipeline.stop()``: stop reading, send or spool what is in hand, flush,
+commit) and the worker exits 0 once it has; a second signal cancels the run at
+once (the state on disk stays consistent) and the worker exits 128 + signal.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import runpy
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import msgspec
+
+from ._errors import UsageError
+from ._pipeline import Pipeline
+from ._ux import announce, run_with_progress
+from .stages._items import RawLine
+from .stages.watch import DEFAULT_WATCH_INTERVAL, watch_source
+
+if TYPE_CHECKING:
+    import argparse
+    import os
+
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
+    from ._stats import PipelineStatistics
+    from .ledger._base import ResumeState
+
+__all__ = (
+    "QueuePipeline",
+    "StoppablePipeline",
+    "WatchPipeline",
+    "queue_source",
+    "load_definition",
+    "resolve_pipeline",
+    "run_worker",
+)
+
+logger = logging.getLogger("pipeline.worker")
+
+#: The name a definition file runs under (not ``__main__``).
+DEFINITION_MODULE_NAME = "__pipeline_worker__"
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StoppablePipeline(Protocol):
+    """What the worker needs of a pipeline: run it, watch it, stop it."""
+
+    async def run(self) -> object:
+        """Run until the job ends or ``stop()`` was called."""
+        ...
+
+    def statistics(self) -> PipelineStatistics:
+        """A snapshot of the job's progress."""
+        ...
+
+    def stop(self, reason: str = ...) -> None:
+        """Stop reading input, finish or spool what is in hand, and end ``run()``."""
+        ...
+
+
+class WatchPipeline(Pipeline):
+    """A ``Pipeline`` whose source is a directory watched for new JSONL files
+    (``pipeline.stages.watch``): it never runs dry, so it runs until ``stop()``.
+
+    Each file dropped into ``directory`` (matching ``pattern``; write it under
+    another name and rename it in, so it appears whole) is read once and renamed
+    to ``NAME.done``; its lines travel like those of ``pipeline run``'s input.
+    Every other argument is the ``Pipeline``'s (``state=`` is required when
+    ``output`` is not a file). A lingering partial batch is sent after
+    ``config.linger_seconds``, so a trickle of small files still flows.
+    Notices (e.g. "running on the local emulator") go to the ``pipeline`` logger.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        output: Any,
+        rejects: str | os.PathLike[str] | None = None,
+        *,
+        pattern: str = "*.jsonl",
+        poll_interval: float = DEFAULT_WATCH_INTERVAL,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("announce", announce)
+        super().__init__((), output, rejects, **kwargs)
+        self.directory = Path(directory)
+        self.pattern = pattern
+        self.poll_interval = poll_interval
+
+    def __repr__(self) -> str:
+        return f"WatchPipeline(directory={str(self.directory)!r}, output={self._output!r})"
+
+    async def _source_stage(self, send: Any, resume: ResumeState) -> None:
+        await watch_source(
+            send,
+            directory=self.directory,
+            pattern=self.pattern,
+            poll_interval=self.poll_interval,
+            stop_event=self._stop,
+            start_line=resume.source_line,
+        )
+
+
+#: How often a queue source waiting for items looks at the stop flag, in seconds.
+_QUEUE_STOP_CHECK = 0.2
+_entry_encoder = msgspec.json.Encoder()
+
+
+def _encode_entry(item: Any) -> bytes:
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item)
+    return _entry_encoder.encode(item)
+
+
+async def queue_source(
+    send: Any,
+    /,
+    *,
+    receive: MemoryObjectReceiveStream[Any],
+    stop_event: anyio.Event,
+    start_line: int = 0,
+) -> None:
+    """Send entries (dicts, Structs or encoded bytes) as they arrive on ``receive``:
+    whatever is waiting goes out at once as one chunk, so a trickle is never held
+    back. Ends when ``receive`` is closed by its producers or ``stop_event`` is set."""
+    line = start_line
+    async with send:
+        while not stop_event.is_set():
+            items: list[Any] = []
+            with anyio.move_on_after(_QUEUE_STOP_CHECK):
+                try:
+                    items.append(await receive.receive())
+                except anyio.EndOfStream:
+                    return
+            if not items:
+                continue
+            while True:
+                try:
+                    items.append(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            chunk = []
+            for item in items:
+                line += 1
+                chunk.append(RawLine(line, _encode_entry(item), -1))
+            await send.send(chunk)
+
+
+class QueuePipeline(Pipeline):
+    """A ``Pipeline`` fed from a memory object stream, for services: producers
+    ``await send.send(entry)``; each entry goes on as soon as it arrives (a
+    partial batch is sent after ``config.linger_seconds``). It ends when every
+    producer closed its send end (or on ``stop()``). ``state=`` is required when
+    ``output`` is not a file. Entries are at-least-once across a crash of the
+    service: keep the queue's producers idempotent by custom_id."""
+
+    def __init__(self, receive: MemoryObjectReceiveStream[Any], output: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("announce", announce)
+        super().__init__((), output, **kwargs)
+        self.receive = receive
+
+    async def _source_stage(self, send: Any, resume: ResumeState) -> None:
+        async with self.receive:
+            await queue_source(
+                send, receive=self.receive, stop_event=self._stop, start_line=resume.source_line
+            )
+
+
+def load_definition(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Execute the definition file at ``path``; its module namespace."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"pipeline definition {str(file)!r} is not a file")
+    return runpy.run_path(str(file), run_name=DEFINITION_MODULE_NAME)
+
+
+async def resolve_pipeline(namespace: dict[str, Any], *, path: str = "") -> StoppablePipeline:
+    """The pipeline a definition's namespace names: ``pipeline``, else the result
+    of ``make_pipeline()`` (awaited if it is a coroutine function)."""
+    where = f" in {path}" if path else ""
+    if namespace.get("pipeline") is not None:
+        candidate = namespace["pipeline"]
+    elif callable(namespace.get("make_pipeline")):
+        candidate = namespace["make_pipeline"]()
+        if inspect.isawaitable(candidate):
+            candidate = await candidate
+    else:
+        raise UsageError(
+            f"no pipeline{where}: define a module-level `pipeline = Pipeline(...)` "
+            "or a function `make_pipeline()` that returns one"
+        )
+    missing = [
+        m for m in ("run", "statistics", "stop") if not callable(getattr(candidate, m, None))
+    ]
+    if missing:
+        raise UsageError(
+            f"the pipeline{where} is a {type(candidate).__name__}, not a Pipeline "
+            f"(it has no {', '.join(missing)})"
+        )
+    pipeline: StoppablePipeline = candidate
+    return pipeline
+
+
+async def _watch_signals(
+    pipeline: StoppablePipeline, scope: anyio.CancelScope, outcome: dict[str, int]
+) -> None:
+    with anyio.open_signal_receiver(*_SIGNALS) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if "signal" not in outcome:
+                outcome["signal"] = signum
+                logger.info(
+                    "%s: stopping (send it again to exit at once)", name, extra={"signal": name}
+                )
+                pipeline.stop(f"signal {name}")
+                continue
+            logger.warning("%s again: exiting at once", name, extra={"signal": name})
+            outcome["code"] = 128 + signum
+            scope.cancel()
+            return
+
+
+async def run_worker(pipeline: StoppablePipeline, *, args: argparse.Namespace) -> int:
+    """Run ``pipeline`` until its source ends or a signal stops it; the exit code
+    (0 after a clean end or a graceful stop, 128 + signal after a second signal)."""
+    outcome: dict[str, int] = {"code": 0}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_signals, pipeline, tg.cancel_scope, outcome)
+        await run_with_progress(pipeline, args=args)
+        tg.cancel_scope.cancel()
+    if outcome["code"]:
+        return outcome["code"]
+    stats = pipeline.statistics()
+    logger.info(
+        "worker done: %d written, %d in flight left for the next start",
+        stats.written,
+        stats.in_flight,
+        extra={"written": stats.written, "in_flight": stats.in_flight},
+    )
+    return 0
+
+
+async def run_definition(args: argparse.Namespace) -> int:
+    """Load ``args.definition`` and run its pipeline as a worker."""
+    namespace = load_definition(args.definition)
+    pipeline = await resolve_pipeline(namespace, path=str(args.definition))
+    return await run_worker(pipeline, args=args)
