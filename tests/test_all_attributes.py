@@ -13,6 +13,7 @@ PUBLIC_MODULES = [
     "pipeline.stages",
     "pipeline.ledger",
     "pipeline.emulator",
+    "pipeline.testing",
 ]
 
 

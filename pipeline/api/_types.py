@@ -465,11 +465,11 @@ class ErrorDetail(Struct, omit_defaults=True):
     message: str
 
 
-class ErrorResponse(Struct):
+class ErrorResponse(Struct, kw_only=True):
     """The error envelope: ``{"type":"error","error":{...},"request_id":...}``."""
 
-    error: ErrorDetail
     type: Literal["error"] = "error"
+    error: ErrorDetail
     request_id: str | None = None
 
 
