@@ -1,0 +1,638 @@
+"""The runner: ``Pipeline`` wires the stages together over bounded streams, in one
+task group, around one client, one ledger and the sinks.
+
+::
+
+    source -> validate -> dry_run -> spend_guard -> chunker -> submitter -> poller -> results -> sink
+                                                      ^                                  |
+                                                      +--- retry feeder <- spool (ledger) +
+    rejects: ledger -> rejects writer -> rejects file
+
+Errors: a stage that fails cancels the others, and ``run()`` raises one
+``StageError`` naming the stage, whose ``__cause__`` is the original error (the
+task group's ``ExceptionGroup`` is collapsed to its first stage failure). Errors
+before the stages start (the state file, the input) are raised as they are.
+
+Stopping: ``stop()`` is graceful (stop reading the source, send or spool what is in
+hand, flush and commit the sinks; batches at the service keep running and are
+collected on the next start; ``run()`` returns with ``stopped_reason`` set).
+Cancelling the task that runs ``run()`` is immediate, and the state on disk stays
+consistent (every ledger step is one transaction; sinks are truncated back to their
+last commit on the next start).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterable, Callable, Iterable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._config import DEFAULT_BASE_URL, DEFAULT_POLL_INTERVAL, PipelineConfig
+from ._errors import PipelineError, StageError, UsageError
+from ._stats import ModelUsage, PipelineStatistics
+from .api._client import Client
+from .ledger._base import BatchRecord, JobSpec
+from .stages._items import SubmittedBatch
+from .stages._protocol import Capacity, Progress
+from .stages.chunker import chunker
+from .stages.poller import poller
+from .stages.results import results
+from .stages.retry import retry_feeder
+from .stages.sink import CallbackSink, JsonlSink, ResultSink, rejects_writer
+from .stages.source import DEFAULT_CHUNK_SIZE, iterable_source, jsonl_source
+from .stages.submitter import submitter
+from .stages.validate import validate
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from .ledger._base import Ledger, ResumeState
+
+__all__ = ("Pipeline",)
+
+logger = logging.getLogger("pipeline")
+
+#: The key the embedded emulator is called with (it accepts any key).
+EMULATOR_API_KEY = "emulator-local-key"
+#: How fast the embedded emulator processes a batch, in seconds.
+EMULATOR_BATCH_SECONDS = 0.2
+#: Poll floor against the embedded emulator (it ends batches within a second).
+EMULATOR_POLL_INTERVAL = 0.1
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+Source = str | os.PathLike[str] | Iterable[Any] | AsyncIterable[Any]
+Output = str | os.PathLike[str] | Callable[[Any], "Awaitable[object]"] | ResultSink
+
+
+class Pipeline:
+    """One job: requests from ``source`` through the Message Batches API, results to
+    ``output``, and every input that cannot be sent to ``rejects``.
+
+    ``source``: a JSONL file path, or any sync/async iterable of entries (dicts,
+    Structs or encoded bytes). ``output``: a JSONL file path, an async callback
+    called with each ``ResultLine``, or a ``ResultSink``. ``rejects``: a JSONL file
+    path (default for a file output: ``RESULTS.rejects.jsonl`` next to it; None
+    otherwise: rejects are then only counted and kept in the state file).
+    ``state``: the ledger's SQLite file (default ``<output>.state``); ``ledger``
+    replaces it with any ``Ledger``. With no ``client``, ``api_key`` or
+    ``base_url``, the emulator is started in-process on loopback, and said so.
+
+    Run it with ``await pipeline.run()``, or ``async with pipeline:`` and
+    ``await pipeline.wait()``; watch it with ``statistics()``; ``stop()`` it.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        output: Output,
+        rejects: str | os.PathLike[str] | None = None,
+        *,
+        config: PipelineConfig | None = None,
+        client: Client | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        state: str | os.PathLike[str] | None = None,
+        ledger: Ledger | None = None,
+        emulator_dir: str | os.PathLike[str] | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config if config is not None else PipelineConfig()
+        self._source = source
+        self._input_path = Path(source) if isinstance(source, str | os.PathLike) else None
+        self._output = output
+        self._output_path = Path(output) if isinstance(output, str | os.PathLike) else None
+        if rejects is None and self._output_path is not None:
+            out = self._output_path
+            rejects = out.with_name(out.stem + ".rejects" + (out.suffix or ".jsonl"))
+        self._rejects_path = Path(rejects) if rejects is not None else None
+        if state is None and ledger is None:
+            if self._output_path is None:
+                raise UsageError(
+                    "state= (the job's state file) is required when output is not a file"
+                )
+            state = self._output_path.with_name(self._output_path.name + ".state")
+        self._state_path = Path(state) if state is not None else None
+        self._ledger_given = ledger
+        self._client_given = client
+        self._api_key = api_key
+        self._base_url = base_url
+        self._emulator_dir = emulator_dir
+        self._announce = announce if announce is not None else _stderr
+        self._state = _State.UNOPENED
+        self._progress = Progress()
+        self._capacity = Capacity(self.config.max_in_flight)
+        self._stop = anyio.Event()
+        self._stopped_reason: str | None = None
+        self._started = 0.0
+        self._elapsed = 0.0
+        self._finished = False
+        self._dry_run_meter: Any = None
+        self._spend_meter: Any = None
+        self._result: PipelineStatistics | None = None
+        self._tg: TaskGroup | None = None
+        self._done = anyio.Event()
+        self._error: BaseException | None = None
+        self._client: Client | None = None
+        #: bytes per read of a file source (tests make it small)
+        self._source_chunk_size = DEFAULT_CHUNK_SIZE
+
+    def __repr__(self) -> str:
+        return (
+            f"Pipeline(source={self._source!r}, output={self._output!r}, state={self._state.value})"
+        )
+
+    # -- observing and stopping -----------------------------------------------------
+
+    @property
+    def output_path(self) -> Path | None:
+        return self._output_path
+
+    @property
+    def rejects_path(self) -> Path | None:
+        return self._rejects_path
+
+    @property
+    def state_path(self) -> Path | None:
+        return self._state_path
+
+    def statistics(self) -> PipelineStatistics:
+        """A snapshot of the job's progress (cheap; safe to call any time)."""
+        p = self._progress
+        elapsed = self._elapsed
+        if self._state is _State.RUNNING:
+            elapsed = time.monotonic() - self._started
+        estimated = p.estimated_cost_usd
+        dry_run_calls = 0
+        if self._spend_meter is not None:
+            estimated = float(getattr(self._spend_meter, "estimated_cost_usd", estimated))
+        if self._dry_run_meter is not None:
+            dry_run_calls = int(getattr(self._dry_run_meter, "calls", 0))
+        return PipelineStatistics(
+            read=p.read,
+            rejected=p.rejected,
+            submitted=p.submitted,
+            in_flight=max(0, p.in_flight),
+            ended=p.ended,
+            written=p.written,
+            retrying=max(0, p.spooled),
+            batches_submitted=p.batches_submitted,
+            batches_in_flight=max(0, p.batches_in_flight),
+            outcomes=dict(p.outcomes),
+            usage={m: ModelUsage(int(u[0]), int(u[1]), u[2]) for m, u in p.usage.items()},
+            estimated_cost_usd=estimated,
+            actual_cost_usd=p.actual_cost_usd,
+            dry_run_calls=dry_run_calls,
+            elapsed_seconds=elapsed,
+            total=p.total,
+            finished=self._finished,
+            stopped_reason=self._stopped_reason,
+        )
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Stop gracefully: read no more input, send or spool the batch in hand,
+        flush and commit; batches at the service are collected on the next start."""
+        if self._stop.is_set():
+            return
+        self._stopped_reason = reason
+        self._progress.stopping = True
+        self._stop.set()
+        self._capacity.interrupt()
+        self._progress.changed()
+
+    # -- running ---------------------------------------------------------------------
+
+    async def run(self) -> PipelineStatistics:
+        """Run the job to its end (or until ``stop()``); its final statistics."""
+        if self._state is not _State.UNOPENED:
+            raise UsageError("a Pipeline runs once; build a new one to run again")
+        self._state = _State.RUNNING
+        self._started = time.monotonic()
+        try:
+            async with AsyncExitStack() as stack:
+                await self._run(stack)
+        finally:
+            self._elapsed = time.monotonic() - self._started
+            self._state = _State.CLOSED
+        stats = self.statistics()
+        self._result = stats
+        return stats
+
+    async def __aenter__(self) -> Pipeline:
+        """Start the job in the background; ``wait()`` for it, ``stop()`` it."""
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._run_in_background)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        if exc is not None:
+            self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            raise _collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
+
+    async def _run_in_background(self) -> None:
+        try:
+            await self.run()
+        except Exception as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def wait(self) -> PipelineStatistics:
+        """Wait for a job started with ``async with`` to end; its statistics (or its error)."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    async def aclose(self) -> None:
+        """Stop the job at once if it runs in the background (idempotent)."""
+        if self._tg is not None and not self._done.is_set():
+            self._tg.cancel_scope.cancel()
+        await anyio.lowlevel.checkpoint()
+
+    # -- the run -------------------------------------------------------------------
+
+    async def _run(self, stack: AsyncExitStack) -> None:
+        ledger = await self._open_ledger(stack)
+        resume = await ledger.open(self._job_spec())
+        if resume.finished:
+            self._finished = True
+            self._announce(
+                "pipeline: this job already finished; nothing to do "
+                f"(state {self._state_path}). Remove the state file to run it again."
+            )
+            return
+        client = await self._open_client(stack)
+        sink = self._output_sink()
+        await sink.open(resume.output)
+        stack.push_async_callback(sink.aclose)
+        rejects_sink = None
+        if self._rejects_path is not None:
+            rejects_sink = JsonlSink(self._rejects_path)
+            await rejects_sink.open(resume.rejects)
+            stack.push_async_callback(rejects_sink.aclose)
+        resumed = await self._resume(resume, ledger, client)
+        await self._run_stages(client, ledger, sink, rejects_sink, resume, resumed)
+
+    async def _resume(
+        self, resume: ResumeState, ledger: Ledger, client: Client
+    ) -> list[tuple[BatchRecord, int]]:
+        """Settle creates of unknown outcome; the batches to poll again, each with
+        the requests it still owes."""
+        p = self._progress
+        p.spooled = resume.spooled
+        p.rejected = resume.rejects.count
+        p.written = resume.output.count
+        p.read = resume.source_line
+        batches = [(b, b.request_count - b.results_written) for b in resume.batches]
+        if resume.pending_intents:
+            from .ledger._reconcile import reconcile
+
+            report = await reconcile(ledger, client, resume.pending_intents)
+            by_id = {i.local_id: i for i in resume.pending_intents}
+            batches += [(record, record.request_count) for record in report.adopted]
+            p.spooled += sum(by_id[i].request_count for i in report.released)
+            self._announce(
+                f"pipeline: reconciled {len(by_id)} batch create(s) of unknown outcome: "
+                f"{len(report.adopted)} found at the service, {len(report.released)} to send again"
+            )
+        if batches:
+            self._announce(f"pipeline: resuming; {len(batches)} batch(es) in flight polled again")
+        for record, owed in batches:
+            p.outstanding += owed
+            p.in_flight += record.request_count
+            p.batches_in_flight += 1
+            self._capacity.force(record.request_count)
+        return batches
+
+    async def _run_stages(
+        self,
+        client: Client,
+        ledger: Ledger,
+        sink: ResultSink,
+        rejects_sink: JsonlSink | None,
+        resume: ResumeState,
+        resumed: list[tuple[BatchRecord, int]],
+    ) -> None:
+        config, p = self.config, self._progress
+        size = config.buffer_size
+        send_raw, recv_raw = _stream(size)
+        send_checked, recv_checked = _stream(size)
+        stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("source", self._source_stage(send_raw, resume)),
+            ("validate", validate(recv_raw, send_checked, config=config, progress=p)),
+        ]
+        # validate -> [dry_run] -> [spend_guard] -> chunker
+        for name, stage in self._extra_stages():
+            send_next, recv_next = _stream(size)
+            stages.append((name, stage(recv_checked, send_next)))
+            recv_checked = recv_next
+            send_checked = send_next
+        retry_send = send_checked.clone()
+        send_chunks, recv_chunks = _stream(size)
+        send_sub, recv_sub = _stream(size)
+        send_ended, recv_ended = _stream(size)
+        rejects_done = anyio.Event()
+        stages += [
+            ("chunker", chunker(recv_checked, send_chunks, config=config, progress=p)),
+            (
+                "submitter",
+                submitter(
+                    recv_chunks,
+                    send_sub,
+                    client=client,
+                    ledger=ledger,
+                    config=config,
+                    capacity=self._capacity,
+                    progress=p,
+                    reconcile=self._reconciler(ledger, client),
+                ),
+            ),
+            (
+                "poller",
+                poller(
+                    recv_sub,
+                    send_ended,
+                    client=client,
+                    ledger=ledger,
+                    config=config,
+                    progress=p,
+                    resumed=[
+                        SubmittedBatch(
+                            r.local_id, r.batch_id or "", r.request_count, r.sent_at or 0
+                        )
+                        for r, _ in resumed
+                    ],
+                    sleep=self._sleep,
+                ),
+            ),
+            (
+                "results",
+                results(
+                    recv_ended,
+                    client=client,
+                    ledger=ledger,
+                    sink=sink,
+                    config=config,
+                    capacity=self._capacity,
+                    progress=p,
+                    resumed={r.local_id: owed for r, owed in resumed},
+                ),
+            ),
+            (
+                "retry",
+                retry_feeder(
+                    retry_send, ledger=ledger, config=config, progress=p, path=self._input_path
+                ),
+            ),
+        ]
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    self._guard,
+                    "rejects",
+                    rejects_writer(
+                        ledger=ledger,
+                        sink=rejects_sink,
+                        progress=p,
+                        position=resume.rejects,
+                        done=rejects_done,
+                    ),
+                )
+                async with anyio.create_task_group() as main:
+                    for name, coro in stages:
+                        main.start_soon(self._guard, name, coro)
+                rejects_done.set()
+                p.rejects_recorded.set()
+        except BaseExceptionGroup as group:
+            raise _collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
+        if not self._stop.is_set() and p.cycle_done:
+            await ledger.mark_finished()
+            self._finished = True
+
+    async def _guard(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run one stage; its failure becomes ``StageError(name)``. A stream broken
+        because a downstream stage ended early on a stop is a normal end."""
+        try:
+            await coro
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            if not self._stop.is_set():
+                raise StageError(name, exc) from exc
+        except Exception as exc:
+            raise StageError(name, exc) from exc
+
+    async def _source_stage(self, send: Any, resume: ResumeState) -> None:
+        if self._input_path is not None:
+            await jsonl_source(
+                send,
+                path=self._input_path,
+                start_offset=resume.source_offset,
+                start_line=resume.source_line,
+                chunk_size=self._source_chunk_size,
+                stop=self._stop,
+            )
+        else:
+            assert not isinstance(self._source, str | os.PathLike)
+            await iterable_source(
+                send, items=self._source, skip=resume.source_line, stop=self._stop
+            )
+
+    def _extra_stages(self) -> list[tuple[str, Callable[[Any, Any], Coroutine[Any, Any, None]]]]:
+        """The optional stages between validate and the chunker."""
+        config = self.config
+        out: list[tuple[str, Callable[[Any, Any], Coroutine[Any, Any, None]]]] = []
+        if config.dry_run != "off":
+            from .stages.dryrun import DryRunMeter, dry_run
+
+            self._dry_run_meter = meter = DryRunMeter()
+            client = self._client
+            assert client is not None
+
+            async def _dry(r: Any, s: Any) -> None:
+                await dry_run(r, s, client=client, config=config, meter=meter)
+
+            out.append(("dry_run", _dry))
+        if config.budget_usd is not None:
+            from .stages.budget import SpendMeter, spend_guard
+
+            self._spend_meter = spend = SpendMeter()
+
+            async def _guard(r: Any, s: Any) -> None:
+                await spend_guard(
+                    r,
+                    s,
+                    config=config,
+                    meter=spend,
+                    on_exceeded=lambda exc: self.stop(f"budget reached: {exc}"),
+                )
+
+            out.append(("spend_guard", _guard))
+        return out
+
+    def _reconciler(
+        self, ledger: Ledger, client: Client
+    ) -> Callable[[int, int, int, float], Awaitable[str | None]]:
+        async def reconcile_one(local_id: int, n: int, size: int, sent_at: float) -> str | None:
+            from .ledger._reconcile import reconcile
+
+            record = BatchRecord(
+                local_id=local_id,
+                batch_id=None,
+                state="sending",
+                request_count=n,
+                body_bytes=size,
+                sent_at=sent_at,
+            )
+            report = await reconcile(ledger, client, [record])
+            return report.adopted[0].batch_id if report.adopted else None
+
+        return reconcile_one
+
+    async def _sleep(self, seconds: float) -> None:
+        """A sleep that a ``stop()`` cuts short."""
+        with anyio.move_on_after(seconds):
+            await self._stop.wait()
+
+    # -- resources -----------------------------------------------------------------
+
+    async def _open_client(self, stack: AsyncExitStack) -> Client:
+        if self._client_given is not None:
+            self._client = self._client_given
+            return self._client
+        api_key, base_url = self._api_key, self._base_url
+        if api_key is None and base_url is None:
+            base_url = await self._start_emulator(stack)
+            api_key = EMULATOR_API_KEY
+        client = Client(api_key=api_key, base_url=base_url or DEFAULT_BASE_URL)
+        self._client = await stack.enter_async_context(client)
+        return self._client
+
+    async def _start_emulator(self, stack: AsyncExitStack) -> str:
+        from .emulator import EmulatorConfig
+        from .testing import serve_emulator
+
+        data_dir = Path(self._emulator_dir) if self._emulator_dir is not None else None
+        if data_dir is None and self._state_path is not None:
+            data_dir = self._state_path.with_name(self._state_path.name + ".emulator")
+        emu_config = EmulatorConfig(batch_seconds=EMULATOR_BATCH_SECONDS)
+        handle = await stack.enter_async_context(serve_emulator(emu_config, data_dir=data_dir))
+        if self.config.poll_interval == DEFAULT_POLL_INTERVAL:
+            self.config = _with(self.config, poll_interval=EMULATOR_POLL_INTERVAL)
+        self._announce(
+            f"pipeline: no API key and no base URL: running on the local emulator at {handle.url} "
+            "(set ANTHROPIC_API_KEY to use the Message Batches API)"
+        )
+        return handle.url
+
+    async def _open_ledger(self, stack: AsyncExitStack) -> Ledger:
+        if self._ledger_given is not None:
+            ledger = self._ledger_given
+        else:
+            from .ledger._sqlite import SQLiteLedger
+
+            assert self._state_path is not None
+            ledger = SQLiteLedger(self._state_path)
+        stack.push_async_callback(_shielded(ledger.aclose))
+        return ledger
+
+    def _output_sink(self) -> ResultSink:
+        output = self._output
+        if isinstance(output, str | os.PathLike):
+            return JsonlSink(output)
+        if hasattr(output, "commit") and hasattr(output, "write"):
+            return output  # type: ignore[return-value]
+        return CallbackSink(output)  # type: ignore[arg-type]
+
+    def _job_spec(self) -> JobSpec:
+        fingerprint = None
+        if self._input_path is not None:
+            fingerprint = _fingerprint(self._input_path)
+        return JobSpec(
+            input_path=str(self._input_path.absolute()) if self._input_path else None,
+            input_fingerprint=fingerprint,
+            output_path=str(self._output_path.absolute()) if self._output_path else None,
+            rejects_path=str(self._rejects_path.absolute()) if self._rejects_path else None,
+        )
+
+
+def _fingerprint(path: Path) -> str:
+    """Hash of the input's first MiB and its size: a state file refuses another input."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
+            size = handle.seek(0, os.SEEK_END)
+    except OSError as exc:
+        from ._errors import InputError
+
+        raise InputError(f"cannot read input {str(path)!r}: {exc.strerror}") from exc
+    return f"{size}:{hashlib.blake2b(head, digest_size=16).hexdigest()}"
+
+
+def _stream(size: int) -> tuple[Any, Any]:
+    return anyio.create_memory_object_stream[Any](size)
+
+
+def _with(config: PipelineConfig, **changes: Any) -> PipelineConfig:
+    import msgspec
+
+    return msgspec.structs.replace(config, **changes)
+
+
+def _shielded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await fn()
+
+    return close
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _collapse(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first stage failure of a task group's exceptions (else the first error)."""
+    leaves = list(_leaves(group))
+    for exc in leaves:
+        if isinstance(exc, StageError):
+            return exc
+    for exc in leaves:
+        if isinstance(exc, PipelineError | Exception):
+            return exc
+    return leaves[0] if leaves else group
+
+
+def _leaves(exc: BaseException) -> Iterable[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc

@@ -1,0 +1,302 @@
+"""``python -m pipeline run``: a JSONL file of batch requests to a JSONL file of results.
+
+With ``ANTHROPIC_API_KEY`` (or the variable ``--api-key-env`` names) set, it talks
+to the Message Batches API (or ``--base-url``); with neither a key nor a base URL it
+starts the local emulator in-process and says so on stderr.
+
+Exit status: 0 when the job finished (errored results are outcomes, not failures)
+or stopped gracefully on a signal; 1 with a one-line reason when it failed; 2 for
+bad options; 128 + signal number when a second signal cut it short (the state on
+disk stays consistent: re-running the command resumes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._config import (
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_LINGER_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_REQUESTS,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_POLL_INTERVAL,
+    PipelineConfig,
+)
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ._pipeline import Pipeline
+    from ._stats import PipelineStatistics
+
+__all__ = ("add_parser", "build_config", "format_summary", "run_command")
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``run`` and its options; ``func`` runs the job."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "run",
+        help="run a job: a JSONL file of batch requests to a JSONL file of results",
+        description=(
+            'Send every request of INPUT (one {"custom_id": ..., "params": {...}} per line) '
+            "through the Message Batches API and write one result line per accepted request "
+            "to --output. With no API key and no --base-url, runs on the local emulator. "
+            "Re-running the same command resumes an interrupted job."
+        ),
+    )
+    parser.add_argument("input", metavar="INPUT.jsonl", help="the batch requests, one per line")
+    parser.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="RESULTS.jsonl",
+        help="where results go, one line per accepted request (the service's result format)",
+    )
+    parser.add_argument(
+        "--rejects",
+        metavar="REJECTS.jsonl",
+        help="where inputs that cannot be sent go, with line number, custom_id and reason "
+        "(default: RESULTS.rejects.jsonl next to the output)",
+    )
+    parser.add_argument(
+        "--state",
+        metavar="PATH",
+        help="the job's state file, for resuming (default: RESULTS.jsonl.state next to the output)",
+    )
+    api = parser.add_argument_group("service")
+    api.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="the API's base URL (default: the Anthropic API when a key is set, else the "
+        "embedded emulator)",
+    )
+    api.add_argument(
+        "--api-key-env",
+        default=DEFAULT_API_KEY_ENV,
+        metavar="NAME",
+        help=f"environment variable holding the API key (default: {DEFAULT_API_KEY_ENV})",
+    )
+    tune = parser.add_argument_group("batching")
+    tune.add_argument(
+        "--max-batch-requests",
+        type=int,
+        default=DEFAULT_MAX_BATCH_REQUESTS,
+        metavar="N",
+        help=f"requests per batch at most (default: {DEFAULT_MAX_BATCH_REQUESTS:,})",
+    )
+    tune.add_argument(
+        "--max-batch-bytes",
+        type=int,
+        default=DEFAULT_MAX_BATCH_BYTES,
+        metavar="BYTES",
+        help=f"size of a batch's create body at most (default: {DEFAULT_MAX_BATCH_BYTES:,})",
+    )
+    tune.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        metavar="N",
+        help="requests at the service at once (submitted, results not yet collected); "
+        f"the queue limit of your tier (default: {DEFAULT_MAX_IN_FLIGHT:,})",
+    )
+    tune.add_argument(
+        "--linger-seconds",
+        type=float,
+        default=DEFAULT_LINGER_SECONDS,
+        metavar="S",
+        help="how long a partial batch waits for more requests before it is sent anyway "
+        f"(default: {DEFAULT_LINGER_SECONDS})",
+    )
+    tune.add_argument(
+        "--max-attempts",
+        type=int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        metavar="N",
+        help="submissions per request, the first included, for retryable errors "
+        f"(api_error, overloaded_error) and expiries (default: {DEFAULT_MAX_ATTEMPTS})",
+    )
+    tune.add_argument(
+        "--poll-interval",
+        type=float,
+        default=DEFAULT_POLL_INTERVAL,
+        metavar="S",
+        help="the floor of the adaptive poll interval, in seconds "
+        f"(default: {DEFAULT_POLL_INTERVAL})",
+    )
+    tune.add_argument(
+        "--canceled",
+        choices=("final", "retry"),
+        default="final",
+        help="canceled results: write them as they are (final, default) or send them again",
+    )
+    tune.add_argument(
+        "--delete-ended",
+        action="store_true",
+        help="delete each batch at the service once its results are durably written",
+    )
+    check = parser.add_argument_group("checks before paying")
+    check.add_argument(
+        "--dry-run",
+        choices=("off", "count-tokens", "messages"),
+        default="count-tokens",
+        help="before submitting a new request shape, try samples of it: count-tokens (free, "
+        "default), messages (a real tiny call), or off",
+    )
+    check.add_argument(
+        "--dry-run-samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="samples tried per request shape (default: 1)",
+    )
+    check.add_argument(
+        "--dry-run-policy",
+        choices=("reject-shape", "continue", "abort"),
+        default="reject-shape",
+        help="when a sample fails: reject that shape's requests (default), continue anyway, "
+        "or abort the job",
+    )
+    check.add_argument(
+        "--budget-usd",
+        type=float,
+        metavar="USD",
+        help="stop submitting before the estimated cost would pass this many dollars",
+    )
+    parser.set_defaults(func=run_command)
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> PipelineConfig:
+    """The ``PipelineConfig`` the options ask for (``ValueError`` if inconsistent)."""
+    return PipelineConfig(
+        max_batch_requests=args.max_batch_requests,
+        max_batch_bytes=args.max_batch_bytes,
+        max_in_flight=args.max_in_flight,
+        linger_seconds=args.linger_seconds,
+        max_attempts=args.max_attempts,
+        poll_interval=args.poll_interval,
+        max_poll_interval=max(args.poll_interval, PipelineConfig().max_poll_interval),
+        canceled=args.canceled,
+        dry_run=args.dry_run,
+        dry_run_samples=args.dry_run_samples,
+        dry_run_policy=args.dry_run_policy,
+        budget_usd=args.budget_usd,
+        delete_ended=args.delete_ended,
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the job; the exit status."""
+    from ._errors import PipelineError
+    from ._pipeline import Pipeline
+
+    try:
+        config = build_config(args)
+    except ValueError as exc:
+        print(f"pipeline run: {exc}", file=sys.stderr)
+        return 2
+    api_key = os.environ.get(args.api_key_env) or None
+    try:
+        pipeline = Pipeline(
+            args.input,
+            args.output,
+            args.rejects,
+            config=config,
+            api_key=api_key,
+            base_url=args.base_url,
+            state=args.state,
+        )
+    except (PipelineError, RuntimeError) as exc:
+        print(f"pipeline run: {exc}", file=sys.stderr)
+        return 2
+    signals: list[int] = []
+    try:
+        try:
+            stats = anyio.run(_run, pipeline, signals)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+    except PipelineError as exc:
+        print(f"pipeline run: failed: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    if stats is None:
+        print("pipeline run: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 128 + (signals[-1] if signals else signal.SIGINT)
+    print(format_summary(stats, pipeline), file=sys.stderr)
+    return 0 if stats.finished or stats.stopped_reason else 1
+
+
+async def _run(pipeline: Pipeline, signals: list[int]) -> PipelineStatistics | None:
+    """Run the pipeline; the first SIGTERM/SIGINT stops it gracefully, a second
+    cancels it at once (None)."""
+    result: PipelineStatistics | None = None
+    with anyio.open_signal_receiver(*_SIGNALS) as received:
+        async with anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+
+            async def watch() -> None:
+                async for signum in received:
+                    signals.append(signum)
+                    if len(signals) == 1:
+                        print(
+                            f"pipeline run: {signal.Signals(signum).name}: stopping gracefully "
+                            "(again to exit at once)",
+                            file=sys.stderr,
+                        )
+                        pipeline.stop(f"signal {signal.Signals(signum).name}")
+                    else:
+                        scope.cancel()
+
+            tg.start_soon(watch)
+            with scope:
+                result = await pipeline.run()
+            tg.cancel_scope.cancel()
+    return result
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a task group's exceptions stand for: the first leaf."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup) and first.exceptions:
+        first = first.exceptions[0]
+    return first
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def format_summary(stats: PipelineStatistics, pipeline: Pipeline | None = None) -> str:
+    """A short plain-text summary: counts per outcome, where output and rejects are."""
+    if stats.finished and stats.read == 0 and stats.submitted == 0 and stats.written == 0:
+        head = "pipeline: job finished"
+    elif stats.stopped_reason:
+        head = f"pipeline: stopped ({stats.stopped_reason}); re-run the same command to resume"
+    elif stats.finished:
+        head = f"pipeline: job finished in {stats.elapsed_seconds:.1f} s"
+    else:
+        head = "pipeline: job not finished"
+    outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(stats.outcomes.items())) or "none"
+    lines = [
+        head,
+        f"  read {stats.read:,} lines, rejected {stats.rejected:,}, submitted {stats.submitted:,} "
+        f"in {stats.batches_submitted:,} batch(es), written {stats.written:,}",
+        f"  outcomes: {outcomes}",
+    ]
+    if stats.actual_cost_usd:
+        lines.append(f"  cost: ${stats.actual_cost_usd:.4f}")
+    if pipeline is not None:
+        if pipeline.output_path is not None:
+            lines.append(f"  results: {pipeline.output_path}")
+        if pipeline.rejects_path is not None:
+            lines.append(f"  rejects: {pipeline.rejects_path}")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""Poller: one task watches every batch in flight and hands on each batch once its
+processing has ended.
+
+There is no push notification, so polling is the only way. Each batch is retrieved
+on its own adaptive schedule: the interval starts at ``poll_interval``, grows with
+the batch's age (a tenth of it) up to ``max_poll_interval``, and drops back to the
+floor when the batch's counts moved since the last look. Failed polls (429, 5xx,
+connection errors, after the client's own retries) back off the whole poller,
+doubling up to ``max_poll_interval``; they never fail the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .._errors import APIConnectionError, InternalServerError, RateLimitError
+from ._items import EndedBatch, SubmittedBatch
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from anyio.abc import ObjectSendStream
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
+    from .._config import PipelineConfig
+    from ..api._client import Client
+    from ..api._types import RequestCounts
+    from ..ledger._base import Ledger
+    from ._protocol import Progress
+
+__all__ = ("Poller", "next_interval", "poller")
+
+logger = logging.getLogger("pipeline.poller")
+_TRANSIENT = (RateLimitError, InternalServerError, APIConnectionError)
+
+
+def next_interval(
+    *, age: float, moved: bool, floor: float, ceiling: float, previous: float | None = None
+) -> float:
+    """Seconds until the next look at a batch ``age`` seconds old."""
+    if moved or previous is None:
+        return floor
+    return min(ceiling, max(floor, age / 10.0, previous))
+
+
+class _Watched:
+    __slots__ = ("batch", "counts", "due", "interval")
+
+    def __init__(self, batch: SubmittedBatch, due: float, interval: float) -> None:
+        self.batch = batch
+        self.due = due
+        self.interval = interval
+        self.counts: RequestCounts | None = None
+
+
+class Poller:
+    """The batches in flight and their schedule."""
+
+    def __init__(
+        self,
+        *,
+        client: Client,
+        ledger: Ledger,
+        config: PipelineConfig,
+        clock: Callable[[], float],
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.config = config
+        self.clock = clock
+        self.watched: dict[int, _Watched] = {}
+        self.backoff = 0.0
+
+    def add(self, batches: list[SubmittedBatch]) -> None:
+        now = self.clock()
+        for b in batches:
+            self.watched[b.local_id] = _Watched(
+                b, now + self.config.poll_interval, self.config.poll_interval
+            )
+
+    def next_due(self) -> float:
+        return min((w.due for w in self.watched.values()), default=math.inf)
+
+    async def poll_due(self) -> list[EndedBatch]:
+        """Retrieve every batch that is due; those that ended."""
+        ended: list[EndedBatch] = []
+        now = self.clock()
+        for w in sorted(self.watched.values(), key=lambda w: w.due):
+            if w.due > now:
+                break
+            try:
+                batch = await self.client.retrieve_batch(w.batch.batch_id)
+            except _TRANSIENT as exc:
+                self.backoff = min(
+                    self.config.max_poll_interval, max(self.config.poll_interval, self.backoff * 2)
+                )
+                logger.warning("poll failed, backing off %.1f s: %s", self.backoff, exc)
+                for other in self.watched.values():
+                    other.due = max(other.due, self.clock() + self.backoff)
+                break
+            self.backoff = 0.0
+            if batch.processing_status == "ended":
+                del self.watched[w.batch.local_id]
+                await self.ledger.record_ended(w.batch.local_id)
+                ended.append(
+                    EndedBatch(w.batch.local_id, batch.id, w.batch.request_count, batch.results_url)
+                )
+                continue
+            moved = w.counts is not None and batch.request_counts != w.counts
+            w.counts = batch.request_counts
+            w.interval = next_interval(
+                age=self.clock() - w.batch.submitted_at,
+                moved=moved,
+                floor=self.config.poll_interval,
+                ceiling=self.config.max_poll_interval,
+                previous=w.interval,
+            )
+            w.due = self.clock() + w.interval
+        return ended
+
+
+async def poller(
+    receive: MemoryObjectReceiveStream[list[SubmittedBatch]],
+    send: ObjectSendStream[list[EndedBatch]],
+    /,
+    *,
+    client: Client,
+    ledger: Ledger,
+    config: PipelineConfig,
+    progress: Progress | None = None,
+    resumed: list[SubmittedBatch] | None = None,
+    clock: Callable[[], float] = anyio.current_time,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> None:
+    """Watch batches until they end; end once the input is closed and nothing is in
+    flight (or, when the pipeline is stopping, once the input is closed: batches
+    left at the service are collected on the next start)."""
+    state = Poller(client=client, ledger=ledger, config=config, clock=clock)
+    if resumed:
+        state.add(resumed)
+        for w in state.watched.values():
+            w.due = clock()  # look at once: they may have ended while we were away
+    open_input = True
+    async with receive, send:
+        while open_input or (state.watched and not _stopping(progress)):
+            if _stopping(progress) or (not state.watched and open_input):
+                # nothing to watch (or stopping: no more polls): wait for input
+                try:
+                    state.add(await receive.receive())
+                except anyio.EndOfStream:
+                    open_input = False
+                continue
+            open_input = _drain(receive, state)
+            delay = state.next_due() - clock()
+            if delay > 0:
+                await sleep(delay)
+                if open_input:
+                    open_input = _drain(receive, state)
+            ended = await state.poll_due()
+            if ended:
+                await send.send(ended)
+
+
+def _stopping(progress: Progress | None) -> bool:
+    return progress is not None and progress.stopping
+
+
+def _drain(receive: MemoryObjectReceiveStream[list[SubmittedBatch]], state: Poller) -> bool:
+    """Take every batch waiting in the input without blocking; whether it is open."""
+    while True:
+        try:
+            state.add(receive.receive_nowait())
+        except anyio.WouldBlock:
+            return True
+        except anyio.EndOfStream:
+            return False

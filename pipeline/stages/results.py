@@ -1,0 +1,312 @@
+"""Results: streams each ended batch's results, routes every line by its outcome,
+writes final ones to the sink and spools retryable ones, committing both to the
+ledger with the sink's durable position.
+
+Each line is decoded once into a small view (custom_id and the outcome fields the
+routing needs) with one module-level decoder; the line's own bytes go to the sink,
+never re-encoded. Results come in any order and are matched by custom_id only.
+
+Routing: ``succeeded`` and final errors (``invalid_request_error`` and any other
+non-retryable type) go to the output; ``api_error``, ``overloaded_error`` and
+``expired`` are re-sent while attempts are left (``max_attempts``), then go to the
+output as they are; ``canceled`` follows ``config.canceled``.
+
+A broken download is re-opened and what this batch already delivered is skipped
+(a set of custom_ids bounded by the batch's size). A batch partly written before a
+restart asks the ledger which of its lines are still owed (``unwritten``).
+
+This stage ends the pipeline's main line: its output is the sink, not a stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from .._errors import APIError, ResultStreamError
+from .._pricing import cost_usd
+
+if TYPE_CHECKING:
+    from anyio.abc import ObjectReceiveStream
+
+    from .._config import PipelineConfig
+    from ..api._client import Client
+    from ..ledger._base import Ledger
+    from ._items import EndedBatch
+    from ._protocol import Capacity, Progress
+    from .sink import ResultSink
+
+__all__ = ("RETRYABLE_ERRORS", "ResultsCollector", "results")
+
+logger = logging.getLogger("pipeline.results")
+
+#: Error types worth re-sending: the service failed, not the request.
+RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error"})
+#: Re-opens of one broken download before the job fails.
+MAX_REOPENS = 5
+#: Lines written between two ledger commits (each commit fsyncs the sink).
+COMMIT_LINES = 4096
+
+
+# -- the view: just what routing needs ------------------------------------------------
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class _Message(msgspec.Struct):
+    model: str = ""
+    usage: _Usage = msgspec.field(default_factory=_Usage)
+
+
+class _ErrorDetail(msgspec.Struct):
+    type: str = "unknown"
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorDetail = msgspec.field(default_factory=_ErrorDetail)
+
+
+class _Succeeded(msgspec.Struct, tag="succeeded", tag_field="type"):
+    message: _Message
+
+
+class _Errored(msgspec.Struct, tag="errored", tag_field="type"):
+    error: _ErrorEnvelope
+
+
+class _Canceled(msgspec.Struct, tag="canceled", tag_field="type"):
+    pass
+
+
+class _Expired(msgspec.Struct, tag="expired", tag_field="type"):
+    pass
+
+
+class _View(msgspec.Struct):
+    custom_id: str
+    result: _Succeeded | _Errored | _Canceled | _Expired
+
+
+_decoder = msgspec.json.Decoder(_View)
+
+
+class ResultsCollector:
+    """Downloads and routes the results of one batch after another."""
+
+    def __init__(
+        self,
+        *,
+        client: Client,
+        ledger: Ledger,
+        sink: ResultSink,
+        config: PipelineConfig,
+        capacity: Capacity,
+        progress: Progress,
+        resumed: dict[int, int] | None = None,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.sink = sink
+        self.config = config
+        self.capacity = capacity
+        self.progress = progress
+        #: local id -> requests the runner counted outstanding, for the batches that
+        #: may have been partly written before a restart
+        self.resumed = resumed or {}
+        self._started: set[int] = set()
+
+    async def collect(self, ended: EndedBatch) -> None:
+        """Download, route and commit one batch; then release its capacity."""
+        batch = await self.client.retrieve_batch(ended.batch_id)
+        state = _BatchState(ended)
+        for attempt in range(MAX_REOPENS + 1):
+            try:
+                async for lines in self.client.results_lines(batch):
+                    await self._route(state, lines)
+                break
+            except ResultStreamError as exc:
+                if attempt == MAX_REOPENS:
+                    raise
+                logger.warning("results download broke, re-opening: %s", exc)
+        await self._commit(state, done=True)
+        self.capacity.release(ended.request_count)
+        self.progress.in_flight -= ended.request_count
+        self.progress.batches_in_flight -= 1
+        self.progress.changed()
+        logger.info(
+            "batch collected",
+            extra={"batch_id": ended.batch_id, "written": state.total_written},
+        )
+        if self.config.delete_ended:
+            try:
+                await self.client.delete_batch(ended.batch_id)
+            except APIError as exc:
+                logger.warning("could not delete batch %s: %s", ended.batch_id, exc)
+
+    async def _route(self, state: _BatchState, lines: list[bytes]) -> None:
+        views = [(line, _decode(line, state.batch.batch_id)) for line in lines]
+        views = [(line, v) for line, v in views if v.custom_id not in state.handled]
+        if state.batch.local_id in self.resumed and views:
+            owed = set(
+                await self.ledger.unwritten(state.batch.local_id, [v.custom_id for _, v in views])
+            )
+            views = [(line, v) for line, v in views if v.custom_id in owed]
+        final: list[bytes] = []
+        retry: list[tuple[bytes, _View]] = []
+        for line, view in views:
+            state.handled.add(view.custom_id)
+            if self._retryable(view):
+                retry.append((line, view))
+            else:
+                final.append(line)
+                state.written_ids.append(view.custom_id)
+                self._count(view)
+        if retry:
+            attempts = await self.ledger.attempts([v.custom_id for _, v in retry])
+            for line, view in retry:
+                if attempts.get(view.custom_id, 1) < self.config.max_attempts:
+                    state.spool.append(view.custom_id)
+                else:
+                    final.append(line)
+                    state.written_ids.append(view.custom_id)
+                    self._count(view)
+        if final:
+            await self._write(state, final)
+        if len(state.written_ids) + len(state.spool) >= COMMIT_LINES:
+            await self._commit(state, done=False)
+
+    def _retryable(self, view: _View) -> bool:
+        result = view.result
+        if isinstance(result, _Errored):
+            return result.error.error.type in RETRYABLE_ERRORS
+        if isinstance(result, _Expired):
+            return True
+        if isinstance(result, _Canceled):
+            return self.config.canceled == "retry"
+        return False
+
+    def _count(self, view: _View) -> None:
+        result = view.result
+        progress = self.progress
+        if isinstance(result, _Succeeded):
+            progress.outcome("succeeded")
+            message = result.message
+            usage = message.usage
+            cost = cost_usd(
+                message.model,
+                usage.input_tokens,
+                usage.output_tokens,
+                cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
+                cache_read_input_tokens=usage.cache_read_input_tokens or 0,
+            )
+            totals = progress.usage.setdefault(message.model, [0, 0, 0.0])
+            totals[0] += usage.input_tokens
+            totals[1] += usage.output_tokens
+            totals[2] += cost
+            progress.actual_cost_usd += cost
+        elif isinstance(result, _Errored):
+            progress.outcome("errored:" + result.error.error.type)
+        elif isinstance(result, _Canceled):
+            progress.outcome("canceled")
+        else:
+            progress.outcome("expired")
+
+    async def _write(self, state: _BatchState, lines: list[bytes]) -> None:
+        local_id = state.batch.local_id
+        if local_id not in self._started and local_id not in self.resumed:
+            await self.ledger.record_output_start(local_id, self.sink.position.offset)
+            self._started.add(local_id)
+        await self.sink.write(lines)
+
+    async def _commit(self, state: _BatchState, *, done: bool) -> None:
+        position = await self.sink.commit()
+        written, spool = len(state.written_ids), len(state.spool)
+        await self.ledger.commit_results(
+            state.batch.local_id,
+            output=position,
+            written=written,
+            spool=state.spool,
+            done=done,
+            written_ids=state.written_ids,
+        )
+        state.total_written += written
+        state.written_ids, state.spool = [], []
+        progress = self.progress
+        progress.written += written
+        progress.outstanding -= written + spool
+        progress.spooled += spool
+        state.resolved += written + spool
+        if done:
+            self._settle(state)
+        progress.changed()
+
+    def _settle(self, state: _BatchState) -> None:
+        """Stop counting what this batch owed and did not resolve in this run:
+        lines written or spooled before a restart, or results the service never
+        sent (which should not happen, and is logged)."""
+        batch = state.batch
+        expected = self.resumed.get(batch.local_id, batch.request_count)
+        left = expected - state.resolved
+        if left > 0 and batch.local_id not in self.resumed:
+            logger.error(
+                "batch %s returned %d results for %d requests",
+                batch.batch_id,
+                len(state.handled),
+                batch.request_count,
+            )
+        self.progress.outstanding -= max(0, left)
+
+
+class _BatchState:
+    __slots__ = ("batch", "handled", "resolved", "spool", "total_written", "written_ids")
+
+    def __init__(self, batch: EndedBatch) -> None:
+        self.batch = batch
+        self.handled: set[str] = set()
+        self.written_ids: list[str] = []
+        self.spool: list[str] = []
+        self.total_written = 0
+        self.resolved = 0
+
+
+def _decode(line: bytes, batch_id: str) -> _View:
+    try:
+        return _decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        raise ResultStreamError(batch_id, f"malformed result line: {exc}") from exc
+
+
+async def results(
+    receive: ObjectReceiveStream[list[EndedBatch]],
+    /,
+    *,
+    client: Client,
+    ledger: Ledger,
+    sink: ResultSink,
+    config: PipelineConfig,
+    capacity: Capacity,
+    progress: Progress,
+    resumed: dict[int, int] | None = None,
+) -> None:
+    """Collect every ended batch, one after the other, into ``sink``."""
+    collector = ResultsCollector(
+        client=client,
+        ledger=ledger,
+        sink=sink,
+        config=config,
+        capacity=capacity,
+        progress=progress,
+        resumed=resumed,
+    )
+    async with receive:
+        async for batch in receive:
+            for ended in batch:
+                progress.ended += ended.request_count
+                await collector.collect(ended)

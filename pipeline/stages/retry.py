@@ -1,0 +1,107 @@
+"""The retry feeder: closes the loop from the results back to the chunker through the
+ledger's disk-backed spool, so the cycle never deadlocks under backpressure.
+
+The results stage commits retryable requests to the spool (on disk) and never
+waits on this task; this task takes a round of spooled requests, reads their bytes
+back from the input file (one handle, reads sorted by offset and coalesced) or from
+the spool itself (iterable sources), and sends them into the chunker with a
+``Flush``. It takes the next round only once the last one was claimed (requests
+stay in the spool until then).
+
+It also decides when the chunker's input closes: once the source is done, nothing
+is outstanding (in the stages or at the service) and the spool is empty; or at
+once when the pipeline is stopping (spooled requests wait for the next start).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiofiles
+import anyio
+
+from ._items import Entry, Flush, Reject
+
+if TYPE_CHECKING:
+    import os
+
+    from aiofiles.threadpool.binary import AsyncBufferedReader
+    from anyio.abc import ObjectSendStream
+
+    from .._config import PipelineConfig
+    from ..ledger._base import Ledger, SpoolItem
+    from ._protocol import Progress
+
+__all__ = ("read_back", "retry_feeder")
+
+#: reads of spooled lines closer than this are done as one read
+_COALESCE_GAP = 64 * 1024
+_MAX_READ = 8 << 20
+
+
+async def read_back(items: list[SpoolItem], handle: AsyncBufferedReader | None) -> list[Entry]:
+    """Entries for spooled requests, in spool order; file-backed ones are read with
+    one seek and read per run of nearby lines."""
+    data: dict[int, bytes] = {}
+    by_offset = sorted(
+        (i for i, item in enumerate(items) if item.raw is None), key=lambda i: items[i].offset
+    )
+    k = 0
+    while k < len(by_offset):
+        first = items[by_offset[k]]
+        j, end = k, first.offset + first.length
+        while j + 1 < len(by_offset):
+            nxt = items[by_offset[j + 1]]
+            if (
+                nxt.offset - end > _COALESCE_GAP
+                or nxt.offset + nxt.length - first.offset > _MAX_READ
+            ):
+                break
+            j, end = j + 1, max(end, nxt.offset + nxt.length)
+        if handle is None:
+            raise RuntimeError("spooled requests of a file source, but no file to read them from")
+        await handle.seek(first.offset)
+        span = await handle.read(end - first.offset)
+        for i in by_offset[k : j + 1]:
+            item = items[i]
+            start = item.offset - first.offset
+            data[i] = span[start : start + item.length].rstrip(b"\r\n")
+        k = j + 1
+    out = []
+    for i, item in enumerate(items):
+        raw = item.raw if item.raw is not None else data[i]
+        end = item.offset + item.length if item.raw is None else -1
+        out.append(Entry(item.line, item.custom_id, raw, item.offset, end, item.attempt))
+    return out
+
+
+async def retry_feeder(
+    send: ObjectSendStream[list[Entry | Reject | Flush]],
+    /,
+    *,
+    ledger: Ledger,
+    config: PipelineConfig,
+    progress: Progress,
+    path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Feed spooled requests back into the chunker until the job's cycle is done."""
+    handle = await aiofiles.open(path, "rb") if path is not None else None
+    try:
+        async with send:
+            while not progress.stopping:
+                if progress.spooled > 0 and progress.retry_unclaimed <= 0:
+                    items = await ledger.take_spool(config.max_batch_requests)
+                    if items:
+                        entries: list[Entry | Reject | Flush] = [*await read_back(items, handle)]
+                        progress.retry_unclaimed += len(entries)
+                        progress.retry_ids.update(item.custom_id for item in items)
+                        await send.send([*entries, Flush()])
+                        continue
+                    progress.spooled = 0  # the ledger knows best
+                if progress.cycle_done:
+                    return
+                await progress.wait_changed()
+    finally:
+        if handle is not None:
+            with anyio.CancelScope(shield=True):
+                await handle.close()

@@ -1,0 +1,209 @@
+"""Sinks: where result lines go, and the rejects writer.
+
+A sink takes lists of raw result lines (the service's bytes, never re-encoded) and,
+on ``commit``, makes them durable and returns its ``SinkPosition``, which the
+results stage commits to the ledger in the same step as the batch's progress.
+Sinks are awaited by the results stage: a slow sink slows the download, which
+holds capacity, which stops the submitter, and so on back to the source.
+
+- ``JsonlSink``: a JSONL file, appended with one write per group of lines, fsynced
+  on commit, truncated back to the last committed offset when a job resumes (so
+  every line is in the file exactly once).
+- ``CallbackSink``: an async function called per result, for services. Across a
+  crash, a callback may see a result again (at-least-once): only the file sink can
+  be truncated back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiofiles
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import msgspec
+
+from .._errors import LedgerError
+from ..api._types import ResultLine
+from ..ledger._base import SinkPosition
+from ._items import RejectLine
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
+    from ..ledger._base import Ledger
+    from ._protocol import Progress
+
+__all__ = ("CallbackSink", "JsonlSink", "ResultSink", "rejects_writer")
+
+_result_decoder = msgspec.json.Decoder(ResultLine)
+_reject_encoder = msgspec.json.Encoder()
+
+
+class ResultSink(Protocol):
+    """What the results stage writes to."""
+
+    async def open(self, position: SinkPosition) -> None:
+        """Start at ``position`` (the last commit of a resumed job, else empty)."""
+        ...
+
+    async def write(self, lines: list[bytes]) -> None:
+        """Append lines (without terminators)."""
+        ...
+
+    @property
+    def position(self) -> SinkPosition:
+        """What has been written so far (committed or not)."""
+        ...
+
+    async def commit(self) -> SinkPosition:
+        """Make everything written durable; the position to record."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class JsonlSink:
+    """A JSONL file: appended in groups, fsynced on commit, truncated on resume."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._file: AsyncBufferedIOBase | None = None
+        self._offset = 0
+        self._count = 0
+
+    def __repr__(self) -> str:
+        return f"JsonlSink({str(self.path)!r})"
+
+    @property
+    def position(self) -> SinkPosition:
+        """What has been written (committed or not)."""
+        return SinkPosition(self._offset, self._count)
+
+    async def open(self, position: SinkPosition) -> None:
+        await anyio.to_thread.run_sync(self._truncate, position.offset)
+        self._file = await aiofiles.open(self.path, "ab")
+        self._offset, self._count = position.offset, position.count
+
+    def _truncate(self, offset: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size < offset:
+                raise LedgerError(
+                    str(self.path),
+                    f"is {size} bytes, shorter than the {offset} bytes the job committed "
+                    "(was it truncated or replaced?)",
+                )
+            if size > offset:
+                handle.truncate(offset)
+
+    async def write(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        assert self._file is not None, "sink not open"
+        data = b"\n".join(lines) + b"\n"
+        await self._file.write(data)
+        self._offset += len(data)
+        self._count += len(lines)
+
+    async def commit(self) -> SinkPosition:
+        assert self._file is not None, "sink not open"
+        await self._file.flush()
+        await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
+        return self.position
+
+    async def read_range(self, start: int, end: int) -> bytes:
+        """Bytes ``start``..``end`` of the file (to look at lines already written)."""
+        async with aiofiles.open(self.path, "rb") as handle:
+            await handle.seek(start)
+            return await handle.read(end - start)
+
+    async def aclose(self) -> None:
+        """Close the file (idempotent); nothing is committed here."""
+        if self._file is not None:
+            handle, self._file = self._file, None
+            with anyio.CancelScope(shield=True):
+                await handle.close()
+
+
+class CallbackSink:
+    """Calls ``fn`` for each result: with the decoded ``ResultLine`` (default) or,
+    with ``raw=True``, the line's bytes. The pipeline awaits ``fn``: a slow
+    callback slows the job down rather than buffering results."""
+
+    def __init__(self, fn: Callable[[Any], Awaitable[object]], *, raw: bool = False) -> None:
+        self.fn = fn
+        self.raw = raw
+        self._count = 0
+
+    def __repr__(self) -> str:
+        return f"CallbackSink({self.fn!r})"
+
+    @property
+    def position(self) -> SinkPosition:
+        return SinkPosition(0, self._count)
+
+    async def open(self, position: SinkPosition) -> None:
+        self._count = position.count
+
+    async def write(self, lines: list[bytes]) -> None:
+        for line in lines:
+            await self.fn(line if self.raw else _result_decoder.decode(line))
+            self._count += 1
+
+    async def commit(self) -> SinkPosition:
+        await anyio.lowlevel.checkpoint()
+        return self.position
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+#: rejects read from the ledger per round
+_REJECTS_PAGE = 10_000
+
+
+async def rejects_writer(
+    *,
+    ledger: Ledger,
+    sink: JsonlSink | None,
+    progress: Progress,
+    position: SinkPosition,
+    done: anyio.Event,
+) -> None:
+    """Copy rejects from the ledger to the rejects file as they are recorded, and
+    commit the file's position; ends once ``done`` is set and all are written
+    (whoever sets ``done`` also sets ``progress.rejects_recorded`` to wake it).
+
+    The ledger is the source of truth (rejects are recorded with the checkpoint in
+    the same transaction), so a crash between the two loses nothing: the copy
+    resumes from the committed count.
+    """
+    count = position.count
+    while True:
+        finishing = done.is_set()
+        progress.rejects_recorded = anyio.Event()
+        while True:
+            rejects = await ledger.rejects_after(count, _REJECTS_PAGE)
+            if not rejects:
+                break
+            count += len(rejects)
+            if sink is not None:
+                await sink.write(
+                    [
+                        _reject_encoder.encode(RejectLine(r.line, r.custom_id, r.error))
+                        for r in rejects
+                    ]
+                )
+                await ledger.commit_rejects(await sink.commit())
+            else:
+                await ledger.commit_rejects(SinkPosition(0, count))
+        if finishing:
+            return
+        await progress.rejects_recorded.wait()

@@ -1,0 +1,239 @@
+"""Submitter: turns chunks into batches at the service, following the ledger's
+protocol (``pipeline/ledger/_base.py``) so that a crash at any point never pays for
+a batch twice.
+
+Per chunk: ``claim`` (duplicates come back and are dropped from the body: they are
+rejects now), wait for capacity (the cap of requests in flight: this is where
+backpressure starts), ``record_sending``, POST the spliced body, ``record_created``,
+and hand the batch to the poller. A 413 re-splits the batch in halves; another
+definitive 4xx rejects its requests with the service's message; an unknown outcome
+is reconciled, never re-sent blindly; 401/403 fail the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .._errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    CreateOutcomeUnknownError,
+    InternalServerError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTooLargeError,
+)
+from ._items import SubmittedBatch
+from ._protocol import build_body
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+    from .._config import PipelineConfig
+    from ..api._client import Client
+    from ..ledger._base import Ledger
+    from ._items import Entry
+    from ._protocol import Capacity, Chunk, Progress
+
+__all__ = ("Submitter", "submitter")
+
+logger = logging.getLogger("pipeline.submitter")
+
+
+class Submitter:
+    """The submitter's state: the client, the ledger, the shared capacity."""
+
+    def __init__(
+        self,
+        *,
+        client: Client,
+        ledger: Ledger,
+        config: PipelineConfig,
+        capacity: Capacity,
+        progress: Progress,
+        clock: Callable[[], float] = time.time,
+        reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
+    ) -> None:
+        #: ``reconcile(local_id, request_count, body_bytes, sent_at)``: the id of the
+        #: batch an unknown-outcome create made, or None when it certainly made none
+        #: (the reconciler then released the intent to the spool)
+        self.client = client
+        self.ledger = ledger
+        self.config = config
+        self.capacity = capacity
+        self.progress = progress
+        self.clock = clock
+        self.reconcile = reconcile
+
+    async def process(self, chunk: Chunk) -> list[SubmittedBatch]:
+        """Claim, send and record one chunk; the batches created."""
+        progress = self.progress
+        if not chunk.entries:
+            await self.ledger.record_rejects(
+                chunk.rejects, checkpoint=chunk.checkpoint, line=chunk.line
+            )
+            progress.note_rejects(len(chunk.rejects))
+            return []
+        claim = await self.ledger.claim(
+            chunk.entries, chunk.rejects, checkpoint=chunk.checkpoint, line=chunk.line
+        )
+        retries = 0
+        if progress.retry_ids:
+            for e in chunk.entries:
+                if e.custom_id in progress.retry_ids:
+                    progress.retry_ids.discard(e.custom_id)
+                    retries += 1
+        progress.retry_unclaimed -= retries
+        progress.spooled -= retries
+        entries = chunk.entries
+        if claim.duplicates:
+            dropped = set(claim.duplicates)
+            entries = [e for i, e in enumerate(entries) if i not in dropped]
+            self._resolved(len(dropped))
+        progress.note_rejects(len(chunk.rejects) + len(claim.duplicates))
+        progress.changed()
+        if not entries:
+            return []
+        return await self.send(claim.local_id, entries)
+
+    def _resolved(self, n: int) -> None:
+        self.progress.outstanding -= n
+        self.progress.changed()
+
+    async def send(self, local_id: int, entries: list[Entry]) -> list[SubmittedBatch]:
+        """Send one claimed intent (and the halves of it after a 413)."""
+        n = len(entries)
+        if not await self.capacity.acquire(n):
+            # stopping and the service is full: spool it for the next start
+            await self.ledger.release(local_id)
+            self._spooled(n)
+            return []
+        held = True
+        try:
+            batch_id = await self._create(local_id, entries)
+            if batch_id is None:
+                return []
+            held = False  # the results stage releases it once the batch is collected
+            return await self._created(local_id, batch_id, n)
+        except RequestTooLargeError as exc:
+            self.capacity.release(n)
+            held = False
+            return await self._too_large(local_id, entries, exc)
+        finally:
+            if held:
+                self.capacity.release(n)
+
+    async def _create(self, local_id: int, entries: list[Entry]) -> str | None:
+        """POST the batch: its id, or None when its requests were resolved otherwise
+        (rejected for good, or spooled)."""
+        n = len(entries)
+        body = build_body(entries)
+        size = len(body)
+        sent_at = self.clock()
+        await self.ledger.record_sending(local_id, body_bytes=size, sent_at=sent_at)
+        try:
+            batch = await self.client.create_batch(body, request_count=n)
+        except (AuthenticationError, PermissionDeniedError, RequestTooLargeError):
+            raise
+        except (RateLimitError, InternalServerError, APIConnectionError):
+            # certainly not created (the client retried already): spool, then fail
+            await self.ledger.release(local_id)
+            self._spooled(n)
+            raise
+        except CreateOutcomeUnknownError as exc:
+            del body
+            batch_id = await self._reconcile(local_id, n, size, sent_at, exc)
+            if batch_id is None:
+                self._spooled(n)
+            return batch_id
+        except APIStatusError as exc:
+            if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
+                raise
+            await self.ledger.reject_batch(local_id, exc.error_type, exc.api_message)
+            self.progress.note_rejects(n)
+            self._resolved(n)
+            return None
+        return batch.id
+
+    async def _created(self, local_id: int, batch_id: str, n: int) -> list[SubmittedBatch]:
+        await self.ledger.record_created(local_id, batch_id)
+        progress = self.progress
+        progress.submitted += n
+        progress.batches_submitted += 1
+        progress.in_flight += n
+        progress.batches_in_flight += 1
+        logger.info(
+            "batch created", extra={"batch_id": batch_id, "request_count": n, "local_id": local_id}
+        )
+        return [SubmittedBatch(local_id, batch_id, n, self.clock())]
+
+    def _spooled(self, n: int) -> None:
+        self.progress.outstanding -= n
+        self.progress.spooled += n
+        self.progress.changed()
+
+    async def _too_large(
+        self, local_id: int, entries: list[Entry], exc: RequestTooLargeError
+    ) -> list[SubmittedBatch]:
+        if len(entries) == 1:
+            await self.ledger.reject_batch(local_id, exc.error_type, exc.api_message)
+            self.progress.note_rejects(1)
+            self._resolved(1)
+            return []
+        half = len(entries) // 2
+        parts = [entries[:half], entries[half:]]
+        logger.warning(
+            "batch too large for the service, splitting it",
+            extra={"local_id": local_id, "request_count": len(entries)},
+        )
+        ids = await self.ledger.resplit(local_id, [[e.custom_id for e in p] for p in parts])
+        out: list[SubmittedBatch] = []
+        for new_id, part in zip(ids, parts, strict=True):
+            out += await self.send(new_id, part)
+        return out
+
+    async def _reconcile(
+        self, local_id: int, n: int, size: int, sent_at: float, exc: CreateOutcomeUnknownError
+    ) -> str | None:
+        """The batch an unknown-outcome create made, or None when it certainly
+        made none (then its requests are spooled). Undecidable: the job fails and
+        the intent stays in the ledger, to be reconciled on the next start."""
+        if self.reconcile is None:
+            raise exc
+        logger.warning("batch create outcome unknown, reconciling", extra={"local_id": local_id})
+        return await self.reconcile(local_id, n, size, sent_at)
+
+
+async def submitter(
+    receive: ObjectReceiveStream[Chunk],
+    send: ObjectSendStream[list[SubmittedBatch]],
+    /,
+    *,
+    client: Client,
+    ledger: Ledger,
+    config: PipelineConfig,
+    capacity: Capacity,
+    progress: Progress,
+    clock: Callable[[], float] = time.time,
+    reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
+) -> None:
+    """Create a batch per chunk and send it on to the poller."""
+    state = Submitter(
+        client=client,
+        ledger=ledger,
+        config=config,
+        capacity=capacity,
+        progress=progress,
+        clock=clock,
+        reconcile=reconcile,
+    )
+    async with receive, send:
+        async for chunk in receive:
+            batches = await state.process(chunk)
+            if batches:
+                await send.send(batches)

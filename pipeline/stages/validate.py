@@ -1,0 +1,128 @@
+"""Validate (the local part): each input line decoded once, checked against the wire
+schema, and passed on as its exact original bytes, or turned into a reject.
+
+Rejected here: malformed JSON, a missing or malformed custom_id, params that fail
+the schema (``pipeline.api._schema.check_entry``), an entry too large for any batch.
+Duplicate custom_ids are found by the ledger when a batch is claimed (on disk, so
+no set grows with the job). Blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from .._config import DEFAULT_MAX_BATCH_BYTES
+from .._pricing import estimate_cost_usd
+from ..api._schema import DEFAULT_MODELS, SchemaError, check_entry
+from ._items import Entry, Flush, RawLine, Reject, RejectError
+from ._protocol import ENVELOPE_BYTES
+
+if TYPE_CHECKING:
+    from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+    from .._config import PipelineConfig
+    from ._protocol import Progress
+
+__all__ = ("REJECT_TYPES", "Validator", "validate")
+
+#: The error types a reject from this stage can have.
+REJECT_TYPES = ("invalid_json", "invalid_custom_id", "invalid_request_error", "request_too_large")
+
+_any_decoder = msgspec.json.Decoder()
+
+
+class Validator:
+    """Sync and I/O-free: ``check(lines)`` turns raw lines into entries and rejects,
+    in input order."""
+
+    __slots__ = ("max_entry_bytes", "models", "position")
+
+    def __init__(
+        self,
+        *,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        models: frozenset[str] | None = DEFAULT_MODELS,
+    ) -> None:
+        self.max_entry_bytes = max_batch_bytes - ENVELOPE_BYTES
+        self.models = models
+        #: (end, line) of the last non-blank line checked
+        self.position = (-1, 0)
+
+    def check(self, lines: list[RawLine]) -> list[Entry | Reject | Flush]:
+        """Entries and rejects for ``lines`` (blank lines give nothing)."""
+        out: list[Entry | Reject | Flush] = []
+        for raw in lines:
+            item = self.check_one(raw)
+            if item is not None:
+                out.append(item)
+        return out
+
+    def check_one(self, raw: RawLine) -> Entry | Reject | None:
+        data = raw.data
+        # the resume position: the byte after this line's "\n" (file sources only)
+        end = raw.offset + len(data) + 1 if raw.offset >= 0 else -1
+        if data[-1:] == b"\r":
+            data = data[:-1]
+        if not data.strip():
+            return None
+        self.position = (end, raw.line)
+        checked = check_entry(data, models=self.models)
+        if isinstance(checked, SchemaError):
+            return Reject(raw.line, checked.custom_id, _classify(data, checked), end)
+        if len(data) > self.max_entry_bytes:
+            message = (
+                f"entry is {len(data)} bytes; a batch body holds at most "
+                f"{self.max_entry_bytes} bytes of requests (max_batch_bytes)"
+            )
+            return Reject(
+                raw.line, checked.custom_id, RejectError("request_too_large", message), end
+            )
+        tokens = checked.approx_input_tokens
+        return Entry(
+            raw.line,
+            checked.custom_id,
+            data,
+            raw.offset,
+            end,
+            1,
+            checked.signature,
+            checked.model,
+            checked.max_tokens,
+            tokens,
+            estimate_cost_usd(checked.model, tokens, checked.max_tokens),
+        )
+
+
+def _classify(data: bytes, error: SchemaError) -> RejectError:
+    """The reject's error type: not JSON at all, a bad custom_id, or a schema failure."""
+    try:
+        _any_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        return RejectError("invalid_json", f"malformed JSON: {exc}")
+    if error.message.startswith("custom_id") or error.custom_id is None:
+        return RejectError("invalid_custom_id", error.message)
+    return RejectError("invalid_request_error", error.message)
+
+
+async def validate(
+    receive: ObjectReceiveStream[list[RawLine]],
+    send: ObjectSendStream[list[Entry | Reject | Flush]],
+    /,
+    *,
+    config: PipelineConfig,
+    models: frozenset[str] | None = DEFAULT_MODELS,
+    progress: Progress | None = None,
+) -> None:
+    """Check every line; send entries and rejects in input order, then a final
+    ``Flush`` standing at the position after the last line."""
+    validator = Validator(max_batch_bytes=config.max_batch_bytes, models=models)
+    async with receive, send:
+        async for lines in receive:
+            if progress is not None and lines:
+                progress.read = lines[-1].line
+            items = validator.check(lines)
+            if items:
+                await send.send(items)
+        await send.send([Flush(validator.position[0], final=True)])

@@ -1,0 +1,98 @@
+"""The poller in virtual time: adaptive intervals, backoff, one emit per ended batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from pipeline._config import PipelineConfig
+from pipeline._errors import RateLimitError
+from pipeline.api._types import MessageBatch, RequestCounts
+from pipeline.stages._items import EndedBatch, SubmittedBatch
+from pipeline.stages.poller import next_interval, poller
+
+
+class FakeClient:
+    """A batch ends after ``polls_to_end`` retrieves; the first retrieve is a 429."""
+
+    def __init__(self, polls_to_end: int) -> None:
+        self.polls_to_end = polls_to_end
+        self.calls: list[tuple[float, str]] = []
+        self.now = 0.0
+
+    async def retrieve_batch(self, batch_id: str) -> MessageBatch:
+        self.calls.append((self.now, batch_id))
+        if len(self.calls) == 1:
+            raise RateLimitError(
+                status_code=429, error_type="rate_limit_error", message="slow down"
+            )
+        n = sum(1 for _, b in self.calls if b == batch_id)
+        ended = n >= self.polls_to_end
+        return MessageBatch(
+            id=batch_id,
+            processing_status="ended" if ended else "in_progress",
+            request_counts=RequestCounts(processing=0 if ended else 5, succeeded=5 if ended else 0),
+            created_at="2024-01-01T00:00:00Z",
+            expires_at="2024-01-02T00:00:00Z",
+            results_url=f"/v1/messages/batches/{batch_id}/results" if ended else None,
+        )
+
+
+class FakeLedger:
+    def __init__(self) -> None:
+        self.ended: list[int] = []
+
+    async def record_ended(self, local_id: int) -> None:
+        self.ended.append(local_id)
+
+
+def test_interval_grows_with_age_and_resets_when_counts_move() -> None:
+    assert next_interval(age=5, moved=False, floor=1, ceiling=60, previous=1) == 1
+    assert next_interval(age=300, moved=False, floor=1, ceiling=60, previous=1) == 30
+    assert next_interval(age=9999, moved=False, floor=1, ceiling=60, previous=30) == 60
+    assert next_interval(age=9999, moved=True, floor=1, ceiling=60, previous=60) == 1
+
+
+async def test_poller_emits_each_ended_batch_once_in_virtual_time() -> None:
+    client = FakeClient(polls_to_end=4)
+    ledger = FakeLedger()
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def clock() -> float:
+        return now[0]
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+        client.now = now[0]
+        await anyio.lowlevel.checkpoint()
+
+    config = PipelineConfig(poll_interval=2.0, max_poll_interval=60.0, dry_run="off")
+    send_in, recv_in = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
+    send_out, recv_out = anyio.create_memory_object_stream[list[EndedBatch]](4)
+    fake: Any = client
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: poller(
+                recv_in,
+                send_out,
+                client=fake,
+                ledger=ledger,
+                config=config,
+                clock=clock,
+                sleep=sleep,  # type: ignore[arg-type]
+            )
+        )
+        async with send_in:
+            await send_in.send([SubmittedBatch(1, "b1", 5, 0.0), SubmittedBatch(2, "b2", 5, 0.0)])
+        ended: list[EndedBatch] = []
+        async with recv_out:
+            async for batch in recv_out:
+                ended += batch
+    assert sorted(e.batch_id for e in ended) == ["b1", "b2"]
+    assert sorted(ledger.ended) == [1, 2]
+    assert all(s > 0 for s in sleeps)  # it never spins
+    assert min(sleeps) >= 2.0 - 1e-9  # never faster than the floor
+    assert len(client.calls) <= 2 * 4 + 1  # no hammering: 4 looks each, plus the 429

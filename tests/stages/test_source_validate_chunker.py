@@ -1,0 +1,185 @@
+"""Source, validate and chunker: sync parsers directly, stages over memory streams."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import pytest
+
+from pipeline._config import PipelineConfig
+from pipeline.stages._items import Entry, Flush, RawLine, Reject
+from pipeline.stages._protocol import build_body
+from pipeline.stages.chunker import Packer, chunker
+from pipeline.stages.source import LineReader, iterable_source, jsonl_source
+from pipeline.stages.validate import Validator
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def good(cid: str, text: str = "hi") -> bytes:
+    return msgspec.json.encode(
+        {
+            "custom_id": cid,
+            "params": {
+                "model": "claude-3-haiku-20240307",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": text}],
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1 << 20])
+def test_line_reader_positions_survive_any_chunking(size: int) -> None:
+    data = b'{"a":1}\r\n\n{"b":2}\n{"c":3}'
+    reader = LineReader()
+    lines: list[RawLine] = []
+    for i in range(0, len(data), size):
+        lines += reader.feed(data[i : i + size])
+    lines += reader.flush()
+    assert [(x.line, x.data.rstrip(b"\r"), x.offset) for x in lines] == [
+        (1, b'{"a":1}', 0),
+        (2, b"", 9),
+        (3, b'{"b":2}', 10),
+        (4, b'{"c":3}', 18),
+    ]
+
+
+async def test_jsonl_source_resumes_from_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"one\ntwo\nthree")
+    send, receive = anyio.create_memory_object_stream[list[RawLine]](10)
+    await jsonl_source(send, path=path, start_offset=4, start_line=1, chunk_size=3)
+    async with receive:
+        got: list[RawLine] = []
+        async for chunk in receive:
+            got += chunk
+    assert [(x.line, x.data, x.offset) for x in got] == [(2, b"two", 4), (3, b"three", 8)]
+
+
+async def test_jsonl_source_stops_between_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"x\n" * 100)
+    stop = anyio.Event()
+    stop.set()
+    send, receive = anyio.create_memory_object_stream[list[RawLine]](10)
+    await jsonl_source(send, path=path, chunk_size=4, stop=stop)
+    async with receive:
+        assert [chunk async for chunk in receive] == []
+
+
+async def test_iterable_source_takes_sync_and_async_items_and_skips() -> None:
+    async def items() -> Any:
+        yield {"a": 1}
+        yield b'{"b":2}'
+        yield {"c": 3}
+
+    send, receive = anyio.create_memory_object_stream[list[RawLine]](10)
+    await iterable_source(send, items=items(), skip=1)
+    async with receive:
+        got = [line async for chunk in receive for line in chunk]
+    assert [(x.line, x.data, x.offset) for x in got] == [(2, b'{"b":2}', -1), (3, b'{"c":3}', -1)]
+
+
+def test_validator_rejects_with_line_numbers_and_keeps_raw_bytes() -> None:
+    validator = Validator(max_batch_bytes=2000)
+    raw = good("ok-1", "x")
+    lines = [
+        RawLine(1, raw + b"\r", 0),
+        RawLine(2, b"   ", len(raw) + 2),
+        RawLine(3, b"{nope", len(raw) + 6),
+        RawLine(4, good("bad id"), 100),
+        RawLine(5, b'{"custom_id":"c5","params":{"model":"claude-3-haiku-20240307"}}', 200),
+        RawLine(6, good("big", "x" * 3000), 300),
+    ]
+    out = validator.check(lines)
+    first = out[0]
+    assert isinstance(first, Entry)
+    assert first.raw == raw  # the exact bytes, \r stripped
+    assert first.end == len(raw) + 2  # after "\r\n": where a resume starts
+    rejects = [x for x in out if isinstance(x, Reject)]
+    assert [(r.line, r.custom_id, r.error.type) for r in rejects] == [
+        (3, None, "invalid_json"),
+        (4, "bad id", "invalid_custom_id"),
+        (5, "c5", "invalid_request_error"),
+        (6, "big", "request_too_large"),
+    ]
+    assert "max_tokens" in rejects[2].error.message
+
+
+def entries(n: int, size: int = 0) -> list[Entry]:
+    return [
+        Entry(i + 1, f"c{i:03d}", good(f"c{i:03d}", "x" * size), i * 10, i * 10 + 10)
+        for i in range(n)
+    ]
+
+
+def test_packer_respects_the_exact_body_byte_limit() -> None:
+    items = entries(40, size=50)
+    one = len(items[0].raw)
+    limit = 15 + 3 * one + 2  # exactly three entries and their commas
+    packer = Packer(max_requests=100, max_bytes=limit)
+    chunks, _ = packer.add([*items])
+    last = packer.flush()
+    assert last is not None
+    chunks.append(last)
+    assert [len(c.entries) for c in chunks] == [3] * 13 + [1]
+    for c in chunks:
+        body = build_body(c.entries)
+        assert len(body) == c.body_bytes <= limit
+        msgspec.json.decode(body)  # valid JSON
+
+
+def test_packer_counts_requests_and_carries_rejects_with_checkpoint() -> None:
+    items: list[Entry | Reject | Flush] = [*entries(5)]
+    from pipeline.stages._items import RejectError
+
+    items.insert(2, Reject(99, None, RejectError("invalid_json", "x"), end=25))
+    packer = Packer(max_requests=2, max_bytes=10_000)
+    chunks, flushed = packer.add([*items, Flush(end=60, final=True)])
+    assert flushed
+    assert [len(c.entries) for c in chunks] == [2, 2, 1]
+    assert [len(c.rejects) for c in chunks] == [1, 0, 0]  # with the chunk pending then
+    assert [c.checkpoint for c in chunks] == [25, 40, 60]
+
+
+class FakeTimer:
+    """Virtual time for the linger: records the delays asked for; the test fires them."""
+
+    def __init__(self) -> None:
+        self.scopes: list[tuple[float, anyio.CancelScope]] = []
+        self.armed = anyio.Event()
+
+    def __call__(self, delay: float) -> anyio.CancelScope:
+        scope = anyio.CancelScope()
+        self.scopes.append((delay, scope))
+        self.armed.set()
+        return scope
+
+
+async def test_chunker_lingers_then_sends_a_partial_batch() -> None:
+    config = PipelineConfig(max_batch_requests=10, linger_seconds=5.0, dry_run="off")
+    timer = FakeTimer()
+    now = [100.0]
+    send_in, recv_in = anyio.create_memory_object_stream[list[Entry | Reject | Flush]](4)
+    send_out, recv_out = anyio.create_memory_object_stream[Any](4)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: chunker(recv_in, send_out, config=config, clock=lambda: now[0], timeout=timer)
+        )
+        async with send_in:
+            await send_in.send([*entries(3)])
+            with anyio.fail_after(5):
+                await timer.armed.wait()
+            assert timer.scopes[-1][0] == 5.0  # it waits the linger time, no longer
+            assert recv_out.statistics().current_buffer_used == 0
+            now[0] += 5.0
+            timer.scopes[-1][1].cancel()  # the linger time is up
+            with anyio.fail_after(5):
+                chunk = await recv_out.receive()
+            assert len(chunk.entries) == 3
+        async with recv_out:
+            assert [c async for c in recv_out] == []

@@ -1,0 +1,398 @@
+"""End-to-end: the whole pipeline against the emulator served on loopback."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import pytest
+
+from pipeline._config import PipelineConfig
+from pipeline._errors import StageError, UsageError
+from pipeline._pipeline import Pipeline
+from pipeline.api._client import Client
+from pipeline.api._types import ResultLine
+from pipeline.testing import EmulatorConfig, ManualClock, serve_emulator
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+MODEL = "claude-3-haiku-20240307"
+FAST = PipelineConfig(
+    max_batch_requests=10,
+    max_in_flight=40,
+    linger_seconds=0.01,
+    poll_interval=0.01,
+    max_poll_interval=0.05,
+    dry_run="off",
+)
+
+
+def entry(cid: str, text: str = "hello") -> dict[str, Any]:
+    return {
+        "custom_id": cid,
+        "params": {
+            "model": MODEL,
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": text}],
+        },
+    }
+
+
+def write_input(path: Path, n: int, bad: dict[int, bytes] | None = None) -> list[str]:
+    """``n`` valid lines, with ``bad`` lines inserted at the given 1-based line numbers."""
+    lines = [msgspec.json.encode(entry(f"req-{i}", f"question {i}")) for i in range(n)]
+    for line_no, data in sorted((bad or {}).items()):
+        lines.insert(line_no - 1, data)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return [f"req-{i}" for i in range(n)]
+
+
+def kind(line: ResultLine) -> str:
+    """The result's type tag: succeeded, errored, canceled or expired."""
+    tag = type(line.result).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def read_results(path: Path) -> list[ResultLine]:
+    decoder = msgspec.json.Decoder(ResultLine)
+    return [decoder.decode(line) for line in path.read_bytes().splitlines()]
+
+
+async def run_job(
+    tmp_path: Path, emu_url: str, config: PipelineConfig = FAST, **kwargs: Any
+) -> tuple[Pipeline, Any]:
+    async with Client(api_key="test-key", base_url=emu_url) as client:
+        pipeline = Pipeline(
+            kwargs.pop("source", tmp_path / "in.jsonl"),
+            kwargs.pop("output", tmp_path / "out.jsonl"),
+            config=config,
+            client=client,
+            **kwargs,
+        )
+        with anyio.fail_after(30):
+            stats = await pipeline.run()
+    return pipeline, stats
+
+
+async def test_every_request_once_with_rejects_and_several_batches(tmp_path: Path) -> None:
+    bad = {
+        3: b'{"custom_id": "x", "params": ',
+        7: b'{"custom_id": "bad id!", "params": {}}',
+        20: msgspec.json.encode(entry("req-5")),  # a duplicate custom_id
+    }
+    ids = write_input(tmp_path / "in.jsonl", 45, bad)
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "emu") as emu:
+        _, stats = await run_job(tmp_path, emu.url)
+        submissions = emu.submissions()
+    results = read_results(tmp_path / "out.jsonl")
+    assert sorted(r.custom_id for r in results) == sorted(ids)  # exactly once each
+    assert all(kind(r) == "succeeded" for r in results)
+    assert all(count == 1 for count in submissions.values())
+    rejects = [
+        msgspec.json.decode(x) for x in (tmp_path / "out.rejects.jsonl").read_bytes().splitlines()
+    ]
+    assert [(r["line"], r["error"]["type"]) for r in rejects] == [
+        (3, "invalid_json"),
+        (7, "invalid_custom_id"),
+        (20, "invalid_request_error"),
+    ]
+    assert "already used" in rejects[2]["error"]["message"]
+    assert stats.finished
+    assert stats.batches_submitted >= 5
+    assert stats.written == 45
+    assert stats.rejected == 3
+    assert stats.read == 48
+    assert stats.outcomes == {"succeeded": 45}
+
+
+async def test_results_matched_by_custom_id_not_position(tmp_path: Path) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 30)
+    async with serve_emulator(
+        EmulatorConfig(batch_seconds=0.0, seed=7), data_dir=tmp_path / "e"
+    ) as emu:
+        await run_job(tmp_path, emu.url, msgspec.structs.replace(FAST, max_batch_requests=30))
+    results = read_results(tmp_path / "out.jsonl")
+    order = [r.custom_id for r in results]
+    assert sorted(order) == sorted(ids)
+    assert order != ids  # the emulator shuffles; we did not rely on position
+    for r in results:  # the fake model's answer is about the request's own text
+        assert r.result.message.model == MODEL  # type: ignore[union-attr]
+
+
+async def test_retryable_errors_are_retried_and_end_in_output(tmp_path: Path) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 60)
+    config = msgspec.structs.replace(FAST, max_attempts=5)
+    emu_config = EmulatorConfig(batch_seconds=0.0, request_error_rate=0.3, seed=3)
+    async with serve_emulator(emu_config, data_dir=tmp_path / "e") as emu:
+        _, stats = await run_job(tmp_path, emu.url, config)
+        submissions = emu.submissions()
+    results = read_results(tmp_path / "out.jsonl")
+    assert sorted(r.custom_id for r in results) == sorted(ids)
+    assert max(submissions.values()) > 1  # some were re-sent
+    assert max(submissions.values()) <= 5
+    retried_ok = [r for r in results if submissions[r.custom_id] > 1 and kind(r) == "succeeded"]
+    assert retried_ok
+    # whatever is still errored used every attempt
+    for r in results:
+        if kind(r) == "errored":
+            assert submissions[r.custom_id] == 5
+    assert stats.finished
+
+
+async def test_expired_requests_are_retried(tmp_path: Path) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 20)
+    clock = ManualClock()
+    emu_config = EmulatorConfig(batch_seconds=100.0, expiry_seconds=60.0, clock=clock)
+    config = msgspec.structs.replace(FAST, max_attempts=4)
+    async with serve_emulator(emu_config, data_dir=tmp_path / "e") as emu:
+        async with anyio.create_task_group() as tg:
+
+            async def tick() -> None:
+                while True:
+                    clock.advance(30.0)
+                    await anyio.sleep(0.01)
+
+            tg.start_soon(tick)
+            _, stats = await run_job(tmp_path, emu.url, config)
+            tg.cancel_scope.cancel()
+        submissions = emu.submissions()
+    results = read_results(tmp_path / "out.jsonl")
+    assert sorted(r.custom_id for r in results) == sorted(ids)
+    assert max(submissions.values()) > 1
+    retried_ok = [r for r in results if submissions[r.custom_id] > 1 and kind(r) == "succeeded"]
+    assert retried_ok
+    assert all(submissions[r.custom_id] == 4 for r in results if kind(r) == "expired")
+    assert stats.finished
+
+
+async def test_iterable_source_and_callback_sink(tmp_path: Path) -> None:
+    seen: list[ResultLine] = []
+
+    async def on_result(line: ResultLine) -> None:
+        seen.append(line)
+
+    async def requests() -> Any:
+        for i in range(15):
+            yield entry(f"it-{i}")
+
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        _, stats = await run_job(
+            tmp_path, emu.url, source=requests(), output=on_result, state=tmp_path / "s.db"
+        )
+    assert sorted(r.custom_id for r in seen) == sorted(f"it-{i}" for i in range(15))
+    assert stats.finished
+    assert stats.written == 15
+
+
+async def test_rerun_of_finished_job_is_a_noop(tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 5)
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        await run_job(tmp_path, emu.url)
+        before = (tmp_path / "out.jsonl").read_bytes()
+        _, stats = await run_job(tmp_path, emu.url)
+        assert sum(emu.submissions().values()) == 5
+    assert stats.finished
+    assert stats.submitted == 0
+    assert (tmp_path / "out.jsonl").read_bytes() == before
+
+
+async def test_graceful_stop_then_resume(tmp_path: Path) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 50)
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="k", base_url=emu.url) as client:
+            seen = 0
+            stopped = anyio.Event()
+            pipeline: Pipeline
+
+            async def stop_after_first(line: bytes) -> None:
+                nonlocal seen
+                seen += 1
+                if seen == 1:
+                    pipeline.stop("test")
+                    stopped.set()
+
+            from pipeline.stages.sink import JsonlSink
+
+            sink = JsonlSink(tmp_path / "out.jsonl")
+            write = sink.write
+
+            async def spy(lines: list[bytes]) -> None:
+                for line in lines:
+                    await stop_after_first(line)
+                await write(lines)
+
+            sink.write = spy  # type: ignore[method-assign]
+            pipeline = Pipeline(
+                tmp_path / "in.jsonl",
+                sink,
+                tmp_path / "rej.jsonl",
+                config=msgspec.structs.replace(FAST, max_in_flight=10, buffer_size=1),
+                client=client,
+                state=tmp_path / "state.db",
+            )
+            with anyio.fail_after(30):
+                first = await pipeline.run()
+            assert first.stopped_reason == "test"
+            assert not first.finished
+            assert first.written < 50
+            second = Pipeline(
+                tmp_path / "in.jsonl",
+                JsonlSink(tmp_path / "out.jsonl"),
+                tmp_path / "rej.jsonl",
+                config=FAST,
+                client=client,
+                state=tmp_path / "state.db",
+            )
+            with anyio.fail_after(30):
+                stats = await second.run()
+        submissions = emu.submissions()
+    assert stats.finished
+    results = read_results(tmp_path / "out.jsonl")
+    assert sorted(r.custom_id for r in results) == sorted(ids)
+    assert all(n == 1 for n in submissions.values())
+
+
+async def settle(pipeline: Pipeline) -> None:
+    """Wait (in tiny steps, bounded) until the pipeline's counts stop moving."""
+    last, still = None, 0
+    for _ in range(1000):
+        stats = pipeline.statistics()
+        now = (stats.read, stats.submitted, stats.ended, stats.written)
+        still = still + 1 if now == last else 0
+        if still >= 30:
+            return
+        last = now
+        await anyio.sleep(0.005)
+
+
+async def test_stalled_sink_stops_the_source(tmp_path: Path) -> None:
+    """Backpressure is real: while the sink is blocked, reading stays bounded."""
+    write_input(tmp_path / "in.jsonl", 400)
+    release = anyio.Event()
+    blocked = anyio.Event()
+
+    async def stalled(line: ResultLine) -> None:
+        blocked.set()
+        await release.wait()
+
+    config = PipelineConfig(
+        max_batch_requests=10,
+        max_in_flight=20,
+        linger_seconds=0.01,
+        poll_interval=0.01,
+        max_poll_interval=0.05,
+        buffer_size=1,
+        dry_run="off",
+    )
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="k", base_url=emu.url) as client:
+            pipeline = Pipeline(
+                tmp_path / "in.jsonl",
+                stalled,
+                config=config,
+                client=client,
+                state=tmp_path / "s.db",
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pipeline.run)
+                with anyio.fail_after(10):
+                    await blocked.wait()
+                # let everything upstream run into the backpressure
+                await settle(pipeline)
+                stats = pipeline.statistics()
+                # the file is read in one chunk (all 400 lines), but what got past
+                # validation and was submitted is bounded by the in-flight cap
+                assert stats.submitted <= config.max_in_flight
+                assert stats.in_flight <= config.max_in_flight
+                tg.cancel_scope.cancel()
+
+
+async def test_stalled_sink_bounds_lines_read(tmp_path: Path) -> None:
+    """With a small read chunk, the source itself stops reading."""
+    from pipeline.stages import source as source_module
+
+    write_input(tmp_path / "in.jsonl", 2000)
+    release = anyio.Event()
+    blocked = anyio.Event()
+
+    async def stalled(line: ResultLine) -> None:
+        blocked.set()
+        await release.wait()
+
+    config = PipelineConfig(
+        max_batch_requests=10,
+        max_in_flight=20,
+        linger_seconds=0.01,
+        poll_interval=0.01,
+        max_poll_interval=0.05,
+        buffer_size=1,
+        dry_run="off",
+    )
+    old = source_module.DEFAULT_CHUNK_SIZE
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="k", base_url=emu.url) as client:
+            pipeline = Pipeline(
+                tmp_path / "in.jsonl",
+                stalled,
+                config=config,
+                client=client,
+                state=tmp_path / "s.db",
+            )
+            pipeline._source_chunk_size = 4096  # ~35 lines per read
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pipeline.run)
+                with anyio.fail_after(10):
+                    await blocked.wait()
+                await settle(pipeline)
+                read = pipeline.statistics().read
+                assert read < 400, read  # of 2000: the source stopped reading
+                tg.cancel_scope.cancel()
+    assert source_module.DEFAULT_CHUNK_SIZE == old
+
+
+async def test_cancel_leaves_no_task_stream_or_file(tmp_path: Path) -> None:
+    import asyncio
+
+    write_input(tmp_path / "in.jsonl", 200)
+    fds_before = set(os.listdir("/proc/self/fd"))
+    tasks_before = asyncio.all_tasks()
+    async with serve_emulator(EmulatorConfig(batch_seconds=5.0), data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="k", base_url=emu.url) as client:
+            pipeline = Pipeline(
+                tmp_path / "in.jsonl", tmp_path / "out.jsonl", config=FAST, client=client
+            )
+            with anyio.move_on_after(0.5):
+                await pipeline.run()
+        fds_client_closed = set(os.listdir("/proc/self/fd"))
+    assert asyncio.all_tasks() - tasks_before == set()
+    # the input, output, rejects and state files are all closed
+    names = {
+        os.readlink(f"/proc/self/fd/{fd}")
+        for fd in fds_client_closed - fds_before
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    }
+    assert not [n for n in names if str(tmp_path) in n and "/e/" not in n], names
+
+
+async def test_stage_failure_surfaces_as_one_stage_error(tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 5)
+
+    async def failing(line: ResultLine) -> None:
+        raise ValueError("sink is broken")
+
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        with pytest.raises(StageError) as info:
+            await run_job(tmp_path, emu.url, output=failing, state=tmp_path / "s.db")
+    assert info.value.stage == "results"
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_a_pipeline_needs_a_state_path_for_a_callback_output() -> None:
+    async def cb(line: ResultLine) -> None: ...
+
+    with pytest.raises(UsageError):
+        Pipeline([entry("a")], cb)
