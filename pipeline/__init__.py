@@ -14,21 +14,53 @@ from ._errors import PipelineError as PipelineError
 from ._errors import ResultStreamError as ResultStreamError
 from ._errors import StageError as StageError
 from ._errors import UsageError as UsageError
+from ._logging import configure_logging as configure_logging
+from ._pipeline import Pipeline as Pipeline
+from ._pricing import DEFAULT_PRICES as DEFAULT_PRICES
+from ._pricing import Price as Price
+from ._pricing import PriceTable as PriceTable
+from ._pricing import cost_usd as cost_usd
+from ._pricing import estimate_cost_usd as estimate_cost_usd
+from ._progress import progress as progress
+from ._stats import ModelUsage as ModelUsage
+from ._stats import PipelineStatistics as PipelineStatistics
+from ._summary import render_summary as render_summary
+from ._ux import run_with_progress as run_with_progress
+from ._worker import QueuePipeline as QueuePipeline
+from ._worker import WatchPipeline as WatchPipeline
 from .api import Client as Client
+from .stages.sink import CallbackSink as CallbackSink
+from .stages.sink import JsonlSink as JsonlSink
 
 __all__ = (
     "APIConnectionError",
     "APIError",
     "APIStatusError",
     "BudgetExceededError",
+    "CallbackSink",
     "Client",
     "CreateOutcomeUnknownError",
+    "DEFAULT_PRICES",
     "DryRunAbortedError",
     "InputError",
+    "JsonlSink",
     "LedgerError",
+    "ModelUsage",
+    "Pipeline",
     "PipelineConfig",
     "PipelineError",
+    "PipelineStatistics",
+    "Price",
+    "PriceTable",
+    "QueuePipeline",
     "ResultStreamError",
     "StageError",
     "UsageError",
+    "WatchPipeline",
+    "configure_logging",
+    "cost_usd",
+    "estimate_cost_usd",
+    "progress",
+    "render_summary",
+    "run_with_progress",
 )

@@ -145,7 +145,6 @@ class Pipeline:
         self._elapsed = 0.0
         self._finished = False
         self._dry_run_meter: Any = None
-        self._spend_meter: Any = None
         self._result: PipelineStatistics | None = None
         self._tg: TaskGroup | None = None
         self._done = anyio.Event()
@@ -179,12 +178,9 @@ class Pipeline:
         elapsed = self._elapsed
         if self._state is _State.RUNNING:
             elapsed = time.monotonic() - self._started
-        estimated = p.estimated_cost_usd
         dry_run_calls = 0
-        if self._spend_meter is not None:
-            estimated = float(getattr(self._spend_meter, "estimated_cost_usd", estimated))
         if self._dry_run_meter is not None:
-            dry_run_calls = int(getattr(self._dry_run_meter, "calls", 0))
+            dry_run_calls = self._dry_run_meter.statistics().calls
         return PipelineStatistics(
             read=p.read,
             rejected=p.rejected,
@@ -197,7 +193,7 @@ class Pipeline:
             batches_in_flight=max(0, p.batches_in_flight),
             outcomes=dict(p.outcomes),
             usage={m: ModelUsage(int(u[0]), int(u[1]), u[2]) for m, u in p.usage.items()},
-            estimated_cost_usd=estimated,
+            estimated_cost_usd=p.estimated_cost_usd,
             actual_cost_usd=p.actual_cost_usd,
             dry_run_calls=dry_run_calls,
             elapsed_seconds=elapsed,
@@ -483,7 +479,7 @@ class Pipeline:
         if config.budget_usd is not None:
             from .stages.budget import SpendMeter, spend_guard
 
-            self._spend_meter = spend = SpendMeter()
+            spend = SpendMeter()
 
             async def _guard(r: Any, s: Any) -> None:
                 await spend_guard(

@@ -12,6 +12,7 @@ disk stays consistent: re-running the command resumes).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ("add_parser", "build_config", "format_summary", "run_command")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_log = logging.getLogger("pipeline")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -171,6 +173,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="USD",
         help="stop submitting before the estimated cost would pass this many dollars",
     )
+    from ._ux import add_ux_arguments
+
+    add_ux_arguments(parser)
     parser.set_defaults(func=run_command)
     return parser
 
@@ -198,7 +203,9 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the job; the exit status."""
     from ._errors import PipelineError
     from ._pipeline import Pipeline
+    from ._ux import announce, setup_logging_from_args
 
+    setup_logging_from_args(args)
     try:
         config = build_config(args)
     except ValueError as exc:
@@ -214,6 +221,7 @@ def run_command(args: argparse.Namespace) -> int:
             api_key=api_key,
             base_url=args.base_url,
             state=args.state,
+            announce=announce,
         )
     except (PipelineError, RuntimeError) as exc:
         print(f"pipeline run: {exc}", file=sys.stderr)
@@ -221,7 +229,7 @@ def run_command(args: argparse.Namespace) -> int:
     signals: list[int] = []
     try:
         try:
-            stats = anyio.run(_run, pipeline, signals)
+            stats = anyio.run(_run, pipeline, signals, args)
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
     except PipelineError as exc:
@@ -230,13 +238,16 @@ def run_command(args: argparse.Namespace) -> int:
     if stats is None:
         print("pipeline run: interrupted; re-run the same command to resume", file=sys.stderr)
         return 128 + (signals[-1] if signals else signal.SIGINT)
-    print(format_summary(stats, pipeline), file=sys.stderr)
     return 0 if stats.finished or stats.stopped_reason else 1
 
 
-async def _run(pipeline: Pipeline, signals: list[int]) -> PipelineStatistics | None:
-    """Run the pipeline; the first SIGTERM/SIGINT stops it gracefully, a second
-    cancels it at once (None)."""
+async def _run(
+    pipeline: Pipeline, signals: list[int], args: argparse.Namespace
+) -> PipelineStatistics | None:
+    """Run the pipeline with progress and the summary (as ``args`` ask); the first
+    SIGTERM/SIGINT stops it gracefully, a second cancels it at once (None)."""
+    from ._ux import run_with_progress
+
     result: PipelineStatistics | None = None
     with anyio.open_signal_receiver(*_SIGNALS) as received:
         async with anyio.create_task_group() as tg:
@@ -246,10 +257,9 @@ async def _run(pipeline: Pipeline, signals: list[int]) -> PipelineStatistics | N
                 async for signum in received:
                     signals.append(signum)
                     if len(signals) == 1:
-                        print(
-                            f"pipeline run: {signal.Signals(signum).name}: stopping gracefully "
-                            "(again to exit at once)",
-                            file=sys.stderr,
+                        _log.warning(
+                            "%s: stopping gracefully (again to exit at once)",
+                            signal.Signals(signum).name,
                         )
                         pipeline.stop(f"signal {signal.Signals(signum).name}")
                     else:
@@ -257,7 +267,7 @@ async def _run(pipeline: Pipeline, signals: list[int]) -> PipelineStatistics | N
 
             tg.start_soon(watch)
             with scope:
-                result = await pipeline.run()
+                result = await run_with_progress(pipeline, args=args)
             tg.cancel_scope.cancel()
     return result
 

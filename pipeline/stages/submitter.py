@@ -96,6 +96,7 @@ class Submitter:
             entries = [e for i, e in enumerate(entries) if i not in dropped]
             self._resolved(len(dropped))
         progress.note_rejects(len(chunk.rejects) + len(claim.duplicates))
+        progress.estimated_cost_usd += sum(e.cost_usd for e in entries)
         progress.changed()
         if not entries:
             return []
