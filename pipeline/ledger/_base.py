@@ -21,6 +21,15 @@ The protocol of a batch, and what a crash between any two steps leaves behind:
 5. ``commit_results`` (repeatedly, per sink flush): the sink's durable
    position, results written, retryable requests spooled; ``done=True`` on the
    last one marks the batch collected.
+
+What the runner must keep to for crash safety: a sink fsyncs its file before
+its ``commit_results`` / ``commit_rejects``, and truncates it back to the
+``ResumeState`` position on start; ``reconcile`` settles every pending intent
+before the first new create (a fresh create of the same size would make the
+match ambiguous); a batch downloaded again after a restart writes only what
+``unwritten`` still lists (the ``written_ids`` of earlier commits are done);
+``mark_finished`` only when the source is exhausted, the spool empty and every
+batch collected.
 """
 
 from __future__ import annotations
@@ -84,12 +93,18 @@ class SpoolItem(msgspec.Struct, array_like=True):
     custom_id: str
     line: int
     attempt: int
+    #: byte offset of the line in the source file (-1 for iterables)
     offset: int
+    #: bytes from ``offset`` to the entry's ``end`` (the line and its terminator);
+    #: ``len(raw)`` when ``raw`` is carried
     length: int
     raw: bytes | None
+    #: position in the spool, for paging ``take_spool(limit, after=seq)`` (added)
+    seq: int = 0
 
 
 class ClaimResult(msgspec.Struct):
+    #: 0 when every entry was a duplicate: no batch was recorded, nothing to send
     local_id: int
     #: indices (into the claimed entries) that were duplicates and became rejects
     duplicates: list[int]
@@ -122,6 +137,16 @@ class JobStatus(msgspec.Struct, kw_only=True):
     spooled: int
     finished: bool
     batches: list[BatchRecord]
+    # -- added by the SQLite ledger (defaults keep other backends valid) --
+    job: JobSpec | None = None
+    #: reject lines durably in the rejects file
+    rejects_written: int = 0
+    #: source byte offset of the checkpoint (``read`` is its line number)
+    source_offset: int = 0
+    #: a worker holds the job's lock right now (None: unknown)
+    worker_running: bool | None = None
+    #: the output sink's durable position (bytes and lines)
+    output: SinkPosition = SinkPosition()
 
 
 class Ledger(Protocol):
@@ -174,9 +199,21 @@ class Ledger(Protocol):
         written: int,
         spool: Sequence[str] = (),
         done: bool = False,
+        written_ids: Sequence[str] = (),
     ) -> None:
         """The sink's durable position after writing ``written`` more lines of this
-        batch; ``spool``: custom_ids to re-send (their attempt is incremented)."""
+        batch; ``spool``: custom_ids to re-send (their attempt is incremented).
+        ``written_ids`` (added, optional): the custom_ids of the lines written, so
+        that after a crash ``unwritten`` tells a re-download what is still owed."""
+        ...
+
+    async def unwritten(self, local_id: int, custom_ids: Sequence[str]) -> list[str]:
+        """(added) Those of ``custom_ids`` this batch still owes the output: not
+        committed in ``written_ids`` and not spooled. For a re-download after a crash."""
+        ...
+
+    async def known_batch_ids(self, batch_ids: Sequence[str]) -> set[str]:
+        """(added) Those of ``batch_ids`` already recorded (for reconciliation)."""
         ...
 
     async def commit_rejects(self, position: SinkPosition) -> None: ...
@@ -185,8 +222,9 @@ class Ledger(Protocol):
         """Recorded rejects from the ``count``-th on, for the rejects writer."""
         ...
 
-    async def take_spool(self, limit: int) -> list[SpoolItem]:
-        """Up to ``limit`` spooled requests, oldest first (they stay spooled until claimed)."""
+    async def take_spool(self, limit: int, *, after: int = 0) -> list[SpoolItem]:
+        """Up to ``limit`` spooled requests, oldest first (they stay spooled until
+        claimed); ``after`` (added): the ``seq`` of the last item already taken."""
         ...
 
     async def attempts(self, custom_ids: Sequence[str]) -> dict[str, int]:

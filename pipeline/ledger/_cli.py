@@ -1,0 +1,146 @@
+"""``python -m pipeline status --state PATH [--json]``: a job's progress from its state file.
+
+The state is read read-only and without the job's lock, so ``status`` works while
+a worker runs. ``--adopt LOCAL_ID=BATCH_ID`` and ``--release LOCAL_ID`` settle a
+batch create whose outcome reconciliation could not decide; they take the lock
+(stop the worker first).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from .._errors import LedgerError, UsageError
+from ._sqlite import SQLiteLedger
+from ._sqlite_schema import read_status
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ._base import BatchRecord, JobStatus
+
+__all__ = ("add_parser", "format_status", "main")
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``status``."""
+    parser = subparsers.add_parser(
+        "status",
+        help="show the progress of a job from its state file",
+        description="Show a job's progress from its state file: requests read, rejected, "
+        "submitted, ended and written, what is spooled for retry, and the batches in "
+        "flight with their age. Safe to run while a worker runs.",
+    )
+    parser.add_argument("--state", required=True, metavar="PATH", help="the job's state file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--adopt",
+        metavar="LOCAL_ID=BATCH_ID",
+        help="record that the unknown-outcome create LOCAL_ID made batch BATCH_ID "
+        "(stop the worker first)",
+    )
+    parser.add_argument(
+        "--release",
+        metavar="LOCAL_ID",
+        type=int,
+        help="record that the unknown-outcome create LOCAL_ID made no batch: its requests "
+        "are sent again on the next start (stop the worker first)",
+    )
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the status; exit 0, or 2 with a one-line reason."""
+    try:
+        if args.adopt or args.release is not None:
+            anyio.run(_settle, args.state, args.adopt, args.release)
+        status = anyio.run(read_status, args.state)
+    except (LedgerError, UsageError, ValueError) as exc:
+        print(f"pipeline status: {exc}", file=sys.stderr)
+        return 2
+    now = time.time()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(status_json(status, now)).decode() + "\n")
+    else:
+        sys.stdout.write(format_status(status, now))
+    return 0
+
+
+async def _settle(path: str, adopt: str | None, release: int | None) -> None:
+    ledger = SQLiteLedger(path)
+    await ledger.open_existing()
+    try:
+        if adopt:
+            local, sep, batch_id = adopt.partition("=")
+            if not sep or not local.isdigit() or not batch_id:
+                raise ValueError(f"--adopt wants LOCAL_ID=BATCH_ID, got {adopt!r}")
+            await ledger.record_created(int(local), batch_id)
+        if release is not None:
+            await ledger.release(release)
+    finally:
+        await ledger.aclose()
+
+
+def status_json(status: JobStatus, now: float) -> dict[str, Any]:
+    """The status as JSON-ready builtins, each batch with its ``age_seconds``."""
+    out: dict[str, Any] = msgspec.to_builtins(status)
+    for batch in out["batches"]:
+        sent = batch["sent_at"]
+        batch["age_seconds"] = None if sent is None else round(now - sent, 3)
+    out["now"] = now
+    return out
+
+
+def format_status(status: JobStatus, now: float) -> str:
+    """The status as lines for a person."""
+    job = status.job
+    lines = []
+    if job is not None:
+        rejects = f" (rejects: {job.rejects_path})" if job.rejects_path else ""
+        lines.append(f"job        {job.input_path or '<iterable>'} -> {job.output_path}{rejects}")
+    if status.finished:
+        state = "finished: every request has its result in the output"
+    elif status.worker_running:
+        state = "running (a worker holds the state)"
+    else:
+        state = "not finished, no worker running (re-run the same command to resume)"
+    in_flight = sum(b.request_count for b in status.batches)
+    lines += [
+        f"state      {state}",
+        f"read       {status.read:,} lines",
+        f"rejected   {status.rejected:,} ({status.rejects_written:,} in the rejects file)",
+        f"submitted  {status.submitted:,}",
+        f"ended      {status.ended:,}",
+        f"written    {status.written:,} ({status.output.offset:,} bytes durable in the output)",
+        f"spooled    {status.spooled:,} (waiting to be re-sent)",
+        f"in flight  {len(status.batches):,} batches, {in_flight:,} requests",
+    ]
+    lines += [_batch_line(b, now) for b in status.batches]
+    return "\n".join(lines) + "\n"
+
+
+def _batch_line(batch: BatchRecord, now: float) -> str:
+    age = "not sent" if batch.sent_at is None else f"sent {_age(now - batch.sent_at)} ago"
+    note = {
+        "intent": "  (not sent yet)",
+        "sending": "  (create outcome unknown until confirmed)",
+        "ended": f"  ({batch.results_written:,} results written)",
+    }.get(batch.state, "")
+    return (
+        f"  #{batch.local_id:<5} {batch.batch_id or '-':<30} {batch.state:<8} "
+        f"{batch.request_count:>7,} requests  {age}{note}"
+    )
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

@@ -1,0 +1,241 @@
+"""The SQLite ledger's tables, and reading them: opening checks, resume state,
+status (also read-only, without the job's lock, for ``pipeline status``)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from .._errors import LedgerError
+from ._base import BatchRecord, JobSpec, JobStatus, ResumeState, SinkPosition
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = (
+    "APP_TAG",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "check_meta",
+    "connect",
+    "decode_job",
+    "job_status",
+    "meta_value",
+    "read_status",
+    "resume_state",
+    "table_names",
+)
+
+#: Bumped on any incompatible change of the tables below.
+SCHEMA_VERSION = 1
+APP_TAG = "pipeline-ledger"
+
+SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+-- state: claimed (in batch local_id), spooled (waiting in spool to be re-sent),
+-- rejected (its batch was refused), written (its final line is in the output).
+-- attempt: that of the current submission; for a spooled request, of the next.
+-- offset/length: where to read it back from the source file; raw when no file.
+-- No index on local_id (it would cost a quarter of a claim): the rows of a claim
+-- get consecutive rowids (a retry's row is deleted and inserted anew), and each
+-- batch keeps that range (first_row..last_row) to find its requests.
+CREATE TABLE requests(
+    custom_id TEXT PRIMARY KEY,
+    line INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    raw BLOB,
+    attempt INTEGER NOT NULL,
+    local_id INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE batches(
+    local_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id TEXT UNIQUE,
+    state TEXT NOT NULL,
+    request_count INTEGER NOT NULL,
+    body_bytes INTEGER NOT NULL DEFAULT 0,
+    sent_at REAL,
+    output_start INTEGER,
+    results_written INTEGER NOT NULL DEFAULT 0,
+    first_row INTEGER NOT NULL DEFAULT 0,
+    last_row INTEGER NOT NULL DEFAULT -1
+);
+CREATE TABLE rejects(
+    seq INTEGER PRIMARY KEY,
+    line INTEGER NOT NULL,
+    custom_id TEXT,
+    type TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE TABLE sinks(name TEXT PRIMARY KEY, offset INTEGER NOT NULL, count INTEGER NOT NULL);
+CREATE TABLE spool(seq INTEGER PRIMARY KEY AUTOINCREMENT, custom_id TEXT NOT NULL UNIQUE);
+CREATE TABLE checkpoint(id INTEGER PRIMARY KEY CHECK (id = 0), offset INTEGER NOT NULL,
+                        line INTEGER NOT NULL);
+CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO checkpoint VALUES (0, 0, 0);
+INSERT INTO counters VALUES ('submitted', 0), ('ended', 0), ('written', 0);
+INSERT INTO sinks VALUES ('output', 0, 0), ('rejects', 0, 0);
+"""
+TABLES = frozenset(
+    {"meta", "requests", "batches", "rejects", "sinks", "spool", "checkpoint", "counters"}
+)
+
+_IN_FLIGHT = ("intent", "sending", "created", "ended")
+_BATCH_COLUMNS = (
+    "local_id, batch_id, state, request_count, body_bytes, sent_at, output_start, results_written"
+)
+
+decode_job = msgspec.json.Decoder(JobSpec).decode
+
+
+def _batch(row: Sequence[Any]) -> BatchRecord:
+    return BatchRecord(
+        local_id=row[0],
+        batch_id=row[1],
+        state=row[2],
+        request_count=row[3],
+        body_bytes=row[4],
+        sent_at=row[5],
+        output_start=row[6],
+        results_written=row[7],
+    )
+
+
+def _batches(c: sqlite3.Connection, states: Sequence[str]) -> list[BatchRecord]:
+    marks = ", ".join("?" * len(states))
+    rows = c.execute(
+        f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state IN ({marks}) ORDER BY local_id",
+        tuple(states),
+    )
+    return [_batch(row) for row in rows]
+
+
+def _scalar(c: sqlite3.Connection, sql: str) -> Any:
+    return c.execute(sql).fetchone()[0]
+
+
+def resume_state(c: sqlite3.Connection, fresh: bool) -> ResumeState:
+    offset, line = c.execute("SELECT offset, line FROM checkpoint").fetchone()
+    sinks = {row[0]: SinkPosition(row[1], row[2]) for row in c.execute("SELECT * FROM sinks")}
+    return ResumeState(
+        fresh=fresh,
+        finished=bool(meta_value(c, "finished")),
+        source_offset=offset,
+        source_line=line,
+        output=sinks["output"],
+        rejects=sinks["rejects"],
+        batches=_batches(c, ("created", "ended")),
+        pending_intents=_batches(c, ("intent", "sending")),
+        spooled=_scalar(c, "SELECT count(*) FROM spool"),
+    )
+
+
+def job_status(c: sqlite3.Connection) -> JobStatus:
+    counters = dict(c.execute("SELECT name, value FROM counters").fetchall())
+    return JobStatus(
+        read=_scalar(c, "SELECT line FROM checkpoint"),
+        rejected=_scalar(c, "SELECT coalesce(max(seq), 0) FROM rejects"),
+        submitted=counters["submitted"],
+        ended=counters["ended"],
+        written=counters["written"],
+        spooled=_scalar(c, "SELECT count(*) FROM spool"),
+        finished=bool(meta_value(c, "finished")),
+        batches=_batches(c, _IN_FLIGHT),
+        job=decode_job(meta_value(c, "job")),
+        rejects_written=_scalar(c, "SELECT count FROM sinks WHERE name = 'rejects'"),
+        source_offset=_scalar(c, "SELECT offset FROM checkpoint"),
+        output=SinkPosition(
+            *c.execute("SELECT offset, count FROM sinks WHERE name = 'output'").fetchone()
+        ),
+    )
+
+
+# -- files ---------------------------------------------------------------------------
+
+
+def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    try:
+        if readonly:
+            uri = f"{path.absolute().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise LedgerError(str(path), f"cannot open: {exc}") from exc
+    return conn
+
+
+def table_names(c: sqlite3.Connection) -> set[str]:
+    rows = c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {row[0] for row in rows} - {"sqlite_sequence"}
+
+
+def meta_value(c: sqlite3.Connection, key: str) -> Any:
+    row = c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        raise sqlite3.DatabaseError(f"meta entry {key!r} is missing")
+    return row[0]
+
+
+def check_meta(c: sqlite3.Connection, tables: set[str], path: str) -> None:
+    if "meta" not in tables:
+        raise LedgerError(path, "is an SQLite database but not a pipeline state file")
+    app = c.execute("SELECT value FROM meta WHERE key = 'app'").fetchone()
+    if app is None or app[0] != APP_TAG:
+        raise LedgerError(path, "is an SQLite database but not a pipeline state file")
+    version = meta_value(c, "schema_version")
+    if version != SCHEMA_VERSION:
+        raise LedgerError(
+            path,
+            f"has schema version {version}; this pipeline reads version {SCHEMA_VERSION}",
+        )
+    if tables != TABLES:
+        missing = ", ".join(sorted(TABLES - tables)) or "none"
+        raise LedgerError(path, f"is damaged: tables missing: {missing}")
+
+
+def _read_status_sync(path: Path) -> JobStatus:
+    if not path.is_file():
+        raise LedgerError(str(path), "does not exist")
+    conn = connect(path, readonly=True)
+    try:
+        check_meta(conn, table_names(conn), str(path))
+        conn.execute("BEGIN")  # one consistent snapshot
+        status = job_status(conn)
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(str(path), f"not a usable pipeline state file ({exc})") from exc
+    finally:
+        conn.close()
+    status.worker_running = _lock_held(path)
+    return status
+
+
+def _lock_held(path: Path) -> bool:
+    """Whether a worker holds the job's lock (probed without blocking, never held)."""
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+async def read_status(path: str | os.PathLike[str]) -> JobStatus:
+    """The progress of the job in the state file at ``path``, read-only and without
+    the job's lock, so it works while a worker runs."""
+    return await anyio.to_thread.run_sync(_read_status_sync, Path(path))

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pipeline.ledger import JobSpec, SQLiteLedger
+from pipeline.stages._items import Entry, Reject, RejectError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+JOB = JobSpec(
+    input_path="in.jsonl", input_fingerprint="abc", output_path="out.jsonl", rejects_path=None
+)
+
+
+def entry(n: int, *, attempt: int = 1, cid: str | None = None, iterable: bool = False) -> Entry:
+    """Entry of input line ``n`` (100 bytes a line, starting at (n-1)*100)."""
+    custom_id = cid or f"req-{n}"
+    raw = b'{"custom_id":"' + custom_id.encode() + b'","params":{}}'
+    if iterable:
+        return Entry(line=n, custom_id=custom_id, raw=raw, attempt=attempt)
+    return Entry(
+        line=n, custom_id=custom_id, raw=raw, offset=(n - 1) * 100, end=n * 100, attempt=attempt
+    )
+
+
+def reject(n: int, message: str = "bad json") -> Reject:
+    return Reject(line=n, custom_id=None, error=RejectError("invalid_request_error", message))
+
+
+@pytest.fixture
+def state_path(tmp_path: Path) -> Path:
+    return tmp_path / "job.state"
+
+
+@pytest.fixture
+async def ledger(state_path: Path) -> AsyncIterator[SQLiteLedger]:
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    try:
+        yield led
+    finally:
+        await led.aclose()

@@ -1,0 +1,120 @@
+"""Helpers for end-to-end resume tests: an input file, a worker subprocess
+(``python -m pipeline run``), and reading what it left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import httpx
+import msgspec
+
+from pipeline._errors import LedgerError
+from pipeline.ledger import JobStatus, read_status
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class _Line(msgspec.Struct):
+    custom_id: str
+
+
+class _RejectLine(msgspec.Struct):
+    line: int
+    custom_id: str | None
+
+
+def write_input(
+    path: Path, n: int, *, prefix: str = "req", bad_every: int = 0
+) -> tuple[list[str], list[int]]:
+    """``n`` valid lines (custom_ids ``{prefix}-00000``...); with ``bad_every``, a
+    broken line every ``bad_every`` and a duplicate custom_id at the end. Returns
+    the valid custom_ids and the line numbers that must be rejected."""
+    ids = [f"{prefix}-{i:05d}" for i in range(n)]
+    bad: list[int] = []
+    line = 0
+    params: dict[str, object] = {}
+    with path.open("wb") as f:
+        for i, cid in enumerate(ids):
+            if bad_every and i % bad_every == bad_every // 2:
+                line += 1
+                bad.append(line)
+                f.write(b'{"custom_id": "broken-%d", "params": \n' % i)
+            params = {
+                "model": "claude-3-haiku-20240307",
+                "max_tokens": 16,
+                "messages": [{"role": "user", "content": f"say {cid}"}],
+            }
+            line += 1
+            f.write(msgspec.json.encode({"custom_id": cid, "params": params}) + b"\n")
+        if bad_every:
+            f.write(msgspec.json.encode({"custom_id": ids[0], "params": params}) + b"\n")
+            bad.append(line + 1)
+    return ids, bad
+
+
+def start_worker(
+    url: str,
+    tmp: Path,
+    *extra: str,
+    batch: int = 100,
+    in_flight: int = 300,
+    attempts: int = 3,
+    api_key: str = "resume-test-key",
+) -> subprocess.Popen[bytes]:
+    """``pipeline run`` on ``tmp/in.jsonl`` into ``tmp/out.jsonl``, state ``tmp/job.state``;
+    each ``api_key`` is a workspace of its own at the emulator."""
+    command = [
+        sys.executable, "-m", "pipeline", "run", str(tmp / "in.jsonl"),
+        "--output", str(tmp / "out.jsonl"), "--state", str(tmp / "job.state"),
+        "--rejects", str(tmp / "rejects.jsonl"),
+        "--base-url", url, "--max-batch-requests", str(batch), "--max-in-flight", str(in_flight),
+        "--linger-seconds", "0.05", "--poll-interval", "0.05", "--dry-run", "off",
+        "--max-attempts", str(attempts), *extra,
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "ANTHROPIC_API_KEY": api_key,
+        "PIPELINE_RECONCILE_SETTLE_SECONDS": "1",
+    }
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp
+    )
+
+
+async def status_of(path: Path) -> JobStatus | None:
+    """The job's status, or None while the state file is not there yet."""
+    try:
+        return await read_status(path)
+    except LedgerError:
+        return None
+
+
+def size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def output_ids(path: Path) -> list[str]:
+    return [
+        msgspec.json.decode(line, type=_Line).custom_id for line in path.read_bytes().splitlines()
+    ]
+
+
+def reject_lines(path: Path) -> list[int]:
+    lines = path.read_bytes().splitlines() if path.exists() else []
+    return [msgspec.json.decode(line, type=_RejectLine).line for line in lines]
+
+
+async def submissions(url: str) -> dict[str, int]:
+    """How many times the emulator received each custom_id in a create."""
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(f"{url}/_emulator/submissions")
+        answer.raise_for_status()
+        counts: dict[str, int] = answer.json()
+        return counts

@@ -1,0 +1,212 @@
+"""The state file: foreign, corrupt and locked files are refused and left untouched;
+a process killed in the middle of writing leaves whole transactions only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from pipeline._errors import LedgerError
+from pipeline.ledger import JobSpec, SQLiteLedger, read_status
+
+from .conftest import JOB, entry
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def snapshot(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+async def test_foreign_job_is_refused_and_nothing_is_overwritten(state_path: Path) -> None:
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    await led.claim([entry(1)], [], checkpoint=100, line=1)
+    await led.aclose()
+    before = snapshot(state_path)
+    other = JobSpec(
+        input_path="other.jsonl",
+        input_fingerprint="zzz",
+        output_path="out.jsonl",
+        rejects_path=None,
+    )
+    with pytest.raises(LedgerError, match="belongs to another job") as info:
+        await SQLiteLedger(state_path).open(other)
+    assert "other.jsonl" in str(info.value)
+    assert snapshot(state_path) == before
+    led = SQLiteLedger(state_path)  # the lock was released by the refused open
+    assert not (await led.open(JOB)).fresh
+    await led.aclose()
+
+
+async def test_a_file_that_is_not_sqlite_is_refused_untouched(state_path: Path) -> None:
+    state_path.write_bytes(b"this is not a database, it is a shopping list\n" * 100)
+    before = snapshot(state_path)
+    with pytest.raises(LedgerError, match="not a usable pipeline state file"):
+        await SQLiteLedger(state_path).open(JOB)
+    assert snapshot(state_path) == before
+    assert not os.path.exists(f"{state_path}-wal")
+    with pytest.raises(LedgerError, match="not a usable pipeline state file"):
+        await read_status(state_path)
+
+
+async def test_another_sqlite_database_is_refused_untouched(state_path: Path) -> None:
+    with sqlite3.connect(state_path) as conn:
+        conn.execute("CREATE TABLE users(name TEXT)")
+    before = snapshot(state_path)
+    with pytest.raises(LedgerError, match="not a pipeline state file"):
+        await SQLiteLedger(state_path).open(JOB)
+    assert snapshot(state_path) == before
+
+
+async def test_a_newer_schema_version_is_refused(state_path: Path) -> None:
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    await led.aclose()
+    with sqlite3.connect(state_path) as conn:
+        conn.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    with pytest.raises(LedgerError, match="schema version 99"):
+        await SQLiteLedger(state_path).open(JOB)
+
+
+async def test_a_damaged_state_is_refused(state_path: Path) -> None:
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    await led.aclose()
+    with sqlite3.connect(state_path) as conn:
+        conn.execute("DROP TABLE spool")
+    with pytest.raises(LedgerError, match="tables missing: spool"):
+        await SQLiteLedger(state_path).open(JOB)
+
+
+async def test_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="lock file"):
+        await SQLiteLedger(tmp_path / "nope" / "job.state").open(JOB)
+
+
+async def test_second_opener_is_refused_while_the_first_holds_it(state_path: Path) -> None:
+    first = SQLiteLedger(state_path)
+    await first.open(JOB)
+    with pytest.raises(LedgerError, match="in use by another process"):
+        await SQLiteLedger(state_path).open(JOB)
+    status = await read_status(state_path)  # status needs no lock
+    assert status.worker_running
+    await first.aclose()
+    assert not (await read_status(state_path)).worker_running
+    second = SQLiteLedger(state_path)
+    await second.open(JOB)
+    await second.aclose()
+
+
+async def test_another_process_holding_the_state_is_refused(state_path: Path) -> None:
+    code = f"""
+        import anyio, sys
+        from pipeline.ledger import SQLiteLedger
+        from tests.ledger.conftest import JOB
+        async def main():
+            led = SQLiteLedger({str(state_path)!r})
+            await led.open(JOB)
+            print("open", flush=True)
+            sys.stdin.readline()
+            await led.aclose()
+        anyio.run(main)
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=os.getcwd(),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"open\n"
+        with pytest.raises(LedgerError, match="in use"):
+            await SQLiteLedger(state_path).open(JOB)
+        status = await read_status(state_path)
+        assert status.worker_running
+        assert status.job == JOB
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.stdout.close()  # type: ignore[union-attr]
+    # the kernel drops the lock of a killed process
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    await led.aclose()
+
+
+async def test_kill_in_the_middle_of_writes_leaves_whole_transactions(state_path: Path) -> None:
+    """A writer claims 500-request batches in a loop and is SIGKILLed mid-stream;
+    every batch on disk has exactly its requests, and the checkpoint matches them."""
+    code = f"""
+        import anyio
+        from pipeline.ledger import SQLiteLedger
+        from tests.ledger.conftest import JOB, entry
+        async def main():
+            led = SQLiteLedger({str(state_path)!r})
+            await led.open(JOB)
+            n = 0
+            while True:
+                es = [entry(i) for i in range(n + 1, n + 501)]
+                n += 500
+                await led.claim(es, [], checkpoint=n * 100, line=n)
+                print(n, flush=True)
+        anyio.run(main)
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, cwd=os.getcwd()
+    )
+    assert proc.stdout is not None
+    for _ in range(5):  # let it commit a few, then kill it while it writes more
+        proc.stdout.readline()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    led = SQLiteLedger(state_path)
+    state = await led.open(JOB)
+    await led.aclose()
+    assert state.source_line >= 2500
+    assert state.source_line % 500 == 0
+    with sqlite3.connect(state_path) as conn:
+        per_batch = conn.execute(
+            "SELECT b.request_count, count(r.custom_id) FROM batches b "
+            "LEFT JOIN requests r ON r.local_id = b.local_id GROUP BY b.local_id"
+        ).fetchall()
+        total = conn.execute("SELECT count(*), max(line) FROM requests").fetchone()
+    assert all(want == have == 500 for want, have in per_batch)
+    assert total == (state.source_line, state.source_line)
+    assert len(state.pending_intents) == state.source_line // 500
+
+
+async def test_status_reads_while_a_writer_commits(state_path: Path) -> None:
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def write() -> None:
+                for k in range(20):
+                    es = [entry(i) for i in range(k * 50 + 1, k * 50 + 51)]
+                    await led.claim(es, [], checkpoint=(k + 1) * 5000, line=(k + 1) * 50)
+
+            tg.start_soon(write)
+            seen = []
+            for _ in range(20):
+                status = await read_status(state_path)
+                assert status.read == sum(b.request_count for b in status.batches)
+                seen.append(status.read)
+                await anyio.sleep(0)
+        assert seen == sorted(seen)
+        assert (await read_status(state_path)).read == 1000
+    finally:
+        await led.aclose()

@@ -1,0 +1,258 @@
+"""Life of a worker: graceful shutdown, resume after a broken download, creates of
+unknown outcome, refused state files, and a finished job re-run.
+
+Each test runs ``python -m pipeline run`` in a subprocess against one emulator
+process, in a workspace of its own (its own API key)."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from pipeline.ledger import JobSpec, SQLiteLedger
+from pipeline.testing import start_emulator_process
+
+from .ledger.jobs import (
+    output_ids,
+    size,
+    start_worker,
+    status_of,
+    submissions,
+    write_input,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from pipeline.ledger import JobStatus
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[str]:
+    with start_emulator_process(
+        "--batch-seconds", "0.3", "--cut-rate", "0.3", "--request-error-rate", "0.02"
+    ) as url:
+        yield url
+
+
+async def wait_for(
+    tmp: Path, worker: subprocess.Popen[bytes], cond: Callable[[JobStatus], bool]
+) -> JobStatus:
+    """Poll the state (bounded) until ``cond`` holds; fail if the worker exits first."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, "the worker exited before the moment to test"
+        status = await status_of(tmp / "job.state")
+        if status is not None and cond(status):
+            return status
+        await anyio.sleep(0.005)
+    raise AssertionError("timed out waiting for the job to get there")
+
+
+def created(status: JobStatus) -> bool:
+    return any(b.state == "created" for b in status.batches)
+
+
+def finish(url: str, tmp: Path, **kw: object) -> str:
+    """Run the job to the end; its stderr."""
+    worker = start_worker(url, tmp, **kw)  # type: ignore[arg-type]
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err.decode()
+    return err.decode()
+
+
+async def assert_exactly_once(url: str, tmp: Path, ids: list[str]) -> None:
+    """Every custom_id once in the output; each submitted once per recorded attempt."""
+    written = output_ids(tmp / "out.jsonl")
+    assert len(written) == len(set(written)), "an output line was duplicated"
+    assert sorted(written) == ids
+    with sqlite3.connect(tmp / "job.state") as conn:
+        attempts = dict(conn.execute("SELECT custom_id, attempt FROM requests").fetchall())
+    submitted = {c: n for c, n in (await submissions(url)).items() if c in attempts}
+    assert submitted == attempts, "a request was paid for twice (or never sent)"
+
+
+async def test_sigterm_stops_gracefully_and_a_rerun_completes(
+    emulator: str, tmp_path: Path
+) -> None:
+    ids, _ = write_input(tmp_path / "in.jsonl", 1500, prefix="term")
+    worker = start_worker(emulator, tmp_path, api_key="term")
+    await wait_for(tmp_path, worker, created)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err.decode()
+    assert b"stopping gracefully" in err
+    status = await status_of(tmp_path / "job.state")
+    assert status is not None
+    assert not status.finished
+    assert not status.worker_running
+    assert [b for b in status.batches if b.state in ("intent", "sending")] == []
+    assert size(tmp_path / "out.jsonl") == status.output.offset  # flushed and committed
+    assert len(output_ids(tmp_path / "out.jsonl")) == status.output.count
+    assert "resuming" in finish(emulator, tmp_path, api_key="term")
+    await assert_exactly_once(emulator, tmp_path, ids)
+
+
+async def test_a_second_signal_exits_at_once_and_stays_consistent(
+    emulator: str, tmp_path: Path
+) -> None:
+    ids, _ = write_input(tmp_path / "in.jsonl", 1500, prefix="twice")
+    worker = start_worker(emulator, tmp_path, api_key="twice")
+    await wait_for(tmp_path, worker, created)
+    worker.send_signal(signal.SIGTERM)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode in (0, 128 + signal.SIGTERM), err.decode()
+    finish(emulator, tmp_path, api_key="twice")
+    await assert_exactly_once(emulator, tmp_path, ids)
+
+
+async def test_kill_during_a_results_download_resumes_without_duplicates(
+    emulator: str, tmp_path: Path
+) -> None:
+    """Killed while result lines are written but not yet committed (the emulator
+    also cuts some downloads in the middle): the restart truncates the output to
+    its last commit, downloads again and writes only the missing lines."""
+    ids, _ = write_input(tmp_path / "in.jsonl", 1200, prefix="dl")
+    for _ in range(3):
+        worker = start_worker(emulator, tmp_path, api_key="dl")
+        await wait_for(
+            tmp_path,
+            worker,
+            lambda s: (
+                any(b.state == "ended" for b in s.batches)
+                or size(tmp_path / "out.jsonl") > s.output.offset
+            ),
+        )
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate()
+    finish(emulator, tmp_path, api_key="dl")
+    await assert_exactly_once(emulator, tmp_path, ids)
+
+
+def forget_creates(state: Path, how_many: int) -> list[tuple[int, str]]:
+    """Make the ledger forget the batch id of ``how_many`` created batches of the
+    same size, as if the worker had died between the POST and its commit."""
+    with sqlite3.connect(state) as conn:
+        rows = conn.execute(
+            "SELECT local_id, batch_id, request_count FROM batches WHERE state = 'created' "
+            "AND request_count = 100 ORDER BY local_id LIMIT ?",
+            (how_many,),
+        ).fetchall()
+        assert len(rows) == how_many
+        for local_id, _, count in rows:
+            conn.execute(
+                "UPDATE batches SET state = 'sending', batch_id = NULL WHERE local_id = ?",
+                (local_id,),
+            )
+            conn.execute("UPDATE counters SET value = value - ? WHERE name = 'submitted'", (count,))
+    return [(local_id, batch_id) for local_id, batch_id, _ in rows]
+
+
+async def kill_with_creates_settled(url: str, tmp: Path, key: str, n: int) -> None:
+    """SIGKILL the worker once ``n`` batches are created and no other create is
+    under way (it is frozen with SIGSTOP while the state is checked), so that the
+    only unknown outcomes are the ones the test makes."""
+    worker = start_worker(url, tmp, api_key=key)
+    for _ in range(1000):
+        await wait_for(tmp, worker, lambda s: sum(b.state == "created" for b in s.batches) >= n)
+        worker.send_signal(signal.SIGSTOP)
+        status = await status_of(tmp / "job.state")
+        assert status is not None
+        if all(b.state not in ("intent", "sending") for b in status.batches):
+            break
+        worker.send_signal(signal.SIGCONT)
+        await anyio.sleep(0.005)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+
+
+async def test_an_unknown_outcome_create_is_adopted_not_sent_again(
+    emulator: str, tmp_path: Path
+) -> None:
+    ids, _ = write_input(tmp_path / "in.jsonl", 1000, prefix="adopt")
+    await kill_with_creates_settled(emulator, tmp_path, "adopt", 1)
+    [(local_id, batch_id)] = forget_creates(tmp_path / "job.state", 1)
+    err = finish(emulator, tmp_path, api_key="adopt")
+    assert "1 found at the service" in err
+    with sqlite3.connect(tmp_path / "job.state") as conn:
+        row = conn.execute("SELECT batch_id FROM batches WHERE local_id = ?", (local_id,))
+        assert row.fetchone() == (batch_id,)
+    await assert_exactly_once(emulator, tmp_path, ids)
+
+
+async def test_an_undecidable_create_fails_loudly_then_the_user_settles_it(
+    emulator: str, tmp_path: Path
+) -> None:
+    ids, _ = write_input(tmp_path / "in.jsonl", 1000, prefix="ambi")
+    await kill_with_creates_settled(emulator, tmp_path, "ambi", 2)
+    forgotten = forget_creates(tmp_path / "job.state", 2)
+    before = await submissions(emulator)
+    worker = start_worker(emulator, tmp_path, api_key="ambi")
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 1
+    message = err.decode()
+    for _, batch_id in forgotten:
+        assert batch_id in message
+    assert "--adopt" in message
+    assert await submissions(emulator) == before  # nothing was sent
+    for local_id, batch_id in forgotten:  # the user looked, and adopts the right ones
+        status = subprocess.run(
+            [sys.executable, "-m", "pipeline", "status", "--state", str(tmp_path / "job.state"),
+             "--adopt", f"{local_id}={batch_id}"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+    finish(emulator, tmp_path, api_key="ambi")
+    await assert_exactly_once(emulator, tmp_path, ids)
+
+
+async def test_corrupt_and_foreign_state_files_are_refused_untouched(tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 10, prefix="refuse")
+    state = tmp_path / "job.state"
+    state.write_bytes(b"\x00garbage, not SQLite\n" * 500)
+    worker = start_worker("http://127.0.0.1:9", tmp_path)
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode != 0
+    reason = err.decode().strip().splitlines()[-1]  # the one-line reason comes last
+    assert reason.startswith("pipeline run: failed: state file"), reason
+    assert "not a usable pipeline state file" in reason
+    assert state.read_bytes() == b"\x00garbage, not SQLite\n" * 500
+    assert not (tmp_path / "out.jsonl").exists()
+
+    state.unlink()
+    other = JobSpec(
+        input_path="/elsewhere/other.jsonl",
+        input_fingerprint="1:x",
+        output_path="/elsewhere/out.jsonl",
+        rejects_path=None,
+    )
+    led = SQLiteLedger(state)
+    await led.open(other)
+    await led.aclose()
+    before = state.read_bytes()
+    worker = start_worker("http://127.0.0.1:9", tmp_path)
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode != 0
+    assert b"belongs to another job" in err
+    assert state.read_bytes() == before
+
+
+async def test_a_finished_job_rerun_is_a_noop_that_says_so(emulator: str, tmp_path: Path) -> None:
+    ids, _ = write_input(tmp_path / "in.jsonl", 150, prefix="noop")
+    finish(emulator, tmp_path, api_key="noop")
+    output = (tmp_path / "out.jsonl").read_bytes()
+    before = await submissions(emulator)
+    err = finish(emulator, tmp_path, api_key="noop")
+    assert "already finished" in err
+    assert (tmp_path / "out.jsonl").read_bytes() == output
+    assert await submissions(emulator) == before
+    await assert_exactly_once(emulator, tmp_path, ids)
