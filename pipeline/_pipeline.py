@@ -24,15 +24,15 @@ last commit on the next start).
 from __future__ import annotations
 
 import enum
+import gc
 import hashlib
 import logging
 import os
-import sys
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import anyio
 
@@ -42,7 +42,7 @@ from ._stats import ModelUsage, PipelineStatistics
 from .api._client import Client
 from .ledger._base import BatchRecord, JobSpec
 from .stages._items import SubmittedBatch
-from .stages._protocol import Capacity, Progress
+from .stages._protocol import Capacity, Progress, SourceStage
 from .stages.chunker import chunker
 from .stages.poller import poller
 from .stages.results import results
@@ -78,7 +78,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-Source = str | os.PathLike[str] | Iterable[Any] | AsyncIterable[Any]
+Source = str | os.PathLike[str] | Iterable[Any] | AsyncIterable[Any] | SourceStage
 Output = str | os.PathLike[str] | Callable[[Any], "Awaitable[object]"] | ResultSink
 
 
@@ -86,14 +86,17 @@ class Pipeline:
     """One job: requests from ``source`` through the Message Batches API, results to
     ``output``, and every input that cannot be sent to ``rejects``.
 
-    ``source``: a JSONL file path, or any sync/async iterable of entries (dicts,
-    Structs or encoded bytes). ``output``: a JSONL file path, an async callback
+    ``source``: a JSONL file path, any sync/async iterable of entries (dicts,
+    Structs or encoded bytes), or a ``SourceStage``: ``async def my_source(send,
+    /, *, stop, start_line)``, for sources that never run dry (a queue, a watched
+    directory; see ``pipeline.stages._protocol.SourceStage``). ``output``: a JSONL file path, an async callback
     called with each ``ResultLine``, or a ``ResultSink``. ``rejects``: a JSONL file
     path (default for a file output: ``RESULTS.rejects.jsonl`` next to it; None
     otherwise: rejects are then only counted and kept in the state file).
     ``state``: the ledger's SQLite file (default ``<output>.state``); ``ledger``
     replaces it with any ``Ledger``. With no ``client``, ``api_key`` or
-    ``base_url``, the emulator is started in-process on loopback, and said so.
+    ``base_url``, the emulator is started in-process on loopback, and said so
+    through ``announce`` (default: an INFO record on the ``pipeline`` logger).
 
     Run it with ``await pipeline.run()``, or ``async with pipeline:`` and
     ``await pipeline.wait()``; watch it with ``statistics()``; ``stop()`` it.
@@ -115,6 +118,13 @@ class Pipeline:
         announce: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config if config is not None else PipelineConfig()
+        if not isinstance(source, str | os.PathLike | Iterable | AsyncIterable) and not callable(
+            source
+        ):
+            raise UsageError(
+                f"source must be a file path, an iterable of entries or a source stage, "
+                f"not {type(source).__name__}"
+            )
         self._source = source
         self._input_path = Path(source) if isinstance(source, str | os.PathLike) else None
         self._output = output
@@ -135,7 +145,7 @@ class Pipeline:
         self._api_key = api_key
         self._base_url = base_url
         self._emulator_dir = emulator_dir
-        self._announce = announce if announce is not None else _stderr
+        self._announce = announce if announce is not None else _log_notice
         self._state = _State.UNOPENED
         self._progress = Progress()
         self._capacity = Capacity(self.config.max_in_flight)
@@ -221,10 +231,12 @@ class Pipeline:
             raise UsageError("a Pipeline runs once; build a new one to run again")
         self._state = _State.RUNNING
         self._started = time.monotonic()
+        _freeze_heap()
         try:
             async with AsyncExitStack() as stack:
                 await self._run(stack)
         finally:
+            _thaw_heap()
             self._elapsed = time.monotonic() - self._started
             self._state = _State.CLOSED
         stats = self.statistics()
@@ -383,7 +395,10 @@ class Pipeline:
                     progress=p,
                     resumed=[
                         SubmittedBatch(
-                            r.local_id, r.batch_id or "", r.request_count, r.sent_at or 0
+                            r.local_id,
+                            r.batch_id or "",
+                            r.request_count,
+                            r.sent_at if r.sent_at is not None else time.time(),
                         )
                         for r, _ in resumed
                     ],
@@ -446,6 +461,7 @@ class Pipeline:
             raise StageError(name, exc) from exc
 
     async def _source_stage(self, send: Any, resume: ResumeState) -> None:
+        source = self._source
         if self._input_path is not None:
             await jsonl_source(
                 send,
@@ -455,11 +471,12 @@ class Pipeline:
                 chunk_size=self._source_chunk_size,
                 stop=self._stop,
             )
+        elif _is_source_stage(source):
+            async with send:
+                await source(send, stop=self._stop, start_line=resume.source_line)
         else:
-            assert not isinstance(self._source, str | os.PathLike)
-            await iterable_source(
-                send, items=self._source, skip=resume.source_line, stop=self._stop
-            )
+            assert isinstance(source, Iterable | AsyncIterable)
+            await iterable_source(send, items=source, skip=resume.source_line, stop=self._stop)
 
     def _extra_stages(self) -> list[tuple[str, Callable[[Any, Any], Coroutine[Any, Any, None]]]]:
         """The optional stages between validate and the chunker."""
@@ -579,6 +596,11 @@ class Pipeline:
         )
 
 
+def _is_source_stage(source: object) -> TypeGuard[SourceStage]:
+    """A callable that is not itself an iterable of entries nor a path."""
+    return callable(source) and not isinstance(source, str | os.PathLike | Iterable | AsyncIterable)
+
+
 def _fingerprint(path: Path) -> str:
     """Hash of the input's first MiB and its size: a state file refuses another input."""
     try:
@@ -610,8 +632,31 @@ def _shielded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]
     return close
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _log_notice(message: str) -> None:
+    logger.info(message)
+
+
+#: Pipelines running in this process; the first one freezes the heap, the last
+#: one to end thaws it.
+_running = 0
+
+
+def _freeze_heap() -> None:
+    """Move every object alive at start-up out of the cyclic GC's reach: the client
+    runs a full ``gc.collect()`` after each create (PERFORMANCE.md, the httpx
+    trap), which is then cheap. Garbage is collected first, so none is frozen."""
+    global _running
+    _running += 1
+    if _running == 1:
+        gc.collect()
+        gc.freeze()
+
+
+def _thaw_heap() -> None:
+    global _running
+    _running -= 1
+    if _running == 0:
+        gc.unfreeze()
 
 
 def _collapse(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -40,10 +40,10 @@ if TYPE_CHECKING:
     import argparse
     import os
 
+    from anyio.abc import ObjectSendStream
     from anyio.streams.memory import MemoryObjectReceiveStream
 
     from ._stats import PipelineStatistics
-    from .ledger._base import ResumeState
 
 __all__ = (
     "QueuePipeline",
@@ -102,22 +102,25 @@ class WatchPipeline(Pipeline):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("announce", announce)
-        super().__init__((), output, rejects, **kwargs)
         self.directory = Path(directory)
         self.pattern = pattern
         self.poll_interval = poll_interval
+        super().__init__(self._watch, output, rejects, **kwargs)
 
     def __repr__(self) -> str:
         return f"WatchPipeline(directory={str(self.directory)!r}, output={self._output!r})"
 
-    async def _source_stage(self, send: Any, resume: ResumeState) -> None:
+    async def _watch(
+        self, send: ObjectSendStream[list[RawLine]], /, *, stop: anyio.Event, start_line: int
+    ) -> None:
+        """The source stage (``SourceStage``): the watched directory's lines."""
         await watch_source(
             send,
             directory=self.directory,
             pattern=self.pattern,
             poll_interval=self.poll_interval,
-            stop_event=self._stop,
-            start_line=resume.source_line,
+            stop_event=stop,
+            start_line=start_line,
         )
 
 
@@ -176,14 +179,18 @@ class QueuePipeline(Pipeline):
 
     def __init__(self, receive: MemoryObjectReceiveStream[Any], output: Any, **kwargs: Any) -> None:
         kwargs.setdefault("announce", announce)
-        super().__init__((), output, **kwargs)
         self.receive = receive
+        super().__init__(self._from_queue, output, **kwargs)
 
-    async def _source_stage(self, send: Any, resume: ResumeState) -> None:
+    def __repr__(self) -> str:
+        return f"QueuePipeline(output={self._output!r})"
+
+    async def _from_queue(
+        self, send: ObjectSendStream[list[RawLine]], /, *, stop: anyio.Event, start_line: int
+    ) -> None:
+        """The source stage (``SourceStage``): entries as they arrive on the queue."""
         async with self.receive:
-            await queue_source(
-                send, receive=self.receive, stop_event=self._stop, start_line=resume.source_line
-            )
+            await queue_source(send, receive=self.receive, stop_event=stop, start_line=start_line)
 
 
 def load_definition(path: str | os.PathLike[str]) -> dict[str, Any]:

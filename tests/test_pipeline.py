@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -396,3 +397,66 @@ def test_a_pipeline_needs_a_state_path_for_a_callback_output() -> None:
 
     with pytest.raises(UsageError):
         Pipeline([entry("a")], cb)
+
+
+async def test_a_source_stage_runs_until_stopped_and_resumes_numbering(tmp_path: Path) -> None:
+    from pipeline.stages._items import RawLine
+
+    starts: list[int] = []
+
+    async def my_source(send: Any, /, *, stop: anyio.Event, start_line: int) -> None:
+        starts.append(start_line)
+        lines = [
+            RawLine(start_line + i, msgspec.json.encode(entry(f"s{start_line}-{i}")), -1)
+            for i in (1, 2, 3, 4, 5)
+        ]
+        await send.send(lines[:2])
+        await send.send(lines[2:])
+        await stop.wait()  # a source that never runs dry
+
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="k", base_url=emu.url) as client:
+            for run in (1, 2):
+                pipeline = Pipeline(my_source, tmp_path / "out.jsonl", config=FAST, client=client)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pipeline.run)
+                    with anyio.fail_after(10):
+                        while pipeline.statistics().written < 5 * run:
+                            await anyio.sleep(0.005)
+                    pipeline.stop("enough")
+                stats = pipeline.statistics()
+                assert stats.stopped_reason == "enough"
+                assert not stats.finished
+    assert starts == [0, 5]  # the second run numbers on after the first
+    written = sorted(r.custom_id for r in read_results(tmp_path / "out.jsonl"))
+    assert written == sorted([f"s0-{i}" for i in range(1, 6)] + [f"s5-{i}" for i in range(1, 6)])
+
+
+async def test_embedded_emulator_is_announced_on_the_pipeline_logger(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    write_input(tmp_path / "in.jsonl", 3)
+    frozen: list[int] = []
+
+    async def on_result(line: ResultLine) -> None:
+        frozen.append(gc.get_freeze_count())
+
+    caplog.set_level(logging.INFO, logger="pipeline")
+    pipeline = Pipeline(
+        tmp_path / "in.jsonl",
+        on_result,
+        config=FAST,
+        state=tmp_path / "s.db",
+        emulator_dir=tmp_path / "emu",
+    )
+    with anyio.fail_after(20):
+        stats = await pipeline.run()
+    assert stats.written == 3
+    notices = [r for r in caplog.records if "local emulator" in r.getMessage()]
+    assert notices
+    assert notices[0].name == "pipeline"
+    assert notices[0].levelno == logging.INFO
+    assert min(frozen) > 0  # the heap was frozen while the job ran
+    assert gc.get_freeze_count() == 0  # and thawed after

@@ -83,7 +83,9 @@ class Flush(msgspec.Struct):
 
 
 class SubmittedBatch(msgspec.Struct):
-    """A batch created at the service, as the poller tracks it."""
+    """A batch created at the service, as the poller tracks it. ``submitted_at`` is
+    wall-clock time (``time.time()``, like the ledger's ``sent_at``), so the age of
+    a batch resumed after a restart is right."""
 
     local_id: int
     batch_id: str

@@ -19,7 +19,9 @@ from ._items import Entry, Reject
 if TYPE_CHECKING:
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-__all__ = ("Capacity", "Chunk", "Progress", "Stage")
+    from ._items import RawLine
+
+__all__ = ("Capacity", "Chunk", "Progress", "SourceStage", "Stage")
 
 T_in = TypeVar("T_in", contravariant=True)
 T_out = TypeVar("T_out", covariant=True)
@@ -39,6 +41,28 @@ class Stage(Protocol[T_in, T_out]):
 
     async def __call__(
         self, receive: ObjectReceiveStream[T_in], send: ObjectSendStream[T_out], /
+    ) -> None: ...
+
+
+class SourceStage(Protocol):
+    """A source of its own, for long-lived jobs: pass it as ``Pipeline(source=...)``.
+
+    ``async def my_source(send, /, *, stop, start_line) -> None`` sends lists of
+    ``RawLine`` (one encoded ``{"custom_id": ..., "params": ...}`` entry each, with
+    ``line`` numbers counting on from ``start_line``, ``offset`` -1) until it runs
+    dry or ``stop`` is set, then returns (the runner closes ``send`` after it).
+
+    ``start_line`` is the last line an earlier run of the job accounted for: a
+    source that can replay its input skips that many; one that cannot (a queue, a
+    watched directory) just numbers on from it, so line numbers stay unique in the
+    job. ``stop`` is the pipeline's graceful stop: stop reading soon after it is
+    set (what was already sent is submitted or spooled). Keep each list large when
+    input is plentiful (a send costs more than an item) and send at once when it
+    trickles, so nothing waits behind an idle source.
+    """
+
+    async def __call__(
+        self, send: ObjectSendStream[list[RawLine]], /, *, stop: anyio.Event, start_line: int
     ) -> None: ...
 
 

@@ -4,7 +4,9 @@ processing has ended.
 There is no push notification, so polling is the only way. Each batch is retrieved
 on its own adaptive schedule: the interval starts at ``poll_interval``, grows with
 the batch's age (a tenth of it) up to ``max_poll_interval``, and drops back to the
-floor when the batch's counts moved since the last look. Failed polls (429, 5xx,
+floor when the batch's counts moved since the last look. A batch's age is measured
+in wall-clock time (``wall_clock``, against ``SubmittedBatch.submitted_at``, which
+survives a restart); the schedule itself runs on the monotonic ``clock``. Failed polls (429, 5xx,
 connection errors, after the client's own retries) back off the whole poller,
 doubling up to ``max_poll_interval``; they never fail the job.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -67,11 +70,15 @@ class Poller:
         ledger: Ledger,
         config: PipelineConfig,
         clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.ledger = ledger
         self.config = config
+        #: monotonic: when each batch is due
         self.clock = clock
+        #: wall-clock: how old each batch is
+        self.wall_clock = wall_clock
         self.watched: dict[int, _Watched] = {}
         self.backoff = 0.0
 
@@ -113,7 +120,7 @@ class Poller:
             moved = w.counts is not None and batch.request_counts != w.counts
             w.counts = batch.request_counts
             w.interval = next_interval(
-                age=self.clock() - w.batch.submitted_at,
+                age=self.wall_clock() - w.batch.submitted_at,
                 moved=moved,
                 floor=self.config.poll_interval,
                 ceiling=self.config.max_poll_interval,
@@ -135,11 +142,13 @@ async def poller(
     resumed: list[SubmittedBatch] | None = None,
     clock: Callable[[], float] = anyio.current_time,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    wall_clock: Callable[[], float] = time.time,
 ) -> None:
     """Watch batches until they end; end once the input is closed and nothing is in
     flight (or, when the pipeline is stopping, once the input is closed: batches
-    left at the service are collected on the next start)."""
-    state = Poller(client=client, ledger=ledger, config=config, clock=clock)
+    left at the service are collected on the next start). ``clock`` schedules the
+    looks (monotonic); ``wall_clock`` dates the batches (``submitted_at``)."""
+    state = Poller(client=client, ledger=ledger, config=config, clock=clock, wall_clock=wall_clock)
     if resumed:
         state.add(resumed)
         for w in state.watched.values():

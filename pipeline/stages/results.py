@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import anyio
 import msgspec
 
 from .._errors import APIError, ResultStreamError
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
     from .._config import PipelineConfig
     from ..api._client import Client
+    from ..api._types import MessageBatch
     from ..ledger._base import Ledger
     from ._items import EndedBatch
     from ._protocol import Capacity, Progress
@@ -44,7 +46,8 @@ logger = logging.getLogger("pipeline.results")
 
 #: Error types worth re-sending: the service failed, not the request.
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error"})
-#: Re-opens of one broken download before the job fails.
+#: Re-opens in a row of a broken download that bring no new line before the job
+#: fails (a download that makes progress is re-opened as often as it breaks).
 MAX_REOPENS = 5
 #: Lines written between two ledger commits (each commit fsyncs the sink).
 COMMIT_LINES = 4096
@@ -126,16 +129,20 @@ class ResultsCollector:
         """Download, route and commit one batch; then release its capacity."""
         batch = await self.client.retrieve_batch(ended.batch_id)
         state = _BatchState(ended)
-        for attempt in range(MAX_REOPENS + 1):
+        fruitless = 0  # re-opens in a row that delivered no new line
+        while True:
+            before = len(state.handled)
             try:
-                async for lines in self.client.results_lines(batch):
-                    await self._route(state, lines)
+                await self._download(state, batch)
                 break
             except ResultStreamError as exc:
-                if attempt == MAX_REOPENS:
+                fruitless = 0 if len(state.handled) > before else fruitless + 1
+                if fruitless > MAX_REOPENS:
                     raise
                 logger.warning("results download broke, re-opening: %s", exc)
         await self._commit(state, done=True)
+        self._started.discard(ended.local_id)
+        self.resumed.pop(ended.local_id, None)
         self.capacity.release(ended.request_count)
         self.progress.in_flight -= ended.request_count
         self.progress.batches_in_flight -= 1
@@ -149,6 +156,18 @@ class ResultsCollector:
                 await self.client.delete_batch(ended.batch_id)
             except APIError as exc:
                 logger.warning("could not delete batch %s: %s", ended.batch_id, exc)
+
+    async def _download(self, state: _BatchState, batch: MessageBatch) -> None:
+        """One pass over the results; the download is closed however it ends."""
+        chunks = self.client.results_lines(batch)
+        try:
+            async for lines in chunks:
+                await self._route(state, lines)
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
 
     async def _route(self, state: _BatchState, lines: list[bytes]) -> None:
         views = [(line, _decode(line, state.batch.batch_id)) for line in lines]

@@ -11,8 +11,7 @@ the pipeline is stopping, so a graceful stop does not read further input.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable
-from contextlib import aclosing
+from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Any
 
 import aiofiles
@@ -27,10 +26,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from anyio.abc import ObjectSendStream
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ("DEFAULT_CHUNK_SIZE", "LineReader", "iterable_source", "jsonl_source")
 
 DEFAULT_CHUNK_SIZE = 1 << 20
+#: How long closing an interrupted async iterable may take, in seconds.
+_CLOSE_SECONDS = 5.0
 _encoder = msgspec.json.Encoder()
 
 
@@ -129,29 +131,114 @@ async def iterable_source(
 ) -> None:
     """Send the entries of a sync or async iterable (dicts, Structs or encoded
     bytes), numbered from 1, with offset -1. The first ``skip`` items (already
-    accounted for by an earlier run of the job) are passed over."""
+    accounted for by an earlier run of the job) are passed over.
+
+    A sync iterable is sent in lists of ``batch`` items. An async iterable is never
+    held back while it waits for its next item: whatever it has produced goes out
+    at once (in lists of up to ``batch`` while it produces faster than the pipeline
+    takes). ``stop`` ends the source between items, and interrupts an async
+    iterable that is waiting for its next item (it is closed; what it produced
+    before is sent)."""
     async with send:
-        pending: list[RawLine] = []
-        line = 0
-        async with aclosing(_aiter(items)) as iterator:
-            async for item in iterator:
-                line += 1
-                if line <= skip:
-                    continue
-                pending.append(RawLine(line, _encode(item), -1))
-                if len(pending) >= batch:
-                    await send.send(pending)
-                    pending = []
-                    if stop is not None and stop.is_set():
-                        return
-        if pending:
+        if isinstance(items, AsyncIterable):
+            await _async_items(send, items, skip, batch, stop)
+        else:
+            await _sync_items(send, items, skip, batch, stop)
+
+
+async def _sync_items(
+    send: ObjectSendStream[list[RawLine]],
+    items: Iterable[Any],
+    skip: int,
+    batch: int,
+    stop: anyio.Event | None,
+) -> None:
+    pending: list[RawLine] = []
+    line = 0
+    for item in items:
+        line += 1
+        if line <= skip:
+            continue
+        pending.append(RawLine(line, _encode(item), -1))
+        if len(pending) >= batch:
             await send.send(pending)
+            pending = []
+            if stop is not None and stop.is_set():
+                return
+    if pending:
+        await send.send(pending)
 
 
-async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item
+async def _async_items(
+    send: ObjectSendStream[list[RawLine]],
+    items: AsyncIterable[Any],
+    skip: int,
+    batch: int,
+    stop: anyio.Event | None,
+) -> None:
+    """The async iterator runs in a task of its own (``_pump``), handing items over
+    a bounded stream without a checkpoint per item; this task sends whatever has
+    arrived whenever the iterator waits (or the hand-over is full). The only way
+    to interrupt an iterator that waits is to cancel it, hence the inner task
+    group: it ends before this function returns, so no task outlives the stage."""
+    item_send, item_receive = anyio.create_memory_object_stream[Any](batch)
+    async with anyio.create_task_group() as tg:
+        pump_scope = anyio.CancelScope()
+        tg.start_soon(_pump, item_send, items, skip, pump_scope)
+        if stop is not None:
+            tg.start_soon(_cancel_on, stop, pump_scope)
+        await _collect(send, item_receive, skip, batch)
+        tg.cancel_scope.cancel()  # the stop watcher
+
+
+async def _pump(
+    send: MemoryObjectSendStream[Any],
+    items: AsyncIterable[Any],
+    skip: int,
+    scope: anyio.CancelScope,
+) -> None:
+    async with send:
+        with scope:
+            seen = 0
+            iterator = aiter(items)
+            try:
+                async for item in iterator:
+                    seen += 1
+                    if seen <= skip:
+                        continue
+                    try:
+                        send.send_nowait(item)
+                    except anyio.WouldBlock:
+                        await send.send(item)
+            finally:
+                close = getattr(iterator, "aclose", None)
+                if close is not None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_SECONDS):
+                        await close()
+
+
+async def _cancel_on(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+    await stop.wait()
+    scope.cancel()
+
+
+async def _collect(
+    send: ObjectSendStream[list[RawLine]],
+    receive: MemoryObjectReceiveStream[Any],
+    line: int,
+    batch: int,
+) -> None:
+    async with receive:
+        while True:
+            try:
+                items = [await receive.receive()]
+            except anyio.EndOfStream:
+                return
+            while len(items) < batch:
+                try:
+                    items.append(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            chunk = [RawLine(line + i, _encode(item), -1) for i, item in enumerate(items, 1)]
+            line += len(items)
+            await send.send(chunk)

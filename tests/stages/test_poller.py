@@ -96,3 +96,77 @@ async def test_poller_emits_each_ended_batch_once_in_virtual_time() -> None:
     assert all(s > 0 for s in sleeps)  # it never spins
     assert min(sleeps) >= 2.0 - 1e-9  # never faster than the floor
     assert len(client.calls) <= 2 * 4 + 1  # no hammering: 4 looks each, plus the 429
+
+
+class SteadyClient:
+    """Every batch stays in progress (same counts) for ``looks`` retrieves, then ends."""
+
+    def __init__(self, looks: int) -> None:
+        self.looks = looks
+        self.calls = 0
+
+    async def retrieve_batch(self, batch_id: str) -> MessageBatch:
+        self.calls += 1
+        ended = self.calls > self.looks
+        return MessageBatch(
+            id=batch_id,
+            processing_status="ended" if ended else "in_progress",
+            request_counts=RequestCounts(processing=0 if ended else 5, succeeded=5 if ended else 0),
+            created_at="2024-01-01T00:00:00Z",
+            expires_at="2024-01-02T00:00:00Z",
+            results_url=f"/v1/messages/batches/{batch_id}/results" if ended else None,
+        )
+
+
+async def sleeps_for(batch_age: float, *, resumed: bool) -> list[float]:
+    """The poller's sleeps for one batch ``batch_age`` seconds old (wall clock) at
+    start, while the monotonic clock starts near zero, as after a restart."""
+    now = [0.0]
+    wall_start = 1_700_000_000.0
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+        await anyio.lowlevel.checkpoint()
+
+    batch = SubmittedBatch(1, "b1", 5, wall_start - batch_age)
+    config = PipelineConfig(poll_interval=2.0, max_poll_interval=60.0, dry_run="off")
+    send_in, recv_in = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
+    send_out, recv_out = anyio.create_memory_object_stream[list[EndedBatch]](4)
+    fake: Any = SteadyClient(looks=3)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: poller(
+                recv_in,
+                send_out,
+                client=fake,
+                ledger=FakeLedger(),
+                config=config,
+                resumed=[batch] if resumed else None,
+                clock=lambda: now[0],
+                wall_clock=lambda: wall_start + now[0],
+                sleep=sleep,  # type: ignore[arg-type]
+            )
+        )
+        async with send_in:
+            if not resumed:
+                await send_in.send([batch])
+        async with recv_out:
+            ended = [b async for chunk in recv_out for b in chunk]
+    assert [b.batch_id for b in ended] == ["b1"]
+    return sleeps
+
+
+async def test_a_resumed_batch_is_polled_by_its_real_age() -> None:
+    # submitted two hours before the restart: looked at once, then every minute
+    # (a tenth of its age, capped), not at the floor as if it were brand new
+    sleeps = await sleeps_for(7200.0, resumed=True)
+    assert sleeps == [60.0, 60.0, 60.0]
+
+
+async def test_a_fresh_batch_starts_at_the_floor_and_slows_with_age() -> None:
+    sleeps = await sleeps_for(0.0, resumed=False)
+    assert sleeps[0] == 2.0
+    assert sleeps == sorted(sleeps)  # never faster as it ages
+    assert sleeps[-1] < 60.0

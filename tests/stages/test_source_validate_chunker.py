@@ -84,6 +84,67 @@ async def test_iterable_source_takes_sync_and_async_items_and_skips() -> None:
     assert [(x.line, x.data, x.offset) for x in got] == [(2, b'{"b":2}', -1), (3, b'{"c":3}', -1)]
 
 
+async def test_iterable_source_does_not_hold_items_while_the_iterator_waits() -> None:
+    """A trickling async iterable: each item goes out before the next one exists
+    (the next is produced only once the first was received downstream)."""
+    taken = anyio.Event()
+
+    async def trickle() -> Any:
+        yield {"n": 1}
+        await taken.wait()
+        yield {"n": 2}
+
+    send, receive = anyio.create_memory_object_stream[list[RawLine]](10)
+    got: list[RawLine] = []
+    with anyio.fail_after(5):  # holding item 1 back would wait forever
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: iterable_source(send, items=trickle()))
+            async with receive:
+                async for chunk in receive:
+                    got += chunk
+                    taken.set()
+    assert [(x.line, x.data) for x in got] == [(1, b'{"n":1}'), (2, b'{"n":2}')]
+
+
+async def test_iterable_source_batches_a_fast_async_iterable() -> None:
+    async def fast() -> Any:
+        for i in range(2500):
+            yield {"n": i}
+
+    send, receive = anyio.create_memory_object_stream[list[RawLine]](10)
+    await iterable_source(send, items=fast(), batch=1000)
+    async with receive:
+        sizes = [len(chunk) async for chunk in receive]
+    assert sizes == [1000, 1000, 500]  # a send per chunk, not per item
+
+
+async def test_stop_interrupts_an_async_iterable_waiting_for_its_next_item() -> None:
+    closed = anyio.Event()
+
+    async def idle() -> Any:
+        try:
+            yield {"n": 1}
+            yield {"n": 2}
+            await anyio.sleep_forever()
+            yield {"n": 3}  # pragma: no cover
+        finally:
+            closed.set()
+
+    stop = anyio.Event()
+    send, receive = anyio.create_memory_object_stream[list[RawLine]](10)
+    got: list[RawLine] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: iterable_source(send, items=idle(), stop=stop))
+            async with receive:
+                async for chunk in receive:
+                    got += chunk
+                    if len(got) == 2:
+                        stop.set()  # the iterator now waits forever: stop must cut it
+    assert [x.line for x in got] == [1, 2]  # what it produced was sent
+    assert closed.is_set()  # and the iterator was closed
+
+
 def test_validator_rejects_with_line_numbers_and_keeps_raw_bytes() -> None:
     validator = Validator(max_batch_bytes=2000)
     raw = good("ok-1", "x")
