@@ -29,6 +29,9 @@ from ._ux import run_with_progress as run_with_progress
 from ._worker import QueuePipeline as QueuePipeline
 from ._worker import WatchPipeline as WatchPipeline
 from .api import Client as Client
+from .ledger import SQLiteLedger as SQLiteLedger
+from .ledger import read_status as read_status
+from .stages import SourceStage as SourceStage
 from .stages.sink import CallbackSink as CallbackSink
 from .stages.sink import JsonlSink as JsonlSink
 
@@ -53,6 +56,8 @@ __all__ = (
     "Price",
     "PriceTable",
     "QueuePipeline",
+    "SQLiteLedger",
+    "SourceStage",
     "ResultStreamError",
     "StageError",
     "UsageError",
@@ -61,6 +66,7 @@ __all__ = (
     "cost_usd",
     "estimate_cost_usd",
     "progress",
+    "read_status",
     "render_summary",
     "run_with_progress",
 )

@@ -14,6 +14,7 @@ from ._items import SubmittedBatch as SubmittedBatch
 from ._protocol import Capacity as Capacity
 from ._protocol import Chunk as Chunk
 from ._protocol import Progress as Progress
+from ._protocol import SourceStage as SourceStage
 from ._protocol import Stage as Stage
 from .chunker import chunker as chunker
 from .poller import poller as poller
@@ -42,6 +43,7 @@ __all__ = (
     "RejectError",
     "RejectLine",
     "ResultSink",
+    "SourceStage",
     "Stage",
     "SubmittedBatch",
     "chunker",
