@@ -384,6 +384,12 @@ class _DryRun:
         )
 
     def _price(self, entry: Entry, input_tokens: int) -> None:
+        if (
+            input_tokens == entry.input_tokens
+            and entry.cost_usd > 0
+            and self._prices is DEFAULT_PRICES
+        ):
+            return  # the validate stage's estimate (default prices) still holds
         entry.input_tokens = input_tokens
         entry.cost_usd = self._prices.estimate_cost_usd(entry.model, input_tokens, entry.max_tokens)
 

@@ -99,7 +99,7 @@ def _classify(data: bytes, error: SchemaError) -> RejectError:
     """The reject's error type: not JSON at all, a bad custom_id, or a schema failure."""
     try:
         _any_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return RejectError("invalid_json", f"malformed JSON: {exc}")
     if error.message.startswith("custom_id") or error.custom_id is None:
         return RejectError("invalid_custom_id", error.message)

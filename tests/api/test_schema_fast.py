@@ -1,0 +1,100 @@
+"""check_entry's fast path (lean Structs for text-only requests) must give exactly
+what the full strict decode gives: same verdicts, reasons and signatures."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, get_type_hints
+
+import msgspec
+import pytest
+
+from pipeline.api import _schema
+from pipeline.api._schema import Checked, SchemaError, check_entry
+from pipeline.api._types import MessageCreateParams
+
+MODEL = "claude-3-haiku-20240307"
+TOOL = {"name": "lookup", "input_schema": {"type": "object"}}
+
+
+def full(raw: bytes) -> Checked | SchemaError:
+    return _schema._check_entry_full(raw, _schema.DEFAULT_MODELS, _schema.MODEL_MAX_OUTPUT_TOKENS)
+
+
+def entry(custom_id: object = "req-1", **params: Any) -> bytes:
+    base: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    base.update(params)
+    return msgspec.json.encode({"custom_id": custom_id, "params": base})
+
+
+TEXT = {"type": "text", "text": "hello"}
+VARIANTS: list[bytes] = [
+    entry(),
+    entry(system="Be brief.", temperature=0.2),
+    entry(system=[TEXT], top_p=0.5, top_k=3, stop_sequences=["END"], metadata={"user_id": "u"}),
+    entry(service_tier="auto", stream=False),
+    entry(tools=[TOOL]),
+    entry(tools=[]),
+    entry(tools=[TOOL, TOOL]),
+    entry(tools=[{"name": "bad name", "input_schema": {"type": "object"}}]),
+    entry(tools=None),
+    entry(stream=True),
+    entry(max_tokens=5000),
+    entry(model="claude-9"),
+    entry(custom_id="a b"),
+    entry(custom_id="ok\n"),
+    entry(custom_id="x" * 64),
+    entry(custom_id="é"),
+    entry(stop_sequences=[" "]),
+    entry(system=[{"type": "text", "text": " "}]),
+    entry(system=[{"text": "no type"}]),
+    entry(messages=[]),
+    entry(messages=[{"role": "user", "content": ""}]),
+    entry(messages=[{"role": "user", "content": []}]),
+    entry(messages=[{"role": "user", "content": [TEXT, {"text": "no type"}]}]),
+    entry(messages=[{"role": "user", "content": [{"type": "", "text": "x"}]}]),
+    entry(messages=[{"role": "user", "content": [{"type": "text", "text": "  "}]}]),
+    entry(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "So "}]),
+    entry(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]),
+    entry(messages=[{"role": "user", "content": [TEXT]}, {"role": "assistant", "content": "Ok"}]),
+    entry(
+        messages=[
+            {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "u"}}]}
+        ]
+    ),
+    entry(tool_choice={"type": "auto"}),
+    entry(thinking={"type": "enabled", "budget_tokens": 2048}, max_tokens=4000),
+    entry(bogus=1),
+    b'{"custom_id":"a","params":{"model":"' + MODEL.encode() + b'","max_tokens":5,'
+    b'"messages":[{"role":"user","content":"ab\xff"}]}}',
+]
+
+
+@pytest.mark.parametrize("raw", VARIANTS)
+def test_fast_path_agrees_with_the_full_decode(raw: bytes) -> None:
+    assert check_entry(raw) == full(raw)
+
+
+def test_same_shape_same_signature_through_either_path() -> None:
+    # the first call fills the caches, the second reads them
+    for raw, _ in itertools.product(VARIANTS, range(2)):
+        assert check_entry(raw) == full(raw)
+
+
+def test_bad_utf8_is_a_reject_not_a_crash() -> None:
+    result = check_entry(VARIANTS[-1])
+    assert isinstance(result, SchemaError)
+    assert result.message.startswith("not valid JSON: invalid UTF-8")
+
+
+def test_fast_fields_have_the_full_types_in_the_full_order() -> None:
+    fast = get_type_hints(_schema._FastParams, include_extras=True)
+    wire = get_type_hints(MessageCreateParams, include_extras=True)
+    for name in set(fast) - {"messages", "tools"}:
+        assert fast[name] == wire[name], name
+    order = [f for f in MessageCreateParams.__struct_fields__ if f in fast]
+    assert list(_schema._FastParams.__struct_fields__) == order
