@@ -16,6 +16,7 @@ __all__ = (
     "DEFAULT_API_KEY_ENV",
     "DEFAULT_BASE_URL",
     "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_CHUNK_BUFFER",
     "DEFAULT_DRY_RUN",
     "DEFAULT_DRY_RUN_POLICY",
     "DEFAULT_DRY_RUN_RATE",
@@ -24,6 +25,7 @@ __all__ = (
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_BATCH_REQUESTS",
+    "DEFAULT_MAX_CREATE_BACKOFF",
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_POLL_INTERVAL",
     "DEFAULT_POLL_INTERVAL",
@@ -55,8 +57,18 @@ DEFAULT_MAX_ATTEMPTS = 3
 #: Floor and ceiling of the poller's adaptive interval, in seconds.
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_POLL_INTERVAL = 60.0
-#: Items buffered on each edge between stages (each item is a list of lines).
-DEFAULT_BUFFER_SIZE = 4
+#: Items buffered on each edge between the source and the chunker. Each item is one
+#: list of lines: up to a MiB of a file source's input (its read size), or up to
+#: 1,000 entries of an iterable. One waiting item per edge keeps every stage busy;
+#: more only holds input in memory.
+DEFAULT_BUFFER_SIZE = 1
+#: Whole chunks (batches-to-be, up to ``max_batch_bytes`` each) waiting between the
+#: chunker and the submitter. 0: the chunker packs the next chunk while one is being
+#: sent and hands it over when the submitter takes it (at most one waits).
+DEFAULT_CHUNK_BUFFER = 0
+#: Longest wait between two tries of a batch create that the service refused for
+#: now (429, 5xx, no connection) after the client's own retries, in seconds.
+DEFAULT_MAX_CREATE_BACKOFF = 60.0
 
 DryRunMode = Literal["off", "count-tokens", "messages"]
 DryRunPolicy = Literal["reject-shape", "continue", "abort"]
@@ -87,6 +99,10 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     dry_run_rate: float = DEFAULT_DRY_RUN_RATE
     budget_usd: float | None = None
     delete_ended: bool = False
+    #: chunks waiting between the chunker and the submitter (see DEFAULT_CHUNK_BUFFER)
+    chunk_buffer: int = DEFAULT_CHUNK_BUFFER
+    #: cap of the back-off between tries of a create the service refused for now
+    max_create_backoff: float = DEFAULT_MAX_CREATE_BACKOFF
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch_requests <= SERVICE_MAX_BATCH_REQUESTS:
@@ -114,6 +130,10 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+        if self.chunk_buffer < 0:
+            raise ValueError(f"chunk_buffer must be >= 0, got {self.chunk_buffer}")
+        if self.max_create_backoff <= 0:
+            raise ValueError(f"max_create_backoff must be > 0, got {self.max_create_backoff}")
         if self.dry_run_samples < 1:
             raise ValueError(f"dry_run_samples must be >= 1, got {self.dry_run_samples}")
         if self.dry_run_rate <= 0:

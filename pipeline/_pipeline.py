@@ -70,6 +70,8 @@ EMULATOR_API_KEY = "emulator-local-key"
 EMULATOR_BATCH_SECONDS = 0.2
 #: Poll floor against the embedded emulator (it ends batches within a second).
 EMULATOR_POLL_INTERVAL = 0.1
+#: Lists of batch records buffered on the submitter -> poller -> results edges.
+_RECORD_BUFFER = 16
 
 
 class _State(enum.Enum):
@@ -365,9 +367,10 @@ class Pipeline:
             recv_checked = recv_next
             send_checked = send_next
         retry_send = send_checked.clone()
-        send_chunks, recv_chunks = _stream(size)
-        send_sub, recv_sub = _stream(size)
-        send_ended, recv_ended = _stream(size)
+        send_chunks, recv_chunks = _stream(config.chunk_buffer)
+        # batch records: small, so these edges never hold memory worth bounding
+        send_sub, recv_sub = _stream(_RECORD_BUFFER)
+        send_ended, recv_ended = _stream(_RECORD_BUFFER)
         rejects_done = anyio.Event()
         stages += [
             ("chunker", chunker(recv_checked, send_chunks, config=config, progress=p)),
@@ -382,6 +385,7 @@ class Pipeline:
                     capacity=self._capacity,
                     progress=p,
                     reconcile=self._reconciler(ledger, client),
+                    sleep=self._sleep,
                 ),
             ),
             (

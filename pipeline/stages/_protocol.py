@@ -92,8 +92,16 @@ def body_size(entries: list[Entry]) -> int:
 
 
 def build_body(entries: list[Entry]) -> bytes:
-    """Splice the entries' original bytes into a create body (no re-encoding)."""
-    return BODY_HEAD + b",".join([e.raw for e in entries]) + BODY_TAIL
+    """Splice the entries' original bytes into a create body (no re-encoding).
+
+    One join makes the body: the envelope goes onto the first and last lines
+    (small copies), so a body several MB large is copied once, not three times."""
+    if not entries:
+        return BODY_HEAD + BODY_TAIL
+    raws = [e.raw for e in entries]
+    raws[0] = BODY_HEAD + raws[0]
+    raws[-1] += BODY_TAIL
+    return b",".join(raws)
 
 
 class Capacity:

@@ -42,31 +42,54 @@ class Packer:
         #: source position (byte offset after line ``line``) of the items seen
         self.checkpoint = 0
         self.line = 0
+        #: entries in the last ``add``; whether a final ``Flush`` was seen
+        self.entries_added = 0
+        self.final = False
 
     def add(self, items: list[Entry | Reject | Flush]) -> tuple[list[Chunk], bool]:
-        """Pack ``items``; the chunks completed, and whether a ``Flush`` came."""
+        """Pack ``items``; the chunks completed, and whether a ``Flush`` came.
+        ``entries_added`` and ``final`` tell how many entries came and whether a final
+        ``Flush`` did (so callers need no second pass over ``items``)."""
         chunks: list[Chunk] = []
         flushed = False
+        self.entries_added = 0
+        max_requests, max_bytes = self.max_requests, self.max_bytes
+        # one pass, with the position kept in locals (this loop runs per request)
+        checkpoint, last_line = self.checkpoint, self.line
         for item in items:
-            if isinstance(item, Entry):
-                grow = len(item.raw) + (1 if self.entries else 0)
-                if self.entries and (
-                    len(self.entries) >= self.max_requests or self.size + grow > self.max_bytes
-                ):
+            if type(item) is Entry:
+                self.entries_added += 1
+                entries = self.entries
+                grow = len(item.raw) + (1 if entries else 0)
+                if entries and (len(entries) >= max_requests or self.size + grow > max_bytes):
+                    self.checkpoint, self.line = checkpoint, last_line
                     chunks.append(self._take())
+                    entries = self.entries
                     grow = len(item.raw)
-                self.entries.append(item)
+                entries.append(item)
                 self.size += grow
-                self._moved(item.end, item.line)
+                if item.end > checkpoint:
+                    checkpoint = item.end
+                if item.line > last_line:
+                    last_line = item.line
             elif isinstance(item, Reject):
                 self.rejects.append(item)
-                self._moved(item.end, item.line)
+                # retries from the spool stand before the position: keep it monotonic
+                if item.end > checkpoint:
+                    checkpoint = item.end
+                if item.line > last_line:
+                    last_line = item.line
             else:
+                assert isinstance(item, Flush)
                 flushed = True
-                self._moved(item.end, self.line)
+                self.final = self.final or item.final
+                if item.end > checkpoint:
+                    checkpoint = item.end
+                self.checkpoint, self.line = checkpoint, last_line
                 if self.entries or self.rejects:
                     chunks.append(self._take())
-        if self.entries and len(self.entries) >= self.max_requests:
+        self.checkpoint, self.line = checkpoint, last_line
+        if self.entries and len(self.entries) >= max_requests:
             chunks.append(self._take())
         return chunks, flushed
 
@@ -77,11 +100,6 @@ class Packer:
     @property
     def pending(self) -> int:
         return len(self.entries)
-
-    def _moved(self, end: int, line: int) -> None:
-        # retries from the spool stand before the position: max() keeps it monotonic
-        self.checkpoint = max(self.checkpoint, end)
-        self.line = max(self.line, line)
 
     def _take(self) -> Chunk:
         chunk = Chunk(self.entries, self.rejects, self.checkpoint, self.line, self.size)
@@ -119,23 +137,34 @@ async def chunker(
             except anyio.EndOfStream:
                 break
             if items is None:  # the linger time is up
-                chunk = packer.flush()
-                if chunk is not None:
-                    await send.send(chunk)
+                await _send_all(send, _flushed(packer))
                 deadline = None
                 continue
-            if progress is not None:
-                progress.outstanding += sum(isinstance(i, Entry) for i in items)
+            final_before = packer.final
             chunks, _ = packer.add(items)
-            for chunk in chunks:
-                await send.send(chunk)
-            if progress is not None and any(isinstance(i, Flush) and i.final for i in items):
+            del items
+            if progress is not None:
+                progress.outstanding += packer.entries_added
+            sent_entries = any(c.entries for c in chunks)
+            await _send_all(send, chunks)
+            if progress is not None and packer.final and not final_before:
                 progress.source_done = True
                 progress.changed()
-            if packer.pending == 0 or any(c.entries for c in chunks):
+            if packer.pending == 0 or sent_entries:
                 deadline = None  # a new partial chunk lingers from now on
             if packer.pending and deadline is None:
                 deadline = clock() + config.linger_seconds
-        chunk = packer.flush()
-        if chunk is not None:
-            await send.send(chunk)
+        await _send_all(send, _flushed(packer))
+
+
+async def _send_all(send: ObjectSendStream[Chunk], chunks: list[Chunk]) -> None:
+    """Send the chunks in order, keeping no reference to one the submitter took
+    (its entries are freed as soon as the submitter is done with them)."""
+    chunks.reverse()
+    while chunks:
+        await send.send(chunks.pop())
+
+
+def _flushed(packer: Packer) -> list[Chunk]:
+    chunk = packer.flush()
+    return [chunk] if chunk is not None else []

@@ -2,9 +2,15 @@
 processing has ended.
 
 There is no push notification, so polling is the only way. Each batch is retrieved
-on its own adaptive schedule: the interval starts at ``poll_interval``, grows with
-the batch's age (a tenth of it) up to ``max_poll_interval``, and drops back to the
-floor when the batch's counts moved since the last look. A batch's age is measured
+on its own adaptive schedule that scales with the batch's age. A young batch (not
+yet ``poll_interval`` old) is looked at whenever its age has doubled, the first time
+at an eighth of ``poll_interval`` (at most three quick looks: a short batch ends in
+well under the floor, and its results should not wait a whole interval). From then
+on the interval is ``poll_interval`` (the floor), grows with the batch's age (a
+tenth of it) up to ``max_poll_interval``, and drops back to the floor when the
+batch's counts moved since the last look. While batches keep arriving, the poller
+takes them in at least every quick-look interval, so a new batch never waits behind
+an old batch's long interval. A batch's age is measured
 in wall-clock time (``wall_clock``, against ``SubmittedBatch.submitted_at``, which
 survives a restart); the schedule itself runs on the monotonic ``clock``. Failed polls (429, 5xx,
 connection errors, after the client's own retries) back off the whole poller,
@@ -35,16 +41,21 @@ if TYPE_CHECKING:
     from ..ledger._base import Ledger
     from ._protocol import Progress
 
-__all__ = ("Poller", "next_interval", "poller")
+__all__ = ("QUICK_LOOK", "Poller", "next_interval", "poller")
 
 logger = logging.getLogger("pipeline.poller")
 _TRANSIENT = (RateLimitError, InternalServerError, APIConnectionError)
+#: The first look at a new batch, as a fraction of the floor (then at doubling ages).
+QUICK_LOOK = 0.125
 
 
 def next_interval(
     *, age: float, moved: bool, floor: float, ceiling: float, previous: float | None = None
 ) -> float:
-    """Seconds until the next look at a batch ``age`` seconds old."""
+    """Seconds until the next look at a batch ``age`` seconds old: quick looks at
+    doubling ages while it is younger than ``floor``, then ``floor`` and up."""
+    if age < floor:
+        return min(floor, max(floor * QUICK_LOOK, age))
     if moved or previous is None:
         return floor
     return min(ceiling, max(floor, age / 10.0, previous))
@@ -83,11 +94,12 @@ class Poller:
         self.backoff = 0.0
 
     def add(self, batches: list[SubmittedBatch]) -> None:
-        now = self.clock()
+        now, wall = self.clock(), self.wall_clock()
+        floor, ceiling = self.config.poll_interval, self.config.max_poll_interval
         for b in batches:
-            self.watched[b.local_id] = _Watched(
-                b, now + self.config.poll_interval, self.config.poll_interval
-            )
+            age = max(0.0, wall - b.submitted_at)
+            interval = next_interval(age=age, moved=False, floor=floor, ceiling=ceiling)
+            self.watched[b.local_id] = _Watched(b, now + interval, interval)
 
     def next_due(self) -> float:
         return min((w.due for w in self.watched.values()), default=math.inf)
@@ -166,9 +178,14 @@ async def poller(
             open_input = _drain(receive, state)
             delay = state.next_due() - clock()
             if delay > 0:
+                if open_input:
+                    # wake up in time to give a batch arriving now its quick looks
+                    delay = min(delay, config.poll_interval * QUICK_LOOK)
                 await sleep(delay)
                 if open_input:
                     open_input = _drain(receive, state)
+                    if state.next_due() > clock():
+                        continue
             ended = await state.poll_due()
             if ended:
                 await send.send(ended)

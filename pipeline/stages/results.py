@@ -170,23 +170,29 @@ class ResultsCollector:
                     await close()
 
     async def _route(self, state: _BatchState, lines: list[bytes]) -> None:
-        views = [(line, _decode(line, state.batch.batch_id)) for line in lines]
-        views = [(line, v) for line, v in views if v.custom_id not in state.handled]
-        if state.batch.local_id in self.resumed and views:
-            owed = set(
-                await self.ledger.unwritten(state.batch.local_id, [v.custom_id for _, v in views])
-            )
-            views = [(line, v) for line, v in views if v.custom_id in owed]
+        """Route one network chunk of lines (one pass; a module docstring's rules)."""
+        views = _decode_all(lines, state.batch.batch_id)
+        if state.batch.local_id in self.resumed:
+            lines, views = await self._owed(state, lines, views)
+        handled, written_ids = state.handled, state.written_ids
         final: list[bytes] = []
         retry: list[tuple[bytes, _View]] = []
-        for line, view in views:
-            state.handled.add(view.custom_id)
-            if self._retryable(view):
+        tally = _Tally()
+        for line, view in zip(lines, views, strict=True):
+            cid = view.custom_id
+            if cid in handled:
+                continue
+            handled.add(cid)
+            result = view.result
+            if type(result) is _Succeeded:
+                tally.succeeded(result.message)
+            elif self._retryable(view):
                 retry.append((line, view))
+                continue
             else:
-                final.append(line)
-                state.written_ids.append(view.custom_id)
-                self._count(view)
+                tally.other(result)
+            final.append(line)
+            written_ids.append(cid)
         if retry:
             attempts = await self.ledger.attempts([v.custom_id for _, v in retry])
             for line, view in retry:
@@ -194,12 +200,32 @@ class ResultsCollector:
                     state.spool.append(view.custom_id)
                 else:
                     final.append(line)
-                    state.written_ids.append(view.custom_id)
-                    self._count(view)
+                    written_ids.append(view.custom_id)
+                    tally.other(view.result)
+        tally.add_to(self.progress)
         if final:
             await self._write(state, final)
         if len(state.written_ids) + len(state.spool) >= COMMIT_LINES:
             await self._commit(state, done=False)
+
+    async def _owed(
+        self, state: _BatchState, lines: list[bytes], views: list[_View]
+    ) -> tuple[list[bytes], list[_View]]:
+        """Only the lines a batch partly written before a restart still owes."""
+        fresh = [i for i, v in enumerate(views) if v.custom_id not in state.handled]
+        if not fresh:
+            return [], []
+        owed = set(
+            await self.ledger.unwritten(state.batch.local_id, [views[i].custom_id for i in fresh])
+        )
+        keep = [i for i in fresh if views[i].custom_id in owed]
+        return [lines[i] for i in keep], [views[i] for i in keep]
+
+    def _count(self, view: _View) -> None:
+        """Count one final result (the per-line form of what ``_route`` does per chunk)."""
+        tally = _Tally()
+        tally.other(view.result)
+        tally.add_to(self.progress)
 
     def _retryable(self, view: _View) -> bool:
         result = view.result
@@ -210,32 +236,6 @@ class ResultsCollector:
         if isinstance(result, _Canceled):
             return self.config.canceled == "retry"
         return False
-
-    def _count(self, view: _View) -> None:
-        result = view.result
-        progress = self.progress
-        if isinstance(result, _Succeeded):
-            progress.outcome("succeeded")
-            message = result.message
-            usage = message.usage
-            cost = cost_usd(
-                message.model,
-                usage.input_tokens,
-                usage.output_tokens,
-                cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
-                cache_read_input_tokens=usage.cache_read_input_tokens or 0,
-            )
-            totals = progress.usage.setdefault(message.model, [0, 0, 0.0])
-            totals[0] += usage.input_tokens
-            totals[1] += usage.output_tokens
-            totals[2] += cost
-            progress.actual_cost_usd += cost
-        elif isinstance(result, _Errored):
-            progress.outcome("errored:" + result.error.error.type)
-        elif isinstance(result, _Canceled):
-            progress.outcome("canceled")
-        else:
-            progress.outcome("expired")
 
     async def _write(self, state: _BatchState, lines: list[bytes]) -> None:
         local_id = state.batch.local_id
@@ -283,6 +283,61 @@ class ResultsCollector:
         self.progress.outstanding -= max(0, left)
 
 
+class _Tally:
+    """One chunk's outcomes and token usage, added to the progress at once: usage is
+    summed per model and priced once per chunk, not once per line (cost is linear
+    in tokens)."""
+
+    __slots__ = ("outcomes", "tokens")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {}
+        #: model -> [input, output, cache creation input, cache read input]
+        self.tokens: dict[str, list[int]] = {}
+
+    def succeeded(self, message: _Message) -> None:
+        self.outcomes["succeeded"] = self.outcomes.get("succeeded", 0) + 1
+        usage = message.usage
+        sums = self.tokens.get(message.model)
+        if sums is None:
+            sums = self.tokens[message.model] = [0, 0, 0, 0]
+        sums[0] += usage.input_tokens
+        sums[1] += usage.output_tokens
+        if usage.cache_creation_input_tokens:
+            sums[2] += usage.cache_creation_input_tokens
+        if usage.cache_read_input_tokens:
+            sums[3] += usage.cache_read_input_tokens
+
+    def other(self, result: _Succeeded | _Errored | _Canceled | _Expired) -> None:
+        if isinstance(result, _Succeeded):
+            self.succeeded(result.message)
+            return
+        if isinstance(result, _Errored):
+            key = "errored:" + result.error.error.type
+        elif isinstance(result, _Canceled):
+            key = "canceled"
+        else:
+            key = "expired"
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    def add_to(self, progress: Progress) -> None:
+        for key, n in self.outcomes.items():
+            progress.outcome(key, n)
+        for model, (inputs, outputs, cache_write, cache_read) in self.tokens.items():
+            cost = cost_usd(
+                model,
+                inputs,
+                outputs,
+                cache_creation_input_tokens=cache_write,
+                cache_read_input_tokens=cache_read,
+            )
+            totals = progress.usage.setdefault(model, [0, 0, 0.0])
+            totals[0] += inputs
+            totals[1] += outputs
+            totals[2] += cost
+            progress.actual_cost_usd += cost
+
+
 class _BatchState:
     __slots__ = ("batch", "handled", "resolved", "spool", "total_written", "written_ids")
 
@@ -295,11 +350,17 @@ class _BatchState:
         self.resolved = 0
 
 
-def _decode(line: bytes, batch_id: str) -> _View:
+def _decode_all(lines: list[bytes], batch_id: str) -> list[_View]:
+    decode = _decoder.decode
     try:
-        return _decoder.decode(line)
+        return [decode(line) for line in lines]
     except msgspec.DecodeError as exc:
         raise ResultStreamError(batch_id, f"malformed result line: {exc}") from exc
+
+
+def _decode(line: bytes, batch_id: str) -> _View:
+    """One line's view (a malformed line is a broken download)."""
+    return _decode_all([line], batch_id)[0]
 
 
 async def results(

@@ -7,7 +7,16 @@ rejects now), wait for capacity (the cap of requests in flight: this is where
 backpressure starts), ``record_sending``, POST the spliced body, ``record_created``,
 and hand the batch to the poller. A 413 re-splits the batch in halves; another
 definitive 4xx rejects its requests with the service's message; an unknown outcome
-is reconciled, never re-sent blindly; 401/403 fail the job.
+is reconciled, never re-sent blindly; 401/403 fail the job. A create the service
+refused for now (429, 5xx, 408/409, no connection), still refused after the
+client's own retries, certainly made no batch: the submitter backs off
+(exponentially, capped at ``max_create_backoff``) and tries again, so a
+long-lived worker rides out an outage; a graceful stop during the wait spools the
+requests for the next start.
+
+Memory: the submitter holds one chunk at a time, and lets go of it (entries and
+body) as soon as its create is recorded; the body is rebuilt for each try rather
+than held through a back-off.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from __future__ import annotations
 import logging
 import time
 from typing import TYPE_CHECKING
+
+import anyio
 
 from .._errors import (
     APIConnectionError,
@@ -40,9 +51,39 @@ if TYPE_CHECKING:
     from ._items import Entry
     from ._protocol import Capacity, Chunk, Progress
 
-__all__ = ("Submitter", "submitter")
+__all__ = ("FIRST_CREATE_BACKOFF", "Submitter", "create_backoff", "submitter")
 
 logger = logging.getLogger("pipeline.submitter")
+
+#: The first wait before a create refused for now is tried again, in seconds (the
+#: client has already retried it a few times over a few seconds).
+FIRST_CREATE_BACKOFF = 2.0
+#: Statuses of a definitive answer that still means "try later" (no batch was made).
+_TRY_LATER_STATUSES = frozenset({408, 409, 429})
+_TRY_LATER = (RateLimitError, InternalServerError, APIConnectionError)
+
+
+def create_backoff(tries: int, *, ceiling: float) -> float:
+    """Seconds to wait after the ``tries``-th refused create (1-based): doubling from
+    ``FIRST_CREATE_BACKOFF``, capped at ``ceiling``."""
+    return min(ceiling, FIRST_CREATE_BACKOFF * 2.0 ** min(tries - 1, 30))
+
+
+def _try_later(exc: Exception) -> bool:
+    """Whether a failed create certainly made no batch and may simply be tried again."""
+    if isinstance(exc, _TRY_LATER):
+        return True
+    return isinstance(exc, APIStatusError) and (
+        exc.status_code >= 500 or exc.status_code in _TRY_LATER_STATUSES
+    )
+
+
+class _Refused(Exception):
+    """Internal: the create was refused for now (``cause``); back off and retry."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class Submitter:
@@ -58,10 +99,15 @@ class Submitter:
         progress: Progress,
         clock: Callable[[], float] = time.time,
         reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         #: ``reconcile(local_id, request_count, body_bytes, sent_at)``: the id of the
         #: batch an unknown-outcome create made, or None when it certainly made none
         #: (the reconciler then released the intent to the spool)
+        #: ``sleep``: the back-off wait (the runner's is cut short by a stop)
+        self.sleep = sleep
+        #: creates refused for now and tried again, over the job
+        self.create_retries = 0
         self.client = client
         self.ledger = ledger
         self.config = config
@@ -130,8 +176,33 @@ class Submitter:
                 self.capacity.release(n)
 
     async def _create(self, local_id: int, entries: list[Entry]) -> str | None:
-        """POST the batch: its id, or None when its requests were resolved otherwise
-        (rejected for good, or spooled)."""
+        """POST the batch until the service answers for good: its id, or None when
+        its requests were resolved otherwise (rejected for good, or spooled on a
+        stop during a back-off)."""
+        tries = 0
+        while True:
+            try:
+                return await self._try_create(local_id, entries)
+            except _Refused as refused:
+                tries += 1
+                self.create_retries += 1
+                delay = create_backoff(tries, ceiling=self.config.max_create_backoff)
+                logger.warning(
+                    "batch create refused for now, trying again in %.1f s: %s",
+                    delay,
+                    refused.cause,
+                    extra={"local_id": local_id, "tries": tries},
+                )
+                if not self.progress.stopping:
+                    await self.sleep(delay)
+                if self.progress.stopping:
+                    # certainly not created: spool it for the next start
+                    await self.ledger.release(local_id)
+                    self._spooled(len(entries))
+                    return None
+
+    async def _try_create(self, local_id: int, entries: list[Entry]) -> str | None:
+        """One POST; ``_Refused`` when the service refused it for now."""
         n = len(entries)
         body = build_body(entries)
         size = len(body)
@@ -141,20 +212,17 @@ class Submitter:
             batch = await self.client.create_batch(body, request_count=n)
         except (AuthenticationError, PermissionDeniedError, RequestTooLargeError):
             raise
-        except (RateLimitError, InternalServerError, APIConnectionError):
-            # certainly not created (the client retried already): spool, then fail
-            await self.ledger.release(local_id)
-            self._spooled(n)
-            raise
         except CreateOutcomeUnknownError as exc:
             del body
             batch_id = await self._reconcile(local_id, n, size, sent_at, exc)
             if batch_id is None:
                 self._spooled(n)
             return batch_id
+        except APIConnectionError as exc:
+            raise _Refused(exc) from exc
         except APIStatusError as exc:
-            if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
-                raise
+            if _try_later(exc):
+                raise _Refused(exc) from exc
             await self.ledger.reject_batch(local_id, exc.error_type, exc.api_message)
             self.progress.note_rejects(n)
             self._resolved(n)
@@ -222,8 +290,10 @@ async def submitter(
     progress: Progress,
     clock: Callable[[], float] = time.time,
     reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> None:
-    """Create a batch per chunk and send it on to the poller."""
+    """Create a batch per chunk and send it on to the poller. ``sleep`` is the
+    back-off wait after a create refused for now (inject a virtual one in tests)."""
     state = Submitter(
         client=client,
         ledger=ledger,
@@ -232,9 +302,12 @@ async def submitter(
         progress=progress,
         clock=clock,
         reconcile=reconcile,
+        sleep=sleep,
     )
     async with receive, send:
         async for chunk in receive:
             batches = await state.process(chunk)
+            # let go of the chunk's entries now, not when the next chunk arrives
+            del chunk
             if batches:
                 await send.send(batches)

@@ -15,7 +15,7 @@ import msgspec
 
 from .._config import DEFAULT_MAX_BATCH_BYTES
 from .._pricing import estimate_cost_usd
-from ..api._schema import DEFAULT_MODELS, SchemaError, check_entry
+from ..api._schema import DEFAULT_MODELS, Checked, SchemaError, check_entry
 from ._items import Entry, Flush, RawLine, Reject, RejectError
 from ._protocol import ENVELOPE_BYTES
 
@@ -53,46 +53,66 @@ class Validator:
     def check(self, lines: list[RawLine]) -> list[Entry | Reject | Flush]:
         """Entries and rejects for ``lines`` (blank lines give nothing)."""
         out: list[Entry | Reject | Flush] = []
+        append, models, limit = out.append, self.models, self.max_entry_bytes
+        # the loop of check_one, inlined: it runs once per request
+        last: RawLine | None = None
         for raw in lines:
-            item = self.check_one(raw)
-            if item is not None:
-                out.append(item)
+            data = raw.data
+            if data.endswith(b"\r"):
+                data = data[:-1]
+            if not data or (data[0] in _BLANK or data[-1] in _BLANK) and not data.strip():
+                continue
+            last = raw
+            checked = check_entry(data, models=models)
+            if isinstance(checked, SchemaError) or len(data) > limit:
+                append(self._reject(raw, data, checked))
+                continue
+            tokens = checked.approx_input_tokens
+            offset = raw.offset
+            append(
+                Entry(
+                    raw.line,
+                    checked.custom_id,
+                    data,
+                    offset,
+                    offset + len(raw.data) + 1 if offset >= 0 else -1,
+                    1,
+                    checked.signature,
+                    checked.model,
+                    checked.max_tokens,
+                    tokens,
+                    estimate_cost_usd(checked.model, tokens, checked.max_tokens),
+                )
+            )
+        if last is not None:
+            self.position = (_end(last), last.line)
         return out
 
-    def check_one(self, raw: RawLine) -> Entry | Reject | None:
-        data = raw.data
-        # the resume position: the byte after this line's "\n" (file sources only)
-        end = raw.offset + len(data) + 1 if raw.offset >= 0 else -1
-        if data[-1:] == b"\r":
-            data = data[:-1]
-        if not data.strip():
-            return None
-        self.position = (end, raw.line)
-        checked = check_entry(data, models=self.models)
+    def _reject(self, raw: RawLine, data: bytes, checked: Checked | SchemaError) -> Reject:
         if isinstance(checked, SchemaError):
-            return Reject(raw.line, checked.custom_id, _classify(data, checked), end)
-        if len(data) > self.max_entry_bytes:
-            message = (
-                f"entry is {len(data)} bytes; a batch body holds at most "
-                f"{self.max_entry_bytes} bytes of requests (max_batch_bytes)"
-            )
-            return Reject(
-                raw.line, checked.custom_id, RejectError("request_too_large", message), end
-            )
-        tokens = checked.approx_input_tokens
-        return Entry(
-            raw.line,
-            checked.custom_id,
-            data,
-            raw.offset,
-            end,
-            1,
-            checked.signature,
-            checked.model,
-            checked.max_tokens,
-            tokens,
-            estimate_cost_usd(checked.model, tokens, checked.max_tokens),
+            return Reject(raw.line, checked.custom_id, _classify(data, checked), _end(raw))
+        message = (
+            f"entry is {len(data)} bytes; a batch body holds at most "
+            f"{self.max_entry_bytes} bytes of requests (max_batch_bytes)"
         )
+        error = RejectError("request_too_large", message)
+        return Reject(raw.line, checked.custom_id, error, _end(raw))
+
+    def check_one(self, raw: RawLine) -> Entry | Reject | None:
+        """One line's entry or reject (None for a blank line)."""
+        items = self.check([raw])
+        item = items[0] if items else None
+        assert not isinstance(item, Flush)
+        return item
+
+
+#: bytes ``bytes.strip()`` removes: a line starting or ending with one may be blank
+_BLANK = frozenset(b" \t\n\r\x0b\x0c")
+
+
+def _end(raw: RawLine) -> int:
+    """The resume position after ``raw``: the byte after its ``\n`` (-1: no file)."""
+    return raw.offset + len(raw.data) + 1 if raw.offset >= 0 else -1
 
 
 def _classify(data: bytes, error: SchemaError) -> RejectError:

@@ -118,7 +118,7 @@ class SteadyClient:
         )
 
 
-async def sleeps_for(batch_age: float, *, resumed: bool) -> list[float]:
+async def sleeps_for(batch_age: float, *, resumed: bool, looks: int = 3) -> list[float]:
     """The poller's sleeps for one batch ``batch_age`` seconds old (wall clock) at
     start, while the monotonic clock starts near zero, as after a restart."""
     now = [0.0]
@@ -134,7 +134,7 @@ async def sleeps_for(batch_age: float, *, resumed: bool) -> list[float]:
     config = PipelineConfig(poll_interval=2.0, max_poll_interval=60.0, dry_run="off")
     send_in, recv_in = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
     send_out, recv_out = anyio.create_memory_object_stream[list[EndedBatch]](4)
-    fake: Any = SteadyClient(looks=3)
+    fake: Any = SteadyClient(looks=looks)
     async with anyio.create_task_group() as tg:
         tg.start_soon(
             lambda: poller(
@@ -165,8 +165,18 @@ async def test_a_resumed_batch_is_polled_by_its_real_age() -> None:
     assert sleeps == [60.0, 60.0, 60.0]
 
 
-async def test_a_fresh_batch_starts_at_the_floor_and_slows_with_age() -> None:
-    sleeps = await sleeps_for(0.0, resumed=False)
-    assert sleeps[0] == 2.0
+async def test_a_fresh_batch_gets_three_quick_looks_then_the_floor_and_slows_with_age() -> None:
+    # a short batch is seen ending at 0.25, 0.5 or 1 s instead of waiting a full
+    # 2 s floor; from the floor's age on it is never looked at faster than the floor
+    sleeps = await sleeps_for(0.0, resumed=False, looks=8)
+    assert sleeps[:4] == [0.25, 0.25, 0.5, 1.0]  # looks at ages 0.25, 0.5, 1, 2
+    assert all(s == 2.0 for s in sleeps[4:])
     assert sleeps == sorted(sleeps)  # never faster as it ages
-    assert sleeps[-1] < 60.0
+    assert len(sleeps) == 9  # one sleep per look: no spinning, no extra polls
+
+
+def test_young_batches_are_looked_at_when_their_age_doubles() -> None:
+    assert next_interval(age=0.0, moved=False, floor=1, ceiling=60) == 0.125
+    assert next_interval(age=0.3, moved=False, floor=1, ceiling=60, previous=0.25) == 0.3
+    assert next_interval(age=0.3, moved=True, floor=1, ceiling=60, previous=0.25) == 0.3
+    assert next_interval(age=1.0, moved=False, floor=1, ceiling=60, previous=0.5) == 1

@@ -3,6 +3,7 @@ becomes rejects, a create of unknown outcome is reconciled and never sent twice.
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -11,9 +12,22 @@ import msgspec
 import pytest
 
 from pipeline._config import PipelineConfig
-from pipeline._errors import CreateOutcomeUnknownError
+from pipeline._errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    CreateOutcomeUnknownError,
+    InternalServerError,
+    OverloadedError,
+    RateLimitError,
+)
 from pipeline._pipeline import Pipeline
 from pipeline.api._client import Client
+from pipeline.api._types import MessageBatch as MessageBatchType
+from pipeline.ledger._base import ClaimResult
+from pipeline.stages._items import Entry, SubmittedBatch
+from pipeline.stages._protocol import Capacity, Chunk, Progress
+from pipeline.stages.submitter import submitter
 from pipeline.testing import EmulatorConfig, serve_emulator
 
 if TYPE_CHECKING:
@@ -148,3 +162,173 @@ async def test_an_unknown_outcome_create_is_reconciled_never_sent_twice(
     assert stats.finished
     assert client.creates == 3 + (0 if reach else 2)  # released intents were sent again
     assert batches == 3
+
+
+# -- creates the service refuses for now: back off and try again ------------------
+
+
+class RefusingClient:
+    """Refuses the first creates with ``errors`` (after the client's own retries,
+    as the submitter sees them), then creates the batch."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = list(errors)
+        self.bodies: list[bytes] = []
+
+    async def create_batch(self, body: bytes, *, request_count: int) -> MessageBatch:
+        self.bodies.append(body)
+        if self.errors:
+            raise self.errors.pop(0)
+        return msgspec.convert(
+            {
+                "id": f"msgbatch_{len(self.bodies)}",
+                "processing_status": "in_progress",
+                "request_counts": {"processing": request_count},
+                "created_at": "2024-01-01T00:00:00Z",
+                "expires_at": "2024-01-02T00:00:00Z",
+            },
+            MessageBatchType,
+        )
+
+
+class RecordingLedger:
+    """The ledger calls the submitter makes, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def claim(self, entries: Any, rejects: Any, *, checkpoint: int, line: int) -> Any:
+        self.calls.append("claim")
+        return ClaimResult(local_id=1, duplicates=[])
+
+    async def record_sending(self, local_id: int, *, body_bytes: int, sent_at: float) -> None:
+        self.calls.append("sending")
+
+    async def record_created(self, local_id: int, batch_id: str) -> None:
+        self.calls.append("created")
+
+    async def release(self, local_id: int) -> None:
+        self.calls.append("release")
+
+
+def refused(status: int) -> Exception:
+    kind = {429: RateLimitError, 500: InternalServerError, 529: OverloadedError}
+    cls = kind.get(status, APIStatusError)
+    return cls(status_code=status, error_type="overloaded_error", message="try later")
+
+
+async def submit_one(
+    client: Any, *, on_sleep: Any = None, max_backoff: float = 10.0
+) -> tuple[list[SubmittedBatch], list[float], RecordingLedger, Progress]:
+    """One chunk of 3 entries through ``submitter`` with a virtual sleep."""
+    sleeps: list[float] = []
+    progress = Progress()
+    progress.outstanding = 3
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if on_sleep is not None:
+            on_sleep(progress)
+        await anyio.lowlevel.checkpoint()
+
+    ledger = RecordingLedger()
+    entries = [Entry(i, f"c-{i}", line(f"c-{i}")) for i in range(1, 4)]
+    config = msgspec.structs.replace(CONFIG, max_create_backoff=max_backoff)
+    send_in, recv_in = anyio.create_memory_object_stream[Chunk](1)
+    send_out, recv_out = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
+    fake_ledger: Any = ledger
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: submitter(
+                    recv_in,
+                    send_out,
+                    client=client,
+                    ledger=fake_ledger,
+                    config=config,
+                    capacity=Capacity(100),
+                    progress=progress,
+                    sleep=sleep,
+                )
+            )
+            async with send_in:
+                await send_in.send(Chunk(entries, [], checkpoint=0, line=3))
+            async with recv_out:
+                batches = [b async for chunk in recv_out for b in chunk]
+    return batches, sleeps, ledger, progress
+
+
+async def test_a_create_refused_for_now_is_tried_again_with_capped_exponential_backoff() -> None:
+    errors = [refused(429), refused(500), APIConnectionError("refused"), refused(529)]
+    errors += [refused(503), refused(408)]
+    client = RefusingClient(errors)
+    batches, sleeps, ledger, progress = await submit_one(client, max_backoff=10.0)
+    assert [b.batch_id for b in batches] == ["msgbatch_7"]  # the job goes on
+    assert sleeps == [2.0, 4.0, 8.0, 10.0, 10.0, 10.0]  # doubling, capped
+    assert len(set(client.bodies)) == 1  # the same body every time
+    # each try is recorded as sending first (crash-safe), never released or spooled
+    assert ledger.calls == ["claim", *["sending"] * 7, "created"]
+    assert progress.spooled == 0
+    assert progress.submitted == 3
+
+
+async def test_a_stop_during_the_backoff_spools_the_requests() -> None:
+    def stop(progress: Progress) -> None:
+        progress.stopping = True
+
+    client = RefusingClient([refused(429)] * 10)
+    batches, sleeps, ledger, progress = await submit_one(client, on_sleep=stop)
+    assert batches == []
+    assert sleeps == [2.0]
+    assert ledger.calls == ["claim", "sending", "release"]
+    assert progress.spooled == 3
+    assert progress.outstanding == 0
+
+
+async def test_an_auth_error_on_create_still_fails_the_job() -> None:
+    client = RefusingClient(
+        [AuthenticationError(status_code=401, error_type="authentication_error", message="no")]
+    )
+    with pytest.raises(ExceptionGroup) as info:
+        await submit_one(client)
+    assert info.group_contains(AuthenticationError)
+    assert len(client.bodies) == 1  # not tried again
+
+
+class OutageClient:
+    """A real client in front of the emulator whose first creates fail with 529
+    (as they would after the client's own retries ran out)."""
+
+    def __init__(self, client: Client, *, outage: int) -> None:
+        self._client = client
+        self.outage = outage
+        self.creates = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def create_batch(self, body: bytes, *, request_count: int) -> MessageBatch:
+        self.creates += 1
+        if self.creates <= self.outage:
+            raise refused(529)
+        return await self._client.create_batch(body, request_count=request_count)
+
+
+async def test_a_job_rides_out_an_outage_of_creates_and_pays_each_request_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the pipeline's real sleep, with a tiny first back-off
+    monkeypatch.setattr(
+        importlib.import_module("pipeline.stages.submitter"), "FIRST_CREATE_BACKOFF", 0.001
+    )
+    ids = [f"r-{i:03d}" for i in range(30)]
+    write(tmp_path / "in.jsonl", [line(cid) for cid in ids])
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "emu") as emu:
+        async with Client(api_key="k", base_url=emu.url) as real:
+            client = OutageClient(real, outage=4)
+            stats = await run(tmp_path, client)
+        submissions = emu.submissions()
+    assert sorted(ids_in(tmp_path / "out.jsonl")) == ids
+    assert submissions == dict.fromkeys(ids, 1)
+    assert stats.finished
+    assert client.creates == 3 + 4
