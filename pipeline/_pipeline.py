@@ -153,6 +153,8 @@ class Pipeline:
         self._capacity = Capacity(self.config.max_in_flight)
         self._stop = anyio.Event()
         self._stopped_reason: str | None = None
+        #: the input was cut short (budget reached): upstream streams break by design
+        self._input_cut = False
         self._started = 0.0
         self._elapsed = 0.0
         self._finished = False
@@ -223,6 +225,14 @@ class Pipeline:
         self._progress.stopping = True
         self._stop.set()
         self._capacity.interrupt()
+        self._progress.changed()
+
+    def _cut_input(self, reason: str) -> None:
+        """Submit nothing more (the spend guard ended its stream) but collect every
+        batch in flight; the job stays unfinished, so a re-run goes on from the
+        checkpoint."""
+        self._stopped_reason = reason
+        self._input_cut = True
         self._progress.changed()
 
     # -- running ---------------------------------------------------------------------
@@ -449,17 +459,17 @@ class Pipeline:
                 p.rejects_recorded.set()
         except BaseExceptionGroup as group:
             raise _collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
-        if not self._stop.is_set() and p.cycle_done:
+        if not self._stop.is_set() and not self._input_cut and p.cycle_done:
             await ledger.mark_finished()
             self._finished = True
 
     async def _guard(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         """Run one stage; its failure becomes ``StageError(name)``. A stream broken
-        because a downstream stage ended early on a stop is a normal end."""
+        because a downstream stage ended early (a stop, a budget cut) is a normal end."""
         try:
             await coro
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            if not self._stop.is_set():
+            if not (self._stop.is_set() or self._input_cut):
                 raise StageError(name, exc) from exc
         except Exception as exc:
             raise StageError(name, exc) from exc
@@ -508,7 +518,7 @@ class Pipeline:
                     s,
                     config=config,
                     meter=spend,
-                    on_exceeded=lambda exc: self.stop(f"budget reached: {exc}"),
+                    on_exceeded=lambda exc: self._cut_input(f"budget reached: {exc}"),
                 )
 
             out.append(("spend_guard", _guard))
