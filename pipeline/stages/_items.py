@@ -14,6 +14,7 @@ __all__ = (
     "RejectError",
     "RejectLine",
     "SubmittedBatch",
+    "Watermark",
 )
 
 
@@ -80,6 +81,16 @@ class Flush(msgspec.Struct):
 
     end: int = -1
     final: bool = False
+
+
+class Watermark(msgspec.Struct):
+    """A marker: from here on, a checkpoint may not pass the start of the earliest
+    entry still held upstream (the dry run lets checked shapes overtake entries
+    whose shape is being checked). ``end`` is that entry's byte offset and ``line``
+    the line before it; None lifts the cap."""
+
+    end: int | None = None
+    line: int | None = None
 
 
 class SubmittedBatch(msgspec.Struct):

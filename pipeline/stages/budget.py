@@ -25,7 +25,7 @@ import msgspec
 from .._errors import BudgetExceededError
 from .._pricing import DEFAULT_PRICES, PriceTable
 from ..api._schema import approx_input_tokens
-from ._items import Entry, Flush, Reject
+from ._items import Entry, Flush, Reject, Watermark
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ("SpendMeter", "SpendStatistics", "entry_cost_usd", "spend_guard")
 
-Item = Entry | Reject | Flush
+Item = Entry | Reject | Flush | Watermark
 #: Slack for float rounding: a total equal to the budget is within it.
 _EPSILON_USD = 1e-9
 

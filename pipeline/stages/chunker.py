@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._items import Entry, Flush, Reject
+from ._items import Entry, Flush, Reject, Watermark
 from ._protocol import ENVELOPE_BYTES, Chunk
 
 if TYPE_CHECKING:
@@ -45,8 +45,11 @@ class Packer:
         #: entries in the last ``add``; whether a final ``Flush`` was seen
         self.entries_added = 0
         self.final = False
+        #: the cap a ``Watermark`` put on checkpoints (None: no cap)
+        self.cap_end: int | None = None
+        self.cap_line: int | None = None
 
-    def add(self, items: list[Entry | Reject | Flush]) -> tuple[list[Chunk], bool]:
+    def add(self, items: list[Entry | Reject | Flush | Watermark]) -> tuple[list[Chunk], bool]:
         """Pack ``items``; the chunks completed, and whether a ``Flush`` came.
         ``entries_added`` and ``final`` tell how many entries came and whether a final
         ``Flush`` did (so callers need no second pass over ``items``)."""
@@ -79,6 +82,9 @@ class Packer:
                     checkpoint = item.end
                 if item.line > last_line:
                     last_line = item.line
+            elif type(item) is Watermark:
+                self.checkpoint, self.line = checkpoint, last_line
+                self.cap_end, self.cap_line = item.end, item.line
             else:
                 assert isinstance(item, Flush)
                 flushed = True
@@ -102,13 +108,18 @@ class Packer:
         return len(self.entries)
 
     def _take(self) -> Chunk:
-        chunk = Chunk(self.entries, self.rejects, self.checkpoint, self.line, self.size)
+        checkpoint, line = self.checkpoint, self.line
+        if self.cap_end is not None and self.cap_end < checkpoint:
+            checkpoint = self.cap_end
+        if self.cap_line is not None and self.cap_line < line:
+            line = self.cap_line
+        chunk = Chunk(self.entries, self.rejects, checkpoint, line, self.size)
         self.entries, self.rejects, self.size = [], [], ENVELOPE_BYTES
         return chunk
 
 
 async def chunker(
-    receive: ObjectReceiveStream[list[Entry | Reject | Flush]],
+    receive: ObjectReceiveStream[list[Entry | Reject | Flush | Watermark]],
     send: ObjectSendStream[Chunk],
     /,
     *,
@@ -127,7 +138,7 @@ async def chunker(
     deadline: float | None = None
     async with receive, send:
         while True:
-            items: list[Entry | Reject | Flush] | None = None
+            items: list[Entry | Reject | Flush | Watermark] | None = None
             try:
                 if deadline is None:
                     items = await receive.receive()

@@ -47,7 +47,7 @@ from msgspec import UNSET, Raw, UnsetType
 from .._errors import APIStatusError, DryRunAbortedError
 from .._pricing import DEFAULT_PRICES, PriceTable
 from ..api._schema import approx_input_tokens
-from ._items import Entry, Flush, Reject, RejectError
+from ._items import Entry, Flush, Reject, RejectError, Watermark
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -76,7 +76,7 @@ DRY_RUN_MAX_TOKENS = 1
 #: the client's retries, no connection) fail the stage: no verdict can be reached.
 _REQUEST_FAULTS = frozenset({400, 404, 413, 422})
 
-Item = Entry | Reject | Flush
+Item = Entry | Reject | Flush | Watermark
 
 
 class DryRunClient(Protocol):
@@ -285,6 +285,8 @@ class _DryRun:
         self._failure: BaseException | None = None
         self._tg: TaskGroup | None = None
         self._send: ObjectSendStream[list[Item]] | None = None
+        #: the checkpoint cap last sent downstream
+        self._cap = Watermark()
 
     async def run(
         self, receive: ObjectReceiveStream[list[Item]], send: ObjectSendStream[list[Item]]
@@ -336,8 +338,26 @@ class _DryRun:
         if out:
             assert self._send is not None
             async with self._lock:
-                await self._send.send(out)
+                await self._send.send(self._capped(out))
         return []
+
+    def _capped(self, out: list[Item]) -> list[Item]:
+        """``out`` behind a ``Watermark`` when the earliest held entry changed: what
+        overtakes a held entry must not carry the checkpoint past it (call under
+        the send lock, just before sending)."""
+        earliest: Entry | None = None
+        for shape in self._pending:
+            first = shape.samples[0] if shape.samples else shape.held[0] if shape.held else None
+            if first is not None and (earliest is None or first.line < earliest.line):
+                earliest = first
+        if earliest is None:
+            cap = Watermark()
+        else:
+            cap = Watermark(earliest.offset if earliest.offset >= 0 else None, earliest.line - 1)
+        if cap == self._cap:
+            return out
+        self._cap = cap
+        return [cap, *out]
 
     def _would_hold(self, entry: Entry) -> bool:
         shape = self._shapes.get(entry.signature)
@@ -510,7 +530,7 @@ class _DryRun:
             out.extend(self._judge(shape, entry) for entry in shape.held)
             shape.samples, shape.outcomes, shape.held = [], [], []
             if out:
-                await self._send.send(out)
+                await self._send.send(self._capped(out))
         self._meter.held -= len(out)
         self._notify()
 

@@ -13,7 +13,7 @@ from pipeline._config import PipelineConfig
 from pipeline._errors import AuthenticationError, BadRequestError, DryRunAbortedError
 from pipeline._pricing import estimate_cost_usd
 from pipeline.api._types import Message, Usage
-from pipeline.stages._items import Entry, Flush, Reject
+from pipeline.stages._items import Entry, Flush, Reject, Watermark
 from pipeline.stages.dryrun import (
     DryRunMeter,
     count_tokens_body,
@@ -110,7 +110,8 @@ async def run_stage(
     async def collect() -> None:
         async with recv_out:
             async for batch in recv_out:
-                out.extend(batch)
+                # checkpoint caps are tested on their own (test_watermarks_*)
+                out.extend(x for x in batch if not isinstance(x, Watermark))
 
     stage = partial(
         dry_run,
@@ -291,19 +292,62 @@ async def test_known_shapes_flow_while_a_new_shape_is_checked() -> None:
             )
         )
         await send_in.send([make_entry(0, "A")])
-        assert [i.line for i in await recv_out.receive()] == [0]  # A verified
+        assert [i.line for i in unmarked(await recv_out.receive())] == [0]  # A verified
         await send_in.send([make_entry(1, "B"), make_entry(2, "B")])
         await send_in.send([make_entry(3, "A"), Flush(end=30)])
-        got = await recv_out.receive()  # while B's check hangs on the gate
+        got = unmarked(await recv_out.receive())  # while B's check hangs on the gate
         assert [type(i) for i in got] == [Entry, Flush]
         assert got[0].line == 3
         assert not gate.is_set()
         assert len(client.calls) == 2
         gate.set()
-        assert [i.line for i in await recv_out.receive()] == [1, 2]
+        assert [i.line for i in unmarked(await recv_out.receive())] == [1, 2]
         await send_in.aclose()
         with pytest.raises(anyio.EndOfStream):
             await recv_out.receive()
+
+
+def unmarked(items: list[Item]) -> list[Item]:
+    return [i for i in items if not isinstance(i, Watermark)]
+
+
+async def test_what_overtakes_a_held_entry_carries_a_checkpoint_cap() -> None:
+    """Entries of a checked shape overtake one being checked; a ``Watermark`` keeps
+    the checkpoint from passing the held entry until it is released."""
+    client = FakeClient(VirtualClock())
+    gate = client.gates["B"] = anyio.Event()
+    send_in, recv_in = anyio.create_memory_object_stream[list[Item]](10)
+    send_out, recv_out = anyio.create_memory_object_stream[list[Item]](10)
+    config = PipelineConfig(dry_run_rate=1000)
+
+    def at(line: int, shape: str) -> Entry:
+        entry = make_entry(line, shape)
+        entry.offset = (line - 1) * 10
+        return entry
+
+    async with anyio.create_task_group() as tg, send_in, recv_out:
+        tg.start_soon(
+            partial(
+                dry_run,
+                recv_in,
+                send_out,
+                client=client,
+                config=config,
+                clock=client.clock,
+                sleep=client.clock.sleep,
+            )
+        )
+        await send_in.send([at(1, "A")])
+        assert unmarked(await recv_out.receive())[0].line == 1
+        await send_in.send([at(2, "B"), at(3, "A")])
+        got = await recv_out.receive()
+        assert got[0] == Watermark(end=10, line=1)  # the start of held line 2
+        assert [i.line for i in unmarked(got)] == [3]
+        gate.set()
+        got = await recv_out.receive()
+        assert got[0] == Watermark()  # nothing held: the cap is lifted
+        assert [i.line for i in unmarked(got)] == [2]
+        await send_in.aclose()
 
 
 async def test_held_entries_are_bounded_backpressure() -> None:

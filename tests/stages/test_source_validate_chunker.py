@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from pipeline._config import PipelineConfig
-from pipeline.stages._items import Entry, Flush, RawLine, Reject
+from pipeline.stages._items import Entry, Flush, RawLine, Reject, Watermark
 from pipeline.stages._protocol import build_body
 from pipeline.stages.chunker import Packer, chunker
 from pipeline.stages.source import LineReader, iterable_source, jsonl_source
@@ -205,6 +205,16 @@ def test_packer_counts_requests_and_carries_rejects_with_checkpoint() -> None:
     assert [len(c.entries) for c in chunks] == [2, 2, 1]
     assert [len(c.rejects) for c in chunks] == [1, 0, 0]  # with the chunk pending then
     assert [c.checkpoint for c in chunks] == [25, 40, 60]
+
+
+def test_a_watermark_caps_checkpoints_until_it_is_lifted() -> None:
+    packer = Packer(max_requests=2, max_bytes=10_000)
+    first, _ = packer.add([Watermark(end=15, line=1), *entries(4)])
+    assert [(c.checkpoint, c.line) for c in first] == [(15, 1), (15, 1)]
+    second, _ = packer.add([Watermark(), Flush(end=60)])
+    assert second == []  # nothing pending, but the next chunk is not capped
+    third, _ = packer.add([*entries(6)[4:], Flush(end=60)])
+    assert [(c.checkpoint, c.line) for c in third] == [(60, 6)]
 
 
 class FakeTimer:
