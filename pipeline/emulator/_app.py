@@ -323,10 +323,10 @@ class EmulatorApp:
 
     async def _create(self, request: _Request, workspace: str) -> _Answer:
         try:
-            custom_ids = self.state.parse_create(request.body)
+            parsed = self.state.parse_create(request.body)
         except CreateError as exc:
             raise _error(exc.error_type, exc.message) from None
-        record = await self.state.create(workspace, request.body, custom_ids)
+        record = await self.state.create(workspace, request.body, parsed)
         # The create answer is always in_progress, as the service's is.
         return self._ok(self.state.render(record, record.created, "in_progress"))
 

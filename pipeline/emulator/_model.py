@@ -1,7 +1,7 @@
 """A deterministic fake model: the same params always give the same answer.
 
 The text is a handful of words picked by a hash of the last user message, so a
-test can compute the expected answer; usage counts about one token per four bytes
+test can compute the expected answer (``reply_text``); usage counts about one token per four bytes
 of input and one per output word. ``max_tokens`` truncates (``stop_reason``
 ``max_tokens``), a stop sequence found in the text stops there, and a
 ``tool_choice`` that forces a tool gives a ``tool_use`` block whose input is built
@@ -11,6 +11,7 @@ from the tool's ``input_schema``.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from typing import Any
 
 import msgspec
@@ -26,7 +27,7 @@ from pipeline.api._types import (
     Usage,
 )
 
-__all__ = ("count_input_tokens", "last_user_text", "reply_text", "respond")
+__all__ = ("count_input_tokens", "last_user_text", "reply_text", "respond", "result_line")
 
 _WORDS = (
     "alpha bravo cobalt delta ember fjord glacier harbor indigo juniper kelp lantern "
@@ -36,9 +37,20 @@ _WORDS = (
     "birch clover dawn elm flint grove heron isle lark moss north oak"
 ).split()
 _MIN_WORDS = 4
-#: byte value -> word, so that picking words is one C-level map over the digest
+_MAX_WORDS = 27
+#: byte value -> word, so that picking words is one C-level map over bytes
 _BY_BYTE = tuple(_WORDS[b % len(_WORDS)] for b in range(256))
+_SEQUENCES = 2048
+#: ``_SEQUENCES`` fixed word sequences of ``_MAX_WORDS`` words, end to end: an answer is
+#: the start of one of them, so that answering costs one cheap hash and a list slice.
+_TABLE = list(
+    map(
+        _BY_BYTE.__getitem__,
+        hashlib.shake_256(b"pipeline.emulator words").digest(_SEQUENCES * _MAX_WORDS),
+    )
+)
 _encoder = msgspec.json.Encoder()
+_UNSET = msgspec.UNSET
 _MAX_SCHEMA_DEPTH = 8
 
 
@@ -67,9 +79,9 @@ def last_user_text(messages: list[MessageParam]) -> str:
 
 def reply_text(prompt: str) -> list[str]:
     """The words the model answers to ``prompt``: 4 to 27 words chosen by its hash."""
-    digest = hashlib.blake2b(prompt.encode(), digest_size=32).digest()
-    count = _MIN_WORDS + digest[0] % 24
-    return list(map(_BY_BYTE.__getitem__, digest[1 : 1 + count]))
+    h = zlib.crc32(prompt.encode())
+    start = (h % _SEQUENCES) * _MAX_WORDS
+    return _TABLE[start : start + _MIN_WORDS + (h >> 11) % (_MAX_WORDS - _MIN_WORDS + 1)]
 
 
 def count_input_tokens(messages: object, system: object, tools: object) -> int:
@@ -127,13 +139,34 @@ def _stop(text: str, stop_sequences: Any) -> tuple[str, str | None]:
     return (text, None) if best is None else (text[: best[0]], best[1])
 
 
+def _digest(raw: bytes) -> str:
+    """The hex digest that names a message (and its tool_use block) of these params."""
+    return hashlib.sha1(raw).hexdigest()[:24]
+
+
+def _text_answer(params: Any) -> tuple[str, str, str | None, int]:
+    """(text, stop_reason, stop_sequence, output_tokens) of a text answer."""
+    words = reply_text(last_user_text(params.messages))
+    stop_reason = "end_turn"
+    if params.max_tokens < len(words):
+        words, stop_reason = words[: params.max_tokens], "max_tokens"
+    text = " ".join(words)
+    if params.stop_sequences is msgspec.UNSET:
+        return text, stop_reason, None, max(1, len(words))
+    text, stop_sequence = _stop(text, params.stop_sequences)
+    if stop_sequence is not None:
+        return text, "stop_sequence", stop_sequence, max(1, len(text.split()))
+    return text, stop_reason, None, max(1, len(words))
+
+
 def respond(params: Any, raw: bytes, *, service_tier: str = "batch") -> Message:
     """The model's answer to ``params`` (a ``MessageCreateParams``); ``raw`` is the
     encoded params, hashed into the message id."""
-    digest = hashlib.blake2b(raw, digest_size=12).hexdigest()
+    digest = _digest(raw)
     input_tokens = count_input_tokens(params.messages, params.system, params.tools)
     tool = _forced_tool(params)
     content: list[dict[str, Any]]
+    stop_sequence: str | None
     if tool is not None:
         value = _schema_value(tool.input_schema if tool.input_schema is not msgspec.UNSET else {})
         block = {"type": "tool_use", "id": f"toolu_{digest}", "name": tool.name, "input": value}
@@ -141,16 +174,8 @@ def respond(params: Any, raw: bytes, *, service_tier: str = "batch") -> Message:
         output = min(params.max_tokens, len(_encoder.encode(value)) // 4 + 8)
         stop_reason, stop_sequence = "tool_use", None
     else:
-        words = reply_text(last_user_text(params.messages))
-        stop_reason = "end_turn"
-        if params.max_tokens < len(words):
-            words, stop_reason = words[: params.max_tokens], "max_tokens"
-        text, stop_sequence = _stop(" ".join(words), params.stop_sequences)
-        if stop_sequence is not None:
-            stop_reason = "stop_sequence"
-            words = text.split()
+        text, stop_reason, stop_sequence, output = _text_answer(params)
         content = [{"type": "text", "text": text, "citations": None}]
-        output = max(1, len(words))
     usage = Usage(input_tokens, output, 0, 0, service_tier)  # type: ignore[arg-type]
     return Message(
         id=f"msg_{digest}",
@@ -159,4 +184,72 @@ def respond(params: Any, raw: bytes, *, service_tier: str = "batch") -> Message:
         stop_reason=stop_reason,
         stop_sequence=stop_sequence,
         usage=usage,
+    )
+
+
+#: A succeeded results line of a text answer, as msgspec encodes
+#: ``ResultLine(custom_id, SucceededResult(respond(params, raw)))``: custom_id, message
+#: id, model (JSON), text, stop_reason, stop_sequence (JSON), input and output tokens.
+_TEXT_LINE = (
+    b'{"custom_id":"%s","result":{"type":"succeeded","message":{"id":"msg_%s",'
+    b'"type":"message","role":"assistant","model":%s,"content":[{"type":"text","text":"%s",'
+    b'"citations":null}],"stop_reason":"%s","stop_sequence":%s,"usage":{"input_tokens":%d,'
+    b'"output_tokens":%d,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,'
+    b'"service_tier":"batch"}}}}\n'
+)
+_models_json: dict[str, bytes] = {}
+
+
+def _json_model(model: str) -> bytes:
+    encoded = _models_json.get(model)
+    if encoded is None:
+        encoded = _encoder.encode(model)
+        if len(_models_json) < 256:  # the few model names in use, not every typo
+            _models_json[model] = encoded
+    return encoded
+
+
+def result_line(custom_id: str, params: Any, raw: bytes) -> bytes | None:
+    """The results line (newline included) of a text answer, built without the
+    intermediate ``Message``; None when the answer is a tool call (use ``respond``).
+
+    Byte for byte what ``ResultLine(custom_id, SucceededResult(respond(params, raw)))``
+    encodes to (a test holds it to that); it is the same computation inlined, since it
+    runs once per request of every batch. ``custom_id`` must be one the create checked
+    (``[a-zA-Z0-9_-]``: nothing to escape), and the text is made of the plain ASCII
+    words of ``_WORDS``, which JSON leaves as they are.
+    """
+    unset = _UNSET
+    if params.tool_choice is not unset and _forced_tool(params) is not None:
+        return None
+    # Counted first: encoding the messages caches their UTF-8 form, which the prompt's
+    # hash then reuses.
+    messages = params.messages
+    size = len(_encoder.encode(messages))
+    if params.system is not unset:
+        size += len(_encoder.encode(params.system))
+    if params.tools is not unset:
+        size += len(_encoder.encode(params.tools))
+    words = reply_text(last_user_text(messages))
+    stop_reason = b"end_turn"
+    if params.max_tokens < len(words):
+        words, stop_reason = words[: params.max_tokens], b"max_tokens"
+    text = " ".join(words)
+    output = len(words) or 1
+    stop_sequence = b"null"
+    if params.stop_sequences is not unset:
+        text, stop = _stop(text, params.stop_sequences)
+        if stop is not None:
+            stop_reason, stop_sequence = b"stop_sequence", _encoder.encode(stop)
+            output = len(text.split()) or 1
+    model = _models_json.get(params.model) or _json_model(params.model)
+    return _TEXT_LINE % (
+        custom_id.encode(),
+        _digest(raw).encode(),
+        model,
+        text.encode(),
+        stop_reason,
+        stop_sequence,
+        size // 4 + 1,
+        output,
     )

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -44,17 +44,20 @@ from pipeline.api._types import (
     SucceededResult,
 )
 
-from ._model import respond
+from ._model import respond, result_line
 
 if TYPE_CHECKING:
     from ._config import EmulatorConfig
 
-__all__ = ("BatchRecord", "CreateError", "Store", "rfc3339")
+__all__ = ("BatchRecord", "CreateError", "Parsed", "Store", "rfc3339")
 
 _log = logging.getLogger("pipeline.emulator")
 _CHUNK = 1 << 20
 _YIELD_EVERY = 256
 _ID_PREFIX = "msgbatch_"
+#: How many of the latest batches keep their body in memory (processed from there when
+#: they end before the next create; a 10,000-request body is ~6 MB).
+_HELD_BATCHES = 1
 
 
 class _EntryView(msgspec.Struct, forbid_unknown_fields=True):
@@ -68,9 +71,46 @@ class _BodyView(msgspec.Struct, forbid_unknown_fields=True):
     requests: list[_EntryView]
 
 
+class _LaxEntry(msgspec.Struct, forbid_unknown_fields=True):
+    """``_EntryView`` without the custom_id pattern, which is checked for all ids at once."""
+
+    custom_id: str
+    params: msgspec.Raw
+
+
+class _LaxBody(msgspec.Struct, forbid_unknown_fields=True):
+    requests: list[_LaxEntry]
+
+
 _body_decoder = msgspec.json.Decoder(_BodyView)
+_lax_decoder = msgspec.json.Decoder(_LaxBody)
 _params_decoder = msgspec.json.Decoder(MessageCreateParams)
 _line_encoder = msgspec.json.Encoder()
+#: Bytes a custom_id may hold (``CustomId``), and a newline: what remains of the joined
+#: ids once these are deleted must be nothing.
+_ID_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-\n"
+_MAX_ID = 64
+
+
+def _plain_ids(ids: list[str], joined: bytes) -> bool:
+    """True if every id matches ``CustomId`` (``joined`` is each id followed by a newline).
+
+    A few C calls over the whole batch instead of one regex call per id; False means
+    "not sure" (the exact per-id check decides), never "invalid".
+    """
+    return (
+        not joined.translate(None, _ID_BYTES)
+        and joined.count(b"\n") == len(ids)
+        and min(map(len, ids), default=1) >= 1
+        and max(map(len, ids), default=0) <= _MAX_ID
+    )
+
+
+class Parsed(NamedTuple):
+    """A create body that passed the envelope checks."""
+
+    entries: list[_LaxEntry] | list[_EntryView]
+    custom_ids: list[str]
 
 
 class CreateError(Exception):
@@ -80,6 +120,11 @@ class CreateError(Exception):
         super().__init__(message)
         self.error_type = error_type
         self.message = message
+
+
+def _joined(ids: list[str]) -> bytes:
+    """The ids, each followed by a newline (the submissions log's form)."""
+    return ("\n".join(ids) + "\n").encode()
 
 
 def rfc3339(t: float) -> str:
@@ -103,6 +148,7 @@ class BatchRecord:
         "counts",
         "created",
         "generating",
+        "held",
         "id",
         "results_path",
         "results_size",
@@ -120,6 +166,9 @@ class BatchRecord:
         self.counts: RequestCounts | None = None  # set once the results exist
         self.generating: anyio.Event | None = None
         self.body_path: Path | None = None
+        # The body's entries while they are still in memory (then ``body_path`` may not
+        # exist yet): the latest batch is processed from them without a disk round trip.
+        self.held: list[_LaxEntry] | list[_EntryView] | None = None
         self.results_path: Path | None = None
         self.results_size = 0
 
@@ -155,6 +204,8 @@ class Store:
         # everything random *inside* a batch derives from the seed and its sequence.
         self._nonce = secrets.token_hex(8)
         self.stats = Stats()
+        # Bodies of the latest batches, still in memory (see ``create``).
+        self._held: dict[str, tuple[BatchRecord, bytes]] = {}
         self._submissions_path = root / "submissions.log"
         self._submissions = self._submissions_path.open("wb")
 
@@ -162,6 +213,7 @@ class Store:
 
     def close(self) -> None:
         """Close the submissions log; remove the data directory if it was a temp one."""
+        self._held.clear()
         if not self._submissions.closed:
             self._submissions.close()
         if self._owned_dir:
@@ -173,22 +225,31 @@ class Store:
 
     # ------------------------------------------------------------------ create
 
-    def parse_create(self, body: bytes) -> list[str]:
-        """Check a create body's envelope; return the custom_ids, or raise CreateError."""
+    def parse_create(self, body: bytes) -> Parsed:
+        """Check a create body's envelope; return its entries, or raise CreateError."""
+        entries: list[_LaxEntry] | list[_EntryView]
         try:
-            view = _body_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise CreateError("invalid_request_error", decode_error_message(exc)) from None
-        requests = view.requests
-        if not requests:
+            entries = _lax_decoder.decode(body).requests
+            ids = [entry.custom_id for entry in entries]
+            plain = _plain_ids(ids, _joined(ids))
+        except (msgspec.DecodeError, UnicodeError):
+            plain = False
+        if not plain:
+            # The exact check: it raises the service's message for the first bad entry
+            # (or accepts what the quick one was unsure of).
+            try:
+                entries = _body_decoder.decode(body).requests
+            except msgspec.DecodeError as exc:
+                raise CreateError("invalid_request_error", decode_error_message(exc)) from None
+            ids = [entry.custom_id for entry in entries]
+        if not ids:
             raise CreateError("invalid_request_error", "requests: must hold at least 1 request")
         limit = self.config.max_batch_requests
-        if len(requests) > limit:
+        if len(ids) > limit:
             raise CreateError(
                 "invalid_request_error",
-                f"requests: {len(requests)} requests is more than the limit of {limit} per batch",
+                f"requests: {len(ids)} requests is more than the limit of {limit} per batch",
             )
-        ids = [entry.custom_id for entry in requests]
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
             for i, cid in enumerate(ids):
@@ -199,10 +260,12 @@ class Store:
                         "custom_id must be unique within a batch",
                     )
                 seen.add(cid)
-        return ids
+        return Parsed(entries, ids)
 
-    async def create(self, workspace: str, body: bytes, custom_ids: list[str]) -> BatchRecord:
-        """Register a checked batch and spool its body to disk."""
+    async def create(self, workspace: str, body: bytes, parsed: Parsed) -> BatchRecord:
+        """Register a checked batch; its body is kept in memory until the next create,
+        then spooled to disk (unless it was processed in the meantime)."""
+        custom_ids = parsed.custom_ids
         self._seq += 1
         seq = self._seq
         suffix = hashlib.blake2b(f"{self._nonce}:{seq}".encode(), digest_size=7).hexdigest()
@@ -210,19 +273,31 @@ class Store:
         record = BatchRecord(
             id=batch_id, seq=seq, workspace=workspace, created=self.now(), count=len(custom_ids)
         )
-        path = self.data_dir / "batches" / f"{batch_id}.body.json"
-        log = ("\n".join(custom_ids) + "\n").encode()
-        await anyio.to_thread.run_sync(path.write_bytes, body)
-        self._submissions.write(log)
+        record.body_path = self.data_dir / "batches" / f"{batch_id}.body.json"
+        record.held = parsed.entries
+        self._submissions.write(_joined(custom_ids))
         self._submissions.flush()
-        record.body_path = path
         self._batches[batch_id] = record
         self._by_workspace[workspace].append(record)
         self.stats.batches += 1
         self.stats.batches_created += 1
         self.stats.requests_created += len(custom_ids)
         self.stats.bytes_received += len(body)
+        self._held[batch_id] = (record, body)
+        while len(self._held) > _HELD_BATCHES:
+            await self._spool(*self._held.pop(next(iter(self._held))))
         return record
+
+    async def _spool(self, record: BatchRecord, body: bytes) -> None:
+        """Write a held body to disk; from then on the file is the batch's only copy."""
+        held, path = record.held, record.body_path
+        if held is None or path is None:
+            return  # processed or deleted already
+        await anyio.to_thread.run_sync(path.write_bytes, body)
+        if record.held is held:
+            record.held = None
+        else:  # processed or deleted while it was being written: nobody needs the file
+            path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ look up
 
@@ -335,6 +410,8 @@ class Store:
     def delete(self, record: BatchRecord) -> None:
         """Forget a batch and remove its files."""
         self._batches.pop(record.id, None)
+        self._held.pop(record.id, None)
+        record.held = None
         with contextlib.suppress(ValueError):
             self._by_workspace[record.workspace].remove(record)
         for path in (record.body_path, record.results_path):
@@ -370,8 +447,14 @@ class Store:
 
     async def _generate(self, record: BatchRecord) -> None:
         assert record.body_path is not None
-        body = await anyio.to_thread.run_sync(record.body_path.read_bytes)
-        entries = _body_decoder.decode(body).requests
+        entries: list[_LaxEntry] | list[_EntryView]
+        if record.held is not None:
+            entries, record.held = record.held, None
+            self._held.pop(record.id, None)
+        else:
+            body = await anyio.to_thread.run_sync(record.body_path.read_bytes)
+            # The body passed the create's checks: the lax view (no id pattern) is enough.
+            entries = _lax_decoder.decode(body).requests
         processed = self.processed_count(record)
         _, _, canceled = self._cutoff(record)
         order = list(range(len(entries)))
@@ -384,21 +467,26 @@ class Store:
         counts = RequestCounts()
         path = self.data_dir / "batches" / f"{record.id}.results.jsonl"
         tmp = path.with_suffix(".tmp")
-        buf = bytearray()
+        process = self._process
+        lines: list[bytes] = []
+        size = 0
         try:
             with tmp.open("wb") as out:
-                for n, index in enumerate(order):
-                    entry = entries[index]
-                    if index < processed:
-                        self._process(record, entry, buf, counts)
-                    else:
-                        buf += b'{"custom_id":"' + entry.custom_id.encode() + tail
-                    if len(buf) >= _CHUNK:
-                        out.write(buf)
-                        buf.clear()
-                    if n % _YIELD_EVERY == _YIELD_EVERY - 1:
-                        await anyio.lowlevel.checkpoint()
-                out.write(buf)
+                for start in range(0, len(order), _YIELD_EVERY):
+                    for index in order[start : start + _YIELD_EVERY]:
+                        entry = entries[index]
+                        if index < processed:
+                            line = process(record, entry, counts)
+                        else:
+                            line = b'{"custom_id":"' + entry.custom_id.encode() + tail
+                        lines.append(line)
+                        size += len(line)
+                    if size >= _CHUNK:
+                        out.write(b"".join(lines))
+                        lines.clear()
+                        size = 0
+                    await anyio.lowlevel.checkpoint()
+                out.write(b"".join(lines))
             tmp.replace(path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -416,39 +504,42 @@ class Store:
         self.stats.results_generated += len(entries)
 
     def _process(
-        self, record: BatchRecord, entry: _EntryView, buf: bytearray, counts: RequestCounts
-    ) -> None:
+        self, record: BatchRecord, entry: _LaxEntry | _EntryView, counts: RequestCounts
+    ) -> bytes:
+        """The results line of one processed request: its params are strictly decoded
+        and checked here, once, as the service does after the create."""
         cid = entry.custom_id
         try:
             params = _params_decoder.decode(entry.params)
         except msgspec.DecodeError as exc:
-            self._errored(cid, "invalid_request_error", decode_error_message(exc, "params."), buf)
             counts.errored += 1
-            return
+            return self._errored(cid, "invalid_request_error", decode_error_message(exc, "params."))
         try:
             problem = check_params(params, models=self.config.models)
         except Exception as exc:  # a bug in a check must not wedge the whole batch
             _log.exception("check_params failed on %s in %s", cid, record.id)
             problem = f"could not be checked ({type(exc).__name__})"
         if problem is not None:
-            self._errored(cid, "invalid_request_error", "params." + problem, buf)
             counts.errored += 1
-            return
+            return self._errored(cid, "invalid_request_error", "params." + problem)
         rate = self.config.request_error_rate
         if rate and _unit(self.config.seed, cid, record.seq) < rate:
-            self._errored(cid, "api_error", "Internal server error (injected by the emulator)", buf)
             counts.errored += 1
-            return
-        message = respond(params, entry.params)
-        _line_encoder.encode_into(ResultLine(cid, SucceededResult(message)), buf, -1)
-        buf += b"\n"
+            return self._errored(
+                cid, "api_error", "Internal server error (injected by the emulator)"
+            )
         counts.succeeded += 1
+        raw = entry.params
+        line = result_line(cid, params, raw)
+        if line is None:
+            message = respond(params, raw)
+            line = _line_encoder.encode(ResultLine(cid, SucceededResult(message))) + b"\n"
+        return line
 
     @staticmethod
-    def _errored(custom_id: str, error_type: str, message: str, buf: bytearray) -> None:
+    def _errored(custom_id: str, error_type: str, message: str) -> bytes:
         error = ErrorResponse(error=ErrorDetail(type=error_type, message=message))
-        _line_encoder.encode_into(ResultLine(custom_id, ErroredResult(error)), buf, -1)
-        buf += b"\n"
+        return _line_encoder.encode(ResultLine(custom_id, ErroredResult(error))) + b"\n"
 
     # ------------------------------------------------------------------ admin
 

@@ -199,3 +199,23 @@ async def test_a_bad_call_leaves_an_ended_batch_intact(
         await client.post("/v1/messages/batches", content=b"{")
         await client.post("/v1/messages/batches", json={"requests": []})
         assert await result_types(client, bid) == before
+
+
+async def test_a_body_spooled_to_disk_gives_the_same_results(
+    make_app: Callable[..., EmulatorApp],
+) -> None:
+    # The latest batch is processed from memory; an older one from its spooled body.
+    # Both ways must give the same bytes, and leave no body file behind.
+    outputs: list[bytes] = []
+    for spooled in (False, True):
+        app = make_app(batch_seconds=0.0, seed=3)
+        async with asgi_client(app) as client:
+            bid = await create(client, batch_body(40))
+            if spooled:
+                await create(client, batch_body(5, prefix="other"))
+                assert (app.state.data_dir / "batches" / f"{bid}.body.json").exists()
+            await get(client, bid)
+            outputs.append((await client.get(f"/v1/messages/batches/{bid}/results")).content)
+            assert not (app.state.data_dir / "batches" / f"{bid}.body.json").exists()
+    assert outputs[0] == outputs[1]
+    assert len(lines(outputs[0])) == 40

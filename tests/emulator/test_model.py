@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from pipeline.api._types import MessageCreateParams
-from pipeline.emulator._model import reply_text, respond
+from pipeline.api._types import MessageCreateParams, ResultLine, SucceededResult
+from pipeline.emulator._model import reply_text, respond, result_line
 
 from .conftest import params
 
@@ -74,3 +74,26 @@ def test_forced_tool_use() -> None:
         assert block["id"].startswith("toolu_")
         assert block["input"] == {"city": "value", "days": 1, "unit": "c"}
     assert answer(tools=[tool], tool_choice={"type": "auto"}).stop_reason == "end_turn"
+
+
+def test_result_line_is_the_encoded_answer() -> None:
+    # The store writes result_line's bytes; they must be exactly what encoding the
+    # full answer gives, for every shape of text answer.
+    cases: list[dict[str, Any]] = [
+        {"text": "tell me"},
+        {"text": "tell me", "max_tokens": 1},
+        {"text": "tell me", "stop_sequences": [reply_text("tell me")[1], "zzz"]},
+        {"text": "tell me", "stop_sequences": ["zzz"]},
+        {"text": 'é 東京 "quote" \\ \n', "system": "be brief", "temperature": 0.5},
+        {"text": "x", "system": [{"type": "text", "text": "sys"}]},
+        {"text": "w", "tools": [{"name": "t", "input_schema": {"type": "object"}}]},
+        {"text": "w", "tools": [{"name": "t"}], "tool_choice": {"type": "auto"}},
+    ]
+    for case in cases:
+        raw = msgspec.json.encode(params(**case))
+        decoded = msgspec.json.decode(raw, type=MessageCreateParams)
+        expected = msgspec.json.encode(ResultLine("id-1", SucceededResult(respond(decoded, raw))))
+        assert result_line("id-1", decoded, raw) == expected + b"\n", case
+    forced = params(tools=[{"name": "t"}], tool_choice={"type": "any"})
+    raw = msgspec.json.encode(forced)
+    assert result_line("id-1", msgspec.json.decode(raw, type=MessageCreateParams), raw) is None
