@@ -138,23 +138,29 @@ async def test_kill_during_a_results_download_resumes_without_duplicates(
     await assert_exactly_once(emulator, tmp_path, ids)
 
 
-def forget_creates(state: Path, how_many: int) -> list[tuple[int, str]]:
-    """Make the ledger forget the batch id of ``how_many`` created batches of the
-    same size, as if the worker had died between the POST and its commit."""
+def forget_creates(
+    state: Path, how_many: int, states: tuple[str, ...] = ("created",)
+) -> list[tuple[int, str]]:
+    """Make the ledger forget the batch id of ``how_many`` batches of the same size
+    in ``states`` (created, or also already ended), as if the worker had died
+    between the POST and its commit."""
+    marks = ", ".join("?" * len(states))
     with sqlite3.connect(state) as conn:
         rows = conn.execute(
-            "SELECT local_id, batch_id, request_count FROM batches WHERE state = 'created' "
-            "AND request_count = 100 ORDER BY local_id LIMIT ?",
-            (how_many,),
+            "SELECT local_id, batch_id, request_count, state FROM batches "
+            f"WHERE state IN ({marks}) AND request_count = 100 ORDER BY local_id LIMIT ?",
+            (*states, how_many),
         ).fetchall()
         assert len(rows) == how_many
-        for local_id, _, count in rows:
+        for local_id, _, count, was in rows:
             conn.execute(
                 "UPDATE batches SET state = 'sending', batch_id = NULL WHERE local_id = ?",
                 (local_id,),
             )
             conn.execute("UPDATE counters SET value = value - ? WHERE name = 'submitted'", (count,))
-    return [(local_id, batch_id) for local_id, batch_id, _ in rows]
+            if was == "ended":
+                conn.execute("UPDATE counters SET value = value - ? WHERE name = 'ended'", (count,))
+    return [(local_id, batch_id) for local_id, batch_id, _, _ in rows]
 
 
 async def kill_with_creates_settled(url: str, tmp: Path, key: str, n: int) -> None:
@@ -194,7 +200,8 @@ async def test_an_undecidable_create_fails_loudly_then_the_user_settles_it(
 ) -> None:
     ids, _ = write_input(tmp_path / "in.jsonl", 1000, prefix="ambi")
     await kill_with_creates_settled(emulator, tmp_path, "ambi", 2)
-    forgotten = forget_creates(tmp_path / "job.state", 2)
+    # one of the two may have ended already when the worker was killed
+    forgotten = forget_creates(tmp_path / "job.state", 2, ("created", "ended"))
     before = await submissions(emulator)
     worker = start_worker(emulator, tmp_path, api_key="ambi")
     _, err = worker.communicate(timeout=60)

@@ -108,6 +108,12 @@ class ClaimResult(msgspec.Struct):
     local_id: int
     #: indices (into the claimed entries) that were duplicates and became rejects
     duplicates: list[int]
+    #: indices of entries the job already holds from this very source line (read
+    #: again after a restart): accounted for already, neither sent nor rejected
+    skipped: list[int] = msgspec.field(default_factory=list)
+    #: rejects newly recorded (given and duplicates); a reject of a source line
+    #: read again after a restart is recorded once
+    rejected: int = 0
 
 
 class ResumeState(msgspec.Struct, kw_only=True):
@@ -164,13 +170,14 @@ class Ledger(Protocol):
         """Record a batch intent with its entries (retries, ``attempt > 1``, move back
         from the spool), the rejects before them, and the source checkpoint (byte
         offset ``checkpoint`` after input line ``line``). Entries whose custom_id the
-        job already holds are returned as duplicates and recorded as rejects."""
+        job already holds are returned as duplicates and recorded as rejects, unless
+        the job holds it from the same source line (read again after a restart):
+        those come back as ``skipped``. Recording a reject is idempotent."""
         ...
 
-    async def record_rejects(
-        self, rejects: Sequence[Reject], *, checkpoint: int, line: int
-    ) -> None:
-        """Record rejects with no batch (e.g. the tail of the input) and the checkpoint."""
+    async def record_rejects(self, rejects: Sequence[Reject], *, checkpoint: int, line: int) -> int:
+        """Record rejects with no batch (e.g. the tail of the input) and the
+        checkpoint; how many were new (a line read again is recorded once)."""
         ...
 
     async def record_sending(self, local_id: int, *, body_bytes: int, sent_at: float) -> None: ...

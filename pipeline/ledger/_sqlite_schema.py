@@ -35,13 +35,14 @@ __all__ = (
 )
 
 #: Bumped on any incompatible change of the tables below.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APP_TAG = "pipeline-ledger"
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- state: claimed (in batch local_id), spooled (waiting in spool to be re-sent),
--- rejected (its batch was refused), written (its final line is in the output).
+-- rejected (its batch was refused). What a batch has written to the output is not
+-- marked per row (an UPDATE per result line): see ``written`` below.
 -- attempt: that of the current submission; for a spooled request, of the next.
 -- offset/length: where to read it back from the source file; raw when no file.
 -- No index on local_id (it would cost a quarter of a claim): the rows of a claim
@@ -69,6 +70,11 @@ CREATE TABLE batches(
     first_row INTEGER NOT NULL DEFAULT 0,
     last_row INTEGER NOT NULL DEFAULT -1
 );
+-- The custom_ids a batch has written to the output, one JSON array per
+-- ``commit_results``; dropped when the batch is collected (so bounded by the
+-- batches in flight). ``unwritten`` subtracts them from the batch's claimed rows.
+CREATE TABLE written(seq INTEGER PRIMARY KEY, local_id INTEGER NOT NULL, ids TEXT NOT NULL);
+CREATE INDEX written_batch ON written(local_id);
 CREATE TABLE rejects(
     seq INTEGER PRIMARY KEY,
     line INTEGER NOT NULL,
@@ -76,6 +82,8 @@ CREATE TABLE rejects(
     type TEXT NOT NULL,
     message TEXT NOT NULL
 );
+-- A source line read again after a restart is rejected once, not twice.
+CREATE UNIQUE INDEX rejects_once ON rejects(line, coalesce(custom_id, ''), type, message);
 CREATE TABLE sinks(name TEXT PRIMARY KEY, offset INTEGER NOT NULL, count INTEGER NOT NULL);
 CREATE TABLE spool(seq INTEGER PRIMARY KEY AUTOINCREMENT, custom_id TEXT NOT NULL UNIQUE);
 CREATE TABLE checkpoint(id INTEGER PRIMARY KEY CHECK (id = 0), offset INTEGER NOT NULL,
@@ -86,7 +94,17 @@ INSERT INTO counters VALUES ('submitted', 0), ('ended', 0), ('written', 0);
 INSERT INTO sinks VALUES ('output', 0, 0), ('rejects', 0, 0);
 """
 TABLES = frozenset(
-    {"meta", "requests", "batches", "rejects", "sinks", "spool", "checkpoint", "counters"}
+    {
+        "meta",
+        "requests",
+        "batches",
+        "written",
+        "rejects",
+        "sinks",
+        "spool",
+        "checkpoint",
+        "counters",
+    }
 )
 
 _IN_FLIGHT = ("intent", "sending", "created", "ended")

@@ -120,10 +120,10 @@ class Submitter:
         """Claim, send and record one chunk; the batches created."""
         progress = self.progress
         if not chunk.entries:
-            await self.ledger.record_rejects(
+            added = await self.ledger.record_rejects(
                 chunk.rejects, checkpoint=chunk.checkpoint, line=chunk.line
             )
-            progress.note_rejects(len(chunk.rejects))
+            progress.note_rejects(added)
             return []
         claim = await self.ledger.claim(
             chunk.entries, chunk.rejects, checkpoint=chunk.checkpoint, line=chunk.line
@@ -137,11 +137,11 @@ class Submitter:
         progress.retry_unclaimed -= retries
         progress.spooled -= retries
         entries = chunk.entries
-        if claim.duplicates:
-            dropped = set(claim.duplicates)
+        if claim.duplicates or claim.skipped:
+            dropped = {*claim.duplicates, *claim.skipped}
             entries = [e for i, e in enumerate(entries) if i not in dropped]
             self._resolved(len(dropped))
-        progress.note_rejects(len(chunk.rejects) + len(claim.duplicates))
+        progress.note_rejects(claim.rejected)
         progress.estimated_cost_usd += sum(e.cost_usd for e in entries)
         progress.changed()
         if not entries:

@@ -78,6 +78,22 @@ async def test_a_newer_schema_version_is_refused(state_path: Path) -> None:
         await SQLiteLedger(state_path).open(JOB)
 
 
+async def test_a_state_file_of_the_previous_schema_is_refused_untouched(
+    state_path: Path,
+) -> None:
+    """Version 1 marked written requests per row and had no ``written`` table."""
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    await led.aclose()
+    with sqlite3.connect(state_path) as conn:
+        conn.execute("DROP TABLE written")
+        conn.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+    before = snapshot(state_path)
+    with pytest.raises(LedgerError, match="has schema version 1; this pipeline reads version 2"):
+        await SQLiteLedger(state_path).open(JOB)
+    assert snapshot(state_path) == before
+
+
 async def test_a_damaged_state_is_refused(state_path: Path) -> None:
     led = SQLiteLedger(state_path)
     await led.open(JOB)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline._errors import UsageError
-from pipeline.ledger import SinkPosition, SQLiteLedger
+from pipeline.ledger import SinkPosition, SQLiteLedger, read_status
 
 from .conftest import JOB, entry, reject
 
@@ -68,6 +69,27 @@ async def test_claim_of_only_duplicates_records_no_batch(ledger: SQLiteLedger) -
     assert result.local_id == 0
     assert result.duplicates == [0]
     assert len((await ledger.status()).batches) == 1
+
+
+async def test_lines_read_again_after_a_restart_are_skipped_and_rejected_once(
+    ledger: SQLiteLedger,
+) -> None:
+    # the first run claimed lines 2 and 4 past a line still held (1), and rejected 3
+    first = await ledger.claim([entry(2), entry(4)], [reject(3)], checkpoint=0, line=0)
+    assert first.rejected == 1
+    # the restart reads from the checkpoint again: 1 is new, 2 and 4 are accounted for
+    again = await ledger.claim(
+        [entry(1), entry(2), entry(4), entry(5, cid="req-2")], [reject(3)], checkpoint=500, line=5
+    )
+    assert again.skipped == [1, 2]
+    assert again.duplicates == [3]  # the same custom_id on another line is a duplicate
+    assert again.rejected == 1  # the duplicate; line 3's reject was recorded already
+    assert await ledger.record_rejects([reject(3)], checkpoint=500, line=5) == 0
+    rejects = await ledger.rejects_after(0, 10)
+    assert [(r.line, r.custom_id) for r in rejects] == [(3, None), (5, "req-2")]
+    status = await ledger.status()
+    assert [b.request_count for b in status.batches] == [2, 1]
+    assert status.rejected == 2
 
 
 async def test_batch_life_cycle_and_counters_survive_reopen(ledger: SQLiteLedger) -> None:
@@ -230,6 +252,34 @@ async def test_unwritten_lists_what_a_redownload_still_owes(ledger: SQLiteLedger
     )
     ids = ["req-1", "req-2", "req-3", "req-4"]
     assert sorted(await ledger.unwritten(local, ids)) == ["req-2", "req-4"]
+
+
+async def test_written_ids_survive_reopen_and_are_dropped_once_collected(
+    state_path: Path,
+) -> None:
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    local = (await led.claim([entry(n) for n in range(1, 6)], [], checkpoint=500, line=5)).local_id
+    await led.record_created(local, "msgbatch_1")
+    await led.record_ended(local)
+    for n, cid in enumerate(["req-4", "req-1"], start=1):  # two commits, in any order
+        await led.commit_results(
+            local, output=SinkPosition(100 * n, n), written=1, written_ids=[cid]
+        )
+    await led.commit_results(local, output=SinkPosition(200, 2), written=0, spool=["req-5"])
+    led = await reopen(led)
+    state = await led.open(JOB)
+    assert [b.results_written for b in state.batches] == [2]
+    ids = ["req-1", "req-2", "req-3", "req-4", "req-5", "req-9"]
+    assert await led.unwritten(local, ids) == ["req-2", "req-3"]  # in the order asked
+    await led.commit_results(
+        local, output=SinkPosition(400, 4), written=2, done=True, written_ids=["req-2", "req-3"]
+    )
+    assert await led.unwritten(local, ids) == []  # a collected batch owes nothing
+    await led.aclose()
+    with sqlite3.connect(state_path) as conn:
+        assert conn.execute("SELECT count(*) FROM written").fetchone() == (0,)
+    assert (await read_status(state_path)).written == 4
 
 
 async def test_rejects_after_pages_in_order(ledger: SQLiteLedger) -> None:

@@ -1,0 +1,95 @@
+"""The dry run lets checked shapes flow past a shape still being checked. A crash
+while entries are held must still lose nothing and pay nothing twice: the source
+checkpoint never passes a held entry, and lines read again after a restart that
+were already accounted for are skipped, not rejected as duplicates."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from pipeline._config import PipelineConfig
+from pipeline._pipeline import Pipeline
+from pipeline.api._client import Client
+from pipeline.testing import EmulatorConfig, serve_emulator
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+HAIKU = "claude-3-haiku-20240307"
+SONNET = "claude-3-5-sonnet-20241022"
+CONFIG = PipelineConfig(
+    max_batch_requests=5,
+    max_in_flight=100,
+    linger_seconds=0.01,
+    poll_interval=0.01,
+    max_poll_interval=0.05,
+    dry_run="count-tokens",
+)
+
+
+class HeldClient(Client):
+    """A real client whose count_tokens for one model waits until released."""
+
+    def __init__(self, *, hold_model: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hold_model = hold_model
+        self.holding = anyio.Event()
+
+    async def count_tokens(self, params: bytes) -> int:
+        if self.hold_model.encode() in params:
+            self.holding.set()
+            await anyio.sleep_forever()
+        return await super().count_tokens(params)
+
+
+def line(cid: str, model: str) -> bytes:
+    return msgspec.json.encode(
+        {
+            "custom_id": cid,
+            "params": {
+                "model": model,
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": f"about {cid}"}],
+            },
+        }
+    )
+
+
+async def test_a_crash_while_a_shape_is_held_loses_nothing_and_pays_once(tmp_path: Path) -> None:
+    # line 1: the held shape; then 20 entries of a checked shape and a bad line
+    lines = [line("held-1", SONNET)]
+    lines += [line(f"ok-{i:02d}", HAIKU) for i in range(20)]
+    lines.insert(10, b"{not json")
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    paths = (tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "rejects.jsonl")
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
+        async with HeldClient(hold_model=SONNET, api_key="k", base_url=emu.url) as client:
+            pipeline = Pipeline(*paths, config=CONFIG, client=client)
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pipeline.run)
+                    with anyio.fail_after(20):
+                        await client.holding.wait()
+                        # the checked shape flows past the held one and is paid for
+                        while len(emu.submissions()) < 20:
+                            await anyio.sleep(0.01)
+                        while pipeline.statistics().written < 20:
+                            await anyio.sleep(0.01)
+                    scope.cancel()  # the crash: nothing graceful happens
+        assert sorted(emu.submissions()) == sorted(f"ok-{i:02d}" for i in range(20))
+
+        async with Client(api_key="k", base_url=emu.url) as client:
+            with anyio.fail_after(20):
+                stats = await Pipeline(*paths, config=CONFIG, client=client).run()
+        assert stats.finished
+        submissions = emu.submissions()
+    assert sorted(submissions.items()) == sorted(
+        [("held-1", 1)] + [(f"ok-{i:02d}", 1) for i in range(20)]
+    )
+    out = [msgspec.json.decode(x)["custom_id"] for x in paths[1].read_bytes().splitlines()]
+    assert sorted(out) == sorted(["held-1"] + [f"ok-{i:02d}" for i in range(20)])
+    rejects = [msgspec.json.decode(x) for x in paths[2].read_bytes().splitlines()]
+    assert [(r["line"], r["error"]["type"]) for r in rejects] == [(11, "invalid_json")]
