@@ -136,7 +136,7 @@ def decode_error_message(exc: msgspec.DecodeError, prefix: str = "") -> str:
         path = match.group(1)
         text = text[: match.start()]
     tag = _INVALID_TAG.match(text)
-    if text.startswith(("Input data was truncated", "JSON is malformed")):
+    if text.startswith(("Input data was truncated", "JSON is malformed", "Invalid UTF-8")):
         text = "not valid JSON: " + text[0].lower() + text[1:]
     elif tag and path.endswith(".type"):
         text = f'unknown {_tag_kind(path)} type "{tag.group(1)}"'
@@ -267,7 +267,7 @@ def _check_entry_full(
         entry = _entry_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         return SchemaError(_salvage_custom_id(raw), decode_error_message(exc))
-    except UnicodeDecodeError as exc:  # msgspec lets a string's bad UTF-8 through as is
+    except UnicodeDecodeError as exc:  # msgspec < 0.23 lets a string's bad UTF-8 through
         return SchemaError(_salvage_custom_id(raw), f"not valid JSON: invalid UTF-8: {exc}")
     params = entry.params
     kinds: set[type] = set()
