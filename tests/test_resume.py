@@ -173,7 +173,9 @@ async def kill_with_creates_settled(url: str, tmp: Path, key: str, n: int) -> No
         worker.send_signal(signal.SIGSTOP)
         status = await status_of(tmp / "job.state")
         assert status is not None
-        if all(b.state not in ("intent", "sending") for b in status.batches):
+        settled = all(b.state not in ("intent", "sending") for b in status.batches)
+        # still at least n not yet collected (they may have ended meanwhile)
+        if settled and sum(b.state in ("created", "ended") for b in status.batches) >= n:
             break
         worker.send_signal(signal.SIGCONT)
         await anyio.sleep(0.005)

@@ -94,16 +94,16 @@ _SPOOLED = "spooled"
 _encode = msgspec.json.encode
 
 _SELECT_KNOWN = (
-    "SELECT r.custom_id, r.line, r.state FROM json_each(?) AS j "
+    "SELECT r.custom_id, json_extract(r.loc, '$[0]'), r.state FROM json_each(?) AS j "
     "JOIN requests AS r ON r.custom_id = j.value"
 )
-_INSERT_REQUEST = "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, 'claimed')"
-#: file-backed rows in one statement: [custom_id, line, offset, length, attempt] arrays
+_INSERT_REQUEST = "INSERT INTO requests VALUES (?, ?, ?, ?, ?, 'claimed')"
+#: first file-backed rows in one statement: a JSON object {custom_id: [line, offset,
+#: length]}, each member inserted as is (no per-field extraction)
 _INSERT_REQUESTS_JSON = (
-    "INSERT INTO requests SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-    "json_extract(value, '$[2]'), json_extract(value, '$[3]'), NULL, "
-    "json_extract(value, '$[4]'), ?, 'claimed' FROM json_each(?)"
+    "INSERT INTO requests SELECT key, value, NULL, 1, ?, 'claimed' FROM json_each(?)"
 )
+_LINE = "json_extract(loc, '$[0]')"
 _DELETE_REQUEST = "DELETE FROM requests WHERE custom_id = ?"
 _IN_BATCH = "rowid BETWEEN ? AND ? AND local_id = ? AND state = 'claimed'"
 _UNSPOOL = "DELETE FROM spool WHERE custom_id = ?"
@@ -356,8 +356,8 @@ class SQLiteLedger:
             _expect(c, local_id, ("intent", "sending"))
             where = (*_rows(c, local_id), local_id)
             c.execute(
-                "INSERT OR IGNORE INTO rejects(line, custom_id, type, message) SELECT line, custom_id, ?, ? "
-                f"FROM requests WHERE {_IN_BATCH} ORDER BY line",
+                "INSERT OR IGNORE INTO rejects(line, custom_id, type, message) "
+                f"SELECT {_LINE}, custom_id, ?, ? FROM requests WHERE {_IN_BATCH} ORDER BY 1",
                 (error_type, message, *where),
             )
             c.execute(f"UPDATE requests SET state = 'rejected' WHERE {_IN_BATCH}", where)
@@ -373,7 +373,7 @@ class SQLiteLedger:
             where = (*_rows(c, local_id), local_id)
             c.execute(
                 "INSERT INTO spool(custom_id) SELECT custom_id FROM requests "
-                f"WHERE {_IN_BATCH} ORDER BY line",
+                f"WHERE {_IN_BATCH} ORDER BY {_LINE}",
                 where,
             )
             c.execute(f"UPDATE requests SET state = 'spooled' WHERE {_IN_BATCH}", where)
@@ -511,12 +511,16 @@ class SQLiteLedger:
 
         def tx(c: sqlite3.Connection) -> list[SpoolItem]:
             rows = c.execute(
-                "SELECT r.custom_id, r.line, r.attempt, r.offset, r.length, r.raw, s.seq "
+                "SELECT r.custom_id, r.loc, r.attempt, r.raw, s.seq "
                 "FROM spool AS s JOIN requests AS r ON r.custom_id = s.custom_id "
                 "WHERE s.seq > ? ORDER BY s.seq LIMIT ?",
                 (after, limit),
             )
-            return [SpoolItem(*row) for row in rows]
+            items = []
+            for cid, loc, attempt, raw, seq in rows:
+                line, offset, length = _decode_loc(loc)
+                items.append(SpoolItem(cid, line, attempt, offset, length, raw, seq))
+            return items
 
         return await self._run(tx)
 
@@ -569,13 +573,18 @@ def _claim(
     line: int,
 ) -> ClaimResult:
     # One lookup of every claimed custom_id; the dict holds one claim, not the job.
-    known = {row[0]: (row[1], row[2]) for row in c.execute(_SELECT_KNOWN, (_known_ids(entries),))}
+    # in key order: the lookups walk the custom_id B-tree once, left to right
+    ids = sorted([e.custom_id for e in entries])
+    known = {row[0]: (row[1], row[2]) for row in c.execute(_SELECT_KNOWN, (_encode(ids),))}
     seen: dict[str, int] = {}
     fresh: list[Entry] = []
     retries: list[Entry] = []
     duplicates: list[int] = []
     skipped: list[int] = []
     dup_rows: list[tuple[int, str | None, str, str]] = []
+    if not known and len(set(ids)) == len(ids):
+        fresh = list(entries)  # the common case: all new, no need to look at each
+        entries = ()
     for i, e in enumerate(entries):
         cid = e.custom_id
         prev = known.get(cid)
@@ -619,28 +628,34 @@ def _insert_rejects(c: sqlite3.Connection, rows: list[tuple[int, str | None, str
 
 
 def _insert_requests(c: sqlite3.Connection, entries: list[Entry], local_id: int) -> None:
-    """File-backed rows as one JSON array (parsed by SQLite, no per-row binding),
-    rows that carry their bytes by ``executemany``."""
-    from_file = [
-        (e.custom_id, e.line, e.offset, e.end - e.offset, e.attempt)
+    """First attempts of file-backed entries as one JSON object (parsed by SQLite, no
+    per-row binding), the others (retries, rows that carry their bytes) by
+    ``executemany``."""
+    fresh = [
+        (e.custom_id, (e.line, e.offset, e.end - e.offset))
         for e in entries
-        if e.offset >= 0 and e.end > e.offset
+        if e.attempt == 1 and e.offset >= 0 and e.end > e.offset
     ]
-    from_file.sort()  # by custom_id: the index inserts walk the B-tree once, in order
-    if from_file:
-        c.execute(_INSERT_REQUESTS_JSON, (local_id, _encode(from_file)))
-    if len(from_file) < len(entries):
-        carried = [
-            (e.custom_id, e.line, e.offset, len(e.raw), e.raw, e.attempt, local_id)
+    fresh.sort()  # by custom_id: the index inserts walk the B-tree once, in order
+    if fresh:
+        c.execute(_INSERT_REQUESTS_JSON, (local_id, _encode(dict(fresh))))
+    if len(fresh) < len(entries):
+        other = [
+            (e.custom_id, _encode(_loc(e)), None if e.end > e.offset >= 0 else e.raw, e.attempt)
             for e in entries
-            if not (e.offset >= 0 and e.end > e.offset)
+            if not (e.attempt == 1 and e.offset >= 0 and e.end > e.offset)
         ]
-        carried.sort(key=_first)
-        c.executemany(_INSERT_REQUEST, carried)
+        other.sort()
+        c.executemany(_INSERT_REQUEST, [(*row, local_id) for row in other])
 
 
-def _first(row: tuple[str, int, int, int, bytes, int, int]) -> str:
-    return row[0]
+def _loc(e: Entry) -> tuple[int, int, int]:
+    if e.offset >= 0 and e.end > e.offset:
+        return (e.line, e.offset, e.end - e.offset)
+    return (e.line, e.offset, len(e.raw))
+
+
+_decode_loc = msgspec.json.Decoder(tuple[int, int, int]).decode
 
 
 def _max_row(c: sqlite3.Connection) -> int:
@@ -654,11 +669,6 @@ def _rows(c: sqlite3.Connection, local_id: int) -> tuple[int, int]:
         "SELECT first_row, last_row FROM batches WHERE local_id = ?", (local_id,)
     ).fetchone()
     return int(first), int(last)
-
-
-def _known_ids(entries: Sequence[Entry]) -> bytes:
-    # In key order: the lookups walk the custom_id B-tree once, left to right.
-    return _encode(sorted([e.custom_id for e in entries]))
 
 
 def _new_intent(c: sqlite3.Connection, count: int, first: int, last: int) -> int:

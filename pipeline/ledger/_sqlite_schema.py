@@ -44,15 +44,16 @@ CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- rejected (its batch was refused). What a batch has written to the output is not
 -- marked per row (an UPDATE per result line): see ``written`` below.
 -- attempt: that of the current submission; for a spooled request, of the next.
--- offset/length: where to read it back from the source file; raw when no file.
+-- loc: the JSON array [line, offset, length]: its source line, and where to read
+-- it back from the source file (raw when there is no file). One column, not three:
+-- a claim inserts each object member of one JSON text as is (key: custom_id,
+-- value: loc), with no per-field extraction, about 3x cheaper per request.
 -- No index on local_id (it would cost a quarter of a claim): the rows of a claim
 -- get consecutive rowids (a retry's row is deleted and inserted anew), and each
 -- batch keeps that range (first_row..last_row) to find its requests.
 CREATE TABLE requests(
     custom_id TEXT PRIMARY KEY,
-    line INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    length INTEGER NOT NULL,
+    loc TEXT NOT NULL,
     raw BLOB,
     attempt INTEGER NOT NULL,
     local_id INTEGER NOT NULL,

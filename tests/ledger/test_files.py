@@ -198,7 +198,9 @@ async def test_kill_in_the_middle_of_writes_leaves_whole_transactions(state_path
             "SELECT b.request_count, count(r.custom_id) FROM batches b "
             "LEFT JOIN requests r ON r.local_id = b.local_id GROUP BY b.local_id"
         ).fetchall()
-        total = conn.execute("SELECT count(*), max(line) FROM requests").fetchone()
+        total = conn.execute(
+            "SELECT count(*), max(json_extract(loc, '$[0]')) FROM requests"
+        ).fetchone()
     assert all(want == have == 500 for want, have in per_batch)
     assert total == (state.source_line, state.source_line)
     assert len(state.pending_intents) == state.source_line // 500
