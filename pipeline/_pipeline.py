@@ -331,7 +331,7 @@ class Pipeline:
         p.spooled = resume.spooled
         p.rejected = resume.rejects.count
         p.written = resume.output.count
-        p.read = resume.source_line
+        p.read = p.accounted_line = resume.source_line
         batches = [(b, b.request_count - b.results_written) for b in resume.batches]
         if resume.pending_intents:
             from .ledger._reconcile import reconcile

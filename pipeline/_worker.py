@@ -34,11 +34,12 @@ from ._errors import UsageError
 from ._pipeline import Pipeline
 from ._ux import announce, run_with_progress
 from .stages._items import RawLine
-from .stages.watch import DEFAULT_WATCH_INTERVAL, watch_source
+from .stages.watch import DEFAULT_WATCH_INTERVAL, TakenFiles, watch_source
 
 if TYPE_CHECKING:
     import argparse
     import os
+    from contextlib import AsyncExitStack
 
     from anyio.abc import ObjectSendStream
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -106,6 +107,8 @@ class WatchPipeline(Pipeline):
         self.pattern = pattern
         self.poll_interval = poll_interval
         super().__init__(self._watch, output, rejects, **kwargs)
+        #: files read, renamed ``.done`` once the ledger accounts for their lines
+        self._taken = TakenFiles(accounted=lambda: self._progress.accounted_line)
 
     def __repr__(self) -> str:
         return f"WatchPipeline(directory={str(self.directory)!r}, output={self._output!r})"
@@ -121,7 +124,14 @@ class WatchPipeline(Pipeline):
             poll_interval=self.poll_interval,
             stop_event=stop,
             start_line=start_line,
+            taken=self._taken,
         )
+
+    async def _run(self, stack: AsyncExitStack) -> None:
+        # the last files' lines are claimed after the source stopped: settle them
+        # once the job is over (the stack unwinds after the last claim)
+        stack.callback(self._taken.settle)
+        await super()._run(stack)
 
 
 #: How often a queue source waiting for items looks at the stop flag, in seconds.

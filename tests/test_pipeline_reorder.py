@@ -93,3 +93,54 @@ async def test_a_crash_while_a_shape_is_held_loses_nothing_and_pays_once(tmp_pat
     assert sorted(out) == sorted(["held-1"] + [f"ok-{i:02d}" for i in range(20)])
     rejects = [msgspec.json.decode(x) for x in paths[2].read_bytes().splitlines()]
     assert [(r["line"], r["error"]["type"]) for r in rejects] == [(11, "invalid_json")]
+
+
+async def test_a_watched_file_stays_taken_until_the_ledger_holds_all_its_lines(
+    tmp_path: Path,
+) -> None:
+    from pipeline._worker import WatchPipeline
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    lines = [line("held-1", SONNET)] + [line(f"ok-{i:02d}", HAIKU) for i in range(20)]
+    lines.insert(10, b"{not json")
+    (inbox / "a.jsonl.tmp").write_bytes(b"\n".join(lines) + b"\n")
+    (inbox / "a.jsonl.tmp").rename(inbox / "a.jsonl")
+    out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
+
+    def make(client: Client) -> WatchPipeline:
+        return WatchPipeline(inbox, out, rejects, poll_interval=0.01, config=CONFIG, client=client)
+
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
+        async with HeldClient(hold_model=SONNET, api_key="k", base_url=emu.url) as client:
+            pipeline = make(client)
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pipeline.run)
+                    with anyio.fail_after(20):
+                        await client.holding.wait()
+                        while pipeline.statistics().written < 20:
+                            await anyio.sleep(0.01)
+                    # every line was read and most were paid for, but line 1 is
+                    # held: the file is not done, whatever happens next
+                    assert [p.name for p in inbox.iterdir()] == ["a.jsonl.from-1.reading"]
+                    scope.cancel()  # the crash
+        assert [p.name for p in inbox.iterdir()] == ["a.jsonl.from-1.reading"]
+
+        async with Client(api_key="k", base_url=emu.url) as client:
+            pipeline = make(client)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pipeline.run)
+                with anyio.fail_after(20):
+                    while pipeline.statistics().written < 21:
+                        await anyio.sleep(0.01)
+                pipeline.stop()
+        submissions = emu.submissions()
+    assert [p.name for p in inbox.iterdir()] == ["a.jsonl.done"]
+    assert sorted(submissions.items()) == sorted(
+        [("held-1", 1)] + [(f"ok-{i:02d}", 1) for i in range(20)]
+    )
+    written = [msgspec.json.decode(x)["custom_id"] for x in out.read_bytes().splitlines()]
+    assert sorted(written) == sorted(["held-1"] + [f"ok-{i:02d}" for i in range(20)])
+    found = [msgspec.json.decode(x) for x in rejects.read_bytes().splitlines()]
+    assert [(r["line"], r["error"]["type"]) for r in found] == [(11, "invalid_json")]

@@ -181,6 +181,9 @@ class Progress:
         self.written = 0
         self.outstanding = 0
         self.spooled = 0
+        #: the last source line the ledger accounts for (its checkpoint: every line
+        #: up to it is claimed or rejected), for sources that must know (watch)
+        self.accounted_line = 0
         #: entries the retry feeder sent that no claim has taken yet (their ids:
         #: one round, at most ``max_batch_requests``)
         self.retry_unclaimed = 0

@@ -124,6 +124,7 @@ class Submitter:
                 chunk.rejects, checkpoint=chunk.checkpoint, line=chunk.line
             )
             progress.note_rejects(added)
+            progress.accounted_line = max(progress.accounted_line, chunk.line)
             return []
         claim = await self.ledger.claim(
             chunk.entries, chunk.rejects, checkpoint=chunk.checkpoint, line=chunk.line
@@ -142,6 +143,7 @@ class Submitter:
             entries = [e for i, e in enumerate(entries) if i not in dropped]
             self._resolved(len(dropped))
         progress.note_rejects(claim.rejected)
+        progress.accounted_line = max(progress.accounted_line, chunk.line)
         progress.estimated_cost_usd += sum(e.cost_usd for e in entries)
         progress.changed()
         if not entries:

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from pipeline.stages._items import RawLine
-from pipeline.stages.watch import pending_files, watch_source
+from pipeline.stages.watch import TakenFiles, pending_files, watch_source
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -136,9 +136,61 @@ async def test_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         await watch_source(send, directory=tmp_path / "nope", stop_event=anyio.Event())
 
 
-def test_a_file_claimed_by_a_crashed_run_is_taken_again_first(tmp_path: Path) -> None:
+def test_files_claimed_by_a_crashed_run_are_taken_again_first(tmp_path: Path) -> None:
     _write(tmp_path / "new.jsonl", "{}\n", mtime=1_000_000)
-    _write(tmp_path / "half.jsonl.reading", "{}\n", mtime=2_000_000)
+    _write(tmp_path / "later.jsonl.from-12.reading", "{}\n", mtime=1_500_000)
+    _write(tmp_path / "half.jsonl.from-3.reading", "{}\n", mtime=2_000_000)
     _write(tmp_path / "old.jsonl.done", "{}\n", mtime=500_000)
     names = [p.name for p in pending_files(tmp_path, "*.jsonl")]
-    assert names == ["half.jsonl.reading", "new.jsonl"]
+    # in the order their lines had (not by time), then the new ones
+    assert names == ["half.jsonl.from-3.reading", "later.jsonl.from-12.reading", "new.jsonl"]
+
+
+async def test_a_file_is_done_only_once_the_job_accounts_for_its_lines(tmp_path: Path) -> None:
+    _write(tmp_path / "a.jsonl", '{"n":1}\n{"n":2}\n', mtime=1_000_000)
+    accounted = [0]
+    send, receive = anyio.create_memory_object_stream[list[RawLine]](10)
+    stop, poller = anyio.Event(), Poller()
+    async with receive, anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: watch_source(
+                send,
+                directory=tmp_path,
+                stop_event=stop,
+                sleep=poller.sleep,
+                taken=TakenFiles(accounted=lambda: accounted[0]),
+            )
+        )
+        await poller.idle.wait()
+        assert _drain(receive) == [(1, b'{"n":1}'), (2, b'{"n":2}')]
+        # read, but its lines may still be waiting in the pipeline: a crash now
+        # must find it again
+        assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl.from-1.reading"]
+        accounted[0] = 1
+        await poller.again()
+        assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl.from-1.reading"]
+        accounted[0] = 2
+        await poller.again()
+        assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl.done"]
+        assert _drain(receive) == []
+        stop.set()
+        poller._wake.set()
+
+
+async def test_a_file_read_again_after_a_crash_keeps_its_line_numbers(tmp_path: Path) -> None:
+    # the crashed run numbered half's lines 4 and 5; its ledger accounts for line 4
+    _write(tmp_path / "half.jsonl.from-4.reading", '{"n":4}\n{"n":5}\n', mtime=2_000_000)
+    _write(tmp_path / "new.jsonl", '{"n":6}\n', mtime=3_000_000)
+    send, receive = anyio.create_memory_object_stream[list[RawLine]](10)
+    stop, poller = anyio.Event(), Poller()
+    async with receive, anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: watch_source(
+                send, directory=tmp_path, stop_event=stop, sleep=poller.sleep, start_line=4
+            )
+        )
+        await poller.idle.wait()
+        assert _drain(receive) == [(4, b'{"n":4}'), (5, b'{"n":5}'), (6, b'{"n":6}')]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["half.jsonl.done", "new.jsonl.done"]
+        stop.set()
+        poller._wake.set()
