@@ -254,10 +254,13 @@ def test_result_line_full_decode(benchmark: Any, result_lines: list[bytes]) -> N
 
 
 def test_results_route(benchmark: Any, result_lines: list[bytes]) -> None:
-    """pipeline.stages.results: decode each line into the routing view, decide
-    retryable or final, and count it (usage and cost), as ``_route`` does."""
+    """pipeline.stages.results: what ``ResultsCollector._route`` does per network
+    chunk of lines: decode each into the routing view, decide retryable or final,
+    and tally outcomes and token usage (priced once per chunk)."""
     collector_type = _need("pipeline.stages.results", "ResultsCollector")
-    decode = _need("pipeline.stages.results", "_decode")
+    decode_all = _need("pipeline.stages.results", "_decode_all")
+    tally_type = _need("pipeline.stages.results", "_Tally")
+    succeeded_type = _need("pipeline.stages.results", "_Succeeded")
     progress_type = _need("pipeline.stages._protocol", "Progress")
     config_type = _need("pipeline._config", "PipelineConfig")
 
@@ -276,14 +279,22 @@ def test_results_route(benchmark: Any, result_lines: list[bytes]) -> None:
         collector = loop.run_until_complete(make())
     finally:
         loop.close()
+    chunks = [result_lines[i : i + 200] for i in range(0, len(result_lines), 200)]
 
     def run() -> int:
         final = 0
-        for line in result_lines:
-            view = decode(line, "msgbatch_bench")
-            if not collector._retryable(view):
-                collector._count(view)
+        for chunk in chunks:
+            tally = tally_type()
+            for view in decode_all(chunk, "msgbatch_bench"):
+                result = view.result
+                if type(result) is succeeded_type:
+                    tally.succeeded(result.message)
+                elif collector._retryable(view):
+                    continue
+                else:
+                    tally.other(result)
                 final += 1
+            tally.add_to(collector.progress)
         return final
 
     _per_item(benchmark, run, len(result_lines))

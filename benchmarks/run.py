@@ -270,7 +270,7 @@ def run_one(
     command = _command(contender, input_path, output, url, workdir, args)
     if args.profile:
         profile = workdir / "profile.txt"
-        command = ["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking"] + [
+        command = ["py-spy", "record", "--format", "raw", "--rate", "1000", "--nonblocking"] + [
             "-o",
             str(profile),
             "--",

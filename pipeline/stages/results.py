@@ -221,12 +221,6 @@ class ResultsCollector:
         keep = [i for i in fresh if views[i].custom_id in owed]
         return [lines[i] for i in keep], [views[i] for i in keep]
 
-    def _count(self, view: _View) -> None:
-        """Count one final result (the per-line form of what ``_route`` does per chunk)."""
-        tally = _Tally()
-        tally.other(view.result)
-        tally.add_to(self.progress)
-
     def _retryable(self, view: _View) -> bool:
         result = view.result
         if isinstance(result, _Errored):
