@@ -58,41 +58,50 @@ def line(cid: str, model: str) -> bytes:
     )
 
 
+#: line 1: the held shape; then 20 entries of a checked shape, and a bad line 11
+LINES = [line("held-1", SONNET)] + [line(f"ok-{i:02d}", HAIKU) for i in range(20)]
+LINES.insert(10, b"{not json")
+EVERY_ID = ["held-1"] + [f"ok-{i:02d}" for i in range(20)]
+
+
+async def crash_while_held(pipeline: Pipeline, client: HeldClient, check: Any = None) -> None:
+    """Run until the checked shape has flowed past the held one and been written,
+    call ``check()``, then crash: cancel everything, nothing graceful happens."""
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pipeline.run)
+            with anyio.fail_after(20):
+                await client.holding.wait()
+                while pipeline.statistics().written < 20:
+                    await anyio.sleep(0.01)
+            if check is not None:
+                check()
+            scope.cancel()
+
+
+def assert_exactly_once(submissions: dict[str, int], out: Path, rejects: Path) -> None:
+    assert sorted(submissions.items()) == [(cid, 1) for cid in sorted(EVERY_ID)]
+    written = [msgspec.json.decode(x)["custom_id"] for x in out.read_bytes().splitlines()]
+    assert sorted(written) == sorted(EVERY_ID)
+    found = [msgspec.json.decode(x) for x in rejects.read_bytes().splitlines()]
+    assert [(r["line"], r["error"]["type"]) for r in found] == [(11, "invalid_json")]
+
+
 async def test_a_crash_while_a_shape_is_held_loses_nothing_and_pays_once(tmp_path: Path) -> None:
-    # line 1: the held shape; then 20 entries of a checked shape and a bad line
-    lines = [line("held-1", SONNET)]
-    lines += [line(f"ok-{i:02d}", HAIKU) for i in range(20)]
-    lines.insert(10, b"{not json")
-    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(LINES) + b"\n")
     paths = (tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "rejects.jsonl")
     async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
-        async with HeldClient(hold_model=SONNET, api_key="k", base_url=emu.url) as client:
-            pipeline = Pipeline(*paths, config=CONFIG, client=client)
-            with anyio.CancelScope() as scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(pipeline.run)
-                    with anyio.fail_after(20):
-                        await client.holding.wait()
-                        # the checked shape flows past the held one and is paid for
-                        while len(emu.submissions()) < 20:
-                            await anyio.sleep(0.01)
-                        while pipeline.statistics().written < 20:
-                            await anyio.sleep(0.01)
-                    scope.cancel()  # the crash: nothing graceful happens
-        assert sorted(emu.submissions()) == sorted(f"ok-{i:02d}" for i in range(20))
+        held = HeldClient(hold_model=SONNET, api_key="k", base_url=emu.url)
+        async with held:
+            await crash_while_held(Pipeline(*paths, config=CONFIG, client=held), held)
+        # the checked shape flowed past the held one and was paid for
+        assert sorted(emu.submissions()) == EVERY_ID[1:]
 
         async with Client(api_key="k", base_url=emu.url) as client:
             with anyio.fail_after(20):
                 stats = await Pipeline(*paths, config=CONFIG, client=client).run()
         assert stats.finished
-        submissions = emu.submissions()
-    assert sorted(submissions.items()) == sorted(
-        [("held-1", 1)] + [(f"ok-{i:02d}", 1) for i in range(20)]
-    )
-    out = [msgspec.json.decode(x)["custom_id"] for x in paths[1].read_bytes().splitlines()]
-    assert sorted(out) == sorted(["held-1"] + [f"ok-{i:02d}" for i in range(20)])
-    rejects = [msgspec.json.decode(x) for x in paths[2].read_bytes().splitlines()]
-    assert [(r["line"], r["error"]["type"]) for r in rejects] == [(11, "invalid_json")]
+        assert_exactly_once(emu.submissions(), paths[1], paths[2])
 
 
 async def test_a_watched_file_stays_taken_until_the_ledger_holds_all_its_lines(
@@ -102,30 +111,23 @@ async def test_a_watched_file_stays_taken_until_the_ledger_holds_all_its_lines(
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    lines = [line("held-1", SONNET)] + [line(f"ok-{i:02d}", HAIKU) for i in range(20)]
-    lines.insert(10, b"{not json")
-    (inbox / "a.jsonl.tmp").write_bytes(b"\n".join(lines) + b"\n")
+    (inbox / "a.jsonl.tmp").write_bytes(b"\n".join(LINES) + b"\n")
     (inbox / "a.jsonl.tmp").rename(inbox / "a.jsonl")
     out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
 
     def make(client: Client) -> WatchPipeline:
         return WatchPipeline(inbox, out, rejects, poll_interval=0.01, config=CONFIG, client=client)
 
-    async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
-        async with HeldClient(hold_model=SONNET, api_key="k", base_url=emu.url) as client:
-            pipeline = make(client)
-            with anyio.CancelScope() as scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(pipeline.run)
-                    with anyio.fail_after(20):
-                        await client.holding.wait()
-                        while pipeline.statistics().written < 20:
-                            await anyio.sleep(0.01)
-                    # every line was read and most were paid for, but line 1 is
-                    # held: the file is not done, whatever happens next
-                    assert [p.name for p in inbox.iterdir()] == ["a.jsonl.from-1.reading"]
-                    scope.cancel()  # the crash
+    def not_done() -> None:
+        # every line was read and most were paid for, but line 1 is held: the
+        # file is not done, whatever happens next
         assert [p.name for p in inbox.iterdir()] == ["a.jsonl.from-1.reading"]
+
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
+        held = HeldClient(hold_model=SONNET, api_key="k", base_url=emu.url)
+        async with held:
+            await crash_while_held(make(held), held, not_done)
+        not_done()
 
         async with Client(api_key="k", base_url=emu.url) as client:
             pipeline = make(client)
@@ -135,12 +137,5 @@ async def test_a_watched_file_stays_taken_until_the_ledger_holds_all_its_lines(
                     while pipeline.statistics().written < 21:
                         await anyio.sleep(0.01)
                 pipeline.stop()
-        submissions = emu.submissions()
-    assert [p.name for p in inbox.iterdir()] == ["a.jsonl.done"]
-    assert sorted(submissions.items()) == sorted(
-        [("held-1", 1)] + [(f"ok-{i:02d}", 1) for i in range(20)]
-    )
-    written = [msgspec.json.decode(x)["custom_id"] for x in out.read_bytes().splitlines()]
-    assert sorted(written) == sorted(["held-1"] + [f"ok-{i:02d}" for i in range(20)])
-    found = [msgspec.json.decode(x) for x in rejects.read_bytes().splitlines()]
-    assert [(r["line"], r["error"]["type"]) for r in found] == [(11, "invalid_json")]
+        assert [p.name for p in inbox.iterdir()] == ["a.jsonl.done"]
+        assert_exactly_once(emu.submissions(), out, rejects)
