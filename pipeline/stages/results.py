@@ -54,45 +54,46 @@ COMMIT_LINES = 4096
 
 
 # -- the view: just what routing needs ------------------------------------------------
+# Scalars and one another only (no cycle is possible): not tracked by the cyclic GC.
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     input_tokens: int = 0
     output_tokens: int = 0
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
 
 
-class _Message(msgspec.Struct):
+class _Message(msgspec.Struct, gc=False):
     model: str = ""
     usage: _Usage = msgspec.field(default_factory=_Usage)
 
 
-class _ErrorDetail(msgspec.Struct):
+class _ErrorDetail(msgspec.Struct, gc=False):
     type: str = "unknown"
 
 
-class _ErrorEnvelope(msgspec.Struct):
+class _ErrorEnvelope(msgspec.Struct, gc=False):
     error: _ErrorDetail = msgspec.field(default_factory=_ErrorDetail)
 
 
-class _Succeeded(msgspec.Struct, tag="succeeded", tag_field="type"):
+class _Succeeded(msgspec.Struct, tag="succeeded", tag_field="type", gc=False):
     message: _Message
 
 
-class _Errored(msgspec.Struct, tag="errored", tag_field="type"):
+class _Errored(msgspec.Struct, tag="errored", tag_field="type", gc=False):
     error: _ErrorEnvelope
 
 
-class _Canceled(msgspec.Struct, tag="canceled", tag_field="type"):
+class _Canceled(msgspec.Struct, tag="canceled", tag_field="type", gc=False):
     pass
 
 
-class _Expired(msgspec.Struct, tag="expired", tag_field="type"):
+class _Expired(msgspec.Struct, tag="expired", tag_field="type", gc=False):
     pass
 
 
-class _View(msgspec.Struct):
+class _View(msgspec.Struct, gc=False):
     custom_id: str
     result: _Succeeded | _Errored | _Canceled | _Expired
 
