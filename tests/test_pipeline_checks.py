@@ -125,3 +125,33 @@ async def test_delete_ended_removes_collected_batches_from_the_service(tmp_path:
         assert stats.batches_submitted == 3
         assert emu.app.state.batches() == []
     assert sorted(output_ids(tmp_path / "out.jsonl")) == sorted(f"d-{i}" for i in range(25))
+
+
+async def test_a_budget_stop_while_the_dry_run_holds_entries_loses_none_of_them(
+    tmp_path: Path,
+) -> None:
+    # The dry run holds the shape's entries while its sample is checked; the bad
+    # line after them overtakes them. The budget then stops in the middle of the
+    # held entries: the checkpoint must stay before the first one not sent.
+    lines = [line(f"r-{i:02d}", max_tokens=1000) for i in range(20)] + [b"{not json"]
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    config = msgspec.structs.replace(FAST, dry_run="count-tokens", max_batch_requests=5)
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
+        unlimited = await run(tmp_path, emu.url, msgspec.structs.replace(config, budget_usd=1.0))
+        each = unlimited.estimated_cost_usd / 20  # what the dry run measured, per request
+    for name in ("out.jsonl", "rejects.jsonl", "out.jsonl.state"):
+        (tmp_path / name).unlink()
+
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
+        stats = await run(tmp_path, emu.url, msgspec.structs.replace(config, budget_usd=each * 7.5))
+        assert stats.stopped_reason is not None
+        assert "budget" in stats.stopped_reason
+        assert sorted(emu.submissions()) == [f"r-{i:02d}" for i in range(7)]
+
+        stats = await run(tmp_path, emu.url, msgspec.structs.replace(config, budget_usd=1.0))
+        assert stats.finished
+        assert sorted(emu.submissions().items()) == [(f"r-{i:02d}", 1) for i in range(20)]
+    assert sorted(output_ids(tmp_path / "out.jsonl")) == [f"r-{i:02d}" for i in range(20)]
+    assert [(r["line"], r["error"]["type"]) for r in rejects(tmp_path / "rejects.jsonl")] == [
+        (21, "invalid_json")
+    ]

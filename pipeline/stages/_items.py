@@ -90,10 +90,13 @@ class Watermark(msgspec.Struct):
     """A marker: from here on, a checkpoint may not pass the start of the earliest
     entry still held upstream (the dry run lets checked shapes overtake entries
     whose shape is being checked). ``end`` is that entry's byte offset and ``line``
-    the line before it; None lifts the cap."""
+    the line before it; None lifts the cap. With ``stop`` (the spend guard refused
+    the entry at ``end``), the cap only lowers the one in force and is never
+    lifted: nothing after a stop may move the checkpoint past the refused entry."""
 
     end: int | None = None
     line: int | None = None
+    stop: bool = False
 
 
 class SubmittedBatch(msgspec.Struct):

@@ -6,8 +6,10 @@ earlier stage set it (the dry run prices what it measured), else the batch price
 approximation of ``check_entry``) plus ``max_tokens`` of output, the most it can
 cost. The guard passes items while the running total of what it passed stays within
 ``config.budget_usd``. At the first entry that would go over, it forwards nothing
-more: it reports ``BudgetExceededError`` to ``on_exceeded``, sends a final
-``Flush`` (so the partial batch before it is submitted), closes its send side and
+more: it reports ``BudgetExceededError`` to ``on_exceeded``, sends a stop
+``Watermark`` (no checkpoint may pass the refused entry, even if rejects or entries
+after it went by first) and a final ``Flush`` (so the partial batch before it is
+submitted), closes its send side and
 stops reading (upstream then sees a closed stream and stops; the source stops
 reading). Batches already submitted are not touched: the pipeline collects them and
 ends with the budget message.
@@ -114,8 +116,11 @@ async def spend_guard(
             if on_exceeded is not None:
                 total = meter.estimated_cost_usd + entry_cost_usd(entry, prices)
                 on_exceeded(BudgetExceededError(budget or 0.0, total))
-            # The checkpoint stands where the refused entry starts.
-            await send.send([Flush(end=entry.offset, final=True)])
+            # The checkpoint stands where the refused entry starts, whatever passed
+            # before it out of line order (the dry run lets checked shapes and
+            # rejects overtake held entries): a re-run reads on from there.
+            stop = Watermark(end=entry.offset, line=entry.line - 1, stop=True)
+            await send.send([stop, Flush(end=entry.offset, final=True)])
             return
 
 

@@ -45,9 +45,10 @@ class Packer:
         #: entries in the last ``add``; whether a final ``Flush`` was seen
         self.entries_added = 0
         self.final = False
-        #: the cap a ``Watermark`` put on checkpoints (None: no cap)
+        #: the cap a ``Watermark`` put on checkpoints (None: no cap); a stop's for good
         self.cap_end: int | None = None
         self.cap_line: int | None = None
+        self.stopped = False
 
     def add(self, items: list[Entry | Reject | Flush | Watermark]) -> tuple[list[Chunk], bool]:
         """Pack ``items``; the chunks completed, and whether a ``Flush`` came.
@@ -84,7 +85,7 @@ class Packer:
                     last_line = item.line
             elif type(item) is Watermark:
                 self.checkpoint, self.line = checkpoint, last_line
-                self.cap_end, self.cap_line = item.end, item.line
+                self._cap(item)
             else:
                 assert isinstance(item, Flush)
                 flushed = True
@@ -98,6 +99,14 @@ class Packer:
         if self.entries and len(self.entries) >= max_requests:
             chunks.append(self._take())
         return chunks, flushed
+
+    def _cap(self, mark: Watermark) -> None:
+        if mark.stop:
+            self.stopped = True
+            self.cap_end = _lowest(self.cap_end, mark.end)
+            self.cap_line = _lowest(self.cap_line, mark.line)
+        elif not self.stopped:
+            self.cap_end, self.cap_line = mark.end, mark.line
 
     def flush(self) -> Chunk | None:
         """The partial chunk, if anything is pending."""
@@ -116,6 +125,12 @@ class Packer:
         chunk = Chunk(self.entries, self.rejects, checkpoint, line, self.size)
         self.entries, self.rejects, self.size = [], [], ENVELOPE_BYTES
         return chunk
+
+
+def _lowest(current: int | None, new: int | None) -> int | None:
+    if current is None:
+        return new
+    return current if new is None else min(current, new)
 
 
 async def chunker(

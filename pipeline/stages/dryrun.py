@@ -356,7 +356,11 @@ class _DryRun:
             cap = Watermark(earliest.offset if earliest.offset >= 0 else None, earliest.line - 1)
         if cap == self._cap:
             return out
-        self._cap = cap
+        old, self._cap = self._cap, cap
+        if old.line is not None and (cap.line is None or cap.line > old.line):
+            # a raised (or lifted) cap goes after the entries it lets through: a stage
+            # that cuts the list short (the spend guard) keeps the lower cap in force
+            return [*out, cap]
         return [cap, *out]
 
     def _would_hold(self, entry: Entry) -> bool:

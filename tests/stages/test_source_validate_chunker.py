@@ -217,6 +217,19 @@ def test_a_watermark_caps_checkpoints_until_it_is_lifted() -> None:
     assert [(c.checkpoint, c.line) for c in third] == [(60, 6)]
 
 
+def test_a_stop_watermark_only_lowers_the_cap_and_is_never_lifted() -> None:
+    packer = Packer(max_requests=10, max_bytes=10_000)
+    # a cap at line 1 is in force; the spend guard stops at line 3: the lower stays
+    packer.add([Watermark(end=15, line=1), *entries(2)])
+    packer.add([Watermark(end=30, line=2, stop=True), Watermark()])  # a lift is ignored
+    chunks, _ = packer.add([*entries(6)[2:], Flush(end=60, final=True)])
+    assert [(c.checkpoint, c.line) for c in chunks] == [(15, 1)]
+    # without an earlier cap, a stop caps at the refused entry
+    packer = Packer(max_requests=10, max_bytes=10_000)
+    chunks, _ = packer.add([*entries(4), Watermark(end=20, line=2, stop=True), Flush(end=60)])
+    assert [(c.checkpoint, c.line) for c in chunks] == [(20, 2)]
+
+
 class FakeTimer:
     """Virtual time for the linger: records the delays asked for; the test fires them."""
 
