@@ -265,3 +265,58 @@ async def test_a_finished_job_rerun_is_a_noop_that_says_so(emulator: str, tmp_pa
     assert (tmp_path / "out.jsonl").read_bytes() == output
     assert await submissions(emulator) == before
     await assert_exactly_once(emulator, tmp_path, ids)
+
+
+async def test_a_batch_of_another_job_adopted_by_mistake_loses_no_request(
+    emulator: str, tmp_path: Path
+) -> None:
+    """An intent's create left no trace (the worker died mid-POST, or the POST never
+    got out), and another job in the same workspace made a batch of the same size at
+    about the same time: reconciliation adopts it, as it cannot tell. None of that
+    batch's results is written (they are not ours), and the intent's own requests,
+    which got no result line, are spooled and sent: the job still ends complete."""
+    import msgspec
+
+    from pipeline import Pipeline
+    from pipeline.api._client import Client
+    from pipeline.stages._items import Entry
+
+    ids, _ = write_input(tmp_path / "in.jsonl", 200, prefix="mine")
+    spec = Pipeline(
+        tmp_path / "in.jsonl",
+        tmp_path / "out.jsonl",
+        tmp_path / "rejects.jsonl",
+        state=tmp_path / "job.state",
+    )._job_spec()
+    ledger = SQLiteLedger(tmp_path / "job.state")
+    await ledger.open(spec)
+    entries, offset = [], 0
+    for number, raw in enumerate((tmp_path / "in.jsonl").read_bytes().splitlines(True)[:100], 1):
+        cid = msgspec.json.decode(raw)["custom_id"]
+        entries.append(Entry(number, cid, raw.rstrip(b"\n"), offset, offset + len(raw)))
+        offset += len(raw)
+    claim = await ledger.claim(entries, [], checkpoint=offset, line=100)
+    await ledger.record_sending(claim.local_id, body_bytes=1, sent_at=time.time())
+    await ledger.aclose()
+    async with Client(api_key="foreign", base_url=emulator) as client:
+        other = [
+            {
+                "custom_id": f"other-{i}",
+                "params": {
+                    "model": "claude-3-haiku-20240307",
+                    "max_tokens": 8,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            }
+            for i in range(100)
+        ]
+        await client.create_batch(msgspec.json.encode({"requests": other}), request_count=100)
+
+    err = finish(emulator, tmp_path, api_key="foreign")
+    assert "1 found at the service" in err  # adopted, as the tell-tales matched
+    assert "returned no result for 100 of its requests" in err
+    out = output_ids(tmp_path / "out.jsonl")
+    assert sorted(out) == sorted(ids)  # ours, each once; none of theirs
+    sent = await submissions(emulator)
+    # the emulator fails a few requests for the retries to re-send (max 3 attempts)
+    assert all(1 <= sent.get(cid, 0) <= 3 for cid in ids)

@@ -207,11 +207,17 @@ class Ledger(Protocol):
         spool: Sequence[str] = (),
         done: bool = False,
         written_ids: Sequence[str] = (),
-    ) -> None:
+        durable: bool = False,
+    ) -> int:
         """The sink's durable position after writing ``written`` more lines of this
         batch; ``spool``: custom_ids to re-send (their attempt is incremented).
         ``written_ids`` (added, optional): the custom_ids of the lines written, so
-        that after a crash ``unwritten`` tells a re-download what is still owed."""
+        that after a crash ``unwritten`` tells a re-download what is still owed.
+        With ``done``, a request of the batch that got no result line at all (the
+        service lost it, or the batch was adopted by mistake and never held it) is
+        spooled too, so that it is sent again rather than lost; the number of those is
+        returned (0 otherwise). ``durable``: commit with an fsync, before a step that
+        cannot be undone (deleting the batch at the service)."""
         ...
 
     async def unwritten(self, local_id: int, custom_ids: Sequence[str]) -> list[str]:

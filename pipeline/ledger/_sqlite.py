@@ -410,15 +410,18 @@ class SQLiteLedger:
         spool: Sequence[str] = (),
         done: bool = False,
         written_ids: Sequence[str] = (),
-    ) -> None:
+        durable: bool = False,
+    ) -> int:
         """The output sink's durable position after ``written`` more lines of this
         batch; ``spool``: custom_ids to re-send (attempt + 1); ``written_ids``
         (optional): the custom_ids of the lines written, so that ``unwritten`` can
-        tell a re-download what is left; ``done``: the batch is collected."""
+        tell a re-download what is left; ``done``: the batch is collected, and what
+        it claimed but got no result line for is spooled (their number is returned);
+        ``durable``: fsync the commit."""
         c_spool = _encode(list(spool)) if spool else None
-        c_written = _encode(list(written_ids)).decode() if written_ids and not done else None
+        c_written = _encode(list(written_ids)).decode() if written_ids else None
 
-        def tx(c: sqlite3.Connection) -> None:
+        def tx(c: sqlite3.Connection) -> int:
             _expect(c, local_id, ("created", "ended", "collected"))
             c.execute(
                 "UPDATE sinks SET offset = ?, count = ? WHERE name = 'output'",
@@ -429,9 +432,7 @@ class SQLiteLedger:
                 (written, local_id),
             )
             _bump(c, "written", written)
-            if done:  # collected: nothing of it can be owed any more
-                c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
-            elif c_written:  # one row per commit, not one UPDATE per line
+            if c_written:  # one row per commit, not one UPDATE per line
                 c.execute("INSERT INTO written(local_id, ids) VALUES (?, ?)", (local_id, c_written))
             if c_spool:
                 c.execute(
@@ -445,10 +446,15 @@ class SQLiteLedger:
                     "IN (SELECT value FROM json_each(?)) AND local_id = ? AND state = 'claimed'",
                     (c_spool, local_id),
                 )
+            missing = 0
             if done:
+                missing = _spool_missing(c, local_id)
+                # collected: nothing of it can be owed any more
+                c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
                 c.execute("UPDATE batches SET state = 'collected' WHERE local_id = ?", (local_id,))
+            return missing
 
-        await self._run(tx)
+        return await self._run(tx, fsync=durable)
 
     async def unwritten(self, local_id: int, custom_ids: Sequence[str]) -> list[str]:
         """Those of ``custom_ids`` that this batch still owes the output: claimed in
@@ -620,6 +626,36 @@ def _claim(
     added += _insert_rejects(c, dup_rows)
     _move_checkpoint(c, checkpoint, line)
     return ClaimResult(local_id, duplicates, skipped, added)
+
+
+def _spool_missing(c: sqlite3.Connection, local_id: int) -> int:
+    """Spool the requests a collected batch claimed but wrote no line for; how many.
+
+    Written requests stay ``claimed``, so the batch misses nothing exactly when its
+    claimed rows are as many as the lines it wrote: one range count in the common
+    case, the set difference only when something is missing."""
+    where = (*_rows(c, local_id), local_id)
+    claimed = c.execute(f"SELECT count(*) FROM requests WHERE {_IN_BATCH}", where).fetchone()[0]
+    row = c.execute("SELECT results_written FROM batches WHERE local_id = ?", (local_id,))
+    if claimed <= row.fetchone()[0]:
+        return 0
+    written = {
+        row[0]
+        for row in c.execute(
+            "SELECT j.value FROM written AS w, json_each(w.ids) AS j WHERE w.local_id = ?",
+            (local_id,),
+        )
+    }
+    ids = [
+        (cid,)
+        for (cid,) in c.execute(f"SELECT custom_id FROM requests WHERE {_IN_BATCH}", where)
+        if cid not in written
+    ]
+    c.executemany("INSERT OR IGNORE INTO spool(custom_id) VALUES (?)", ids)
+    c.executemany(
+        "UPDATE requests SET state = 'spooled', attempt = attempt + 1 WHERE custom_id = ?", ids
+    )
+    return len(ids)
 
 
 def _insert_rejects(c: sqlite3.Connection, rows: list[tuple[int, str | None, str, str]]) -> int:

@@ -108,6 +108,9 @@ class SubmittedBatch(msgspec.Struct):
     batch_id: str
     request_count: int
     submitted_at: float
+    #: found by reconciliation after a create of unknown outcome: its results are
+    #: checked against the requests the ledger has for it (it might not be ours)
+    adopted: bool = False
 
 
 class EndedBatch(msgspec.Struct):
@@ -117,3 +120,4 @@ class EndedBatch(msgspec.Struct):
     batch_id: str
     request_count: int
     results_url: str | None
+    adopted: bool = False

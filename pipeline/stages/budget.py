@@ -119,8 +119,8 @@ async def spend_guard(
             # The checkpoint stands where the refused entry starts, whatever passed
             # before it out of line order (the dry run lets checked shapes and
             # rejects overtake held entries): a re-run reads on from there.
-            stop = Watermark(end=entry.offset, line=entry.line - 1, stop=True)
-            await send.send([stop, Flush(end=entry.offset, final=True)])
+            mark = Watermark(end=entry.offset, line=entry.line - 1, stop=True)
+            await send.send([mark, Flush(end=entry.offset, final=True)])
             return
 
 

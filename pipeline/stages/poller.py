@@ -126,7 +126,13 @@ class Poller:
                 del self.watched[w.batch.local_id]
                 await self.ledger.record_ended(w.batch.local_id)
                 ended.append(
-                    EndedBatch(w.batch.local_id, batch.id, w.batch.request_count, batch.results_url)
+                    EndedBatch(
+                        w.batch.local_id,
+                        batch.id,
+                        w.batch.request_count,
+                        batch.results_url,
+                        w.batch.adopted,
+                    )
                 )
                 continue
             moved = w.counts is not None and batch.request_counts != w.counts

@@ -128,6 +128,8 @@ class ResultsCollector:
 
     async def collect(self, ended: EndedBatch) -> None:
         """Download, route and commit one batch; then release its capacity."""
+        if ended.adopted:  # it may hold requests of another job: write only ours
+            self.resumed.setdefault(ended.local_id, ended.request_count)
         batch = await self.client.retrieve_batch(ended.batch_id)
         state = _BatchState(ended)
         fruitless = 0  # re-opens in a row that delivered no new line
@@ -242,14 +244,23 @@ class ResultsCollector:
     async def _commit(self, state: _BatchState, *, done: bool) -> None:
         position = await self.sink.commit()
         written, spool = len(state.written_ids), len(state.spool)
-        await self.ledger.commit_results(
+        missing = await self.ledger.commit_results(
             state.batch.local_id,
             output=position,
             written=written,
             spool=state.spool,
             done=done,
             written_ids=state.written_ids,
+            # the batch is deleted right after: its collection must not be lost
+            durable=done and self.config.delete_ended,
         )
+        if missing:
+            logger.error(
+                "batch %s returned no result for %d of its requests; they are sent again",
+                state.batch.batch_id,
+                missing,
+            )
+            spool += missing
         state.total_written += written
         state.written_ids, state.spool = [], []
         progress = self.progress
@@ -262,9 +273,9 @@ class ResultsCollector:
         progress.changed()
 
     def _settle(self, state: _BatchState) -> None:
-        """Stop counting what this batch owed and did not resolve in this run:
-        lines written or spooled before a restart, or results the service never
-        sent (which should not happen, and is logged)."""
+        """Stop counting what this batch owed and did not resolve in this run: lines
+        written or spooled before a restart. (Requests the service sent no result
+        for were spooled by the final commit; anything else left is logged.)"""
         batch = state.batch
         expected = self.resumed.get(batch.local_id, batch.request_count)
         left = expected - state.resolved

@@ -115,6 +115,8 @@ class Submitter:
         self.progress = progress
         self.clock = clock
         self.reconcile = reconcile
+        #: batch ids found by reconciliation, until recorded
+        self._adopted: set[str] = set()
 
     async def process(self, chunk: Chunk) -> list[SubmittedBatch]:
         """Claim, send and record one chunk; the batches created."""
@@ -219,6 +221,8 @@ class Submitter:
             batch_id = await self._reconcile(local_id, n, size, sent_at, exc)
             if batch_id is None:
                 self._spooled(n)
+            else:
+                self._adopted.add(batch_id)
             return batch_id
         except APIConnectionError as exc:
             raise _Refused(exc) from exc
@@ -241,7 +245,9 @@ class Submitter:
         logger.info(
             "batch created", extra={"batch_id": batch_id, "request_count": n, "local_id": local_id}
         )
-        return [SubmittedBatch(local_id, batch_id, n, self.clock())]
+        adopted = batch_id in self._adopted
+        self._adopted.discard(batch_id)
+        return [SubmittedBatch(local_id, batch_id, n, self.clock(), adopted)]
 
     def _spooled(self, n: int) -> None:
         self.progress.outstanding -= n

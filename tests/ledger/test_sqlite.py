@@ -210,6 +210,43 @@ async def test_same_custom_id_on_another_line_is_not_the_spooled_request(
     assert len(await ledger.take_spool(10)) == 1
 
 
+async def test_a_collected_batch_spools_the_requests_it_got_no_result_for(
+    ledger: SQLiteLedger,
+) -> None:
+    local = (
+        await ledger.claim([entry(n) for n in range(1, 6)], [], checkpoint=500, line=5)
+    ).local_id
+    await ledger.record_created(local, "msgbatch_1")
+    await ledger.record_ended(local)
+    first = await ledger.commit_results(
+        local, output=SinkPosition(100, 1), written=1, written_ids=["req-1"]
+    )
+    assert first == 0  # not done: nothing is missing yet
+    missing = await ledger.commit_results(
+        local,
+        output=SinkPosition(200, 2),
+        written=1,
+        spool=["req-3"],
+        done=True,
+        written_ids=["req-2"],
+    )
+    # req-4 and req-5 got no line at all: sent again, not lost
+    assert missing == 2
+    spooled = [s.custom_id for s in await ledger.take_spool(10)]
+    assert sorted(spooled) == ["req-3", "req-4", "req-5"]
+    assert (await ledger.status()).batches == []
+
+
+async def test_a_complete_batch_spools_nothing_when_collected(ledger: SQLiteLedger) -> None:
+    local = (await ledger.claim([entry(1), entry(2)], [], checkpoint=200, line=2)).local_id
+    await ledger.record_created(local, "msgbatch_1")
+    done = await ledger.commit_results(
+        local, output=SinkPosition(200, 2), written=2, done=True, written_ids=["req-1", "req-2"]
+    )
+    assert done == 0
+    assert await ledger.take_spool(10) == []
+
+
 async def test_commit_results_spools_retries_with_the_next_attempt(ledger: SQLiteLedger) -> None:
     local = (
         await ledger.claim([entry(n) for n in range(1, 4)], [], checkpoint=300, line=3)
