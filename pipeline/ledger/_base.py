@@ -130,6 +130,8 @@ class ResumeState(msgspec.Struct, kw_only=True):
     #: creates with an unknown outcome (reconcile against the service's list)
     pending_intents: list[BatchRecord] = []
     spooled: int = 0
+    #: the estimated cost of every request claimed so far (what a budget counts)
+    estimated_cost_usd: float = 0.0
 
 
 class JobStatus(msgspec.Struct, kw_only=True):
@@ -153,6 +155,8 @@ class JobStatus(msgspec.Struct, kw_only=True):
     worker_running: bool | None = None
     #: the output sink's durable position (bytes and lines)
     output: SinkPosition = SinkPosition()
+    #: the estimated cost of every request claimed so far
+    estimated_cost_usd: float = 0.0
 
 
 class Ledger(Protocol):
@@ -172,7 +176,8 @@ class Ledger(Protocol):
         offset ``checkpoint`` after input line ``line``). Entries whose custom_id the
         job already holds are returned as duplicates and recorded as rejects, unless
         the job holds it from the same source line (read again after a restart):
-        those come back as ``skipped``. Recording a reject is idempotent."""
+        those come back as ``skipped``. Recording a reject is idempotent. The
+        entries' ``cost_usd`` adds to the job's ``estimated_cost_usd``."""
         ...
 
     async def record_rejects(self, rejects: Sequence[Reject], *, checkpoint: int, line: int) -> int:

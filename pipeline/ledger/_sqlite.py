@@ -54,6 +54,7 @@ from ..stages._items import Reject, RejectError
 from ._base import ClaimResult, SpoolItem
 from ._sqlite_schema import (
     APP_TAG,
+    NANO_PER_USD,
     SCHEMA,
     SCHEMA_VERSION,
     check_meta,
@@ -617,6 +618,8 @@ def _claim(
             c.executemany(_DELETE_REQUEST, [(e.custom_id,) for e in retries])
             c.executemany(_UNSPOOL, [(e.custom_id,) for e in retries])
         local_id = _new_intent(c, len(fresh) + len(retries), 0, -1)
+        cost = sum([e.cost_usd for e in fresh]) + sum([e.cost_usd for e in retries])
+        _bump(c, "estimated_nano_usd", round(cost * NANO_PER_USD))
         first = _max_row(c) + 1
         _insert_requests(c, fresh + retries, local_id)
         c.execute(

@@ -36,6 +36,8 @@ __all__ = (
 
 #: Bumped on any incompatible change of the tables below.
 SCHEMA_VERSION = 2
+#: the estimated spend is kept as an integer number of billionths of a dollar
+NANO_PER_USD = 1_000_000_000
 APP_TAG = "pipeline-ledger"
 
 SCHEMA = """
@@ -91,7 +93,10 @@ CREATE TABLE checkpoint(id INTEGER PRIMARY KEY CHECK (id = 0), offset INTEGER NO
                         line INTEGER NOT NULL);
 CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO checkpoint VALUES (0, 0, 0);
-INSERT INTO counters VALUES ('submitted', 0), ('ended', 0), ('written', 0);
+-- estimated_nano_usd: the spend guard's estimate of every request claimed, in
+-- billionths of a dollar (a budget holds for the job, across runs)
+INSERT INTO counters VALUES ('submitted', 0), ('ended', 0), ('written', 0),
+                            ('estimated_nano_usd', 0);
 INSERT INTO sinks VALUES ('output', 0, 0), ('rejects', 0, 0);
 """
 TABLES = frozenset(
@@ -155,7 +160,13 @@ def resume_state(c: sqlite3.Connection, fresh: bool) -> ResumeState:
         batches=_batches(c, ("created", "ended")),
         pending_intents=_batches(c, ("intent", "sending")),
         spooled=_scalar(c, "SELECT count(*) FROM spool"),
+        estimated_cost_usd=_estimated_usd(c),
     )
+
+
+def _estimated_usd(c: sqlite3.Connection) -> float:
+    nano = _scalar(c, "SELECT value FROM counters WHERE name = 'estimated_nano_usd'")
+    return float(nano) / NANO_PER_USD
 
 
 def job_status(c: sqlite3.Connection) -> JobStatus:
@@ -175,6 +186,7 @@ def job_status(c: sqlite3.Connection) -> JobStatus:
         output=SinkPosition(
             *c.execute("SELECT offset, count FROM sinks WHERE name = 'output'").fetchone()
         ),
+        estimated_cost_usd=_estimated_usd(c),
     )
 
 

@@ -96,11 +96,15 @@ async def spend_guard(
     on_exceeded: Callable[[BudgetExceededError], None] | None = None,
     prices: PriceTable = DEFAULT_PRICES,
     meter: SpendMeter | None = None,
+    spent_usd: float = 0.0,
 ) -> None:
     """The spend-guard stage (see the module docstring); ``config.budget_usd=None``
-    only counts. ``meter`` receives the live counters (``meter.statistics()``)."""
+    only counts. ``meter`` receives the live counters (``meter.statistics()``).
+    ``spent_usd``: the estimate of what earlier runs of the job claimed (the ledger's
+    ``estimated_cost_usd``): the budget holds for the whole job, not per run."""
     meter = meter if meter is not None else SpendMeter()
     meter.budget_usd = budget = config.budget_usd
+    meter.estimated_cost_usd = spent_usd
     async with receive, send:
         async for items in receive:
             stop = _admit(items, budget, prices, meter)

@@ -237,6 +237,20 @@ async def test_a_collected_batch_spools_the_requests_it_got_no_result_for(
     assert (await ledger.status()).batches == []
 
 
+async def test_the_estimated_spend_of_claims_is_kept_for_the_job(ledger: SQLiteLedger) -> None:
+    first, second = entry(1), entry(2)
+    first.cost_usd, second.cost_usd = 0.25, 0.000_001_5
+    await ledger.claim([first, second], [], checkpoint=200, line=2)
+    again = entry(1)  # read again after a restart: already counted, not again
+    again.cost_usd = 0.25
+    await ledger.claim([again], [], checkpoint=200, line=2)
+    led = await reopen(ledger)
+    state = await led.open(JOB)
+    assert state.estimated_cost_usd == 0.2500015
+    assert (await led.status()).estimated_cost_usd == 0.2500015
+    await led.aclose()
+
+
 async def test_a_complete_batch_spools_nothing_when_collected(ledger: SQLiteLedger) -> None:
     local = (await ledger.claim([entry(1), entry(2)], [], checkpoint=200, line=2)).local_id
     await ledger.record_created(local, "msgbatch_1")
