@@ -97,9 +97,11 @@ _STATUS_ERROR_TYPE = {
     529: "overloaded_error",
 }
 _MAX_ERROR_TEXT = 500
-# A 504 on create comes from a gateway that gave up waiting: the service may have
-# created the batch, so it is an unknown outcome, not a refusal.
-_CREATE_UNKNOWN_STATUSES = frozenset({504})
+# A 502 or 504 on create comes from a gateway that lost the service's answer (or gave
+# up waiting for it): the service may have created the batch, so it is an unknown
+# outcome, not a refusal. A 500 / 503 / 529 / 429 is the API's own answer (an
+# ``api_error`` / ``overloaded_error`` envelope): the create did not happen.
+_CREATE_UNKNOWN_STATUSES = frozenset({502, 504})
 
 
 class _State(enum.Enum):
