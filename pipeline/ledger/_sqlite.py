@@ -317,6 +317,11 @@ class SQLiteLedger:
                 if known != batch_id:
                     raise UsageError(f"batch {local_id} was created as {known}, not {batch_id}")
                 return  # recorded already (idempotent)
+            other = c.execute(
+                "SELECT local_id FROM batches WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+            if other is not None:
+                raise UsageError(f"{batch_id} is batch {other[0]} of this job already")
             c.execute(
                 "UPDATE batches SET state = 'created', batch_id = ?, "
                 "sent_at = coalesce(sent_at, ?) WHERE local_id = ?",

@@ -113,6 +113,8 @@ def test_status_cli_can_settle_an_ambiguous_create(state_path: Path) -> None:
 
     a, b = anyio.run(setup)
     assert main(["status", "--state", str(state_path), "--adopt", f"{a}=msgbatch_x"]) == 0
+    # one batch cannot be two intents: a clear refusal, not a database error
+    assert main(["status", "--state", str(state_path), "--adopt", f"{b}=msgbatch_x"]) == 2
     assert main(["status", "--state", str(state_path), "--release", str(b)]) == 0
     assert main(["status", "--state", str(state_path), "--adopt", "nonsense"]) == 2
 
