@@ -51,14 +51,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="record that the unknown-outcome create LOCAL_ID made no batch: its requests "
         "are sent again on the next start (stop the worker first)",
     )
+    parser.add_argument(
+        "--abandon",
+        metavar="LOCAL_ID",
+        type=int,
+        help="record that the created batch LOCAL_ID is gone at the service for good "
+        "(deleted, or past its retention): the requests it has not written are sent "
+        "again, and paid again, on the next start (stop the worker first)",
+    )
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Print the status; exit 0, or 2 with a one-line reason."""
     try:
-        if args.adopt or args.release is not None:
-            anyio.run(_settle, args.state, args.adopt, args.release)
+        if args.adopt or args.release is not None or args.abandon is not None:
+            anyio.run(_settle, args.state, args.adopt, args.release, args.abandon)
         status = anyio.run(read_status, args.state)
     except (LedgerError, UsageError, ValueError) as exc:
         print(f"pipeline status: {exc}", file=sys.stderr)
@@ -71,7 +79,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _settle(path: str, adopt: str | None, release: int | None) -> None:
+async def _settle(
+    path: str, adopt: str | None, release: int | None, abandon: int | None = None
+) -> None:
     ledger = SQLiteLedger(path)
     await ledger.open_existing()
     try:
@@ -82,6 +92,13 @@ async def _settle(path: str, adopt: str | None, release: int | None) -> None:
             await ledger.record_created(int(local), batch_id)
         if release is not None:
             await ledger.release(release)
+        if abandon is not None:
+            spooled = await ledger.abandon(abandon)
+            print(
+                f"pipeline status: batch {abandon} abandoned; {spooled} requests will be sent "
+                "again on the next start",
+                file=sys.stderr,
+            )
     finally:
         await ledger.aclose()
 

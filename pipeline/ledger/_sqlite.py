@@ -387,6 +387,22 @@ class SQLiteLedger:
 
         await self._run(tx)
 
+    async def abandon(self, local_id: int) -> int:
+        """The service lost a created batch for good (deleted elsewhere, or past its
+        retention) before all its results were written: what it still owed is
+        spooled, to be sent again, and the batch is settled. How many were spooled.
+        An operator's decision (``pipeline status --abandon``), never automatic: a
+        404 can also mean a wrong API key or base URL, and re-sending costs again."""
+
+        def tx(c: sqlite3.Connection) -> int:
+            _expect(c, local_id, ("created", "ended"))
+            spooled = _spool_missing(c, local_id)
+            c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
+            c.execute("UPDATE batches SET state = 'collected' WHERE local_id = ?", (local_id,))
+            return spooled
+
+        return await self._run(tx)
+
     async def record_ended(self, local_id: int) -> None:
         """Processing ended at the service (idempotent)."""
 

@@ -129,6 +129,40 @@ def test_status_cli_can_settle_an_ambiguous_create(state_path: Path) -> None:
     anyio.run(check)
 
 
+def test_status_cli_can_abandon_a_batch_the_service_lost(
+    state_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def setup() -> int:
+        led = SQLiteLedger(state_path)
+        await led.open(JOB)
+        local = (
+            await led.claim([entry(i) for i in range(1, 4)], [], checkpoint=300, line=3)
+        ).local_id
+        await led.record_created(local, "msgbatch_gone")
+        await led.record_ended(local)
+        await led.commit_results(
+            local, output=SinkPosition(100, 1), written=1, written_ids=["req-1"]
+        )
+        await led.aclose()
+        return local
+
+    local = anyio.run(setup)
+    assert main(["status", "--state", str(state_path), "--abandon", str(local)]) == 0
+    assert "2 requests will be sent again" in capsys.readouterr().err
+    # twice is a mistake, said so
+    assert main(["status", "--state", str(state_path), "--abandon", str(local)]) == 2
+
+    async def check() -> None:
+        led = SQLiteLedger(state_path)
+        state = await led.open(JOB)
+        spooled = [s.custom_id for s in await led.take_spool(10)]
+        await led.aclose()
+        assert state.batches == []
+        assert sorted(spooled) == ["req-2", "req-3"]  # req-1 is in the output already
+
+    anyio.run(check)
+
+
 def test_status_of_a_finished_job(state_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async def setup() -> None:
         led = await _job_in_progress(state_path)
