@@ -18,8 +18,9 @@ Rules checked beyond the Struct types (each one is a rule of the real service):
   messages, each answering a ``tool_use`` id of the message just before, and every
   ``tool_use`` answered by the next message;
 * image sources are images, base64 documents are PDFs;
-* custom tools have a valid name and an object ``input_schema``; server tools have a
-  versioned ``type``; tool names are unique;
+* custom tools have a valid name, an object ``input_schema`` and only the fields of
+  the SDK's ``ToolParam`` (a misspelt ``descripton`` is refused, as on every other
+  request object); server tools have a versioned ``type``; tool names are unique;
 * ``tool_choice`` ``any``/``tool`` need tools, ``tool`` names a defined tool;
 * ``stop_sequences`` hold non-whitespace text; ``stream: true`` is refused;
 * extended thinking: ``budget_tokens < max_tokens``, no forced tool use, temperature
@@ -273,6 +274,8 @@ def _check_entry_full(
     kinds: set[type] = set()
     images = [0, 0]  # count, base64 bytes
     problem = _check(params, models, max_output_tokens, kinds, images)
+    if problem is None and params.tools:
+        problem = _custom_tool_fields(_tools_view.decode(raw).params.tools, params.tools)
     if problem is not None:
         return SchemaError(entry.custom_id, "params." + problem)
     return Checked(
@@ -486,6 +489,52 @@ def _check_tool(i: int, tool: Tool) -> str | None:
     return None
 
 
+#: The fields of a custom tool: the keys of the SDK's ``ToolParam`` (``BetaToolParam``
+#: has the same). ``Tool`` lets unknown fields through, for server tools, so a custom
+#: tool's are checked on its raw JSON.
+_CUSTOM_TOOL_FIELDS = frozenset(
+    {
+        "name",
+        "input_schema",
+        "type",
+        "description",
+        "cache_control",
+        "allowed_callers",
+        "defer_loading",
+        "eager_input_streaming",
+        "input_examples",
+        "strict",
+    }
+)
+
+
+class _ToolsOnlyParams(msgspec.Struct, gc=False):
+    tools: msgspec.Raw = msgspec.Raw()
+
+
+class _ToolsOnlyEntry(msgspec.Struct, gc=False):
+    """The raw ``params.tools`` of an entry, every other field skipped."""
+
+    params: _ToolsOnlyParams
+
+
+_tools_view = msgspec.json.Decoder(_ToolsOnlyEntry)
+_tool_fields_decoder = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
+
+
+def _custom_tool_fields(raw_tools: bytes | msgspec.Raw, tools: list[Tool]) -> str | None:
+    """``tools[i]: unknown field `x``` for the first custom tool with a field its type
+    does not define (``raw_tools`` is the JSON ``tools`` was decoded from)."""
+    for i, (fields, tool) in enumerate(
+        zip(_tool_fields_decoder.decode(raw_tools), tools, strict=True)
+    ):
+        if tool.type is UNSET or tool.type is None or tool.type == "custom":
+            for name in fields:
+                if name not in _CUSTOM_TOOL_FIELDS:
+                    return f"tools[{i}]: unknown field `{name}`"
+    return None
+
+
 def _check_thinking(params: MessageCreateParams, thinking: ThinkingEnabled) -> str | None:
     if thinking.budget_tokens >= params.max_tokens:
         return (
@@ -569,7 +618,7 @@ def _fast_tool_names(key: bytes) -> tuple[str, ...] | None:
     except (msgspec.DecodeError, UnicodeDecodeError):
         names = None
     else:
-        problem = _check_tool_list(tools, UNSET)
+        problem = _check_tool_list(tools, UNSET) or _custom_tool_fields(key, tools)
         names = None if problem is not None else tuple(sorted([t.name for t in tools]))
     if len(_FAST_TOOLS) >= _MAX_FAST_TOOLS:
         _FAST_TOOLS.clear()

@@ -23,6 +23,12 @@ for the rest of its shape is ``config.dry_run_policy``:
 * ``abort``: the stage raises ``DryRunAbortedError`` before any entry of that shape
   passed.
 
+Only an answer about the request is a verdict: 400, 413, 422, and a 404 whose message
+names a request field (the service answers an unknown model with 404 ``model: ...``).
+Any other 404 (no such endpoint: a wrong ``--base-url``), 401 or 403 (the API key) is
+a configuration error that would condemn every request alike, so it fails the stage
+with the service's error class and a hint, instead of rejecting the whole input.
+
 Measured input tokens replace the sample's approximation (``Entry.input_tokens``,
 ``Entry.cost_usd``), and calibrate the estimate of the shape's later entries (scaled
 by the measured / approximated ratio of its samples).
@@ -38,6 +44,7 @@ samples already taken.
 from __future__ import annotations
 
 import enum
+import re
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -60,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = (
     "DEFAULT_MAX_HELD",
     "DRY_RUN_MAX_TOKENS",
+    "DRY_RUN_THINKING_BUDGET",
     "DryRunClient",
     "DryRunMeter",
     "DryRunStatistics",
@@ -70,11 +78,27 @@ __all__ = (
 
 #: Entries held (samples included) while their shape is checked, at most.
 DEFAULT_MAX_HELD = 4096
-#: ``max_tokens`` of a ``messages`` dry run (thinking requests get budget + 1).
+#: ``max_tokens`` of a ``messages`` dry run (with thinking: the probe budget + 1).
 DRY_RUN_MAX_TOKENS = 1
-#: HTTP statuses that condemn the request itself; other errors (auth, overload after
-#: the client's retries, no connection) fail the stage: no verdict can be reached.
+#: The smallest ``thinking.budget_tokens`` the Messages API allows: a ``messages`` dry
+#: run of a thinking request thinks at most this much.
+DRY_RUN_THINKING_BUDGET = 1024
+#: HTTP statuses that condemn the request itself; other errors (overload after the
+#: client's retries, no connection) fail the stage: no verdict can be reached.
 _REQUEST_FAULTS = frozenset({400, 404, 413, 422})
+#: A message that names a request field (``model: claude-x``, ``messages.0.content``):
+#: the service's way of refusing one request, as opposed to a missing endpoint.
+_FIELD_MESSAGE = re.compile(r"^[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*: ")
+_COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+_SETUP_HINTS = {
+    401: "the service refused the API key: check the variable --api-key-env names "
+    "(default ANTHROPIC_API_KEY) and that --base-url is the service the key is for",
+    403: "the API key may not use this endpoint or workspace: check the key "
+    "(--api-key-env) and --base-url",
+    404: "no such endpoint at this base URL: check --base-url (the API root, e.g. "
+    "https://api.anthropic.com, with no path after it), or choose another --dry-run "
+    "mode if this service lacks the endpoint",
+}
 
 Item = Entry | Reject | Flush | Watermark
 
@@ -179,14 +203,21 @@ def count_tokens_body(raw: bytes) -> bytes:
 
 def messages_body(raw: bytes, max_tokens: int = DRY_RUN_MAX_TOKENS) -> bytes:
     """The ``/v1/messages`` body of a batch entry: its own params with a tiny
-    ``max_tokens`` (above the thinking budget when thinking is on)."""
+    ``max_tokens``. With extended thinking on, the budget drops to the smallest the
+    API allows (``DRY_RUN_THINKING_BUDGET``) and ``max_tokens`` to just above it, so
+    the probe never pays for the request's own, possibly large, budget."""
     fields = _fields_view.decode(_entry_view.decode(raw).params)
     fields.pop("stream", None)
     limit = max_tokens
     if "thinking" in fields:
         thinking = _thinking_view.decode(fields["thinking"])
         if thinking.type == "enabled" and thinking.budget_tokens is not UNSET:
-            limit = max(limit, thinking.budget_tokens + 1)
+            # a budget below the minimum is left as sent: the service refuses it
+            budget = min(thinking.budget_tokens, DRY_RUN_THINKING_BUDGET)
+            thinking_fields = _fields_view.decode(fields["thinking"])
+            thinking_fields["budget_tokens"] = Raw(str(budget).encode())
+            fields["thinking"] = Raw(_encoder.encode(thinking_fields))
+            limit = max(limit, budget + 1)
     fields["max_tokens"] = Raw(str(limit).encode())
     return _encoder.encode(fields)
 
@@ -491,6 +522,9 @@ class _DryRun:
             self._meter.samples_failed += 1
             return RejectError("invalid_request_error", f"request is not valid JSON: {exc}")
         except APIStatusError as exc:
+            if _is_setup_fault(exc):
+                path = "/v1/messages" if self._mode == "messages" else _COUNT_TOKENS_PATH
+                raise _setup_error(exc, f"POST {path}") from exc
             if exc.status_code not in _REQUEST_FAULTS:
                 raise
             self._meter.samples_failed += 1
@@ -537,6 +571,29 @@ class _DryRun:
                 await self._send.send(self._capped(out))
         self._meter.held -= len(out)
         self._notify()
+
+
+def _is_setup_fault(exc: APIStatusError) -> bool:
+    """Whether an error answer is about the deployment, not the request: auth, or a
+    404 that does not name a request field (``model: ...`` names one)."""
+    if exc.status_code == 404:
+        return _FIELD_MESSAGE.match(exc.api_message) is None
+    return exc.status_code in (401, 403)
+
+
+def _setup_error(exc: APIStatusError, endpoint: str) -> APIStatusError:
+    """``exc`` again (same class and context) with a message naming the dry run's
+    ``endpoint`` and what to check. The client already redacted the API key from the
+    service's message, and no key is added here."""
+    hint = _SETUP_HINTS[exc.status_code]
+    return type(exc)(
+        status_code=exc.status_code,
+        error_type=exc.error_type,
+        message=f"{exc.api_message}; the dry run's {endpoint} call failed, {hint}",
+        request_id=exc.request_id,
+        method=exc.method,
+        url=exc.url,
+    )
 
 
 def _approx(entry: Entry) -> int:

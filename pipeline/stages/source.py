@@ -7,6 +7,12 @@ validate strips it, as it needs the original length for the resume position
 (``offset + len(data) + 1``). ``iterable_source`` takes any sync or async iterable of
 entries (dicts, Structs, or already-encoded bytes). Both stop between chunks when
 the pipeline is stopping, so a graceful stop does not read further input.
+
+An entry msgspec cannot encode (a dict holding an arbitrary object, a string with a
+lone surrogate, a cycle) must not end the job: it becomes a ``RawLine`` whose data
+starts with ``UNENCODABLE_PREFIX`` (no JSON text starts with a NUL byte) followed by
+the reason, and the validate stage turns that into a reject of its line
+(``unencodable_reason``).
 """
 
 from __future__ import annotations
@@ -28,12 +34,25 @@ if TYPE_CHECKING:
     from anyio.abc import ObjectSendStream
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ("DEFAULT_CHUNK_SIZE", "LineReader", "iterable_source", "jsonl_source")
+__all__ = (
+    "DEFAULT_CHUNK_SIZE",
+    "UNENCODABLE_PREFIX",
+    "LineReader",
+    "entry_line",
+    "iterable_source",
+    "jsonl_source",
+    "unencodable_reason",
+)
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 #: How long closing an interrupted async iterable may take, in seconds.
 _CLOSE_SECONDS = 5.0
 _encoder = msgspec.json.Encoder()
+#: Starts the data of a line standing for an entry that could not be encoded.
+UNENCODABLE_PREFIX = b"\x00unencodable\x00"
+#: What encoding an arbitrary Python value can raise.
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+_MAX_REASON = 300
 
 
 class LineReader:
@@ -114,10 +133,52 @@ async def jsonl_source(
                 await handle.close()
 
 
-def _encode(item: Any) -> bytes:
+class _Unencodable(msgspec.Struct):
+    custom_id: str | None
+    message: str
+
+
+_unencodable_decoder = msgspec.json.Decoder(_Unencodable)
+
+
+def entry_line(line: int, item: Any) -> RawLine:
+    """The ``RawLine`` of entry number ``line`` of an iterable: ``item`` encoded (bytes
+    are taken as they are), or, when msgspec cannot encode it, a line the validate
+    stage rejects with the reason."""
     if isinstance(item, bytes | bytearray | memoryview):
-        return bytes(item)
-    return _encoder.encode(item)
+        return RawLine(line, bytes(item), -1)
+    try:
+        return RawLine(line, _encoder.encode(item), -1)
+    except _ENCODE_ERRORS as exc:
+        return RawLine(line, _unencodable_data(item, exc), -1)
+
+
+def _unencodable_data(item: Any, exc: BaseException) -> bytes:
+    reason = f"{type(exc).__name__}: {exc}"
+    if len(reason) > _MAX_REASON:
+        reason = reason[: _MAX_REASON - 3] + "..."
+    message = (
+        f"the entry cannot be encoded as JSON ({reason}); an entry is a dict or msgspec "
+        'Struct {"custom_id": ..., "params": {...}} of JSON values, or its encoded bytes'
+    )
+    try:  # the custom_id when there is a readable, encodable one
+        cid = item.get("custom_id") if isinstance(item, dict) else getattr(item, "custom_id", None)
+        note = _encoder.encode(_Unencodable(cid if isinstance(cid, str) else None, message))
+    except Exception:
+        note = _encoder.encode(_Unencodable(None, message))
+    return UNENCODABLE_PREFIX + note
+
+
+def unencodable_reason(data: bytes) -> tuple[str | None, str] | None:
+    """(custom_id, message) when ``data`` stands for an entry that could not be
+    encoded (see ``entry_line``), else None."""
+    if not data.startswith(UNENCODABLE_PREFIX):
+        return None
+    try:
+        note = _unencodable_decoder.decode(data[len(UNENCODABLE_PREFIX) :])
+    except msgspec.DecodeError:
+        return None
+    return note.custom_id, note.message
 
 
 async def iterable_source(
@@ -159,7 +220,7 @@ async def _sync_items(
         line += 1
         if line <= skip:
             continue
-        pending.append(RawLine(line, _encode(item), -1))
+        pending.append(entry_line(line, item))
         if len(pending) >= batch:
             await send.send(pending)
             pending = []
@@ -239,6 +300,6 @@ async def _collect(
                     items.append(receive.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-            chunk = [RawLine(line + i, _encode(item), -1) for i, item in enumerate(items, 1)]
+            chunk = [entry_line(line + i, item) for i, item in enumerate(items, 1)]
             line += len(items)
             await send.send(chunk)

@@ -1,10 +1,12 @@
 """Validate (the local part): each input line decoded once, checked against the wire
 schema, and passed on as its exact original bytes, or turned into a reject.
 
-Rejected here: malformed JSON, a missing or malformed custom_id, params that fail
-the schema (``pipeline.api._schema.check_entry``), an entry too large for any batch.
-Duplicate custom_ids are found by the ledger when a batch is claimed (on disk, so
-no set grows with the job). Blank lines are skipped.
+Rejected here: malformed JSON (``invalid_json``), a missing or malformed custom_id
+(``invalid_custom_id``), a line that is not a JSON object, params that fail the schema
+(``pipeline.api._schema.check_entry``) and an entry an iterable source could not
+encode (``invalid_request_error``), an entry too large for any batch
+(``request_too_large``). Duplicate custom_ids are found by the ledger when a batch is
+claimed (on disk, so no set grows with the job). Blank lines are skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .._pricing import estimate_cost_usd
 from ..api._schema import DEFAULT_MODELS, Checked, SchemaError, check_entry
 from ._items import Entry, Flush, RawLine, Reject, RejectError
 from ._protocol import ENVELOPE_BYTES
+from .source import unencodable_reason
 
 if TYPE_CHECKING:
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -90,6 +93,10 @@ class Validator:
 
     def _reject(self, raw: RawLine, data: bytes, checked: Checked | SchemaError) -> Reject:
         if isinstance(checked, SchemaError):
+            unencodable = unencodable_reason(data)
+            if unencodable is not None:
+                error = RejectError("invalid_request_error", unencodable[1])
+                return Reject(raw.line, unencodable[0], error, _end(raw))
             return Reject(raw.line, checked.custom_id, _classify(data, checked), _end(raw))
         message = (
             f"entry is {len(data)} bytes; a batch body holds at most "
@@ -116,14 +123,33 @@ def _end(raw: RawLine) -> int:
 
 
 def _classify(data: bytes, error: SchemaError) -> RejectError:
-    """The reject's error type: not JSON at all, a bad custom_id, or a schema failure."""
+    """The reject's error type: not JSON at all, not an entry object, a bad custom_id,
+    or a schema failure."""
     try:
-        _any_decoder.decode(data)
+        value = _any_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return RejectError("invalid_json", f"malformed JSON: {exc}")
+    if not isinstance(value, dict):
+        return RejectError(
+            "invalid_request_error",
+            f"the line is {_json_kind(value)}; each line must be a JSON object "
+            '{"custom_id": ..., "params": {...}}',
+        )
     if error.message.startswith("custom_id") or error.custom_id is None:
         return RejectError("invalid_custom_id", error.message)
     return RejectError("invalid_request_error", error.message)
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "a JSON array"
+    if isinstance(value, str):
+        return "a JSON string"
+    if isinstance(value, bool):
+        return "a JSON boolean"
+    if value is None:
+        return "JSON null"
+    return "a JSON number"
 
 
 async def validate(

@@ -27,6 +27,20 @@ DROP = object()
 VALID = {"model": MODEL, "max_tokens": 100, "messages": [USER]}
 TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
 TOOL_RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}
+USER2 = {"role": "user", "content": [TOOL_RESULT]}
+#: a custom tool with every field the SDK's ToolParam defines
+FULL_TOOL = {
+    "name": "get_weather",
+    "input_schema": {"type": "object", "properties": {}, "additionalProperties": False},
+    "type": "custom",
+    "description": "Weather by city",
+    "cache_control": {"type": "ephemeral"},
+    "allowed_callers": ["direct"],
+    "defer_loading": False,
+    "eager_input_streaming": None,
+    "input_examples": [{}],
+    "strict": True,
+}
 
 # (id, raw entry, expected message)
 CORPUS: list[tuple[str, bytes, str]] = [
@@ -256,6 +270,26 @@ CORPUS: list[tuple[str, bytes, str]] = [
         'params.tools[1].name: tool names must be unique, "get_weather" is defined twice',
     ),
     (
+        "tool-misspelt-field",
+        entry(tools=[{"name": "t", "descripton": "Looks up", "input_schema": {"type": "object"}}]),
+        "params.tools[0]: unknown field `descripton`",
+    ),
+    (
+        "custom-tool-unknown-field",
+        entry(
+            tools=[
+                TOOL,
+                {"type": "custom", "name": "u", "input_schema": {"type": "object"}, "x": 1},
+            ],
+            messages=[
+                USER,
+                {"role": "assistant", "content": [TOOL_USE]},
+                {"role": "user", "content": [TOOL_RESULT]},
+            ],
+        ),
+        "params.tools[1]: unknown field `x`",
+    ),
+    (
         "tool-choice-unknown-type",
         entry(tools=[TOOL], tool_choice={"type": "required"}),
         'params.tool_choice.type: unknown tool_choice type "required"',
@@ -396,6 +430,7 @@ GOOD: list[bytes] = [
         tool_choice={"type": "auto"},
     ),
     entry(tool_choice={"type": "none"}),
+    entry(tools=[FULL_TOOL], messages=[USER, {"role": "assistant", "content": [TOOL_USE]}, USER2]),
     entry(
         messages=[
             {
@@ -456,3 +491,21 @@ def test_models_are_configurable() -> None:
     assert isinstance(check_entry(raw), SchemaError)
     assert isinstance(check_entry(raw, models=frozenset({"my-fine-tune"})), Checked)
     assert isinstance(check_entry(raw, models=None), Checked)
+
+
+def test_custom_tool_fields_are_the_sdk_tool_params() -> None:
+    """The fields a custom tool may have are exactly the keys of the SDK's ToolParam
+    (and BetaToolParam): a new SDK field shows up here first."""
+    from anthropic.types import ToolParam
+    from anthropic.types.beta import BetaToolParam
+
+    from pipeline.api import _schema
+
+    assert set(FULL_TOOL) == _schema._CUSTOM_TOOL_FIELDS
+    assert set(ToolParam.__annotations__) == _schema._CUSTOM_TOOL_FIELDS
+    assert set(BetaToolParam.__annotations__) == _schema._CUSTOM_TOOL_FIELDS
+
+
+def test_server_tools_keep_their_own_fields() -> None:
+    server = {"type": "web_search_20250305", "name": "web_search", "allowed_domains": ["a.b"]}
+    assert isinstance(check_entry(entry(tools=[TOOL, server])), Checked)

@@ -42,6 +42,9 @@ VARIANTS: list[bytes] = [
     entry(tools=[TOOL, TOOL]),
     entry(tools=[{"name": "bad name", "input_schema": {"type": "object"}}]),
     entry(tools=None),
+    entry(tools=[{"name": "lookup", "descripton": "x", "input_schema": {"type": "object"}}]),
+    entry(tools=[{**TOOL, "type": "custom", "description": "d", "strict": True}]),
+    entry(tools=[TOOL, {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]),
     entry(stream=True),
     entry(max_tokens=5000),
     entry(model="claude-9"),
@@ -83,6 +86,14 @@ def test_same_shape_same_signature_through_either_path() -> None:
     # the first call fills the caches, the second reads them
     for raw, _ in itertools.product(VARIANTS, range(2)):
         assert check_entry(raw) == full(raw)
+
+
+def test_a_misspelt_tool_field_is_refused_by_both_paths() -> None:
+    raw = entry(tools=[{"name": "lookup", "descripton": "x", "input_schema": {"type": "object"}}])
+    for _ in range(2):  # the fast path's tools cache must keep the verdict
+        result = check_entry(raw)
+        assert isinstance(result, SchemaError)
+        assert result.message == "params.tools[0]: unknown field `descripton`"
 
 
 def test_bad_utf8_is_a_reject_not_a_crash() -> None:

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import pytest
 
 from pipeline._config import PipelineConfig
-from pipeline._errors import AuthenticationError, BadRequestError, DryRunAbortedError
+from pipeline._errors import (
+    AuthenticationError,
+    BadRequestError,
+    DryRunAbortedError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from pipeline._pricing import estimate_cost_usd
 from pipeline.api._types import Message, Usage
 from pipeline.stages._items import Entry, Flush, Reject, Watermark
 from pipeline.stages.dryrun import (
+    DRY_RUN_THINKING_BUDGET,
     DryRunMeter,
     count_tokens_body,
     dry_run,
     messages_body,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
 
 Item = Entry | Reject | Flush
 MODEL = "claude-3-haiku-20240307"
@@ -133,6 +143,16 @@ async def run_stage(
             raise group.exceptions[0] from None
         raise
     return out
+
+
+async def raised(awaitable: Awaitable[object]) -> BaseException | None:
+    """What ``awaitable`` raised, or None. Inside ``serve_emulator`` a failing
+    ``pytest.raises`` would end up in the server's exception group: assert outside."""
+    try:
+        await awaitable
+    except Exception as exc:
+        return exc
+    return None
 
 
 def entries_of(items: list[Item], shape: str) -> list[Entry]:
@@ -408,8 +428,93 @@ async def test_fatal_errors_fail_the_stage() -> None:
     client.fail["A"] = AuthenticationError(
         status_code=401, error_type="authentication_error", message="bad key"
     )
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError) as info:
         await run_stage([[make_entry(0, "A")]], client, PipelineConfig())
+    assert "POST /v1/messages/count_tokens" in str(info.value)
+    assert "--api-key-env" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["count-tokens", "messages"])
+async def test_a_wrong_base_url_fails_the_stage_instead_of_rejecting_everything(
+    tmp_path: Any, mode: str
+) -> None:
+    """Over loopback: a base URL with a path under it makes every dry-run call a 404
+    for a missing endpoint, which says nothing about the requests."""
+    from pipeline.api import Client
+    from pipeline.testing import serve_emulator
+
+    entries = [make_entry(n, "A") for n in range(3)]
+    async with (
+        serve_emulator(data_dir=tmp_path) as emu,
+        Client(api_key="sk-test", base_url=emu.url + "/nope") as client,
+    ):
+        error = await raised(run_stage([entries], client, PipelineConfig(dry_run=mode)))
+    assert isinstance(error, NotFoundError)
+    endpoint = "/v1/messages/count_tokens" if mode == "count-tokens" else "/v1/messages"
+    assert f"the dry run's POST {endpoint} call failed" in str(error)
+    assert "--base-url" in str(error)
+    assert error.status_code == 404
+
+
+async def test_a_refused_key_fails_the_stage_without_showing_the_key(tmp_path: Any) -> None:
+    from pipeline.api import Client
+    from pipeline.emulator._config import EmulatorConfig
+    from pipeline.testing import serve_emulator
+
+    key = "sk-ant-secret-123"
+    emulator = EmulatorConfig(workspaces={key: "team"})
+    async with (
+        serve_emulator(emulator, data_dir=tmp_path) as emu,
+        Client(
+            api_key=key, base_url=emu.url, extra_headers={"anthropic-workspace-id": "other"}
+        ) as client,
+    ):
+        error = await raised(run_stage([[make_entry(0, "A")]], client, PipelineConfig()))
+    assert isinstance(error, PermissionDeniedError)
+    assert "--api-key-env" in str(error)
+    assert key not in str(error)
+    assert key not in repr(error.args)
+
+
+async def test_missing_key_fails_the_stage_with_a_hint(tmp_path: Any) -> None:
+    from pipeline.api import Client
+    from pipeline.testing import serve_emulator
+
+    async with (
+        serve_emulator(data_dir=tmp_path) as emu,
+        Client(api_key=None, base_url=emu.url) as client,
+    ):
+        error = await raised(run_stage([[make_entry(0, "A")]], client, PipelineConfig()))
+    assert isinstance(error, AuthenticationError)
+    assert "the dry run's POST /v1/messages/count_tokens call failed" in str(error)
+    assert "--api-key-env" in str(error)
+
+
+async def test_an_unknown_model_404_is_a_verdict_on_the_request() -> None:
+    """The service answers an unknown model with 404 ``model: ...``: that condemns the
+    requests of that shape, not the job."""
+    client = FakeClient(VirtualClock())
+    client.fail["B"] = NotFoundError(
+        status_code=404, error_type="not_found_error", message="model: claude-nope"
+    )
+    entries = [make_entry(n, "AB"[n % 2]) for n in range(6)]
+    out = await run_stage([entries], client, PipelineConfig())
+    assert [e.line for e in entries_of(out, "A")] == [0, 2, 4]
+    rejects = [i for i in out if isinstance(i, Reject)]
+    assert [r.line for r in rejects] == [1, 3, 5]
+    assert (rejects[0].error.type, rejects[0].error.message) == (
+        "not_found_error",
+        "model: claude-nope",
+    )
+
+
+async def test_a_404_not_naming_a_field_fails_the_stage() -> None:
+    client = FakeClient(VirtualClock())
+    client.fail["A"] = NotFoundError(
+        status_code=404, error_type="not_found_error", message="Not Found"
+    )
+    with pytest.raises(NotFoundError, match="--base-url"):
+        await run_stage([[make_entry(0, "A")]], client, PipelineConfig(dry_run_policy="continue"))
 
 
 async def test_off_passes_through_without_calls() -> None:
@@ -453,7 +558,43 @@ def test_bodies() -> None:
         "system": "s",
         "thinking": {"type": "enabled", "budget_tokens": 2000},
     }
-    assert msgspec.json.decode(messages_body(raw))["max_tokens"] == 2001
+    body = msgspec.json.decode(messages_body(raw))
+    assert (body["max_tokens"], body["thinking"]["budget_tokens"]) == (1025, 1024)
+
+
+def test_a_thinking_probe_thinks_at_the_minimum_budget_and_keeps_the_rest() -> None:
+    """A 32k thinking budget is not paid for by a probe: budget 1024, max_tokens 1025."""
+    thinking = {"type": "enabled", "budget_tokens": 32000, "display": "omitted"}
+    raw = make_entry(0, "A", thinking=thinking, max_tokens=64000, system="s", stream=False).raw
+    assert msgspec.json.decode(messages_body(raw)) == {
+        "model": MODEL,
+        "max_tokens": 1025,
+        "messages": [{"role": "user", "content": "A"}],
+        "thinking": {
+            "type": "enabled",
+            "budget_tokens": DRY_RUN_THINKING_BUDGET,
+            "display": "omitted",
+        },
+        "system": "s",
+    }
+    # a budget under the minimum is sent as it is, for the service to refuse
+    small = make_entry(0, "A", thinking={"type": "enabled", "budget_tokens": 500}).raw
+    assert msgspec.json.decode(messages_body(small))["thinking"]["budget_tokens"] == 500
+    assert msgspec.json.decode(messages_body(small))["max_tokens"] == 501
+    adaptive = make_entry(0, "A", thinking={"type": "adaptive"}).raw
+    assert msgspec.json.decode(messages_body(adaptive))["max_tokens"] == 1
+
+
+async def test_messages_mode_sends_the_minimum_thinking_budget() -> None:
+    client = FakeClient(VirtualClock())
+    thinking = {"type": "enabled", "budget_tokens": 32000}
+    entry = make_entry(0, "A", thinking=thinking, max_tokens=64000)
+    await run_stage([[entry]], client, PipelineConfig(dry_run="messages"))
+    [(_, body, _)] = client.calls
+    assert (body["max_tokens"], body["thinking"]) == (
+        1025,
+        {"type": "enabled", "budget_tokens": 1024},
+    )
 
 
 async def test_count_tokens_mode_catches_what_the_emulator_rejects(tmp_path: Any) -> None:
@@ -503,3 +644,28 @@ async def test_downstream_closing_stops_the_stage_cleanly() -> None:
     with pytest.raises(anyio.BrokenResourceError):  # upstream sees it closed
         await send_in.send([make_entry(2, "A")])
     send_in.close()
+
+
+async def test_a_job_with_a_wrong_base_url_fails_instead_of_finishing(tmp_path: Any) -> None:
+    """End to end over loopback: the job stops at the dry run with a reason, and no
+    request is written off as a reject."""
+    from pipeline._errors import StageError
+    from pipeline._pipeline import Pipeline
+    from pipeline.api import Client
+    from pipeline.testing import serve_emulator
+
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(make_entry(n, f"q{n}").raw + b"\n" for n in range(5)))
+    async with (
+        serve_emulator(data_dir=tmp_path / "emu") as emu,
+        Client(api_key="sk-test", base_url=emu.url + "/nope") as client,
+    ):
+        pipeline = Pipeline(source, tmp_path / "out.jsonl", config=PipelineConfig(), client=client)
+        with anyio.fail_after(30):
+            error = await raised(pipeline.run())
+    assert isinstance(error, StageError), error  # not a "finished" job
+    assert error.stage == "dry_run"
+    assert isinstance(error.__cause__, NotFoundError)
+    assert "--base-url" in str(error)
+    rejects = tmp_path / "out.rejects.jsonl"
+    assert not rejects.exists() or rejects.read_bytes() == b""
