@@ -103,6 +103,12 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     chunk_buffer: int = DEFAULT_CHUNK_BUFFER
     #: cap of the back-off between tries of a create the service refused for now
     max_create_backoff: float = DEFAULT_MAX_CREATE_BACKOFF
+    #: model names accepted by the local check; None accepts any name (the service,
+    #: and the dry run, then decide)
+    models: frozenset[str] | None = None
+    #: the environment variable holding the API key, read when a ``Pipeline`` is
+    #: given no ``client``, ``api_key`` nor ``base_url``
+    api_key_env: str = DEFAULT_API_KEY_ENV
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch_requests <= SERVICE_MAX_BATCH_REQUESTS:
@@ -140,3 +146,10 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"dry_run_rate must be > 0, got {self.dry_run_rate}")
         if self.budget_usd is not None and self.budget_usd < 0:
             raise ValueError(f"budget_usd must be >= 0, got {self.budget_usd}")
+        if self.models is not None and (not self.models or not all(self.models)):
+            raise ValueError(
+                f"models must name at least one model (or be None to accept any), "
+                f"got {sorted(self.models)}"
+            )
+        if not self.api_key_env:
+            raise ValueError("api_key_env must name an environment variable")

@@ -200,15 +200,55 @@ class StageError(PipelineError):
 
 
 class BudgetExceededError(PipelineError):
-    """The spend guard stopped submission: the next batch would exceed the budget."""
+    """The spend guard stopped submission: the next request would exceed the budget.
 
-    def __init__(self, budget_usd: float, estimated_usd: float) -> None:
+    ``line`` / ``custom_id`` name that request and ``not_submitted`` counts what was
+    left unsent, when the raise site knows them (else None)."""
+
+    def __init__(
+        self,
+        budget_usd: float,
+        estimated_usd: float,
+        *,
+        line: int | None = None,
+        custom_id: str | None = None,
+        not_submitted: int | None = None,
+    ) -> None:
         self.budget_usd = budget_usd
         self.estimated_usd = estimated_usd
-        super().__init__(
-            f"budget of ${budget_usd:.4f} reached: submitting more would bring the "
-            f"estimated cost to ${estimated_usd:.4f}"
+        self.line = line
+        self.custom_id = custom_id
+        self.not_submitted = not_submitted
+        budget, estimate = _distinct_usd(budget_usd, estimated_usd)
+        which = ", ".join(
+            part
+            for part in (
+                f"line {line}" if line is not None else "",
+                f"custom_id {custom_id!r}" if custom_id is not None else "",
+            )
+            if part
         )
+        request = f"the next request ({which})" if which else "the next request"
+        left = f"; {not_submitted:,} requests not submitted" if not_submitted is not None else ""
+        super().__init__(
+            f"budget {budget} reached: {request} would bring the estimated cost to "
+            f"{estimate}{left}; re-run with a larger --budget-usd to go on"
+        )
+
+
+def _distinct_usd(a: float, b: float) -> tuple[str, str]:
+    """Two amounts in dollars with as many decimals (6 to 10) as it takes for them
+    to read differently when they differ; trailing zeros dropped down to cents."""
+    for digits in range(6, 11):
+        x, y = f"{a:,.{digits}f}", f"{b:,.{digits}f}"
+        if x != y:
+            break
+    return _trim_usd(x), _trim_usd(y)
+
+
+def _trim_usd(text: str) -> str:
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.rstrip('0').ljust(2, '0')}"
 
 
 class DryRunAbortedError(PipelineError):

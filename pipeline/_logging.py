@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = (
     "FIELDS_IN_MESSAGE",
     "LOG_FORMATS",
+    "MIN_SECRET_LENGTH",
     "JsonFormatter",
     "LogFormat",
     "RedactingFilter",
@@ -50,7 +51,7 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 _KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
 _MASK = "[REDACTED]"
 #: Secrets shorter than this are not masked by value (they would mask ordinary words).
-_MIN_SECRET_LENGTH = 8
+MIN_SECRET_LENGTH = 8
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(
@@ -109,7 +110,7 @@ class RedactingFilter(logging.Filter):
 
     def add_secret(self, secret: str | None) -> None:
         """Also mask this exact value (e.g. the configured API key)."""
-        if secret and len(secret) >= _MIN_SECRET_LENGTH and secret not in self._secrets:
+        if secret and len(secret) >= MIN_SECRET_LENGTH and secret not in self._secrets:
             self._secrets = (*self._secrets, secret)
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -9,9 +9,11 @@ task group, around one client, one ledger and the sinks.
     rejects: ledger -> rejects writer -> rejects file
 
 Errors: a stage that fails cancels the others, and ``run()`` raises one
-``StageError`` naming the stage, whose ``__cause__`` is the original error (the
-task group's ``ExceptionGroup`` is collapsed to its first stage failure). Errors
-before the stages start (the state file, the input) are raised as they are.
+``StageError`` naming the stage, whose ``__cause__`` is the original error (every
+task group's ``ExceptionGroup``, the embedded emulator's included, is collapsed to
+its first stage failure). Errors before the stages start (the state file, the
+input, an output a fresh job would overwrite) are raised as they are. ``async with
+pipeline:`` raises the same error on the way out, unless ``wait()`` raised it.
 
 Stopping: ``stop()`` is graceful (stop reading the source, send or spool what is in
 hand, flush and commit the sinks; batches at the service keep running and are
@@ -32,12 +34,13 @@ import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 import anyio
 
 from ._config import DEFAULT_BASE_URL, DEFAULT_POLL_INTERVAL, PipelineConfig
-from ._errors import PipelineError, StageError, UsageError
+from ._errors import BudgetExceededError, PipelineError, StageError, UsageError
+from ._pricing import DEFAULT_PRICES
 from ._stats import ModelUsage, PipelineStatistics
 from .api._client import Client
 from .ledger._base import BatchRecord, JobSpec
@@ -47,7 +50,7 @@ from .stages.chunker import chunker
 from .stages.poller import poller
 from .stages.results import results
 from .stages.retry import retry_feeder
-from .stages.sink import CallbackSink, JsonlSink, ResultSink, rejects_writer
+from .stages.sink import CallbackSink, JsonlSink, ResultSink, rejects_callback, rejects_writer
 from .stages.source import DEFAULT_CHUNK_SIZE, iterable_source, jsonl_source
 from .stages.submitter import submitter
 from .stages.validate import validate
@@ -58,7 +61,9 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from ._pricing import PriceTable
     from .ledger._base import Ledger, ResumeState
+    from .stages._items import RejectLine
 
 __all__ = ("Pipeline",)
 
@@ -82,6 +87,12 @@ class _State(enum.Enum):
 
 Source = str | os.PathLike[str] | Iterable[Any] | AsyncIterable[Any] | SourceStage
 Output = str | os.PathLike[str] | Callable[[Any], "Awaitable[object]"] | ResultSink
+Rejects = str | os.PathLike[str] | Callable[["RejectLine"], "Awaitable[object]"]
+
+
+class _Stopped(Exception):
+    """A wait cut short by ``stop()`` where going on makes no sense (a reconcile
+    waiting for its settle time): the intent stays for the next start."""
 
 
 class Pipeline:
@@ -93,22 +104,36 @@ class Pipeline:
     /, *, stop, start_line)``, for sources that never run dry (a queue, a watched
     directory; see ``pipeline.stages._protocol.SourceStage``). ``output``: a JSONL file path, an async callback
     called with each ``ResultLine``, or a ``ResultSink``. ``rejects``: a JSONL file
-    path (default for a file output: ``RESULTS.rejects.jsonl`` next to it; None
-    otherwise: rejects are then only counted and kept in the state file).
+    path (default for a file output: ``RESULTS.rejects.jsonl`` next to it), or an
+    async callback called with each reject (a ``RejectLine``: ``line``,
+    ``custom_id``, ``error``; at-least-once across a crash, like a result callback);
+    None otherwise: rejects are then only counted and kept in the state file.
     ``state``: the ledger's SQLite file (default ``<output>.state``); ``ledger``
-    replaces it with any ``Ledger``. With no ``client``, ``api_key`` or
-    ``base_url``, the emulator is started in-process on loopback, and said so
-    through ``announce`` (default: an INFO record on the ``pipeline`` logger).
+    replaces it with any ``Ledger``. A new job refuses to overwrite a non-empty
+    output or rejects file unless ``overwrite=True``.
 
-    Run it with ``await pipeline.run()``, or ``async with pipeline:`` and
-    ``await pipeline.wait()``; watch it with ``statistics()``; ``stop()`` it.
+    The service, as ``pipeline run`` picks it: ``client`` if given; else the key is
+    ``api_key``, or the environment variable ``config.api_key_env``
+    (``ANTHROPIC_API_KEY``) when not given, and the URL ``base_url`` (default: the
+    Anthropic API). With no key and no base URL at all, the emulator is started
+    in-process on loopback, and said so through ``announce`` (default: an INFO
+    record on the ``pipeline`` logger). ``prices`` replaces ``DEFAULT_PRICES`` for
+    the dry run's estimates and the spend guard.
+
+    Run it with ``await pipeline.run()``, or ``async with pipeline:`` (and ``await
+    pipeline.wait()``); watch it with ``statistics()``; ``stop()`` it.
     """
+
+    #: True for sources that never run dry for good (a queue, a watched directory):
+    #: their end is not the job's end, so the job is never marked finished and a
+    #: restart with the same state goes on.
+    open_ended: ClassVar[bool] = False
 
     def __init__(
         self,
         source: Source,
         output: Output,
-        rejects: str | os.PathLike[str] | None = None,
+        rejects: Rejects | None = None,
         *,
         config: PipelineConfig | None = None,
         client: Client | None = None,
@@ -118,6 +143,8 @@ class Pipeline:
         ledger: Ledger | None = None,
         emulator_dir: str | os.PathLike[str] | None = None,
         announce: Callable[[str], None] | None = None,
+        prices: PriceTable | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.config = config if config is not None else PipelineConfig()
         if not isinstance(source, str | os.PathLike | Iterable | AsyncIterable) and not callable(
@@ -131,10 +158,15 @@ class Pipeline:
         self._input_path = Path(source) if isinstance(source, str | os.PathLike) else None
         self._output = output
         self._output_path = Path(output) if isinstance(output, str | os.PathLike) else None
-        if rejects is None and self._output_path is not None:
+        self._rejects_callback: Callable[[RejectLine], Awaitable[object]] | None = None
+        self._rejects_path: Path | None = None
+        if callable(rejects):
+            self._rejects_callback = rejects
+        elif rejects is not None:
+            self._rejects_path = Path(rejects)
+        elif self._output_path is not None:
             out = self._output_path
-            rejects = out.with_name(out.stem + ".rejects" + (out.suffix or ".jsonl"))
-        self._rejects_path = Path(rejects) if rejects is not None else None
+            self._rejects_path = out.with_name(out.stem + ".rejects" + (out.suffix or ".jsonl"))
         if state is None and ledger is None:
             if self._output_path is None:
                 raise UsageError(
@@ -148,6 +180,8 @@ class Pipeline:
         self._base_url = base_url
         self._emulator_dir = emulator_dir
         self._announce = announce if announce is not None else _log_notice
+        self._prices = prices
+        self._overwrite = overwrite
         self._state = _State.UNOPENED
         self._progress = Progress()
         self._capacity = Capacity(self.config.max_in_flight)
@@ -159,10 +193,13 @@ class Pipeline:
         self._elapsed = 0.0
         self._finished = False
         self._dry_run_meter: Any = None
+        self._spent_before = 0.0
         self._result: PipelineStatistics | None = None
         self._tg: TaskGroup | None = None
         self._done = anyio.Event()
         self._error: BaseException | None = None
+        #: ``wait()`` raised ``_error`` to its caller: ``__aexit__`` does not again
+        self._error_raised = False
         self._client: Client | None = None
         #: bytes per read of a file source (tests make it small)
         self._source_chunk_size = DEFAULT_CHUNK_SIZE
@@ -211,10 +248,22 @@ class Pipeline:
             actual_cost_usd=p.actual_cost_usd,
             dry_run_calls=dry_run_calls,
             elapsed_seconds=elapsed,
-            total=p.total,
+            total=self._total(),
             finished=self._finished,
             stopped_reason=self._stopped_reason,
         )
+
+    def _total(self) -> int | None:
+        """Requests the job will write: known once the source is done (everything
+        read and checked, so ``read - rejected``; later rejects, such as duplicates
+        found at submission, lower it). None while reading, or when the input was
+        cut short by a stop or the budget."""
+        p = self._progress
+        if p.total is not None:
+            return p.total
+        if not p.source_done or self._stop.is_set() or self._input_cut:
+            return None
+        return max(0, p.read - p.rejected)
 
     def stop(self, reason: str = "stop requested") -> None:
         """Stop gracefully: read no more input, send or spool the batch in hand,
@@ -247,6 +296,9 @@ class Pipeline:
         try:
             async with AsyncExitStack() as stack:
                 await self._run(stack)
+        except BaseExceptionGroup as group:
+            # the embedded emulator's task group wraps a stage failure once more
+            raise _collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
         finally:
             _thaw_heap()
             self._elapsed = time.monotonic() - self._started
@@ -268,13 +320,19 @@ class Pipeline:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        """Wait for the job to end (cancel it if the body raised); raise its failure
+        (one ``StageError`` for a stage) unless ``wait()`` already raised it."""
         assert self._tg is not None
         if exc is not None:
             self._tg.cancel_scope.cancel()
         try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            suppressed = await self._tg.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
             raise _collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
+        if exc is None and self._error is not None and not self._error_raised:
+            self._error_raised = True
+            raise self._error
+        return suppressed
 
     async def _run_in_background(self) -> None:
         try:
@@ -288,6 +346,7 @@ class Pipeline:
         """Wait for a job started with ``async with`` to end; its statistics (or its error)."""
         await self._done.wait()
         if self._error is not None:
+            self._error_raised = True
             raise self._error
         assert self._result is not None
         return self._result
@@ -301,26 +360,60 @@ class Pipeline:
     # -- the run -------------------------------------------------------------------
 
     async def _run(self, stack: AsyncExitStack) -> None:
+        state_path = self._state_path
+        if self._ledger_given is None and state_path is not None and not state_path.exists():
+            self._check_overwrite()  # before the state file exists: a re-run checks again
         ledger = await self._open_ledger(stack)
         resume = await ledger.open(self._job_spec())
-        if resume.finished:
-            self._finished = True
-            self._announce(
-                "pipeline: this job already finished; nothing to do "
-                f"(state {self._state_path}). Remove the state file to run it again."
-            )
+        if resume.fresh:
+            self._check_overwrite()
+        if resume.finished and not self.open_ended:
+            await self._already_finished(ledger)
             return
         client = await self._open_client(stack)
         sink = self._output_sink()
         await sink.open(resume.output)
         stack.push_async_callback(sink.aclose)
-        rejects_sink = None
+        rejects_sink: ResultSink | None = None
         if self._rejects_path is not None:
             rejects_sink = JsonlSink(self._rejects_path)
+        elif self._rejects_callback is not None:
+            rejects_sink = rejects_callback(self._rejects_callback)
+        if rejects_sink is not None:
             await rejects_sink.open(resume.rejects)
             stack.push_async_callback(rejects_sink.aclose)
-        resumed = await self._resume(resume, ledger, client)
+        try:
+            resumed = await self._resume(resume, ledger, client)
+        except _Stopped:
+            return  # stopped while settling a create of unknown outcome: next start
         await self._run_stages(client, ledger, sink, rejects_sink, resume, resumed)
+
+    def _check_overwrite(self) -> None:
+        """A new job starts its output and rejects files empty: refuse to wipe one
+        that holds data, unless told to."""
+        if self._overwrite:
+            return
+        for what, path in (("output", self._output_path), ("rejects", self._rejects_path)):
+            if path is not None and path.is_file() and path.stat().st_size > 0:
+                raise UsageError(
+                    f"{what} file {path} is not empty and this is a new job (no state in "
+                    f"{self._state_path or 'the ledger'}): pass --overwrite (Python: "
+                    "overwrite=True) to replace it, or remove it"
+                )
+
+    async def _already_finished(self, ledger: Ledger) -> None:
+        """A re-run of a finished job: its counts from the ledger, and a warning."""
+        status = await ledger.status()
+        p = self._progress
+        p.read, p.rejected, p.submitted = status.read, status.rejected, status.submitted
+        p.ended, p.written = status.ended, status.written
+        p.source_done = True
+        self._finished = True
+        logger.warning(
+            "this job already finished; nothing to do (state %s). Remove the state file "
+            "to run it again (with --overwrite / overwrite=True to replace its output).",
+            self._state_path or "in the ledger",
+        )
 
     async def _resume(
         self, resume: ResumeState, ledger: Ledger, client: Client
@@ -328,6 +421,8 @@ class Pipeline:
         """Settle creates of unknown outcome; the batches to poll again, each with
         the requests it still owes."""
         p = self._progress
+        #: what earlier runs claimed, by estimate: a budget holds for the whole job
+        self._spent_before = resume.estimated_cost_usd
         p.spooled = resume.spooled
         p.rejected = resume.rejects.count
         p.written = resume.output.count
@@ -336,7 +431,9 @@ class Pipeline:
         if resume.pending_intents:
             from .ledger._reconcile import reconcile
 
-            report = await reconcile(ledger, client, resume.pending_intents)
+            report = await reconcile(
+                ledger, client, resume.pending_intents, sleep=self._settle_sleep
+            )
             by_id = {i.local_id: i for i in resume.pending_intents}
             batches += [(record, record.request_count) for record in report.adopted]
             p.spooled += sum(by_id[i].request_count for i in report.released)
@@ -358,7 +455,7 @@ class Pipeline:
         client: Client,
         ledger: Ledger,
         sink: ResultSink,
-        rejects_sink: JsonlSink | None,
+        rejects_sink: ResultSink | None,
         resume: ResumeState,
         resumed: list[tuple[BatchRecord, int]],
     ) -> None:
@@ -368,7 +465,17 @@ class Pipeline:
         send_checked, recv_checked = _stream(size)
         stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("source", self._source_stage(send_raw, resume)),
-            ("validate", validate(recv_raw, send_checked, config=config, progress=p)),
+            (
+                "validate",
+                validate(
+                    recv_raw,
+                    send_checked,
+                    config=config,
+                    models=config.models,
+                    progress=p,
+                    prices=self._price_table(),
+                ),
+            ),
         ]
         # validate -> [dry_run] -> [spend_guard] -> chunker
         for name, stage in self._extra_stages():
@@ -430,6 +537,7 @@ class Pipeline:
                     capacity=self._capacity,
                     progress=p,
                     resumed={r.local_id: owed for r, owed in resumed},
+                    prices=self._price_table(),
                 ),
             ),
             (
@@ -460,7 +568,10 @@ class Pipeline:
         except BaseExceptionGroup as group:
             raise _collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
         if not self._stop.is_set() and not self._input_cut and p.cycle_done:
-            await ledger.mark_finished()
+            # an open-ended source ended for now (a queue closed at shutdown): all
+            # done for this run, but a restart with the same state goes on
+            if not self.open_ended:
+                await ledger.mark_finished()
             self._finished = True
 
     async def _guard(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
@@ -468,6 +579,8 @@ class Pipeline:
         because a downstream stage ended early (a stop, a budget cut) is a normal end."""
         try:
             await coro
+        except _Stopped:
+            pass  # a reconcile cut short by a stop: the intent waits for the next start
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if not (self._stop.is_set() or self._input_cut):
                 raise StageError(name, exc) from exc
@@ -492,9 +605,13 @@ class Pipeline:
             assert isinstance(source, Iterable | AsyncIterable)
             await iterable_source(send, items=source, skip=resume.source_line, stop=self._stop)
 
+    def _price_table(self) -> PriceTable:
+        return self._prices if self._prices is not None else DEFAULT_PRICES
+
     def _extra_stages(self) -> list[tuple[str, Callable[[Any, Any], Coroutine[Any, Any, None]]]]:
         """The optional stages between validate and the chunker."""
         config = self.config
+        prices = self._price_table()
         out: list[tuple[str, Callable[[Any, Any], Coroutine[Any, Any, None]]]] = []
         if config.dry_run != "off":
             from .stages.dryrun import DryRunMeter, dry_run
@@ -504,7 +621,7 @@ class Pipeline:
             assert client is not None
 
             async def _dry(r: Any, s: Any) -> None:
-                await dry_run(r, s, client=client, config=config, meter=meter)
+                await dry_run(r, s, client=client, config=config, meter=meter, prices=prices)
 
             out.append(("dry_run", _dry))
         if config.budget_usd is not None:
@@ -518,11 +635,17 @@ class Pipeline:
                     s,
                     config=config,
                     meter=spend,
-                    on_exceeded=lambda exc: self._cut_input(f"budget reached: {exc}"),
+                    on_exceeded=self._budget_reached,
+                    prices=prices,
+                    spent_usd=self._spent_before,
                 )
 
             out.append(("spend_guard", _guard))
         return out
+
+    def _budget_reached(self, exc: BudgetExceededError) -> None:
+        logger.warning("%s", exc)
+        self._cut_input(str(exc))
 
     def _reconciler(
         self, ledger: Ledger, client: Client
@@ -538,7 +661,7 @@ class Pipeline:
                 body_bytes=size,
                 sent_at=sent_at,
             )
-            report = await reconcile(ledger, client, [record])
+            report = await reconcile(ledger, client, [record], sleep=self._settle_sleep)
             return report.adopted[0].batch_id if report.adopted else None
 
         return reconcile_one
@@ -548,6 +671,13 @@ class Pipeline:
         with anyio.move_on_after(seconds):
             await self._stop.wait()
 
+    async def _settle_sleep(self, seconds: float) -> None:
+        """A reconcile's wait for a create to show up at the service (up to a
+        minute): a ``stop()`` ends it with ``_Stopped``, the intent stays pending."""
+        await self._sleep(seconds)
+        if self._stop.is_set():
+            raise _Stopped
+
     # -- resources -----------------------------------------------------------------
 
     async def _open_client(self, stack: AsyncExitStack) -> Client:
@@ -555,6 +685,8 @@ class Pipeline:
             self._client = self._client_given
             return self._client
         api_key, base_url = self._api_key, self._base_url
+        if api_key is None:  # as the command line does: the key from the environment
+            api_key = os.environ.get(self.config.api_key_env) or None
         if api_key is None and base_url is None:
             base_url = await self._start_emulator(stack)
             api_key = EMULATOR_API_KEY
@@ -575,7 +707,7 @@ class Pipeline:
             self.config = _with(self.config, poll_interval=EMULATOR_POLL_INTERVAL)
         self._announce(
             f"pipeline: no API key and no base URL: running on the local emulator at {handle.url} "
-            "(set ANTHROPIC_API_KEY to use the Message Batches API)"
+            f"(set {self.config.api_key_env} to use the Message Batches API)"
         )
         return handle.url
 

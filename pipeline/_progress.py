@@ -60,10 +60,11 @@ logger = logging.getLogger("pipeline.progress")
 
 def eta_seconds(stats: PipelineStatistics) -> float | None:
     """Seconds until every request is written, at the average rate so far; ``None``
-    when it cannot be estimated (total unknown, or nothing written yet)."""
+    when it cannot be estimated (total unknown, or nothing written yet).
+    ``stats.total`` counts the requests to write (rejects are not in it)."""
     if stats.total is None or stats.finished:
         return None
-    remaining = stats.total - stats.rejected - stats.written
+    remaining = stats.total - stats.written
     if remaining <= 0:
         return 0.0
     if stats.written <= 0 or stats.elapsed_seconds <= 0:
@@ -137,13 +138,13 @@ def render_live(stats: PipelineStatistics) -> RenderableType:
     from rich.text import Text
 
     head = Table.grid(padding=(0, 1))
-    done = stats.written + stats.rejected
+    done = stats.written
     if stats.total is not None:
         bar = ProgressBar(total=max(stats.total, 1), completed=min(done, stats.total), width=30)
         head.add_row(
             Text(f"{stats.written:,}/{stats.total:,} written", style="bold"),
             bar,
-            Text(f"{100 * done / max(stats.total, 1):.1f}%"),
+            Text(f"{100 * min(done, stats.total) / max(stats.total, 1):.1f}%"),
             Text(_time_text(stats), style="cyan"),
         )
     else:

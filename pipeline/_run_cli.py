@@ -4,10 +4,13 @@ With ``ANTHROPIC_API_KEY`` (or the variable ``--api-key-env`` names) set, it tal
 to the Message Batches API (or ``--base-url``); with neither a key nor a base URL it
 starts the local emulator in-process and says so on stderr.
 
-Exit status: 0 when the job finished (errored results are outcomes, not failures)
-or stopped gracefully on a signal; 1 with a one-line reason when it failed; 2 for
-bad options; 128 + signal number when a second signal cut it short (the state on
-disk stays consistent: re-running the command resumes).
+Exit status: 0 when the job finished (errored results are outcomes, not failures);
+3 when it ended unfinished but resumable (the budget was reached, or a SIGTERM /
+SIGINT stopped it gracefully), with a one-line reason; 1 with a one-line reason
+when it failed (an API, state file or file system error); 2 for bad options (and an
+output a new job would overwrite without ``--overwrite``); 128 + signal number when
+a second signal cut it short (the state on disk stays consistent: re-running the
+command resumes). With ``--log-format json`` those lines are JSON log records too.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import anyio
 
 from ._config import (
     DEFAULT_API_KEY_ENV,
+    DEFAULT_DRY_RUN_RATE,
     DEFAULT_LINGER_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BATCH_BYTES,
@@ -37,10 +41,13 @@ if TYPE_CHECKING:
     from ._pipeline import Pipeline
     from ._stats import PipelineStatistics
 
-__all__ = ("add_parser", "build_config", "format_summary", "run_command")
+__all__ = ("EXIT_NOT_FINISHED", "add_parser", "build_config", "format_summary", "run_command")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _log = logging.getLogger("pipeline")
+
+#: Exit status of a run that ended unfinished but resumable (budget, graceful stop).
+EXIT_NOT_FINISHED = 3
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -53,6 +60,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "through the Message Batches API and write one result line per accepted request "
             "to --output. With no API key and no --base-url, runs on the local emulator. "
             "Re-running the same command resumes an interrupted job."
+        ),
+        epilog=(
+            "Exit status: 0 the job finished; 3 it ended unfinished but resumable (the "
+            "budget was reached, or a first SIGTERM/SIGINT stopped it gracefully), with the "
+            "reason on stderr; 1 it failed, with a one-line reason; 2 bad options, a "
+            "--api-key-env variable that is not set, or an output a new job would "
+            "overwrite without --overwrite; 128 + signal when a second signal cut it short."
         ),
     )
     parser.add_argument("input", metavar="INPUT.jsonl", help="the batch requests, one per line")
@@ -74,6 +88,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="PATH",
         help="the job's state file, for resuming (default: RESULTS.jsonl.state next to the output)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let a new job (no state file yet) replace a non-empty output or rejects file "
+        "(without it, the run refuses, exit 2)",
+    )
     api = parser.add_argument_group("service")
     api.add_argument(
         "--base-url",
@@ -85,7 +105,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--api-key-env",
         default=DEFAULT_API_KEY_ENV,
         metavar="NAME",
-        help=f"environment variable holding the API key (default: {DEFAULT_API_KEY_ENV})",
+        help=f"environment variable holding the API key (default: {DEFAULT_API_KEY_ENV}; "
+        "a variable named here must be set)",
+    )
+    api.add_argument(
+        "--models",
+        type=_model_list,
+        metavar="NAME[,NAME...]",
+        help="model names the local check accepts, comma-separated (default: any name; "
+        "the service, and the dry run, decide)",
     )
     tune = parser.add_argument_group("batching")
     tune.add_argument(
@@ -168,6 +196,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "or abort the job",
     )
     check.add_argument(
+        "--dry-run-rate",
+        type=float,
+        default=DEFAULT_DRY_RUN_RATE,
+        metavar="PER_S",
+        help=f"dry-run calls per second at most (default: {DEFAULT_DRY_RUN_RATE:g})",
+    )
+    check.add_argument(
         "--budget-usd",
         type=float,
         metavar="USD",
@@ -194,9 +229,20 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         dry_run=args.dry_run,
         dry_run_samples=args.dry_run_samples,
         dry_run_policy=args.dry_run_policy,
+        dry_run_rate=args.dry_run_rate,
         budget_usd=args.budget_usd,
         delete_ended=args.delete_ended,
+        models=args.models,
+        api_key_env=args.api_key_env,
     )
+
+
+def _model_list(text: str) -> frozenset[str]:
+    """``--models a,b``: the set of names (argparse reports a ValueError as bad input)."""
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise ValueError("no model name")
+    return names
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -206,13 +252,12 @@ def run_command(args: argparse.Namespace) -> int:
     from ._ux import announce, setup_logging_from_args
 
     setup_logging_from_args(args)
+    api_key = os.environ.get(args.api_key_env) or None
+    if api_key is None and args.api_key_env != DEFAULT_API_KEY_ENV:
+        _report(args, logging.ERROR, f"{args.api_key_env} is not set (--api-key-env)")
+        return 2
     try:
         config = build_config(args)
-    except ValueError as exc:
-        print(f"pipeline run: {exc}", file=sys.stderr)
-        return 2
-    api_key = os.environ.get(args.api_key_env) or None
-    try:
         pipeline = Pipeline(
             args.input,
             args.output,
@@ -222,9 +267,10 @@ def run_command(args: argparse.Namespace) -> int:
             base_url=args.base_url,
             state=args.state,
             announce=announce,
+            overwrite=args.overwrite,
         )
-    except (PipelineError, RuntimeError) as exc:
-        print(f"pipeline run: {exc}", file=sys.stderr)
+    except (ValueError, PipelineError, RuntimeError) as exc:
+        _report(args, logging.ERROR, _one_line(exc))
         return 2
     signals: list[int] = []
     try:
@@ -232,13 +278,35 @@ def run_command(args: argparse.Namespace) -> int:
             stats = anyio.run(_run, pipeline, signals, args)
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
-    except PipelineError as exc:
-        print(f"pipeline run: failed: {_one_line(exc)}", file=sys.stderr)
+    except (PipelineError, OSError) as exc:
+        _report(args, logging.ERROR, f"failed: {_one_line(exc)}")
         return 1
+    except RuntimeError as exc:  # UsageError: e.g. an output a new job would wipe
+        _report(args, logging.ERROR, _one_line(exc))
+        return 2
     if stats is None:
-        print("pipeline run: interrupted; re-run the same command to resume", file=sys.stderr)
+        _report(args, logging.ERROR, "interrupted; re-run the same command to resume")
         return 128 + (signals[-1] if signals else signal.SIGINT)
-    return 0 if stats.finished or stats.stopped_reason else 1
+    if stats.finished:
+        return 0
+    reason = stats.stopped_reason or "the run ended with requests left"
+    if "re-run" not in reason:
+        reason += "; re-run the same command to resume"
+    _report(args, logging.WARNING, f"not finished: {reason}")
+    return EXIT_NOT_FINISHED
+
+
+def _report(args: argparse.Namespace, level: int, text: str) -> None:
+    """The command's last word: one ``pipeline run: ...`` line on stderr, or one
+    JSON log record with ``--log-format json``; any API key masked either way."""
+    from ._logging import MIN_SECRET_LENGTH, redact
+
+    key = os.environ.get(args.api_key_env) or ""
+    text = redact(text, [key] if len(key) >= MIN_SECRET_LENGTH else [])
+    if getattr(args, "log_format", "text") == "json":
+        _log.log(level, "pipeline run: %s", text)
+    else:
+        print(f"pipeline run: {text}", file=sys.stderr)
 
 
 async def _run(
@@ -281,6 +349,9 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        return f"{exc.strerror}: {where}" if where else exc.strerror
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

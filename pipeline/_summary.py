@@ -89,11 +89,7 @@ def summary_rows(
             f"read {stats.read:,} · submitted {stats.submitted:,} in "
             f"{stats.batches_submitted:,} batches · written {stats.written:,}",
         ),
-        (
-            "outcomes",
-            f"succeeded {main['succeeded']:,} · {errored} · canceled {main['canceled']:,}"
-            f" · expired {main['expired']:,} · rejected {main['rejected']:,}",
-        ),
+        ("outcomes", _outcomes_text(stats, main, errored)),
     ]
     if stats.in_flight or stats.retrying:
         rows.append(
@@ -131,6 +127,20 @@ def summary_rows(
     elif stats.rejected:
         rows.append(("rejects", f"{stats.rejected:,} (not written to a file)"))
     return rows
+
+
+def _outcomes_text(stats: PipelineStatistics, main: dict[str, int], errored: str) -> str:
+    if not stats.outcomes and stats.written:
+        # a finished job run again: its counts come from the state file, which keeps
+        # no count per outcome
+        return (
+            f"written {stats.written:,} (per outcome: see the output)"
+            f" · rejected {main['rejected']:,}"
+        )
+    return (
+        f"succeeded {main['succeeded']:,} · {errored} · canceled {main['canceled']:,}"
+        f" · expired {main['expired']:,} · rejected {main['rejected']:,}"
+    )
 
 
 def render_summary(

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-import msgspec
 
 from ._errors import UsageError
 from ._pipeline import Pipeline
 from ._ux import announce, run_with_progress
-from .stages._items import RawLine
+from .stages.source import entry_line
 from .stages.watch import DEFAULT_WATCH_INTERVAL, TakenFiles, watch_source
 
 if TYPE_CHECKING:
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
     from ._stats import PipelineStatistics
+    from .stages._items import RawLine
 
 __all__ = (
     "QueuePipeline",
@@ -90,7 +90,10 @@ class WatchPipeline(Pipeline):
     ``output`` is not a file). A lingering partial batch is sent after
     ``config.linger_seconds``, so a trickle of small files still flows.
     Notices (e.g. "running on the local emulator") go to the ``pipeline`` logger.
+    The job is never marked finished: a restart with the same state goes on.
     """
+
+    open_ended = True
 
     def __init__(
         self,
@@ -136,13 +139,6 @@ class WatchPipeline(Pipeline):
 
 #: How often a queue source waiting for items looks at the stop flag, in seconds.
 _QUEUE_STOP_CHECK = 0.2
-_entry_encoder = msgspec.json.Encoder()
-
-
-def _encode_entry(item: Any) -> bytes:
-    if isinstance(item, bytes | bytearray | memoryview):
-        return bytes(item)
-    return _entry_encoder.encode(item)
 
 
 async def queue_source(
@@ -175,7 +171,7 @@ async def queue_source(
             chunk = []
             for item in items:
                 line += 1
-                chunk.append(RawLine(line, _encode_entry(item), -1))
+                chunk.append(entry_line(line, item))  # unencodable: a reject, not a crash
             await send.send(chunk)
 
 
@@ -183,9 +179,14 @@ class QueuePipeline(Pipeline):
     """A ``Pipeline`` fed from a memory object stream, for services: producers
     ``await send.send(entry)``; each entry goes on as soon as it arrives (a
     partial batch is sent after ``config.linger_seconds``). It ends when every
-    producer closed its send end (or on ``stop()``). ``state=`` is required when
-    ``output`` is not a file. Entries are at-least-once across a crash of the
-    service: keep the queue's producers idempotent by custom_id."""
+    producer closed its send end (or on ``stop()``), but the job is never marked
+    finished: a service restarted with the same state (and a new queue) goes on
+    numbering and sending. ``state=`` is required when ``output`` is not a file;
+    ``rejects=`` may be an async callback called with each reject (a
+    ``RejectLine``). Entries are at-least-once across a crash of the service: keep
+    the queue's producers idempotent by custom_id."""
+
+    open_ended = True
 
     def __init__(self, receive: MemoryObjectReceiveStream[Any], output: Any, **kwargs: Any) -> None:
         kwargs.setdefault("announce", announce)

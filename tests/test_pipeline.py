@@ -189,16 +189,30 @@ async def test_iterable_source_and_callback_sink(tmp_path: Path) -> None:
     assert stats.written == 15
 
 
-async def test_rerun_of_finished_job_is_a_noop(tmp_path: Path) -> None:
-    write_input(tmp_path / "in.jsonl", 5)
+async def test_rerun_of_finished_job_is_a_noop_that_reports_the_jobs_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline._summary import render_summary
+
+    write_input(tmp_path / "in.jsonl", 5, {2: b"{not json", 4: b'{"custom_id": "no params"}'})
     async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
         await run_job(tmp_path, emu.url)
         before = (tmp_path / "out.jsonl").read_bytes()
+        caplog.set_level(logging.INFO, logger="pipeline")
         _, stats = await run_job(tmp_path, emu.url)
-        assert sum(emu.submissions().values()) == 5
-    assert stats.finished
-    assert stats.submitted == 0
+        assert sum(emu.submissions().values()) == 5  # nothing sent again
     assert (tmp_path / "out.jsonl").read_bytes() == before
+    # the job's real counts, from the state file, not the zeros of this no-op run
+    assert stats.finished
+    assert (stats.read, stats.rejected, stats.submitted, stats.written) == (7, 2, 5, 5)
+    assert stats.total == 5
+    [notice] = [r for r in caplog.records if "already finished" in r.getMessage()]
+    assert notice.levelno == logging.WARNING
+    summary = render_summary(stats, output=str(tmp_path / "out.jsonl"))
+    assert "read 7" in summary
+    assert "written 5" in summary
+    assert "rejected 2" in summary
+    assert "succeeded 0" not in summary  # the state file keeps no count per outcome
 
 
 async def test_graceful_stop_then_resume(tmp_path: Path) -> None:

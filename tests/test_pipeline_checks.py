@@ -109,6 +109,12 @@ async def test_the_budget_stops_submission_at_the_right_request_and_collects_the
         # everything submitted was collected
         assert sorted(output_ids(tmp_path / "out.jsonl")) == sorted(first)
 
+        # the budget holds for the job, not per run: the same command spends no more
+        stats = await run(tmp_path, emu.url, config)
+        assert stats.stopped_reason is not None
+        assert "budget" in stats.stopped_reason
+        assert emu.submissions() == first
+
         # a larger budget resumes where the job stopped: nothing is paid twice
         stats = await run(tmp_path, emu.url, msgspec.structs.replace(config, budget_usd=1.0))
         assert stats.finished

@@ -97,7 +97,8 @@ def progress_log() -> Iterator[ListHandler]:
 
 
 def test_eta_from_average_rate_only_when_it_can_be_known() -> None:
-    stats = PipelineStatistics(total=1000, rejected=100, written=300, elapsed_seconds=60.0)
+    # total: the requests to write (rejects are not among them)
+    stats = PipelineStatistics(total=900, rejected=100, written=300, elapsed_seconds=60.0)
     assert eta_seconds(stats) == pytest.approx(120.0)  # 600 left at 5/s
     assert eta_seconds(PipelineStatistics(total=None, written=5, elapsed_seconds=1)) is None
     assert eta_seconds(PipelineStatistics(total=10, written=0, elapsed_seconds=9)) is None
@@ -113,14 +114,14 @@ def test_progress_line_has_every_count_time_and_cost() -> None:
         ended=498,
         written=498,
         batches_in_flight=2,
-        total=1200,
+        total=1198,
         elapsed_seconds=30,
         estimated_cost_usd=1.5,
         actual_cost_usd=0.25,
     )
     line = format_progress_line(stats)
     for part in (
-        "498/1,200 written",
+        "498/1,198 written",
         "read 1,200",
         "rejected 2",
         "submitted 1,198",

@@ -88,7 +88,7 @@ async def test_sigterm_stops_gracefully_and_a_rerun_completes(
     await wait_for(tmp_path, worker, created)
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=30)
-    assert worker.returncode == 0, err.decode()
+    assert worker.returncode == 3, err.decode()  # stopped, not finished: resumable
     assert b"stopping gracefully" in err
     status = await status_of(tmp_path / "job.state")
     assert status is not None
@@ -110,7 +110,7 @@ async def test_a_second_signal_exits_at_once_and_stays_consistent(
     worker.send_signal(signal.SIGTERM)
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=30)
-    assert worker.returncode in (0, 128 + signal.SIGTERM), err.decode()
+    assert worker.returncode in (3, 128 + signal.SIGTERM), err.decode()
     finish(emulator, tmp_path, api_key="twice")
     await assert_exactly_once(emulator, tmp_path, ids)
 

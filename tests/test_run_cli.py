@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
+from pipeline._config import PipelineConfig
 from pipeline._run_cli import build_config, format_summary
 from pipeline._stats import PipelineStatistics
 from pipeline.cli import build_parser
@@ -52,8 +56,11 @@ def test_run_example_on_embedded_emulator(tmp_path: Path) -> None:
 
     again = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=60)
     assert again.returncode == 0, again.stderr
-    assert "already finished" in again.stderr
+    assert "WARNING pipeline: this job already finished" in again.stderr
     assert out.read_bytes().count(b"\n") == len(results)
+    # the summary of the re-run gives the job's counts, not zeros
+    assert f"written {len(results)}" in again.stderr
+    assert "rejected 3" in again.stderr
 
 
 def test_missing_input_fails_with_one_line(tmp_path: Path) -> None:
@@ -85,6 +92,12 @@ def test_options_map_to_config() -> None:
             "off",
             "--budget-usd",
             "3",
+            "--dry-run-rate",
+            "2.5",
+            "--models",
+            "claude-sonnet-4-20250514, claude-3-haiku-20240307",
+            "--api-key-env",
+            "MY_KEY",
         ]
     )
     config = build_config(args)
@@ -95,6 +108,22 @@ def test_options_map_to_config() -> None:
     assert config.canceled == "retry"
     assert config.dry_run == "off"
     assert config.budget_usd == 3
+    assert config.dry_run_rate == 2.5
+    assert config.models == frozenset({"claude-sonnet-4-20250514", "claude-3-haiku-20240307"})
+    assert config.api_key_env == "MY_KEY"
+    defaults = build_config(build_parser(["run"]).parse_args(["run", "i", "-o", "o"]))
+    assert defaults.models is None  # any model name: the service decides
+    assert defaults.dry_run_rate == PipelineConfig().dry_run_rate
+
+
+def test_help_documents_the_new_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser(["run"]).parse_args(["run", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--dry-run-rate", "--models", "--overwrite", "--api-key-env"):
+        assert option in text
+    assert "dry-run calls per second" in text
+    assert "Exit status: 0 the job finished; 3 it ended unfinished but resumable" in text
 
 
 def test_bad_option_values_exit_2(tmp_path: Path) -> None:
@@ -127,3 +156,131 @@ def test_summary_names_outcomes(finished: bool) -> None:
     assert "succeeded 3" in text
     assert "rejected 1" in text
     assert ("job finished" in text) == finished
+
+
+# -- exit statuses and last words ---------------------------------------------------
+
+
+def _run_example(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        str(EXAMPLE),
+        "-o",
+        str(tmp_path / "o.jsonl"),
+    ]
+    command += ["--linger-seconds", "0.05", "--poll-interval", "0.05", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env or _env(), timeout=60)
+
+
+def _last_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert lines
+    return lines[-1]
+
+
+def test_a_budget_stop_exits_3_with_the_reason(tmp_path: Path) -> None:
+    done = _run_example(tmp_path, "--budget-usd", "0.000001", "--dry-run", "off")
+    assert done.returncode == 3, done.stderr
+    last = _last_line(done.stderr)
+    assert last.startswith("pipeline run: not finished: budget $0.000001 reached: "), last
+    assert last.endswith("re-run with a larger --budget-usd to go on")
+    assert "Traceback" not in done.stderr
+    # -q: still said, once as a warning when it happens and once at exit
+    quiet = _run_example(tmp_path, "--budget-usd", "0.000001", "--dry-run", "off", "-q")
+    assert quiet.returncode == 3
+    assert "WARNING pipeline: budget $0.000001 reached" in quiet.stderr
+    assert _last_line(quiet.stderr).startswith("pipeline run: not finished: budget")
+
+
+def test_a_non_default_key_variable_must_be_set(tmp_path: Path) -> None:
+    done = _run_example(tmp_path, "--api-key-env", "MY_UNSET_PIPELINE_KEY")
+    assert done.returncode == 2
+    assert _last_line(done.stderr).startswith("pipeline run: MY_UNSET_PIPELINE_KEY is not set")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_an_output_that_is_a_directory_fails_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "o.jsonl").mkdir()
+    done = _run_example(tmp_path, "--state", str(tmp_path / "job.state"))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    last = _last_line(done.stderr)
+    assert last.startswith("pipeline run: failed: Is a directory"), last
+    assert str(tmp_path / "o.jsonl") in last
+
+
+def test_a_new_job_refuses_to_wipe_an_output_unless_told(tmp_path: Path) -> None:
+    (tmp_path / "o.jsonl").write_text("an earlier result\n")
+    done = _run_example(tmp_path)
+    assert done.returncode == 2, done.stderr
+    last = _last_line(done.stderr)
+    assert str(tmp_path / "o.jsonl") in last
+    assert "--overwrite" in last
+    assert (tmp_path / "o.jsonl").read_text() == "an earlier result\n"
+    done = _run_example(tmp_path, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert "an earlier result" not in (tmp_path / "o.jsonl").read_text()
+
+
+def test_with_json_logs_a_failure_is_a_json_error_record(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "pipeline", "run", str(tmp_path / "nope.jsonl")]
+    command += ["--output", str(tmp_path / "o.jsonl"), "--log-format", "json"]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.returncode == 1
+    records = [msgspec.json.decode(line) for line in done.stderr.strip().splitlines()]
+    assert records[-1]["level"] == "ERROR"
+    assert records[-1]["message"].startswith("pipeline run: failed: ")
+    assert "nope.jsonl" in records[-1]["message"]
+
+
+def test_with_json_logs_a_budget_stop_is_a_json_warning_record(tmp_path: Path) -> None:
+    done = _run_example(
+        tmp_path, "--budget-usd", "0.000001", "--dry-run", "off", "--log-format", "json"
+    )
+    assert done.returncode == 3
+    records = [msgspec.json.decode(line) for line in done.stderr.strip().splitlines()]
+    assert records[-1]["level"] == "WARNING"
+    assert records[-1]["message"].startswith("pipeline run: not finished: budget")
+
+
+def test_a_graceful_signal_stop_exits_3_and_a_rerun_finishes(tmp_path: Path) -> None:
+    from pipeline._errors import LedgerError
+    from pipeline.ledger import read_status
+    from pipeline.testing import start_emulator_process
+
+    env = {**_env(), "ANTHROPIC_API_KEY": "signal-exit-test-key"}
+    with start_emulator_process("--batch-seconds", "2.0") as url:
+        args = ["--base-url", url, "--state", str(tmp_path / "job.state"), "--dry-run", "off"]
+        command = [sys.executable, "-m", "pipeline", "run", str(EXAMPLE)]
+        command += ["-o", str(tmp_path / "o.jsonl"), "--poll-interval", "0.05", *args]
+        worker = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(3000):  # bounded: until a batch is at the service
+                assert worker.poll() is None, "the run ended before the signal"
+                try:
+                    status = anyio.run(read_status, tmp_path / "job.state")
+                except LedgerError:
+                    status = None  # not created yet
+                if status is not None and any(b.state == "created" for b in status.batches):
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("no batch was ever created")
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=30)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        assert worker.returncode == 3, err
+        last = _last_line(err)
+        assert (
+            last == "pipeline run: not finished: signal SIGTERM; re-run the same command to resume"
+        )
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr

@@ -119,7 +119,11 @@ async def spend_guard(
             meter.stopped = True
             if on_exceeded is not None:
                 total = meter.estimated_cost_usd + entry_cost_usd(entry, prices)
-                on_exceeded(BudgetExceededError(budget or 0.0, total))
+                on_exceeded(
+                    BudgetExceededError(
+                        budget or 0.0, total, line=entry.line, custom_id=entry.custom_id
+                    )
+                )
             # The checkpoint stands where the refused entry starts, whatever passed
             # before it out of line order (the dry run lets checked shapes and
             # rejects overtake held entries): a re-run reads on from there.

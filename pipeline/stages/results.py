@@ -27,7 +27,7 @@ import anyio
 import msgspec
 
 from .._errors import APIError, ResultStreamError
-from .._pricing import cost_usd
+from .._pricing import DEFAULT_PRICES, PriceTable
 
 if TYPE_CHECKING:
     from anyio.abc import ObjectReceiveStream
@@ -114,8 +114,11 @@ class ResultsCollector:
         capacity: Capacity,
         progress: Progress,
         resumed: dict[int, int] | None = None,
+        prices: PriceTable = DEFAULT_PRICES,
     ) -> None:
         self.client = client
+        #: prices the actual cost of succeeded results
+        self.prices = prices
         self.ledger = ledger
         self.sink = sink
         self.config = config
@@ -205,7 +208,7 @@ class ResultsCollector:
                     final.append(line)
                     written_ids.append(view.custom_id)
                     tally.other(view.result)
-        tally.add_to(self.progress)
+        tally.add_to(self.progress, self.prices)
         if final:
             await self._write(state, final)
         if len(state.written_ids) + len(state.spool) >= COMMIT_LINES:
@@ -326,11 +329,11 @@ class _Tally:
             key = "expired"
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
-    def add_to(self, progress: Progress) -> None:
+    def add_to(self, progress: Progress, prices: PriceTable = DEFAULT_PRICES) -> None:
         for key, n in self.outcomes.items():
             progress.outcome(key, n)
         for model, (inputs, outputs, cache_write, cache_read) in self.tokens.items():
-            cost = cost_usd(
+            cost = prices.cost_usd(
                 model,
                 inputs,
                 outputs,
@@ -380,6 +383,7 @@ async def results(
     capacity: Capacity,
     progress: Progress,
     resumed: dict[int, int] | None = None,
+    prices: PriceTable = DEFAULT_PRICES,
 ) -> None:
     """Collect every ended batch, one after the other, into ``sink``."""
     collector = ResultsCollector(
@@ -390,6 +394,7 @@ async def results(
         capacity=capacity,
         progress=progress,
         resumed=resumed,
+        prices=prices,
     )
     async with receive:
         async for batch in receive:

@@ -12,7 +12,7 @@ holds capacity, which stops the submitter, and so on back to the source.
   job resumes (so every line is in the file exactly once).
 - ``CallbackSink``: an async function called per result, for services. Across a
   crash, a callback may see a result again (at-least-once): only the file sink can
-  be truncated back.
+  be truncated back. ``rejects_callback`` is the same for rejects.
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ if TYPE_CHECKING:
     from ..ledger._base import Ledger
     from ._protocol import Progress
 
-__all__ = ("CallbackSink", "JsonlSink", "ResultSink", "rejects_writer")
+__all__ = ("CallbackSink", "JsonlSink", "ResultSink", "rejects_callback", "rejects_writer")
 
 #: Bytes of lines a ``JsonlSink`` gathers before it writes them to the file.
 WRITE_BYTES = 1 << 20
 
 _result_decoder = msgspec.json.Decoder(ResultLine)
 _reject_encoder = msgspec.json.Encoder()
+_reject_decoder = msgspec.json.Decoder(RejectLine)
 
 
 class ResultSink(Protocol):
@@ -185,8 +186,12 @@ class CallbackSink:
 
     async def write(self, lines: list[bytes]) -> None:
         for line in lines:
-            await self.fn(line if self.raw else _result_decoder.decode(line))
+            await self.fn(line if self.raw else self._decode(line))
             self._count += 1
+
+    @staticmethod
+    def _decode(line: bytes) -> Any:
+        return _result_decoder.decode(line)
 
     async def commit(self) -> SinkPosition:
         await anyio.lowlevel.checkpoint()
@@ -196,6 +201,25 @@ class CallbackSink:
         await anyio.lowlevel.checkpoint()
 
 
+def rejects_callback(fn: Callable[[RejectLine], Awaitable[object]]) -> CallbackSink:
+    """A sink for ``rejects_writer`` that calls ``fn`` with each reject as a
+    ``RejectLine`` (``line``, ``custom_id``, ``error``). Like the result callback it
+    is at-least-once: a reject handed to ``fn`` but not yet committed to the ledger
+    when the process dies is handed over again on the next start."""
+    return _RejectsCallbackSink(fn)
+
+
+class _RejectsCallbackSink(CallbackSink):
+    """A ``CallbackSink`` of reject lines (``RejectLine``), not result lines."""
+
+    def __repr__(self) -> str:
+        return f"rejects_callback({self.fn!r})"
+
+    @staticmethod
+    def _decode(line: bytes) -> Any:
+        return _reject_decoder.decode(line)
+
+
 #: rejects read from the ledger per round
 _REJECTS_PAGE = 10_000
 
@@ -203,13 +227,14 @@ _REJECTS_PAGE = 10_000
 async def rejects_writer(
     *,
     ledger: Ledger,
-    sink: JsonlSink | None,
+    sink: ResultSink | None,
     progress: Progress,
     position: SinkPosition,
     done: anyio.Event,
 ) -> None:
-    """Copy rejects from the ledger to the rejects file as they are recorded, and
-    commit the file's position; ends once ``done`` is set and all are written
+    """Copy rejects from the ledger to the rejects sink (a ``JsonlSink`` file or a
+    ``rejects_callback``) as they are recorded, and commit the sink's position;
+    ends once ``done`` is set and all are written
     (whoever sets ``done`` also sets ``progress.rejects_recorded`` to wake it).
 
     The ledger is the source of truth (rejects are recorded with the checkpoint in

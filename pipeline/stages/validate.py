@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .._config import DEFAULT_MAX_BATCH_BYTES
-from .._pricing import estimate_cost_usd
+from .._pricing import DEFAULT_PRICES, PriceTable, estimate_cost_usd
 from ..api._schema import DEFAULT_MODELS, Checked, SchemaError, check_entry
 from ._items import Entry, Flush, RawLine, Reject, RejectError
 from ._protocol import ENVELOPE_BYTES
@@ -40,23 +40,26 @@ class Validator:
     """Sync and I/O-free: ``check(lines)`` turns raw lines into entries and rejects,
     in input order."""
 
-    __slots__ = ("max_entry_bytes", "models", "position")
+    __slots__ = ("max_entry_bytes", "models", "position", "prices")
 
     def __init__(
         self,
         *,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         models: frozenset[str] | None = DEFAULT_MODELS,
+        prices: PriceTable = DEFAULT_PRICES,
     ) -> None:
         self.max_entry_bytes = max_batch_bytes - ENVELOPE_BYTES
         self.models = models
+        #: prices each entry's estimated cost (``Entry.cost_usd``)
+        self.prices = prices
         #: (end, line) of the last non-blank line checked
         self.position = (-1, 0)
 
     def check(self, lines: list[RawLine]) -> list[Entry | Reject | Flush]:
         """Entries and rejects for ``lines`` (blank lines give nothing)."""
         out: list[Entry | Reject | Flush] = []
-        append, models, limit = out.append, self.models, self.max_entry_bytes
+        append, models, limit, prices = out.append, self.models, self.max_entry_bytes, self.prices
         # the loop of check_one, inlined: it runs once per request
         last: RawLine | None = None
         for raw in lines:
@@ -84,7 +87,7 @@ class Validator:
                     checked.model,
                     checked.max_tokens,
                     tokens,
-                    estimate_cost_usd(checked.model, tokens, checked.max_tokens),
+                    estimate_cost_usd(checked.model, tokens, checked.max_tokens, prices=prices),
                 )
             )
         if last is not None:
@@ -160,10 +163,11 @@ async def validate(
     config: PipelineConfig,
     models: frozenset[str] | None = DEFAULT_MODELS,
     progress: Progress | None = None,
+    prices: PriceTable = DEFAULT_PRICES,
 ) -> None:
     """Check every line; send entries and rejects in input order, then a final
     ``Flush`` standing at the position after the last line."""
-    validator = Validator(max_batch_bytes=config.max_batch_bytes, models=models)
+    validator = Validator(max_batch_bytes=config.max_batch_bytes, models=models, prices=prices)
     async with receive, send:
         async for lines in receive:
             if progress is not None and lines:
