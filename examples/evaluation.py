@@ -1,13 +1,20 @@
-"""Evaluation: a few hundred test cases with expected answers, scored as results stream back.
+"""Evaluation: a few hundred test cases with expected answers, scored from the job's results.
 
 Run (no API key needed: the embedded emulator answers):
 
     python examples/evaluation.py --workdir /tmp/eval --cases 300
 
-Each case is one request (custom_id ``case-N``); the results are scored by exact
-match as they arrive, through a callback sink, in any order: the custom_id joins a
-result to its case, never the position. The report counts passes, fails and
-errors, and ``scores.jsonl`` holds one line per case.
+Each case is one request (custom_id ``case-N``) in ``requests.jsonl``; the job
+writes one result per case to ``results.jsonl``, in any order. The cases are then
+scored by exact match, joined to their results by custom_id, never by position:
+the report counts passes, fails and errors, and ``scores.jsonl`` holds one line
+per case, in case order.
+
+Re-running the same command is safe: the report and ``scores.jsonl`` are rebuilt
+from ``results.jsonl``, the job's durable output, so a finished job gives the
+same report again without sending anything, and an interrupted one (Ctrl-C, a
+crash) is resumed first. A workdir holds one job: asking it for other cases is
+an error; ``--fresh`` discards the job and starts a new one.
 
 About "expected": the cases are sums ("What is 17 + 25?"). A real model can answer
 them; the emulator's model is a deterministic fake that answers every prompt with
@@ -21,17 +28,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 
-from pipeline import Pipeline, PipelineConfig
-from pipeline.api._types import ResultLine, SucceededResult
+from pipeline import Pipeline, PipelineConfig, read_status
+from pipeline.api import ResultLine
 
 MODEL = "claude-3-haiku-20240307"
 _encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(ResultLine)
+
+
+class WorkdirInUseError(Exception):
+    """The workdir holds a job with other requests than the ones asked for."""
 
 
 def make_cases(n: int, *, on_emulator: bool) -> list[dict[str, Any]]:
@@ -42,6 +55,7 @@ def make_cases(n: int, *, on_emulator: bool) -> list[dict[str, Any]]:
         question = f"What is {a} + {b}? Answer with the number only."
         expected = str(a + b)
         if on_emulator and i % 4:
+            # the emulator's answer key: an emulator internal, there is no public name for it
             from pipeline.emulator._model import reply_text
 
             expected = " ".join(reply_text(question))
@@ -61,58 +75,97 @@ def request(case: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def answer_text(line: ResultLine) -> str | None:
-    """The model's text, or None when the request did not succeed."""
-    if not isinstance(line.result, SucceededResult):
-        return None
-    return "".join(b.get("text", "") for b in line.result.message.content).strip()
-
-
-async def evaluate(workdir: Path, n: int, *, api_key: str | None = None) -> dict[str, int]:
-    """Run the evaluation; the report ``{"cases", "passed", "failed", "errored"}``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    cases = make_cases(n, on_emulator=api_key is None)
-    expected = {c["id"]: c["expected"] for c in cases}
-    report = {"cases": n, "passed": 0, "failed": 0, "errored": 0}
-    async with await anyio.open_file(workdir / "scores.jsonl", "wb") as scores:
-
-        async def score(line: ResultLine) -> None:
-            got = answer_text(line)
-            verdict = (
-                "errored"
-                if got is None
-                else "passed"
-                if got == expected[line.custom_id]
-                else "failed"
+def write_requests(path: Path, cases: list[dict[str, Any]]) -> None:
+    """The job's input; a file already there must hold the same requests (the job's)."""
+    data = b"".join(_encoder.encode(request(c)) + b"\n" for c in cases)
+    if path.exists():
+        if path.read_bytes() != data:
+            raise WorkdirInUseError(
+                f"{path.parent} holds a job with other cases: run with --fresh to discard "
+                "it, or use another --workdir"
             )
-            report[verdict] += 1
-            doc = {
-                "id": line.custom_id,
-                "verdict": verdict,
-                "got": got,
-                "expected": expected[line.custom_id],
-            }
-            await scores.write(_encoder.encode(doc) + b"\n")
+        return
+    path.write_bytes(data)
 
+
+def discard_job(workdir: Path) -> None:
+    """``--fresh``: delete this example's files in ``workdir`` (nothing else)."""
+    for path in [*workdir.glob("results.*"), workdir / "requests.jsonl", workdir / "scores.jsonl"]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def answer_text(line: ResultLine) -> str | None:
+    """The model's text, or None when the request did not succeed (only a
+    succeeded result carries a message)."""
+    message = getattr(line.result, "message", None)
+    if message is None:
+        return None
+    return "".join(b.get("text", "") for b in message.content).strip()
+
+
+def answers(results: Path) -> dict[str, str | None]:
+    """custom_id -> the model's text (None: the request did not succeed)."""
+    with results.open("rb") as handle:
+        return {line.custom_id: answer_text(line) for line in map(_decoder.decode, handle)}
+
+
+def score(cases: list[dict[str, Any]], got: dict[str, str | None], scores: Path) -> dict[str, int]:
+    """Write one verdict per case to ``scores``; the report. A case without a result
+    (a job stopped early) counts as errored."""
+    report = {"cases": len(cases), "passed": 0, "failed": 0, "errored": 0}
+    with scores.open("wb") as out:
+        for case in cases:
+            text = got.get(case["id"])
+            expected = case["expected"]
+            verdict = "errored" if text is None else "passed" if text == expected else "failed"
+            report[verdict] += 1
+            doc = {"id": case["id"], "verdict": verdict, "got": text, "expected": expected}
+            out.write(_encoder.encode(doc) + b"\n")
+    return report
+
+
+async def evaluate(
+    workdir: Path, n: int, *, api_key: str | None = None, fresh: bool = False
+) -> dict[str, int]:
+    """Run (or resume) the evaluation; the report ``{"cases", "passed", "failed",
+    "errored"}``, also for a job that had already finished."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        discard_job(workdir)
+    cases = make_cases(n, on_emulator=api_key is None)
+    write_requests(workdir / "requests.jsonl", cases)
+    results, state = workdir / "results.jsonl", workdir / "results.jsonl.state"
+    # a finished job has all its results in results.jsonl already: nothing to run
+    if not (state.exists() and (await read_status(state)).finished):
         pipeline = Pipeline(
-            (request(c) for c in cases),
-            score,
-            state=workdir / "evaluation.state",
+            workdir / "requests.jsonl",
+            results,
+            state=state,
             config=PipelineConfig(linger_seconds=0.2),
             api_key=api_key,
         )
-        await pipeline.run()
-    return report
+        await pipeline.run()  # a new job, or the interrupted one resumed
+    return score(cases, answers(results), workdir / "scores.jsonl")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("examples-out/evaluation"))
     parser.add_argument("--cases", type=int, default=300)
-    args = parser.parse_args()
-    report = anyio.run(
-        lambda: evaluate(args.workdir, args.cases, api_key=os.environ.get("ANTHROPIC_API_KEY"))
+    parser.add_argument(
+        "--fresh", action="store_true", help="discard the workdir's job and start a new one"
     )
+    args = parser.parse_args()
+    api_key = os.environ.get("ANTHROPIC_API_KEY")
+    try:
+        report = anyio.run(
+            lambda: evaluate(args.workdir, args.cases, api_key=api_key, fresh=args.fresh)
+        )
+    except WorkdirInUseError as exc:
+        parser.error(str(exc))
     share = 100 * report["passed"] / max(report["cases"], 1)
     print(
         f"{report['passed']}/{report['cases']} passed ({share:.0f}%), {report['failed']} failed, "

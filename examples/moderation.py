@@ -11,6 +11,13 @@ tool, so every answer is structured: ``{"category": ..., "flagged": ...,
 id>``) joins each to its row, and ``moderated.csv`` gets one line per comment
 with its verdict. (The emulator's fake model fills the schema with its first
 allowed values; a real model classifies.)
+
+Re-running the same command is safe: ``moderated.csv`` is rebuilt from
+``results.jsonl``, the job's durable output (the requests are in
+``requests.jsonl``), so a finished job gives the same CSV again without sending
+anything, and an interrupted one (Ctrl-C, a crash) is resumed first. A workdir
+holds one job: asking it for other rows is an error; ``--fresh`` discards the
+job and starts a new one.
 """
 
 from __future__ import annotations
@@ -18,13 +25,15 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
-from pipeline import Pipeline, PipelineConfig
-from pipeline.api._types import ResultLine, SucceededResult
+from pipeline import Pipeline, PipelineConfig, read_status
+from pipeline.api import ResultLine
 
 MODEL = "claude-3-5-haiku-20241022"
 CATEGORIES = ["ok", "spam", "harassment", "hate", "self_harm", "other"]
@@ -48,6 +57,12 @@ SAMPLES = [
     "You are an idiot and everyone hates you.",
     "Does anyone know if this works on Windows?",
 ]
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(ResultLine)
+
+
+class WorkdirInUseError(Exception):
+    """The workdir holds a job with other requests than the ones asked for."""
 
 
 def comments(n: int) -> list[dict[str, str]]:
@@ -72,41 +87,84 @@ def request(row: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def write_requests(path: Path, rows: list[dict[str, str]]) -> None:
+    """The job's input; a file already there must hold the same requests (the job's)."""
+    data = b"".join(_encoder.encode(request(r)) + b"\n" for r in rows)
+    if path.exists():
+        if path.read_bytes() != data:
+            raise WorkdirInUseError(
+                f"{path.parent} holds a job with other rows: run with --fresh to discard "
+                "it, or use another --workdir"
+            )
+        return
+    path.write_bytes(data)
+
+
+def discard_job(workdir: Path) -> None:
+    """``--fresh``: delete this example's files in ``workdir`` (nothing else)."""
+    for path in [*workdir.glob("results.*"), workdir / "requests.jsonl", workdir / "moderated.csv"]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def verdict(line: ResultLine) -> dict[str, Any]:
-    """The tool input of a succeeded result, else an ``error`` verdict."""
-    if isinstance(line.result, SucceededResult):
-        for block in line.result.message.content:
+    """The tool input of a succeeded result (the only kind that carries a message),
+    else an ``error`` verdict."""
+    message = getattr(line.result, "message", None)
+    if message is not None:
+        for block in message.content:
             if block.get("type") == "tool_use" and block.get("name") == "classify":
                 return dict(block["input"])
-    return {"category": "error", "flagged": None, "reason": line.result.__class__.__name__}
+    kind = type(line.result).__struct_config__.tag  # errored, canceled or expired
+    error = getattr(line.result, "error", None)
+    reason = f"{kind}: {error.error.message}" if error is not None else kind
+    return {"category": "error", "flagged": None, "reason": reason}
 
 
-async def moderate(workdir: Path, n: int, *, api_key: str | None = None) -> Path:
-    """Classify ``n`` comments; the path of the joined CSV."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    rows = comments(n)
-    verdicts: dict[str, dict[str, Any]] = {}
+def verdicts(results: Path) -> dict[str, dict[str, Any]]:
+    """Row id -> verdict, from the results file."""
+    with results.open("rb") as handle:
+        lines = map(_decoder.decode, handle)
+        return {line.custom_id.removeprefix("comment-"): verdict(line) for line in lines}
 
-    async def collect(line: ResultLine) -> None:
-        verdicts[line.custom_id.removeprefix("comment-")] = verdict(line)
 
-    pipeline = Pipeline(
-        (request(r) for r in rows),
-        collect,
-        state=workdir / "moderation.state",
-        config=PipelineConfig(linger_seconds=0.2),
-        api_key=api_key,
-    )
-    await pipeline.run()
-    out = workdir / "moderated.csv"
+def write_csv(out: Path, rows: list[dict[str, str]], found: dict[str, dict[str, Any]]) -> None:
+    """The join: each source row with its verdict, by custom_id, in row order."""
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "user", "text", "category", "flagged", "reason"])
-        for row in rows:  # the join: source row + its verdict, by custom_id
-            v = verdicts.get(row["id"], {"category": "missing", "flagged": None, "reason": ""})
+        for row in rows:
+            v = found.get(row["id"], {"category": "missing", "flagged": None, "reason": ""})
             writer.writerow(
                 [row["id"], row["user"], row["text"], v["category"], v["flagged"], v["reason"]]
             )
+
+
+async def moderate(
+    workdir: Path, n: int, *, api_key: str | None = None, fresh: bool = False
+) -> Path:
+    """Classify ``n`` comments (or resume doing so); the path of the joined CSV, also
+    for a job that had already finished."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        discard_job(workdir)
+    rows = comments(n)
+    write_requests(workdir / "requests.jsonl", rows)
+    results, state = workdir / "results.jsonl", workdir / "results.jsonl.state"
+    # a finished job has all its results in results.jsonl already: nothing to run
+    if not (state.exists() and (await read_status(state)).finished):
+        pipeline = Pipeline(
+            workdir / "requests.jsonl",
+            results,
+            state=state,
+            config=PipelineConfig(linger_seconds=0.2),
+            api_key=api_key,
+        )
+        await pipeline.run()  # a new job, or the interrupted one resumed
+    out = workdir / "moderated.csv"
+    write_csv(out, rows, verdicts(results))
     return out
 
 
@@ -114,10 +172,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("examples-out/moderation"))
     parser.add_argument("--rows", type=int, default=200)
-    args = parser.parse_args()
-    out = anyio.run(
-        lambda: moderate(args.workdir, args.rows, api_key=os.environ.get("ANTHROPIC_API_KEY"))
+    parser.add_argument(
+        "--fresh", action="store_true", help="discard the workdir's job and start a new one"
     )
+    args = parser.parse_args()
+    api_key = os.environ.get("ANTHROPIC_API_KEY")
+    try:
+        out = anyio.run(
+            lambda: moderate(args.workdir, args.rows, api_key=api_key, fresh=args.fresh)
+        )
+    except WorkdirInUseError as exc:
+        parser.error(str(exc))
     print(f"verdicts joined to their rows: {out}")
 
 

@@ -5,11 +5,17 @@ Run (no API key needed: the embedded emulator answers):
 
     python examples/product_descriptions.py --workdir /tmp/products --rows 500
 
-Writes ``products.csv`` (sample rows, unless one is there already), streams its
-rows into requests (the CSV is never loaded whole), runs the job with the JSONL
-results file as the durable output (re-running the command resumes an
-interrupted job), then joins ``results.jsonl`` back to the rows by custom_id
-(``sku-<SKU>``) into ``descriptions.csv``.
+Writes ``products.csv`` (``--rows`` sample rows, unless one is there already:
+bring your own), streams its rows into requests (the CSV is never loaded whole),
+runs the job with the JSONL results file as the durable output, then joins
+``results.jsonl`` back to the rows by custom_id (``sku-<SKU>``) into
+``descriptions.csv``.
+
+Re-running the same command is safe: an interrupted job (Ctrl-C, a crash) is
+resumed, a finished one sends nothing, and ``descriptions.csv`` is rebuilt from
+``results.jsonl`` either way. Rows added to ``products.csv`` after the job
+finished get no description (the command says how many): ``--fresh`` discards
+the job (not ``products.csv``) and starts a new one.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
-from pipeline import Pipeline, PipelineConfig
-from pipeline.api._types import ResultLine, SucceededResult
+from pipeline import Pipeline, PipelineConfig, read_status
+from pipeline.api import ResultLine
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -64,46 +72,80 @@ def requests(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def descriptions(results: Path) -> dict[str, str]:
-    """sku -> description from the results file (errored requests are left out)."""
+    """sku -> description from the results file ("" for a request that did not
+    succeed: only a succeeded result carries a message)."""
     out = {}
     with results.open("rb") as handle:
         for raw in handle:
             line = _decoder.decode(raw)
-            if isinstance(line.result, SucceededResult):
-                text = "".join(b.get("text", "") for b in line.result.message.content)
-                out[line.custom_id.removeprefix("sku-")] = text
+            message = getattr(line.result, "message", None)
+            text = "".join(b.get("text", "") for b in message.content) if message else ""
+            out[line.custom_id.removeprefix("sku-")] = text
     return out
 
 
-async def generate(workdir: Path, n: int, *, api_key: str | None = None) -> Path:
-    """Describe every product; the path of ``descriptions.csv``."""
+def discard_job(workdir: Path) -> None:
+    """``--fresh``: delete the job's state, results and ``descriptions.csv`` (the
+    input ``products.csv`` stays)."""
+    for path in [*workdir.glob("results.*"), workdir / "descriptions.csv"]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+async def generate(
+    workdir: Path, n: int, *, api_key: str | None = None, fresh: bool = False
+) -> Path:
+    """Describe every product (or resume doing so); the path of ``descriptions.csv``,
+    also for a job that had already finished."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        discard_job(workdir)
     products = workdir / "products.csv"
     if not products.exists():
         write_sample_csv(products, n)
-    results = workdir / "results.jsonl"
-    pipeline = Pipeline(
-        requests(products), results, config=PipelineConfig(linger_seconds=0.2), api_key=api_key
-    )
-    await pipeline.run()
+    results, state = workdir / "results.jsonl", workdir / "results.jsonl.state"
+    # a finished job has all its results in results.jsonl already: nothing to run
+    if not (state.exists() and (await read_status(state)).finished):
+        pipeline = Pipeline(
+            requests(products),
+            results,
+            state=state,
+            config=PipelineConfig(linger_seconds=0.2),
+            api_key=api_key,
+        )
+        await pipeline.run()  # a new job, or the interrupted one resumed
     texts = descriptions(results)
     out = workdir / "descriptions.csv"
+    missing = 0
     with products.open(newline="") as src, out.open("w", newline="") as dst:
         writer = csv.writer(dst)
         writer.writerow(["sku", "name", "description"])
         for row in csv.DictReader(src):
+            missing += row["sku"] not in texts
             writer.writerow([row["sku"], row["name"], texts.get(row["sku"], "")])
+    if missing:
+        print(
+            f"{missing} rows of {products} have no result: were they added after the job "
+            "finished? --fresh starts a new job",
+            file=sys.stderr,
+        )
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("examples-out/products"))
-    parser.add_argument("--rows", type=int, default=500)
-    args = parser.parse_args()
-    out = anyio.run(
-        lambda: generate(args.workdir, args.rows, api_key=os.environ.get("ANTHROPIC_API_KEY"))
+    parser.add_argument(
+        "--rows", type=int, default=500, help="rows of the sample products.csv (if none is there)"
     )
+    parser.add_argument(
+        "--fresh", action="store_true", help="discard the workdir's job and start a new one"
+    )
+    args = parser.parse_args()
+    api_key = os.environ.get("ANTHROPIC_API_KEY")
+    out = anyio.run(lambda: generate(args.workdir, args.rows, api_key=api_key, fresh=args.fresh))
     print(f"descriptions: {out}")
 
 

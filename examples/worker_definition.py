@@ -12,7 +12,15 @@ then drop request files into the inbox, whole (write, then rename in):
 
 Results are appended to ``examples-out/worker/results.jsonl``; each file taken
 is renamed ``NAME.jsonl.done``. Ctrl-C (or SIGTERM) stops gracefully; a second
-one exits at once. Restarting resumes. ``PIPELINE_WORKDIR`` moves the folders.
+one exits at once. ``PIPELINE_WORKDIR`` moves the folders (relative to the
+current directory), ``PIPELINE_POLL_SECONDS`` sets how often the inbox is looked at.
+
+Re-running the command is safe: the worker goes on with the same job (batches
+left in flight are collected, files already ``.done`` are not read again) and
+``results.jsonl`` holds each result once. A file dropped in again is read again,
+but its lines are rejected as duplicates of custom_ids the job already holds
+(see ``results.rejects.jsonl``), never sent twice; for a new job, use another
+``PIPELINE_WORKDIR``.
 
 The convention: the worker loads this file and runs the module-level
 ``pipeline`` or, as here, calls ``make_pipeline()`` (nothing is built at import

@@ -4,7 +4,10 @@
 ``127.0.0.1`` with a free port, and yields a handle whose ``state`` is the
 emulator's store (batches, how often each custom_id was submitted) for assertions.
 ``start_emulator_process`` runs ``python -m pipeline emulator`` in a subprocess, for
-tests that must kill or restart one side.
+tests that must kill or restart one side. ``read_submissions`` reads how often each
+custom_id was submitted straight from an emulator's data directory (its
+``submissions.log``, kept across restarts), e.g. the embedded emulator's
+``OUT.jsonl.state.emulator/`` after the worker exited or was killed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import typing
 
 from pipeline.emulator._app import EmulatorApp
 from pipeline.emulator._config import EmulatorConfig, ManualClock
+from pipeline.emulator._disk import read_submissions
 
 if typing.TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -29,6 +33,7 @@ __all__ = (
     "EmulatorConfig",
     "EmulatorHandle",
     "ManualClock",
+    "read_submissions",
     "serve_emulator",
     "start_emulator_process",
 )
@@ -62,7 +67,8 @@ class EmulatorHandle:
         self.clock.advance(seconds)
 
     def submissions(self) -> dict[str, int]:
-        """How many times each custom_id was submitted, across all batches."""
+        """How many times each custom_id was submitted, across all batches (and across
+        restarts on the same data directory)."""
         return self.app.state.submissions()
 
 
@@ -70,7 +76,8 @@ class EmulatorHandle:
 async def serve_emulator(
     config: EmulatorConfig | None = None, *, data_dir: str | Path | None = None
 ) -> AsyncIterator[EmulatorHandle]:
-    """Serve the emulator on ``127.0.0.1`` (free port) while the block runs."""
+    """Serve the emulator on ``127.0.0.1`` (free port) while the block runs; on a
+    ``data_dir`` served before, the batches created then are served again."""
     from pipeline.emulator._server import Server, bind
 
     app = EmulatorApp(config, data_dir)

@@ -4,7 +4,9 @@ An ASGI app (``create_app``) served on loopback by uvicorn (``serve``, or
 ``python -m pipeline emulator``). It enforces the service's limits, validation,
 life cycle, expiry, retention and workspaces; answers with a deterministic fake
 model; spools bodies and results to disk (flat memory); and injects faults on
-request. See ``pipeline.testing`` for test helpers.
+request. With a data directory of its own it survives a restart (graceful or a
+kill) and serves the batches created before. See ``pipeline.testing`` for test
+helpers.
 """
 
 from __future__ import annotations

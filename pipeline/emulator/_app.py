@@ -528,5 +528,7 @@ def _memory() -> dict[str, int]:
 def create_app(
     config: EmulatorConfig | None = None, *, data_dir: str | Path | None = None
 ) -> EmulatorApp:
-    """Build the emulator's ASGI app; ``data_dir`` defaults to a temp dir removed by ``close()``."""
+    """Build the emulator's ASGI app; ``data_dir`` defaults to a temp dir removed by
+    ``close()``. A given ``data_dir`` keeps the batches across restarts: an app built on
+    it again (after a ``close()`` or a kill) serves the batches created before."""
     return EmulatorApp(config, data_dir)

@@ -54,7 +54,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add(
         "--data-dir",
         default=None,
-        help="where bodies and results are spooled (default: a temp dir removed at exit)",
+        help="where bodies, results and batch records are kept; a restart on the same "
+        "directory serves the batches created before (default: a temp dir removed at exit)",
     )
     add(
         "--max-batch-requests",

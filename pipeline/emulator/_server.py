@@ -162,7 +162,8 @@ async def serve(
     handle_signals: bool = True,
 ) -> None:
     """Serve the emulator until SIGINT / SIGTERM (or cancellation); call ``ready(url)``
-    once it accepts connections. The data directory defaults to a temp dir removed at exit."""
+    once it accepts connections. The data directory defaults to a temp dir removed at exit;
+    a given one is kept, and serving again on it serves the batches created before."""
     app = EmulatorApp(config, data_dir)
     try:
         sock = bind(host, port)

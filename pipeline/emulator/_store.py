@@ -9,6 +9,13 @@ Processing model: the ``N`` requests of a batch are processed one after another,
 uniformly over ``batch_seconds`` (request ``i`` at ``created + batch_seconds*(i+1)/N``).
 A cancel or the expiry cuts that off; the requests not processed by then end
 ``canceled`` or ``expired``.
+
+Durability: given a data directory (``data_dir``), the store survives a restart,
+graceful or a kill: each batch's record is written there (see ``_disk``) and a new
+Store on the same directory reloads them, so the batches created before are served
+(an in-progress one ends on schedule from its ``created_at``; an ended one keeps its
+results), and the submissions log goes on. Without one (a temp dir, removed at
+close) no record is written.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import os
 import random
 import secrets
 import shutil
@@ -44,6 +52,20 @@ from pipeline.api._types import (
     SucceededResult,
 )
 
+from ._disk import (
+    BODY,
+    META,
+    RESULTS,
+    SUBMISSIONS_LOG,
+    TMP,
+    BatchMeta,
+    batch_path,
+    open_log,
+    read_metas,
+    read_submissions,
+    sweep,
+    write_meta,
+)
 from ._model import respond, result_line
 
 if TYPE_CHECKING:
@@ -147,9 +169,11 @@ class BatchRecord:
         "count",
         "counts",
         "created",
+        "ended",
         "generating",
         "held",
         "id",
+        "log_end",
         "results_path",
         "results_size",
         "seq",
@@ -163,7 +187,11 @@ class BatchRecord:
         self.created = created
         self.count = count
         self.cancel_at: float | None = None
+        self.log_end = 0  # the submissions log's size once this batch is in it
         self.counts: RequestCounts | None = None  # set once the results exist
+        # When it ended, fixed once the results exist: an ended batch stays ended
+        # whatever the clock or the config of a restarted emulator says.
+        self.ended: float | None = None
         self.generating: anyio.Event | None = None
         self.body_path: Path | None = None
         # The body's entries while they are still in memory (then ``body_path`` may not
@@ -182,6 +210,8 @@ class Stats(msgspec.Struct):
     bytes_received: int = 0
     results_generated: int = 0
     batches_deleted: int = 0
+    #: batches reloaded from the data directory at start (a restart)
+    batches_loaded: int = 0
 
 
 class Store:
@@ -190,24 +220,102 @@ class Store:
     def __init__(self, config: EmulatorConfig, data_dir: str | Path | None = None) -> None:
         self.config = config
         self._owned_dir = data_dir is None
+        #: batch records are written to, and reloaded from, the data directory
+        self.durable = data_dir is not None
         root = (
             Path(tempfile.mkdtemp(prefix="pipeline-emulator-"))
             if data_dir is None
             else Path(data_dir)
         )
         self.data_dir = root
-        (root / "batches").mkdir(parents=True, exist_ok=True)
+        self._dir = root / "batches"
+        self._dir.mkdir(parents=True, exist_ok=True)
         self._batches: dict[str, BatchRecord] = {}
         self._by_workspace: dict[str, list[BatchRecord]] = collections.defaultdict(list)
         self._seq = 0
-        # Ids are unique per emulator run (a restarted emulator never reuses an id);
-        # everything random *inside* a batch derives from the seed and its sequence.
+        # Ids are unique per emulator run, and across restarts on one data directory
+        # (the sequence goes on from the batches reloaded); everything random *inside*
+        # a batch derives from the seed and its sequence.
         self._nonce = secrets.token_hex(8)
+        self._staged = 0
         self.stats = Stats()
-        # Bodies of the latest batches, still in memory (see ``create``).
-        self._held: dict[str, tuple[BatchRecord, bytes]] = {}
-        self._submissions_path = root / "submissions.log"
-        self._submissions = self._submissions_path.open("wb")
+        # Bodies of the latest batches, still in memory (see ``create``); None when
+        # the body is on disk already (durable).
+        self._held: dict[str, tuple[BatchRecord, bytes | None]] = {}
+        if self.durable:
+            self._load()
+        self._submissions_path = root / SUBMISSIONS_LOG
+        self._submissions = open_log(self._submissions_path)
+        self._log_size = self._submissions.tell()
+        if self.durable:
+            self._complete_log()
+
+    # ------------------------------------------------------------------ on disk
+
+    def _path(self, batch_id: str, kind: str) -> Path:
+        return batch_path(self._dir, batch_id, kind)
+
+    def _save(self, record: BatchRecord) -> None:
+        """Write the batch's record to the data directory (durable only)."""
+        if self.durable:
+            fields = BatchMeta.__struct_fields__  # named as the BatchRecord's attributes
+            write_meta(self._dir, BatchMeta(**{name: getattr(record, name) for name in fields}))
+
+    def _load(self) -> None:
+        """Reload the batches a previous run left in the data directory, and remove
+        the files no batch needs (temp files, leftovers of a kill or a delete)."""
+        metas, unreadable = read_metas(self._dir)
+        records = sorted(filter(None, map(self._revive, metas)), key=lambda r: r.seq)
+        live: dict[str, str | None] = dict.fromkeys(unreadable)
+        for record in records:
+            self._batches[record.id] = record
+            self._by_workspace[record.workspace].append(record)
+            live[record.id] = BODY if record.counts is None else RESULTS
+        self._seq = records[-1].seq if records else 0
+        self.stats.batches = self.stats.batches_loaded = len(records)
+        sweep(self._dir, live)
+
+    def _complete_log(self) -> None:
+        """Write the lines of the last create that a kill kept out of the log."""
+        last = max(self._batches.values(), key=lambda r: r.log_end, default=None)
+        if last is None or last.log_end <= self._log_size or last.body_path is None:
+            return
+        ids = [e.custom_id for e in _lax_decoder.decode(last.body_path.read_bytes()).requests]
+        joined = _joined(ids)
+        done = self._log_size - (last.log_end - len(joined))
+        if done < 0:  # more is missing than the last create: not the log of these batches
+            _log.warning("emulator: %s is shorter than its batches say", SUBMISSIONS_LOG)
+            return
+        self._log(joined[done:])
+
+    def _log(self, lines: bytes) -> None:
+        self._submissions.write(lines)
+        self._submissions.flush()
+        self._log_size += len(lines)
+
+    def _revive(self, meta: BatchMeta) -> BatchRecord | None:
+        """The in-memory record of a batch reloaded from disk (None if unusable)."""
+        record = BatchRecord(
+            id=meta.id,
+            seq=meta.seq,
+            workspace=meta.workspace,
+            created=meta.created,
+            count=meta.count,
+        )
+        record.cancel_at, record.log_end = meta.cancel_at, meta.log_end
+        if meta.counts is None or meta.ended is None:  # not ended: processed from its body
+            record.body_path = self._path(meta.id, BODY)
+            if not record.body_path.exists():
+                _log.warning("emulator: batch %s has lost its body; dropped", meta.id)
+                self._path(meta.id, META).unlink(missing_ok=True)
+                return None
+            return record
+        record.counts, record.ended = meta.counts, meta.ended
+        results = self._path(meta.id, RESULTS)
+        with contextlib.suppress(FileNotFoundError):  # archived
+            record.results_size = results.stat().st_size
+            record.results_path = results
+        return record
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -263,8 +371,11 @@ class Store:
         return Parsed(entries, ids)
 
     async def create(self, workspace: str, body: bytes, parsed: Parsed) -> BatchRecord:
-        """Register a checked batch; its body is kept in memory until the next create,
-        then spooled to disk (unless it was processed in the meantime)."""
+        """Register a checked batch. Its entries are kept in memory until the next
+        create; durable, the body is written before the batch exists (and its record
+        right after), else it is spooled to disk at the next create (unless it was
+        processed in the meantime)."""
+        staged = await self._stage(body) if self.durable else None
         custom_ids = parsed.custom_ids
         self._seq += 1
         seq = self._seq
@@ -273,26 +384,44 @@ class Store:
         record = BatchRecord(
             id=batch_id, seq=seq, workspace=workspace, created=self.now(), count=len(custom_ids)
         )
-        record.body_path = self.data_dir / "batches" / f"{batch_id}.body.json"
+        record.body_path = self._path(batch_id, BODY)
         record.held = parsed.entries
-        self._submissions.write(_joined(custom_ids))
-        self._submissions.flush()
+        if staged is not None:
+            os.replace(staged, record.body_path)
+        joined = _joined(custom_ids)
+        record.log_end = self._log_size + len(joined)
+        self._save(record)  # first: a restart completes the log from the record
+        self._log(joined)
         self._batches[batch_id] = record
         self._by_workspace[workspace].append(record)
         self.stats.batches += 1
         self.stats.batches_created += 1
         self.stats.requests_created += len(custom_ids)
         self.stats.bytes_received += len(body)
-        self._held[batch_id] = (record, body)
+        self._held[batch_id] = (record, None if staged is not None else body)
         while len(self._held) > _HELD_BATCHES:
             await self._spool(*self._held.pop(next(iter(self._held))))
         return record
 
-    async def _spool(self, record: BatchRecord, body: bytes) -> None:
+    async def _stage(self, body: bytes) -> Path:
+        """Write a create body under a temp name (the batch id is not known yet)."""
+        self._staged += 1
+        path = self._dir / f"{self._nonce}-{self._staged}{BODY}{TMP}"
+        try:
+            await anyio.to_thread.run_sync(path.write_bytes, body)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    async def _spool(self, record: BatchRecord, body: bytes | None) -> None:
         """Write a held body to disk; from then on the file is the batch's only copy."""
         held, path = record.held, record.body_path
         if held is None or path is None:
             return  # processed or deleted already
+        if body is None:  # on disk since the create
+            record.held = None
+            return
         await anyio.to_thread.run_sync(path.write_bytes, body)
         if record.held is held:
             record.held = None
@@ -347,6 +476,10 @@ class Store:
             return end, record.cancel_at, True
         return natural, natural, False
 
+    def _end(self, record: BatchRecord) -> float:
+        """When the batch ends (or ended)."""
+        return record.ended if record.ended is not None else self._cutoff(record)[0]
+
     def processed_count(self, record: BatchRecord) -> int:
         """How many requests (in index order) were processed before the cutoff."""
         _, cutoff, _ = self._cutoff(record)
@@ -359,15 +492,13 @@ class Store:
         self, record: BatchRecord, now: float
     ) -> Literal["in_progress", "canceling", "ended"]:
         """The processing status at ``now``."""
-        end, _, _ = self._cutoff(record)
-        if now >= end:
+        if record.ended is not None or now >= self._end(record):
             return "ended"
         return "canceling" if record.cancel_at is not None else "in_progress"
 
     def archive_time(self, record: BatchRecord) -> float:
         """When the results stop being available."""
-        end, _, _ = self._cutoff(record)
-        return max(record.created + self.config.retention_seconds, end)
+        return max(record.created + self.config.retention_seconds, self._end(record))
 
     async def look(self, record: BatchRecord) -> MessageBatch:
         """The batch as the API shows it now; produces its results when it has just ended."""
@@ -383,7 +514,7 @@ class Store:
         self, record: BatchRecord, now: float, status: Literal["in_progress", "canceling", "ended"]
     ) -> MessageBatch:
         """The MessageBatch object (``results_url`` is filled in by the app)."""
-        end, _, _ = self._cutoff(record)
+        end = self._end(record)
         ended = status == "ended" and record.counts is not None
         archive = self.archive_time(record)
         counts = (
@@ -406,9 +537,12 @@ class Store:
         """Ask a batch to cancel (no-op if a cancel is already under way)."""
         if record.cancel_at is None:
             record.cancel_at = self.now()
+            self._save(record)
 
     def delete(self, record: BatchRecord) -> None:
-        """Forget a batch and remove its files."""
+        """Forget a batch and remove its files (its record first)."""
+        if self.durable:
+            self._path(record.id, META).unlink(missing_ok=True)
         self._batches.pop(record.id, None)
         self._held.pop(record.id, None)
         record.held = None
@@ -456,7 +590,7 @@ class Store:
             # The body passed the create's checks: the lax view (no id pattern) is enough.
             entries = _lax_decoder.decode(body).requests
         processed = self.processed_count(record)
-        _, _, canceled = self._cutoff(record)
+        end, _, canceled = self._cutoff(record)
         order = list(range(len(entries)))
         random.Random(_unit(self.config.seed, "order", record.seq)).shuffle(order)
         tail = (
@@ -465,8 +599,8 @@ class Store:
             else b'","result":{"type":"expired"}}\n'
         )
         counts = RequestCounts()
-        path = self.data_dir / "batches" / f"{record.id}.results.jsonl"
-        tmp = path.with_suffix(".tmp")
+        path = self._path(record.id, RESULTS)
+        tmp = path.with_name(path.name + TMP)
         process = self._process
         lines: list[bytes] = []
         size = 0
@@ -498,9 +632,10 @@ class Store:
             counts.expired = unprocessed
         record.results_path = path
         record.results_size = path.stat().st_size
+        record.counts, record.ended = counts, end
+        self._save(record)  # the end is on record before the body goes
         record.body_path.unlink(missing_ok=True)
         record.body_path = None
-        record.counts = counts
         self.stats.results_generated += len(entries)
 
     def _process(
@@ -546,8 +681,4 @@ class Store:
     def submissions(self) -> dict[str, int]:
         """How many times each custom_id was submitted, across all batches ever created."""
         self._submissions.flush()
-        counter: collections.Counter[str] = collections.Counter()
-        with self._submissions_path.open("rb") as log:
-            while chunk := log.readlines(_CHUNK):
-                counter.update(line[:-1].decode() for line in chunk)
-        return dict(counter)
+        return read_submissions(self.data_dir)

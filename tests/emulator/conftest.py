@@ -54,9 +54,12 @@ def clock() -> ManualClock:
 def make_app(tmp_path: Path, clock: ManualClock) -> Iterator[Callable[..., EmulatorApp]]:
     apps: list[EmulatorApp] = []
 
-    def make(**overrides: Any) -> EmulatorApp:
+    def make(data_dir: Path | None = None, **overrides: Any) -> EmulatorApp:
+        """An app on a data directory of its own, or on ``data_dir`` (a restart)."""
         overrides.setdefault("clock", clock)
-        app = create_app(EmulatorConfig(**overrides), data_dir=tmp_path / f"emu{len(apps)}")
+        if data_dir is None:
+            data_dir = tmp_path / f"emu{len(apps)}"
+        app = create_app(EmulatorConfig(**overrides), data_dir=data_dir)
         apps.append(app)
         return app
 
