@@ -5,6 +5,7 @@ from ._config import PipelineConfig as PipelineConfig
 from ._errors import APIConnectionError as APIConnectionError
 from ._errors import APIError as APIError
 from ._errors import APIStatusError as APIStatusError
+from ._errors import BatchNotFoundError as BatchNotFoundError
 from ._errors import BudgetExceededError as BudgetExceededError
 from ._errors import CreateOutcomeUnknownError as CreateOutcomeUnknownError
 from ._errors import DryRunAbortedError as DryRunAbortedError
@@ -39,6 +40,7 @@ __all__ = (
     "APIConnectionError",
     "APIError",
     "APIStatusError",
+    "BatchNotFoundError",
     "BudgetExceededError",
     "CallbackSink",
     "Client",

@@ -39,6 +39,7 @@ __all__ = (
     "APIStatusError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchNotFoundError",
     "BudgetExceededError",
     "CreateOutcomeUnknownError",
     "DryRunAbortedError",
@@ -189,6 +190,21 @@ class LedgerError(PipelineError):
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         super().__init__(f"state file {path}: {reason}")
+
+
+class BatchNotFoundError(PipelineError):
+    """A batch the ledger holds as created is unknown to the service (404)."""
+
+    def __init__(self, batch_id: str, local_id: int) -> None:
+        self.batch_id = batch_id
+        self.local_id = local_id
+        super().__init__(
+            f"batch {batch_id} (local id {local_id}) is not found at the service. Check "
+            "the API key and the base URL (another workspace does not see it); if it is "
+            "gone for good (deleted elsewhere, or past its retention), `pipeline status "
+            f"--state STATE --abandon {local_id}` sends what it did not write again, "
+            "and pays for it again, on the next start"
+        )
 
 
 class StageError(PipelineError):

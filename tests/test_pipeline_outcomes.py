@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
+import pytest
 
 from pipeline._config import PipelineConfig
 from pipeline._pipeline import Pipeline
@@ -131,3 +132,49 @@ async def test_canceled_requests_are_sent_again_with_the_retry_policy(tmp_path: 
     assert sorted(got.values()) == ["succeeded"] * 10
     assert sorted(submissions.values()) == [1] * 5 + [2] * 5
     assert stats.outcomes == {"succeeded": 10}
+
+
+async def test_a_batch_the_service_does_not_know_stops_the_job_with_the_way_out(
+    tmp_path: Path,
+) -> None:
+    from pipeline._errors import BatchNotFoundError, StageError
+    from pipeline.cli import main
+
+    ids = [f"g-{i}" for i in range(5)]
+    write_input(tmp_path / "in.jsonl", ids)
+    paths = (tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+    emu_config = EmulatorConfig(batch_seconds=100.0, clock=ManualClock())
+    async with serve_emulator(emu_config) as emu:
+        async with Client(api_key="workspace-a", base_url=emu.url) as client:
+            pipeline = Pipeline(*paths, config=CONFIG, client=client)
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pipeline.run)
+                    with anyio.fail_after(30):
+                        while pipeline.statistics().submitted < 5:
+                            await anyio.sleep(0.01)
+                    scope.cancel()  # the worker dies with the batch in flight
+        # restarted with another workspace's key: the batch is not there
+        async with Client(api_key="workspace-b", base_url=emu.url) as client:
+            pipeline = Pipeline(*paths, config=CONFIG, client=client)
+            with anyio.fail_after(30), pytest.raises(StageError) as info:
+                await pipeline.run()
+        cause = info.value.__cause__
+        assert isinstance(cause, BatchNotFoundError)
+        assert "--abandon 1" in str(cause)
+        assert "API key" in str(cause)
+        # the operator decides it is gone for good: its requests are sent again
+        state = str(tmp_path / "out.jsonl.state")
+        command = ["status", "--state", state, "--abandon", str(cause.local_id)]
+        assert await anyio.to_thread.run_sync(main, command) == 0  # the CLI runs its own loop
+        async with Client(api_key="workspace-b", base_url=emu.url) as client:
+            pipeline = Pipeline(*paths, config=CONFIG, client=client)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pipeline.run)
+                with anyio.fail_after(30):
+                    while not pipeline.statistics().finished:
+                        emu.advance(100.0)
+                        await anyio.sleep(0.01)
+        submissions = emu.submissions()
+    assert sorted(results(tmp_path / "out.jsonl")) == ids
+    assert submissions == dict.fromkeys(ids, 2)  # paid again, as the operator chose

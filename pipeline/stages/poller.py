@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._errors import APIConnectionError, InternalServerError, RateLimitError
+from .._errors import (
+    APIConnectionError,
+    BatchNotFoundError,
+    InternalServerError,
+    NotFoundError,
+    RateLimitError,
+)
 from ._items import EndedBatch, SubmittedBatch
 
 if TYPE_CHECKING:
@@ -113,6 +119,8 @@ class Poller:
                 break
             try:
                 batch = await self.client.retrieve_batch(w.batch.batch_id)
+            except NotFoundError as exc:
+                raise BatchNotFoundError(w.batch.batch_id, w.batch.local_id) from exc
             except _TRANSIENT as exc:
                 self.backoff = min(
                     self.config.max_poll_interval, max(self.config.poll_interval, self.backoff * 2)
