@@ -119,9 +119,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     tune.add_argument(
         "--max-batch-requests",
         type=int,
-        default=DEFAULT_MAX_BATCH_REQUESTS,
+        default=None,
         metavar="N",
-        help=f"requests per batch at most (default: {DEFAULT_MAX_BATCH_REQUESTS:,})",
+        help=f"requests per batch at most (default: {DEFAULT_MAX_BATCH_REQUESTS:,}, or "
+        "--max-in-flight when that is lower)",
     )
     tune.add_argument(
         "--max-batch-bytes",
@@ -217,8 +218,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> PipelineConfig:
     """The ``PipelineConfig`` the options ask for (``ValueError`` if inconsistent)."""
+    batch_requests = args.max_batch_requests
+    if batch_requests is None:  # not asked for: a lower in-flight cap lowers it too
+        batch_requests = min(DEFAULT_MAX_BATCH_REQUESTS, max(1, args.max_in_flight))
     return PipelineConfig(
-        max_batch_requests=args.max_batch_requests,
+        max_batch_requests=batch_requests,
         max_batch_bytes=args.max_batch_bytes,
         max_in_flight=args.max_in_flight,
         linger_seconds=args.linger_seconds,

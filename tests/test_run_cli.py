@@ -114,6 +114,10 @@ def test_options_map_to_config() -> None:
     defaults = build_config(build_parser(["run"]).parse_args(["run", "i", "-o", "o"]))
     assert defaults.models is None  # any model name: the service decides
     assert defaults.dry_run_rate == PipelineConfig().dry_run_rate
+    assert defaults.max_batch_requests == PipelineConfig().max_batch_requests
+    # a small in-flight cap alone makes batches that small, rather than an error
+    small = build_parser(["run"]).parse_args(["run", "i", "-o", "o", "--max-in-flight", "500"])
+    assert (build_config(small).max_batch_requests, build_config(small).max_in_flight) == (500, 500)
 
 
 def test_help_documents_the_new_options(capsys: pytest.CaptureFixture[str]) -> None:
