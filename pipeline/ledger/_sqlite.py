@@ -602,7 +602,9 @@ def _claim(
 ) -> ClaimResult:
     # One lookup of every claimed custom_id; the dict holds one claim, not the job.
     # in key order: the lookups walk the custom_id B-tree once, left to right
-    ids = sorted([e.custom_id for e in entries])
+    in_input_order = [e.custom_id for e in entries]
+    ids = sorted(in_input_order)
+    in_key_order = ids == in_input_order  # e.g. numbered ids: no sort needed below
     known = {row[0]: (row[1], row[2]) for row in c.execute(_SELECT_KNOWN, (_encode(ids),))}
     seen: dict[str, int] = {}
     fresh: list[Entry] = []
@@ -642,7 +644,7 @@ def _claim(
         cost = sum([e.cost_usd for e in fresh]) + sum([e.cost_usd for e in retries])
         _bump(c, "estimated_nano_usd", round(cost * NANO_PER_USD))
         first = _max_row(c) + 1
-        _insert_requests(c, fresh + retries, local_id)
+        _insert_requests(c, fresh + retries, local_id, in_key_order=in_key_order)
         c.execute(
             "UPDATE batches SET first_row = ?, last_row = ? WHERE local_id = ?",
             (first, _max_row(c), local_id),
@@ -687,23 +689,34 @@ def _insert_rejects(c: sqlite3.Connection, rows: list[tuple[int, str | None, str
     return c.executemany(_INSERT_REJECT, rows).rowcount if rows else 0
 
 
-def _insert_requests(c: sqlite3.Connection, entries: list[Entry], local_id: int) -> None:
+def _insert_requests(
+    c: sqlite3.Connection, entries: list[Entry], local_id: int, *, in_key_order: bool = False
+) -> None:
     """First attempts of file-backed entries as one JSON object (parsed by SQLite, no
     per-row binding), the others (retries, rows that carry their bytes) by
-    ``executemany``."""
-    fresh = [
-        (e.custom_id, (e.line, e.offset, e.end - e.offset))
-        for e in entries
-        if e.attempt == 1 and e.offset >= 0 and e.end > e.offset
-    ]
-    fresh.sort()  # by custom_id: the index inserts walk the B-tree once, in order
+    ``executemany``. Rows go in by custom_id, so the index inserts walk the B-tree once,
+    in order (``in_key_order``: the entries are in that order already)."""
+    if in_key_order:
+        fresh = {
+            e.custom_id: (e.line, e.offset, e.end - e.offset)
+            for e in entries
+            if e.attempt == 1 and e.end > e.offset >= 0
+        }
+    else:
+        pairs = [
+            (e.custom_id, (e.line, e.offset, e.end - e.offset))
+            for e in entries
+            if e.attempt == 1 and e.end > e.offset >= 0
+        ]
+        pairs.sort()
+        fresh = dict(pairs)
     if fresh:
-        c.execute(_INSERT_REQUESTS_JSON, (local_id, _encode(dict(fresh))))
+        c.execute(_INSERT_REQUESTS_JSON, (local_id, _encode(fresh)))
     if len(fresh) < len(entries):
         other = [
             (e.custom_id, _encode(_loc(e)), None if e.end > e.offset >= 0 else e.raw, e.attempt)
             for e in entries
-            if not (e.attempt == 1 and e.offset >= 0 and e.end > e.offset)
+            if not (e.attempt == 1 and e.end > e.offset >= 0)
         ]
         other.sort()
         c.executemany(_INSERT_REQUEST, [(*row, local_id) for row in other])
