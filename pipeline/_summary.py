@@ -113,7 +113,9 @@ def summary_rows(
         (
             "cost",
             f"actual {format_cost(stats.actual_cost_usd)} · estimated "
-            f"{format_cost(stats.estimated_cost_usd)} (batch prices: 50% of standard)",
+            f"{format_cost(stats.estimated_cost_usd)} (batch prices: 50% of standard"
+            + ("; this run" if _written_before(stats) else "")
+            + ")",
         )
     )
     if stats.dry_run_calls:
@@ -137,10 +139,20 @@ def _outcomes_text(stats: PipelineStatistics, main: dict[str, int], errored: str
             f"written {stats.written:,} (per outcome: see the output)"
             f" · rejected {main['rejected']:,}"
         )
-    return (
+    text = (
         f"succeeded {main['succeeded']:,} · {errored} · canceled {main['canceled']:,}"
         f" · expired {main['expired']:,} · rejected {main['rejected']:,}"
     )
+    earlier = _written_before(stats)
+    if earlier:  # a resumed job: the state file keeps no count per outcome
+        text += f" (results of this run; {earlier:,} written by earlier runs)"
+    return text
+
+
+def _written_before(stats: PipelineStatistics) -> int:
+    """Result lines of the job written by earlier runs (a resumed job)."""
+    this_run = sum(stats.outcomes.values())
+    return max(0, stats.written - this_run)
 
 
 def render_summary(

@@ -61,6 +61,17 @@ def test_plain_summary_has_every_outcome_model_cost_and_path() -> None:
     assert "out/rejects.jsonl (3 lines)" in text
 
 
+def test_a_resumed_job_says_which_counts_are_of_this_run() -> None:
+    import msgspec
+
+    resumed = msgspec.structs.replace(STATS, written=1500)  # 500 before a restart
+    text = render_summary(resumed)
+    assert "succeeded 990" in text
+    assert "(results of this run; 500 written by earlier runs)" in text
+    assert "(batch prices: 50% of standard; this run)" in text
+    assert "earlier runs" not in render_summary(STATS)
+
+
 def test_outcome_counts_fold_error_types() -> None:
     main, errors = outcome_counts(STATS)
     assert main == {"succeeded": 990, "errored": 7, "canceled": 1, "expired": 2, "rejected": 3}
