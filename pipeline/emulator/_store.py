@@ -3,12 +3,8 @@
 Memory stays flat with the number of requests: a batch's body goes to one file in
 the data directory at create, and its results to another when it ends; only a small
 ``BatchRecord`` per batch stays in memory. The life cycle is computed lazily from the
-clock each time a batch is looked at, so a 24-hour expiry costs no timer.
-
-Processing model: the ``N`` requests of a batch are processed one after another,
-uniformly over ``batch_seconds`` (request ``i`` at ``created + batch_seconds*(i+1)/N``).
-A cancel or the expiry cuts that off; the requests not processed by then end
-``canceled`` or ``expired``.
+clock each time a batch is looked at, so a 24-hour expiry costs no timer (the record
+and the processing model are in ``_batch``).
 
 Durability: given a data directory (``data_dir``), the store survives a restart,
 graceful or a kill: each batch's record is written there (see ``_disk``) and a new
@@ -30,9 +26,8 @@ import random
 import secrets
 import shutil
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -41,7 +36,6 @@ import msgspec
 
 from pipeline.api._schema import check_params, decode_error_message
 from pipeline.api._types import (
-    CustomId,
     ErrorDetail,
     ErroredResult,
     ErrorResponse,
@@ -52,6 +46,7 @@ from pipeline.api._types import (
     SucceededResult,
 )
 
+from ._batch import BatchRecord, BodyView, LaxBody, Timeline, rfc3339
 from ._disk import (
     BODY,
     META,
@@ -69,6 +64,7 @@ from ._disk import (
 from ._model import respond, result_line
 
 if TYPE_CHECKING:
+    from ._batch import EntryView, LaxEntry
     from ._config import EmulatorConfig
 
 __all__ = ("BatchRecord", "CreateError", "Parsed", "Store", "rfc3339")
@@ -82,30 +78,8 @@ _ID_PREFIX = "msgbatch_"
 _HELD_BATCHES = 1
 
 
-class _EntryView(msgspec.Struct, forbid_unknown_fields=True):
-    """A batch entry as checked at create: the params stay raw (validated later)."""
-
-    custom_id: CustomId
-    params: msgspec.Raw
-
-
-class _BodyView(msgspec.Struct, forbid_unknown_fields=True):
-    requests: list[_EntryView]
-
-
-class _LaxEntry(msgspec.Struct, forbid_unknown_fields=True):
-    """``_EntryView`` without the custom_id pattern, which is checked for all ids at once."""
-
-    custom_id: str
-    params: msgspec.Raw
-
-
-class _LaxBody(msgspec.Struct, forbid_unknown_fields=True):
-    requests: list[_LaxEntry]
-
-
-_body_decoder = msgspec.json.Decoder(_BodyView)
-_lax_decoder = msgspec.json.Decoder(_LaxBody)
+_body_decoder = msgspec.json.Decoder(BodyView)
+_lax_decoder = msgspec.json.Decoder(LaxBody)
 _params_decoder = msgspec.json.Decoder(MessageCreateParams)
 _line_encoder = msgspec.json.Encoder()
 #: Bytes a custom_id may hold (``CustomId``), and a newline: what remains of the joined
@@ -131,7 +105,7 @@ def _plain_ids(ids: list[str], joined: bytes) -> bool:
 class Parsed(NamedTuple):
     """A create body that passed the envelope checks."""
 
-    entries: list[_LaxEntry] | list[_EntryView]
+    entries: list[LaxEntry] | list[EntryView]
     custom_ids: list[str]
 
 
@@ -149,56 +123,10 @@ def _joined(ids: list[str]) -> bytes:
     return ("\n".join(ids) + "\n").encode()
 
 
-def rfc3339(t: float) -> str:
-    """``2024-08-20T18:37:24.100435Z``: the service's timestamp form."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _unit(*parts: object) -> float:
     """A deterministic number in [0, 1) from ``parts``."""
     key = ":".join(map(str, parts)).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest()) / 2.0**64
-
-
-class BatchRecord:
-    """What the emulator keeps in memory about one batch: times, counts and paths."""
-
-    __slots__ = (
-        "body_path",
-        "cancel_at",
-        "count",
-        "counts",
-        "created",
-        "ended",
-        "generating",
-        "held",
-        "id",
-        "log_end",
-        "results_path",
-        "results_size",
-        "seq",
-        "workspace",
-    )
-
-    def __init__(self, *, id: str, seq: int, workspace: str, created: float, count: int) -> None:
-        self.id = id
-        self.seq = seq
-        self.workspace = workspace
-        self.created = created
-        self.count = count
-        self.cancel_at: float | None = None
-        self.log_end = 0  # the submissions log's size once this batch is in it
-        self.counts: RequestCounts | None = None  # set once the results exist
-        # When it ended, fixed once the results exist: an ended batch stays ended
-        # whatever the clock or the config of a restarted emulator says.
-        self.ended: float | None = None
-        self.generating: anyio.Event | None = None
-        self.body_path: Path | None = None
-        # The body's entries while they are still in memory (then ``body_path`` may not
-        # exist yet): the latest batch is processed from them without a disk round trip.
-        self.held: list[_LaxEntry] | list[_EntryView] | None = None
-        self.results_path: Path | None = None
-        self.results_size = 0
 
 
 class Stats(msgspec.Struct):
@@ -214,7 +142,7 @@ class Stats(msgspec.Struct):
     batches_loaded: int = 0
 
 
-class Store:
+class Store(Timeline):
     """All batches of all workspaces, and the files behind them."""
 
     def __init__(self, config: EmulatorConfig, data_dir: str | Path | None = None) -> None:
@@ -335,7 +263,7 @@ class Store:
 
     def parse_create(self, body: bytes) -> Parsed:
         """Check a create body's envelope; return its entries, or raise CreateError."""
-        entries: list[_LaxEntry] | list[_EntryView]
+        entries: list[LaxEntry] | list[EntryView]
         try:
             entries = _lax_decoder.decode(body).requests
             ids = [entry.custom_id for entry in entries]
@@ -467,39 +395,6 @@ class Store:
 
     # ------------------------------------------------------------------ life cycle
 
-    def _cutoff(self, record: BatchRecord) -> tuple[float, float, bool]:
-        """(end time, processing cutoff, canceled?) of a batch."""
-        cfg = self.config
-        natural = min(record.created + cfg.batch_seconds, record.created + cfg.expiry_seconds)
-        if record.cancel_at is not None and record.cancel_at < natural:
-            end = min(record.cancel_at + cfg.cancel_seconds, record.created + cfg.expiry_seconds)
-            return end, record.cancel_at, True
-        return natural, natural, False
-
-    def _end(self, record: BatchRecord) -> float:
-        """When the batch ends (or ended)."""
-        return record.ended if record.ended is not None else self._cutoff(record)[0]
-
-    def processed_count(self, record: BatchRecord) -> int:
-        """How many requests (in index order) were processed before the cutoff."""
-        _, cutoff, _ = self._cutoff(record)
-        if self.config.batch_seconds <= 0:
-            return record.count
-        done = int((cutoff - record.created) / self.config.batch_seconds * record.count + 1e-9)
-        return max(0, min(record.count, done))
-
-    def status(
-        self, record: BatchRecord, now: float
-    ) -> Literal["in_progress", "canceling", "ended"]:
-        """The processing status at ``now``."""
-        if record.ended is not None or now >= self._end(record):
-            return "ended"
-        return "canceling" if record.cancel_at is not None else "in_progress"
-
-    def archive_time(self, record: BatchRecord) -> float:
-        """When the results stop being available."""
-        return max(record.created + self.config.retention_seconds, self._end(record))
-
     async def look(self, record: BatchRecord) -> MessageBatch:
         """The batch as the API shows it now; produces its results when it has just ended."""
         now = self.now()
@@ -509,29 +404,6 @@ class Store:
             if now >= self.archive_time(record):
                 self._archive(record)
         return self.render(record, now, status)
-
-    def render(
-        self, record: BatchRecord, now: float, status: Literal["in_progress", "canceling", "ended"]
-    ) -> MessageBatch:
-        """The MessageBatch object (``results_url`` is filled in by the app)."""
-        end = self._end(record)
-        ended = status == "ended" and record.counts is not None
-        archive = self.archive_time(record)
-        counts = (
-            record.counts if ended and record.counts else RequestCounts(processing=record.count)
-        )
-        return MessageBatch(
-            id=record.id,
-            processing_status="ended"
-            if ended
-            else ("canceling" if status == "canceling" else "in_progress"),
-            request_counts=counts,
-            created_at=rfc3339(record.created),
-            expires_at=rfc3339(record.created + self.config.expiry_seconds),
-            ended_at=rfc3339(end) if ended else None,
-            cancel_initiated_at=None if record.cancel_at is None else rfc3339(record.cancel_at),
-            archived_at=rfc3339(archive) if ended and now >= archive else None,
-        )
 
     def cancel(self, record: BatchRecord) -> None:
         """Ask a batch to cancel (no-op if a cancel is already under way)."""
@@ -581,7 +453,7 @@ class Store:
 
     async def _generate(self, record: BatchRecord) -> None:
         assert record.body_path is not None
-        entries: list[_LaxEntry] | list[_EntryView]
+        entries: list[LaxEntry] | list[EntryView]
         if record.held is not None:
             entries, record.held = record.held, None
             self._held.pop(record.id, None)
@@ -639,7 +511,7 @@ class Store:
         self.stats.results_generated += len(entries)
 
     def _process(
-        self, record: BatchRecord, entry: _LaxEntry | _EntryView, counts: RequestCounts
+        self, record: BatchRecord, entry: LaxEntry | EntryView, counts: RequestCounts
     ) -> bytes:
         """The results line of one processed request: its params are strictly decoded
         and checked here, once, as the service does after the create."""
