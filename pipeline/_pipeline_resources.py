@@ -1,0 +1,208 @@
+"""What a job opens before its stages run, and checks on the way: the ledger, the
+embedded emulator, the output and rejects sinks, and the job's spec (its paths and
+a fingerprint of its input, so a state file refuses another input).
+
+A new job refuses to wipe an output or rejects file that holds data unless told
+to; a re-run of a finished job only reports its counts. Everything opened goes on
+the run's ``AsyncExitStack`` and is closed in reverse order when the run ends; the
+ledger's close is shielded, so a cancelled run still closes its state file.
+
+Also here: freezing the heap for the length of a run (see ``_freeze_heap``).
+
+``_JobResources`` is a mixin of ``Pipeline``: it holds no state of its own and
+reads the attributes that ``Pipeline.__init__`` sets, declared below for mypy.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._config import DEFAULT_POLL_INTERVAL, PipelineConfig
+from ._errors import UsageError
+from .ledger._base import JobSpec
+from .stages.sink import CallbackSink, JsonlSink, ResultSink, rejects_callback
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from contextlib import AsyncExitStack
+
+    from ._pipeline import Output
+    from .ledger._base import Ledger, ResumeState
+    from .stages._items import RejectLine
+    from .stages._protocol import Progress
+
+logger = logging.getLogger("pipeline")
+
+#: The key the embedded emulator is called with (it accepts any key).
+EMULATOR_API_KEY = "emulator-local-key"
+#: How fast the embedded emulator processes a batch, in seconds.
+EMULATOR_BATCH_SECONDS = 0.2
+#: Poll floor against the embedded emulator (it ends batches within a second).
+EMULATOR_POLL_INTERVAL = 0.1
+
+
+class _JobResources:
+    """The part of ``Pipeline`` that opens and checks what a run works on."""
+
+    config: PipelineConfig
+    _output: Output
+    _input_path: Path | None
+    _output_path: Path | None
+    _rejects_path: Path | None
+    _rejects_callback: Callable[[RejectLine], Awaitable[object]] | None
+    _state_path: Path | None
+    _ledger_given: Ledger | None
+    _emulator_dir: str | os.PathLike[str] | None
+    _announce: Callable[[str], None]
+    _overwrite: bool
+    _progress: Progress
+    _finished: bool
+
+    def _check_overwrite(self) -> None:
+        """A new job starts its output and rejects files empty: refuse to wipe one
+        that holds data, unless told to."""
+        if self._overwrite:
+            return
+        for what, path in (("output", self._output_path), ("rejects", self._rejects_path)):
+            if path is not None and path.is_file() and path.stat().st_size > 0:
+                raise UsageError(
+                    f"{what} file {path} is not empty and this is a new job (no state in "
+                    f"{self._state_path or 'the ledger'}): pass --overwrite (Python: "
+                    "overwrite=True) to replace it, or remove it"
+                )
+
+    async def _already_finished(self, ledger: Ledger) -> None:
+        """A re-run of a finished job: its counts from the ledger, and a warning."""
+        status = await ledger.status()
+        p = self._progress
+        p.read, p.rejected, p.submitted = status.read, status.rejected, status.submitted
+        p.ended, p.written = status.ended, status.written
+        p.source_done = True
+        self._finished = True
+        logger.warning(
+            "this job already finished; nothing to do (state %s). Remove the state file "
+            "to run it again (with --overwrite / overwrite=True to replace its output).",
+            self._state_path or "in the ledger",
+        )
+
+    async def _start_emulator(self, stack: AsyncExitStack) -> str:
+        from .emulator import EmulatorConfig
+        from .testing import serve_emulator
+
+        data_dir = Path(self._emulator_dir) if self._emulator_dir is not None else None
+        if data_dir is None and self._state_path is not None:
+            data_dir = self._state_path.with_name(self._state_path.name + ".emulator")
+        emu_config = EmulatorConfig(batch_seconds=EMULATOR_BATCH_SECONDS)
+        handle = await stack.enter_async_context(serve_emulator(emu_config, data_dir=data_dir))
+        if self.config.poll_interval == DEFAULT_POLL_INTERVAL:
+            self.config = _with(self.config, poll_interval=EMULATOR_POLL_INTERVAL)
+        self._announce(
+            f"pipeline: no API key and no base URL: running on the local emulator at {handle.url} "
+            f"(set {self.config.api_key_env} to use the Message Batches API)"
+        )
+        return handle.url
+
+    async def _open_ledger(self, stack: AsyncExitStack) -> Ledger:
+        if self._ledger_given is not None:
+            ledger = self._ledger_given
+        else:
+            from .ledger._sqlite import SQLiteLedger
+
+            assert self._state_path is not None
+            ledger = SQLiteLedger(self._state_path)
+        stack.push_async_callback(_shielded(ledger.aclose))
+        return ledger
+
+    def _output_sink(self) -> ResultSink:
+        output = self._output
+        if isinstance(output, str | os.PathLike):
+            return JsonlSink(output)
+        if hasattr(output, "commit") and hasattr(output, "write"):
+            return output  # type: ignore[return-value]
+        return CallbackSink(output)  # type: ignore[arg-type]
+
+    def _job_spec(self) -> JobSpec:
+        fingerprint = None
+        if self._input_path is not None:
+            fingerprint = _fingerprint(self._input_path)
+        return JobSpec(
+            input_path=str(self._input_path.absolute()) if self._input_path else None,
+            input_fingerprint=fingerprint,
+            output_path=str(self._output_path.absolute()) if self._output_path else None,
+            rejects_path=str(self._rejects_path.absolute()) if self._rejects_path else None,
+        )
+
+    async def _open_sinks(
+        self, stack: AsyncExitStack, resume: ResumeState
+    ) -> tuple[ResultSink, ResultSink | None]:
+        """The output sink and the rejects sink (if any), each truncated back to
+        its last commit."""
+        sink = self._output_sink()
+        await sink.open(resume.output)
+        stack.push_async_callback(sink.aclose)
+        rejects_sink: ResultSink | None = None
+        if self._rejects_path is not None:
+            rejects_sink = JsonlSink(self._rejects_path)
+        elif self._rejects_callback is not None:
+            rejects_sink = rejects_callback(self._rejects_callback)
+        if rejects_sink is not None:
+            await rejects_sink.open(resume.rejects)
+            stack.push_async_callback(rejects_sink.aclose)
+        return sink, rejects_sink
+
+
+def _fingerprint(path: Path) -> str:
+    """Hash of the input's first MiB and its size: a state file refuses another input."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
+            size = handle.seek(0, os.SEEK_END)
+    except OSError as exc:
+        from ._errors import InputError
+
+        raise InputError(f"cannot read input {str(path)!r}: {exc.strerror}") from exc
+    return f"{size}:{hashlib.blake2b(head, digest_size=16).hexdigest()}"
+
+
+def _with(config: PipelineConfig, **changes: Any) -> PipelineConfig:
+    import msgspec
+
+    return msgspec.structs.replace(config, **changes)
+
+
+def _shielded(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await fn()
+
+    return close
+
+
+#: Pipelines running in this process; the first one freezes the heap, the last
+#: one to end thaws it.
+_running = 0
+
+
+def _freeze_heap() -> None:
+    """Move every object alive at start-up out of the cyclic GC's reach: the client
+    runs a full ``gc.collect()`` after each create (PERFORMANCE.md, the httpx
+    trap), which is then cheap. Garbage is collected first, so none is frozen."""
+    global _running
+    _running += 1
+    if _running == 1:
+        gc.collect()
+        gc.freeze()
+
+
+def _thaw_heap() -> None:
+    global _running
+    _running -= 1
+    if _running == 0:
+        gc.unfreeze()
