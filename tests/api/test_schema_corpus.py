@@ -499,11 +499,11 @@ def test_custom_tool_fields_are_the_sdk_tool_params() -> None:
     from anthropic.types import ToolParam
     from anthropic.types.beta import BetaToolParam
 
-    from pipeline.api import _schema
+    from pipeline.api import _schema_full
 
-    assert set(FULL_TOOL) == _schema._CUSTOM_TOOL_FIELDS
-    assert set(ToolParam.__annotations__) == _schema._CUSTOM_TOOL_FIELDS
-    assert set(BetaToolParam.__annotations__) == _schema._CUSTOM_TOOL_FIELDS
+    assert set(FULL_TOOL) == _schema_full._CUSTOM_TOOL_FIELDS
+    assert set(ToolParam.__annotations__) == _schema_full._CUSTOM_TOOL_FIELDS
+    assert set(BetaToolParam.__annotations__) == _schema_full._CUSTOM_TOOL_FIELDS
 
 
 def test_server_tools_keep_their_own_fields() -> None:

@@ -1,0 +1,510 @@
+"""The strict check of a Messages create request, the authority behind
+``pipeline.api._schema.check_entry``: the full decode into the wire Structs and the
+cross-field rules, with the exact reason of every failure. ``_schema`` puts a fast path
+for the common shapes in front of it and re-exports the public names from here.
+
+Decoding into the strict wire Structs does the type, range, tag and unknown-field
+checks in C; the cross-field rules left (roles of tool blocks, tool_choice against
+tools, thinking against max_tokens, ...) are cheap attribute checks on the decoded
+Structs, done in one pass over the messages. Every failure names the field path and
+the rule, e.g. ``params.messages[2].content[0].type: unknown block type "imagee"``.
+
+Rules checked beyond the Struct types (each one is a rule of the real service):
+
+* ``model`` is one the deployment knows; ``max_tokens`` within the model's output cap;
+* ``messages`` non-empty; every message has content (the final assistant message may be
+  empty); text blocks hold non-whitespace text; a final assistant message does not end
+  in whitespace;
+* ``tool_use`` blocks only in assistant messages, ``tool_result`` blocks only in user
+  messages, each answering a ``tool_use`` id of the message just before, and every
+  ``tool_use`` answered by the next message;
+* image sources are images, base64 documents are PDFs;
+* custom tools have a valid name, an object ``input_schema`` and only the fields of
+  the SDK's ``ToolParam`` (a misspelt ``descripton`` is refused, as on every other
+  request object); server tools have a versioned ``type``; tool names are unique;
+* ``tool_choice`` ``any``/``tool`` need tools, ``tool`` names a defined tool;
+* ``stop_sequences`` hold non-whitespace text; ``stream: true`` is refused;
+* extended thinking: ``budget_tokens < max_tokens``, no forced tool use, temperature
+  only 1, no ``top_k``, ``top_p`` within 0.95..1.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, get_args
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ._types import (
+    Base64ImageSource,
+    BatchRequest,
+    ContentBlockParam,
+    DocumentBlockParam,
+    ImageBlockParam,
+    MessageCreateParams,
+    TextBlockParam,
+    ThinkingEnabled,
+    Tool,
+    ToolChoiceAny,
+    ToolChoiceTool,
+    ToolResultBlockParam,
+    ToolUseBlockParam,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._types import MessageParam, ToolChoice
+
+__all__ = (
+    "DEFAULT_MODELS",
+    "IMAGE_TOKENS",
+    "MODEL_MAX_OUTPUT_TOKENS",
+    "Checked",
+    "SchemaError",
+    "approx_input_tokens",
+    "check_params",
+    "decode_error_message",
+    "signature",
+)
+
+
+#: Models the documented Batches API supports; deployments may know more.
+DEFAULT_MODELS: frozenset[str] = frozenset(
+    {
+        "claude-3-5-sonnet-20240620",
+        "claude-3-5-sonnet-20241022",
+        "claude-3-5-haiku-20241022",
+        "claude-3-haiku-20240307",
+        "claude-3-opus-20240229",
+    }
+)
+
+#: The largest ``max_tokens`` each model accepts; models not listed are not capped here.
+MODEL_MAX_OUTPUT_TOKENS: Mapping[str, int] = {
+    "claude-3-5-sonnet-20240620": 8192,
+    "claude-3-5-sonnet-20241022": 8192,
+    "claude-3-5-haiku-20241022": 8192,
+    "claude-3-haiku-20240307": 4096,
+    "claude-3-opus-20240229": 4096,
+}
+
+#: Input tokens counted per base64 image by ``approx_input_tokens`` (the service's
+#: cost of an image of ~1.15 megapixels, the largest it keeps unscaled).
+IMAGE_TOKENS = 1600
+
+
+class Checked(msgspec.Struct, gc=False):
+    """A request that passed every local check."""
+
+    custom_id: str
+    model: str
+    max_tokens: int
+    signature: str
+    approx_input_tokens: int
+
+
+class SchemaError(msgspec.Struct):
+    """Why a request cannot be sent; ``custom_id`` when it could be read."""
+
+    custom_id: str | None
+    message: str
+
+
+_entry_decoder = msgspec.json.Decoder(BatchRequest)
+_PATH = re.compile(r" - at `\$\.?(.*)`$")
+_INVALID_TAG = re.compile(r"^Invalid value '(.*)'$")
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+#: Server tools carry a dated type, e.g. ``web_search_20250305``.
+_SERVER_TOOL_TYPE = re.compile(r"^[a-z][a-z0-9_]*_[0-9]{8}$")
+_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_FINAL_ASSISTANT_EMPTY_OK = (
+    "all messages must have non-empty content except for the optional final assistant message"
+)
+
+
+def decode_error_message(exc: msgspec.DecodeError, prefix: str = "") -> str:
+    """Turn msgspec's ``Expected `int` >= 1 - at `$.params.max_tokens``` into
+    ``params.max_tokens: expected `int` >= 1``."""
+    text = str(exc)
+    match = _PATH.search(text)
+    path = ""
+    if match:
+        path = match.group(1)
+        text = text[: match.start()]
+    tag = _INVALID_TAG.match(text)
+    if text.startswith(("Input data was truncated", "JSON is malformed", "Invalid UTF-8")):
+        text = "not valid JSON: " + text[0].lower() + text[1:]
+    elif tag and path.endswith(".type"):
+        text = f'unknown {_tag_kind(path)} type "{tag.group(1)}"'
+    elif text.startswith("Object contains unknown field"):
+        text = "unknown field " + text.removeprefix("Object contains unknown field ")
+    elif text and not text[:2].isupper():
+        text = text[0].lower() + text[1:]
+    full = f"{prefix}{path}" if path else prefix.rstrip(".")
+    return f"{full}: {text}" if full else text
+
+
+def _tag_kind(path: str) -> str:
+    if path.endswith("source.type"):
+        return "source"
+    if ".content[" in path:
+        return "block"
+    if path.endswith("tool_choice.type"):
+        return "tool_choice"
+    if path.endswith("thinking.type"):
+        return "thinking"
+    return "object"
+
+
+def _check_entry_full(
+    raw: bytes, models: frozenset[str] | None, max_output_tokens: Mapping[str, int]
+) -> Checked | SchemaError:
+    """``check_entry`` through the full strict decode: every shape, exact reasons."""
+    try:
+        entry = _entry_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        return SchemaError(_salvage_custom_id(raw), decode_error_message(exc))
+    except UnicodeDecodeError as exc:  # msgspec < 0.23 lets a string's bad UTF-8 through
+        return SchemaError(_salvage_custom_id(raw), f"not valid JSON: invalid UTF-8: {exc}")
+    params = entry.params
+    kinds: set[type] = set()
+    images = [0, 0]  # count, base64 bytes
+    problem = _check(params, models, max_output_tokens, kinds, images)
+    if problem is None and params.tools:
+        problem = _custom_tool_fields(_tools_view.decode(raw).params.tools, params.tools)
+    if problem is not None:
+        return SchemaError(entry.custom_id, "params." + problem)
+    return Checked(
+        entry.custom_id,
+        params.model,
+        params.max_tokens,
+        _signature(params, kinds),
+        approx_input_tokens(raw, images=images[0], image_bytes=images[1]),
+    )
+
+
+def check_params(
+    params: MessageCreateParams,
+    *,
+    models: frozenset[str] | None = DEFAULT_MODELS,
+    max_output_tokens: Mapping[str, int] = MODEL_MAX_OUTPUT_TOKENS,
+) -> str | None:
+    """The cross-field rules on decoded params: ``field.path: rule``, or None when valid.
+
+    The path is relative to ``params`` (``check_entry`` prefixes ``params.``).
+    """
+    return _check(params, models, max_output_tokens, set(), [0, 0])
+
+
+def _check(
+    params: MessageCreateParams,
+    models: frozenset[str] | None,
+    max_output_tokens: Mapping[str, int],
+    kinds: set[type],
+    images: list[int],
+) -> str | None:
+    # The common request sets few optional fields: each rule below is one attribute
+    # test unless its field is present.
+    model = params.model
+    if models is not None and model not in models:
+        return f'model: unknown model "{model}"'
+    cap = max_output_tokens.get(model)
+    if cap is not None and params.max_tokens > cap:
+        return f"max_tokens: {params.max_tokens} > {cap}, the maximum for {model}"
+    if params.stream is True:
+        return "stream: streaming is not supported in batches (must be false or absent)"
+    if not params.messages:
+        return "messages: must hold at least one message"
+    problem = _check_messages(params.messages, kinds, images)
+    if problem is not None:
+        return problem
+    system = params.system
+    if isinstance(system, list):
+        for i, block in enumerate(system):
+            if not block.text or block.text.isspace():
+                return f"system[{i}].text: text content blocks must contain non-whitespace text"
+    if params.tools is not UNSET or params.tool_choice is not UNSET:
+        problem = _check_tools(params)
+        if problem is not None:
+            return problem
+    if params.stop_sequences is not UNSET:
+        for i, stop in enumerate(params.stop_sequences):
+            if not stop or stop.isspace():
+                return f"stop_sequences[{i}]: each stop sequence must contain non-whitespace text"
+    if type(params.thinking) is ThinkingEnabled:
+        return _check_thinking(params, params.thinking)
+    return None
+
+
+def _check_messages(
+    messages: list[MessageParam], kinds: set[type], images: list[int]
+) -> str | None:
+    """Blocks, roles and tool_use/tool_result pairing, in one pass over the messages."""
+    last = len(messages) - 1
+    open_uses: set[str] | None = None  # tool_use ids of the message before
+    for i, message in enumerate(messages):
+        content = message.content
+        if not content and not (i == last and message.role == "assistant"):
+            return f"messages[{i}].content: {_FINAL_ASSISTANT_EMPTY_OK}"
+        if isinstance(content, str):
+            kinds.add(str)
+            answered: set[str] | None = None
+            uses: set[str] | None = None
+        else:
+            problem, answered, uses = _check_blocks(
+                i, message.role, content, open_uses, kinds, images
+            )
+            if problem is not None:
+                return problem
+        if open_uses and (answered is None or not open_uses <= answered):
+            missing = ", ".join(sorted(open_uses - (answered or set())))
+            return (
+                f"messages[{i}].content: tool_use ids of messages[{i - 1}] have no "
+                f"tool_result block in the next message: {missing}"
+            )
+        open_uses = uses
+    final = messages[last]
+    if final.role == "assistant" and _ends_in_whitespace(final.content):
+        return (
+            f"messages[{last}].content: final assistant content cannot end with trailing whitespace"
+        )
+    return None
+
+
+def _check_blocks(
+    i: int,
+    role: str,
+    content: list[ContentBlockParam],
+    open_uses: set[str] | None,
+    kinds: set[type],
+    images: list[int],
+) -> tuple[str | None, set[str] | None, set[str] | None]:
+    """One message's blocks: (error or None, tool_use ids answered, tool_use ids opened)."""
+    answered: set[str] | None = None
+    uses: set[str] | None = None
+    for j, block in enumerate(content):
+        kind = type(block)
+        kinds.add(kind)
+        if type(block) is TextBlockParam:
+            text = block.text
+            if not text or text.isspace():
+                return _blk(i, j, "text: text content blocks must contain non-whitespace text")
+        elif type(block) is ToolUseBlockParam:
+            if role != "assistant":
+                return _blk(i, j, "type: tool_use blocks are only allowed in assistant messages")
+            uses = uses or set()
+            uses.add(block.id)
+        elif type(block) is ToolResultBlockParam:
+            if role != "user":
+                return _blk(i, j, "type: tool_result blocks are only allowed in user messages")
+            use_id: str = block.tool_use_id
+            if open_uses is None or use_id not in open_uses:
+                return _blk(
+                    i,
+                    j,
+                    f'tool_use_id: "{use_id}" answers no tool_use block of the previous message',
+                )
+            answered = answered or set()
+            answered.add(use_id)
+        elif type(block) is ImageBlockParam or type(block) is DocumentBlockParam:
+            problem = _check_source(i, j, block, images)
+            if problem is not None:
+                return problem, None, None
+    return None, answered, uses
+
+
+def _blk(i: int, j: int, rule: str) -> tuple[str, None, None]:
+    return f"messages[{i}].content[{j}].{rule}", None, None
+
+
+def _check_source(
+    i: int, j: int, block: ImageBlockParam | DocumentBlockParam, images: list[int]
+) -> str | None:
+    source = block.source
+    if type(source) is not Base64ImageSource:
+        return None
+    if type(block) is ImageBlockParam:
+        if source.media_type not in _IMAGE_TYPES:
+            return (
+                f'messages[{i}].content[{j}].source.media_type: "{source.media_type}" is not '
+                "an image type (image/jpeg, image/png, image/gif, image/webp)"
+            )
+        images[0] += 1
+        images[1] += len(source.data)
+    elif source.media_type != "application/pdf":
+        return (
+            f"messages[{i}].content[{j}].source.media_type: base64 documents must be "
+            f'"application/pdf", got "{source.media_type}"'
+        )
+    return None
+
+
+def _ends_in_whitespace(content: object) -> bool:
+    if type(content) is str:
+        return bool(content) and content[-1].isspace()
+    if isinstance(content, list) and content and type(content[-1]) is TextBlockParam:
+        text = content[-1].text
+        return bool(text) and text[-1].isspace()
+    return False
+
+
+def _check_tools(params: MessageCreateParams) -> str | None:
+    return _check_tool_list(params.tools if params.tools is not UNSET else [], params.tool_choice)
+
+
+def _check_tool_list(tools: list[Tool], choice: ToolChoice | UnsetType) -> str | None:
+    names: set[str] = set()
+    for i, tool in enumerate(tools):
+        problem = _check_tool(i, tool)
+        if problem is not None:
+            return problem
+        if tool.name in names:
+            return f'tools[{i}].name: tool names must be unique, "{tool.name}" is defined twice'
+        names.add(tool.name)
+    if type(choice) is ToolChoiceAny or type(choice) is ToolChoiceTool:
+        if not tools:
+            kind = "any" if type(choice) is ToolChoiceAny else "tool"
+            return f'tool_choice: type "{kind}" requires tools'
+        if type(choice) is ToolChoiceTool and choice.name not in names:
+            return f'tool_choice.name: no tool named "{choice.name}" in tools'
+    return None
+
+
+def _check_tool(i: int, tool: Tool) -> str | None:
+    kind = tool.type
+    if kind is UNSET or kind is None or kind == "custom":
+        if not _TOOL_NAME.match(tool.name):
+            return f"tools[{i}].name: must match ^[a-zA-Z0-9_-]{{1,128}}$, got {tool.name!r}"
+        if tool.input_schema is UNSET:
+            return f"tools[{i}].input_schema: required for custom tools"
+        if tool.input_schema.get("type") != "object":
+            return f'tools[{i}].input_schema.type: must be "object"'
+        return None
+    if not _SERVER_TOOL_TYPE.match(kind):
+        return f'tools[{i}].type: unknown tool type "{kind}" (custom tools leave it out)'
+    return None
+
+
+#: The fields of a custom tool: the keys of the SDK's ``ToolParam`` (``BetaToolParam``
+#: has the same). ``Tool`` lets unknown fields through, for server tools, so a custom
+#: tool's are checked on its raw JSON.
+_CUSTOM_TOOL_FIELDS = frozenset(
+    {
+        "name",
+        "input_schema",
+        "type",
+        "description",
+        "cache_control",
+        "allowed_callers",
+        "defer_loading",
+        "eager_input_streaming",
+        "input_examples",
+        "strict",
+    }
+)
+
+
+class _ToolsOnlyParams(msgspec.Struct, gc=False):
+    tools: msgspec.Raw = msgspec.Raw()
+
+
+class _ToolsOnlyEntry(msgspec.Struct, gc=False):
+    """The raw ``params.tools`` of an entry, every other field skipped."""
+
+    params: _ToolsOnlyParams
+
+
+_tools_view = msgspec.json.Decoder(_ToolsOnlyEntry)
+_tool_fields_decoder = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
+
+
+def _custom_tool_fields(raw_tools: bytes | msgspec.Raw, tools: list[Tool]) -> str | None:
+    """``tools[i]: unknown field `x``` for the first custom tool with a field its type
+    does not define (``raw_tools`` is the JSON ``tools`` was decoded from)."""
+    for i, (fields, tool) in enumerate(
+        zip(_tool_fields_decoder.decode(raw_tools), tools, strict=True)
+    ):
+        if tool.type is UNSET or tool.type is None or tool.type == "custom":
+            for name in fields:
+                if name not in _CUSTOM_TOOL_FIELDS:
+                    return f"tools[{i}]: unknown field `{name}`"
+    return None
+
+
+def _check_thinking(params: MessageCreateParams, thinking: ThinkingEnabled) -> str | None:
+    if thinking.budget_tokens >= params.max_tokens:
+        return (
+            f"thinking.budget_tokens: must be less than max_tokens "
+            f"({thinking.budget_tokens} >= {params.max_tokens})"
+        )
+    choice = params.tool_choice
+    if type(choice) is ToolChoiceAny or type(choice) is ToolChoiceTool:
+        return "tool_choice: thinking may not be enabled when tool_choice forces tool use"
+    if params.temperature is not UNSET and params.temperature != 1:
+        return "temperature: may only be set to 1 when thinking is enabled"
+    if params.top_k is not UNSET:
+        return "top_k: may not be set when thinking is enabled"
+    if params.top_p is not UNSET and params.top_p < 0.95:
+        return "top_p: must be between 0.95 and 1 when thinking is enabled"
+    return None
+
+
+# ------------------------------------------------------------------------ signature
+
+_FIELD_NAMES = MessageCreateParams.__struct_fields__
+_TAGS: dict[type, str] = {str: "str"}
+_TAGS.update((cls, str(cls.__struct_config__.tag)) for cls in get_args(ContentBlockParam))
+_SIGNATURES: dict[tuple[object, ...], str] = {}
+_MAX_SIGNATURES = 65_536
+
+
+def signature(params: MessageCreateParams) -> str:
+    """The dry-run shape key: model, the top-level params present (so whether a system
+    prompt is), the tool names and the content block kinds of the messages.
+
+    Requests with one signature are expected to pass or fail the service's checks
+    together, so the dry run samples a few of each.
+    """
+    kinds: set[type] = set()
+    for message in params.messages:
+        if type(message.content) is str:
+            kinds.add(str)
+        else:
+            kinds.update(map(type, message.content))
+    return _signature(params, kinds)
+
+
+def _signature(params: MessageCreateParams, kinds: set[type]) -> str:
+    # The cache key holds the type of every field (UnsetType when absent): cheaper
+    # to build than a presence mask, and as fine a partition.
+    values = msgspec.structs.astuple(params)
+    tools = tuple(sorted([t.name for t in params.tools])) if params.tools else ()
+    key = (params.model, tuple(map(type, values)), tools, frozenset(kinds))
+    found = _SIGNATURES.get(key)
+    if found is None:
+        fields = ",".join(f for f, v in zip(_FIELD_NAMES, values, strict=True) if v is not UNSET)
+        tags = sorted(_TAGS.get(k, k.__name__) for k in kinds)
+        found = "|".join((params.model, fields, ",".join(tools), ",".join(tags)))
+        if len(_SIGNATURES) >= _MAX_SIGNATURES:
+            _SIGNATURES.clear()
+        _SIGNATURES[key] = found
+    return found
+
+
+def approx_input_tokens(raw: bytes, *, images: int = 0, image_bytes: int = 0) -> int:
+    """A documented over-approximation of a request's input tokens, used until a dry
+    run measures them: one token per 3 bytes of the encoded request (English runs at
+    about 4 bytes a token), except base64 images, which count ``IMAGE_TOKENS`` each
+    instead of their bytes."""
+    return (len(raw) - image_bytes) // 3 + 1 + images * IMAGE_TOKENS
+
+
+def _salvage_custom_id(raw: bytes) -> str | None:
+    try:
+        value = msgspec.json.decode(raw, type=dict[str, object])
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    cid = value.get("custom_id")
+    return cid if isinstance(cid, str) else None
