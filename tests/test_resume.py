@@ -139,18 +139,23 @@ async def test_kill_during_a_results_download_resumes_without_duplicates(
 
 
 def forget_creates(
-    state: Path, how_many: int, states: tuple[str, ...] = ("created",)
+    state: Path, how_many: int, states: tuple[str, ...] = ("created", "ended")
 ) -> list[tuple[int, str]]:
     """Make the ledger forget the batch id of ``how_many`` batches of the same size
-    in ``states`` (created, or also already ended), as if the worker had died
-    between the POST and its commit."""
+    in ``states`` (created, or already ended), as if the worker had died between the
+    POST and its commit."""
     marks = ", ".join("?" * len(states))
     with sqlite3.connect(state) as conn:
-        rows = conn.execute(
+        found = conn.execute(
             "SELECT local_id, batch_id, request_count, state FROM batches "
-            f"WHERE state IN ({marks}) AND request_count = 100 ORDER BY local_id LIMIT ?",
-            (*states, how_many),
+            f"WHERE state IN ({marks}) ORDER BY local_id",
+            states,
         ).fetchall()
+        by_size: dict[int, list[tuple[int, str, int, str]]] = {}
+        for row in found:
+            by_size.setdefault(row[2], []).append(row)
+        rows = next((group for group in by_size.values() if len(group) >= how_many), [])
+        rows = rows[:how_many]
         assert len(rows) == how_many
         for local_id, _, count, was in rows:
             conn.execute(
@@ -163,19 +168,27 @@ def forget_creates(
     return [(local_id, batch_id) for local_id, batch_id, _, _ in rows]
 
 
+def same_size_in_flight(status: JobStatus, n: int) -> bool:
+    """At least ``n`` batches of one size created (or ended) and not yet collected."""
+    sizes: dict[int, int] = {}
+    for b in status.batches:
+        if b.state in ("created", "ended"):
+            sizes[b.request_count] = sizes.get(b.request_count, 0) + 1
+    return any(count >= n for count in sizes.values())
+
+
 async def kill_with_creates_settled(url: str, tmp: Path, key: str, n: int) -> None:
-    """SIGKILL the worker once ``n`` batches are created and no other create is
-    under way (it is frozen with SIGSTOP while the state is checked), so that the
-    only unknown outcomes are the ones the test makes."""
+    """SIGKILL the worker once ``n`` batches of one size are created and no other
+    create is under way (it is frozen with SIGSTOP while the state is checked), so
+    that the only unknown outcomes are the ones the test makes."""
     worker = start_worker(url, tmp, api_key=key)
     for _ in range(1000):
-        await wait_for(tmp, worker, lambda s: sum(b.state == "created" for b in s.batches) >= n)
+        await wait_for(tmp, worker, lambda s: same_size_in_flight(s, n))
         worker.send_signal(signal.SIGSTOP)
         status = await status_of(tmp / "job.state")
         assert status is not None
         settled = all(b.state not in ("intent", "sending") for b in status.batches)
-        # still at least n not yet collected (they may have ended meanwhile)
-        if settled and sum(b.state in ("created", "ended") for b in status.batches) >= n:
+        if settled and same_size_in_flight(status, n):
             break
         worker.send_signal(signal.SIGCONT)
         await anyio.sleep(0.005)
@@ -203,7 +216,7 @@ async def test_an_undecidable_create_fails_loudly_then_the_user_settles_it(
     ids, _ = write_input(tmp_path / "in.jsonl", 1000, prefix="ambi")
     await kill_with_creates_settled(emulator, tmp_path, "ambi", 2)
     # one of the two may have ended already when the worker was killed
-    forgotten = forget_creates(tmp_path / "job.state", 2, ("created", "ended"))
+    forgotten = forget_creates(tmp_path / "job.state", 2)
     before = await submissions(emulator)
     worker = start_worker(emulator, tmp_path, api_key="ambi")
     _, err = worker.communicate(timeout=60)
