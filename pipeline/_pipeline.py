@@ -174,6 +174,7 @@ class Pipeline(_JobResources, _StageWiring):
         self._finished = False
         self._dry_run_meter: Any = None
         self._spent_before = 0.0
+        self._number_from = 0
         self._result: PipelineStatistics | None = None
         self._tg: TaskGroup | None = None
         self._done = anyio.Event()

@@ -82,6 +82,7 @@ class _StageWiring:
     _finished: bool
     _dry_run_meter: Any
     _spent_before: float
+    _number_from: int
 
     async def _resume(
         self, resume: ResumeState, ledger: Ledger, client: Client
@@ -91,6 +92,9 @@ class _StageWiring:
         p = self._progress
         #: what earlier runs claimed, by estimate: a budget holds for the whole job
         self._spent_before = resume.estimated_cost_usd
+        # A source that cannot replay its input numbers on from the highest line the
+        # job holds, not from the checkpoint (claims may stand past a held entry).
+        self._number_from = await ledger.last_line() if self.open_ended else resume.source_line
         p.spooled = resume.spooled
         p.rejected = resume.rejects.count
         p.written = resume.output.count
@@ -268,7 +272,7 @@ class _StageWiring:
             )
         elif _is_source_stage(source):
             async with send:
-                await source(send, stop=self._stop, start_line=resume.source_line)
+                await source(send, stop=self._stop, start_line=self._number_from)
         else:
             assert isinstance(source, Iterable | AsyncIterable)
             await iterable_source(send, items=source, skip=resume.source_line, stop=self._stop)

@@ -139,6 +139,35 @@ async def test_rejects_of_a_queue_go_to_an_async_callback_once(tmp_path: Path) -
     assert "already used" in rejects[3].error.message
 
 
+async def test_a_queue_numbers_on_past_every_line_the_job_holds(tmp_path: Path) -> None:
+    """A crashed run claimed lines past its checkpoint (the dry run held an earlier
+    one): a restarted queue must not give a new entry one of their numbers, or the
+    entry could pass for the old line read again."""
+    from pipeline.ledger import SQLiteLedger
+    from pipeline.stages._items import Entry
+
+    state = tmp_path / "s.db"
+    send, receive = anyio.create_memory_object_stream[Any](1)
+    with send, receive:  # the job's identity, as the pipeline below will check it
+        spec = QueuePipeline(receive, print, state=state)._job_spec()
+    ledger = SQLiteLedger(state)
+    await ledger.open(spec)
+    raw = msgspec.json.encode(entry("old-9"))
+    await ledger.claim([Entry(9, "old-9", raw)], [], checkpoint=0, line=3)  # checkpoint: 3
+    assert await ledger.last_line() == 9
+    await ledger.aclose()
+
+    rejects: list[RejectLine] = []
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="k", base_url=emu.url) as client:
+            await _queue_run(client, tmp_path, [b"{not json", entry("old-9")], rejects)
+    # numbered 10 and 11, after line 9: the same custom_id is a duplicate, said so
+    assert [(r.line, r.custom_id, r.error.type) for r in rejects] == [
+        (10, None, "invalid_json"),
+        (11, "old-9", "invalid_request_error"),
+    ]
+
+
 # -- the total and the ETA ---------------------------------------------------------
 
 

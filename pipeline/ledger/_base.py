@@ -251,4 +251,11 @@ class Ledger(Protocol):
 
     async def mark_finished(self) -> None: ...
 
+    async def last_line(self) -> int:
+        """(added) The highest source line the job holds (claimed, rejected, or
+        passed by the checkpoint): where a source that cannot replay its input (a
+        queue) numbers on from, so a new line never takes the number of one a
+        crashed run claimed past the checkpoint."""
+        ...
+
     async def status(self) -> JobStatus: ...

@@ -571,6 +571,20 @@ class SQLiteLedger:
 
         return await self._run(tx)
 
+    async def last_line(self) -> int:
+        """The highest source line the job holds (see ``Ledger.last_line``): one
+        scan of the requests, for sources that cannot replay their input."""
+
+        def tx(c: sqlite3.Connection) -> int:
+            row = c.execute(
+                "SELECT max(coalesce((SELECT line FROM checkpoint), 0), "
+                f"coalesce((SELECT max({_LINE}) FROM requests), 0), "
+                "coalesce((SELECT max(line) FROM rejects), 0))"
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(tx)
+
     async def mark_finished(self) -> None:
         """Every request has its final line in the output: a re-run is a no-op."""
         await self._run(lambda c: c.execute("UPDATE meta SET value = 1 WHERE key = 'finished'"))

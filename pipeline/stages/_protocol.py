@@ -53,9 +53,10 @@ class SourceStage(Protocol):
     dry or ``stop`` is set, then returns (the runner closes ``send`` after it).
 
     ``start_line`` is the last line an earlier run of the job accounted for: a
-    source that can replay its input skips that many; one that cannot (a queue, a
-    watched directory) just numbers on from it, so line numbers stay unique in the
-    job. ``stop`` is the pipeline's graceful stop: stop reading soon after it is
+    source that can replay its input skips that many. For the open-ended pipelines
+    (``QueuePipeline``, ``WatchPipeline``), whose sources cannot replay, it is the
+    highest line the job holds (``Ledger.last_line``): they number on from it, so
+    line numbers stay unique in the job. ``stop`` is the pipeline's graceful stop: stop reading soon after it is
     set (what was already sent is submitted or spooled). Keep each list large when
     input is plentiful (a send costs more than an item) and send at once when it
     trickles, so nothing waits behind an idle source.
