@@ -14,7 +14,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,15 +172,20 @@ def test_worker_commands_run_and_rerun(tmp_path: Path) -> None:
     with _started(worker, tmp_path, env) as proc:
         for line in drop:
             subprocess.run(shlex.split(line), cwd=tmp_path, check=True)
-        _wait_for(lambda: (out / "inbox" / "a.jsonl.done").exists() and _lines(out) == 50, proc)
+        # the worker says when the file is accounted for and its results written
+        _await_log(proc, lambda log: b"took a.jsonl" in log and _written(log) == 50)
+        assert (out / "inbox" / "a.jsonl.done").exists()
+        assert _lines(out) == 50
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(COMMAND_TIMEOUT) == 0
+        proc.communicate(timeout=COMMAND_TIMEOUT)
+        assert proc.returncode == 0
     first = (out / "results.jsonl").read_bytes()
     assert len(first.splitlines()) == 50
     assert len((out / "results.rejects.jsonl").read_bytes().splitlines()) == 3
     with _started(worker, tmp_path, env) as proc:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(COMMAND_TIMEOUT) == 0
+        proc.communicate(timeout=COMMAND_TIMEOUT)
+        assert proc.returncode == 0
     assert (out / "results.jsonl").read_bytes() == first
     assert sorted(p.name for p in (out / "inbox").iterdir()) == ["a.jsonl.done"]
 
@@ -212,22 +216,20 @@ def test_examples_import_public_names_only() -> None:
 @contextlib.contextmanager
 def _started(command: str, cwd: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` in ``cwd``; ready once it says it runs on the emulator."""
-    stderr = cwd / "worker.stderr"
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, *shlex.split(command)[1:]],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = subprocess.Popen(
+        [sys.executable, *shlex.split(command)[1:]],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
-        _wait_for(lambda: b"running on the local emulator" in stderr.read_bytes(), proc)
+        _await_log(proc, lambda log: b"running on the local emulator" in log)
         yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
 
 
 def _lines(out: Path) -> int:
@@ -235,9 +237,18 @@ def _lines(out: Path) -> int:
     return len(results.read_bytes().splitlines()) if results.exists() else 0
 
 
-def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + COMMAND_TIMEOUT
-    while not condition():
-        assert proc.poll() is None, f"the worker exited with {proc.returncode}"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+def _await_log(proc: subprocess.Popen[bytes], reached: Callable[[bytes], bool]) -> None:
+    """Read the worker's log (stderr) line by line until ``reached(log so far)``: the
+    worker itself says when it got there (bounded by the test timeout)."""
+    assert proc.stderr is not None
+    log = b""
+    for line in proc.stderr:
+        log += line
+        if reached(log):
+            return
+    raise AssertionError(f"the worker exited ({proc.wait()}) first; its log:\n{log.decode()}")
+
+
+def _written(log: bytes) -> int:
+    """Result lines written, from the worker's "batch collected ... written=N" lines."""
+    return sum(int(n) for n in re.findall(rb"batch collected .*written=(\d+)", log))
