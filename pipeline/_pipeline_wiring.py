@@ -28,7 +28,7 @@ import anyio
 
 from ._errors import PipelineError, StageError
 from ._pricing import DEFAULT_PRICES
-from .ledger._base import BatchRecord
+from .ledger._reconcile import reconcile, reconciler
 from .stages._items import SubmittedBatch
 from .stages.chunker import chunker
 from .stages.poller import poller
@@ -40,7 +40,7 @@ from .stages.submitter import submitter
 from .stages.validate import validate
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Coroutine
+    from collections.abc import Coroutine
     from pathlib import Path
 
     from ._config import PipelineConfig
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ._pipeline import Source
     from ._pricing import PriceTable
     from .api._client import Client
-    from .ledger._base import Ledger, ResumeState
+    from .ledger._base import BatchRecord, Ledger, ResumeState
     from .stages._protocol import Capacity, Progress, SourceStage
     from .stages.sink import ResultSink
 
@@ -101,8 +101,6 @@ class _StageWiring:
         p.read = p.accounted_line = resume.source_line
         batches = [(b, b.request_count - b.results_written) for b in resume.batches]
         if resume.pending_intents:
-            from .ledger._reconcile import reconcile
-
             report = await reconcile(
                 ledger, client, resume.pending_intents, sleep=self._settle_sleep
             )
@@ -173,7 +171,7 @@ class _StageWiring:
                     config=config,
                     capacity=self._capacity,
                     progress=p,
-                    reconcile=self._reconciler(ledger, client),
+                    reconcile=reconciler(ledger, client, sleep=self._settle_sleep),
                     sleep=self._sleep,
                 ),
             ),
@@ -326,25 +324,6 @@ class _StageWiring:
         self._stopped_reason = reason
         self._input_cut = True
         self._progress.changed()
-
-    def _reconciler(
-        self, ledger: Ledger, client: Client
-    ) -> Callable[[int, int, int, float], Awaitable[str | None]]:
-        async def reconcile_one(local_id: int, n: int, size: int, sent_at: float) -> str | None:
-            from .ledger._reconcile import reconcile
-
-            record = BatchRecord(
-                local_id=local_id,
-                batch_id=None,
-                state="sending",
-                request_count=n,
-                body_bytes=size,
-                sent_at=sent_at,
-            )
-            report = await reconcile(ledger, client, [record], sleep=self._settle_sleep)
-            return report.adopted[0].batch_id if report.adopted else None
-
-        return reconcile_one
 
     async def _sleep(self, seconds: float) -> None:
         """A sleep that a ``stop()`` cuts short."""
