@@ -169,9 +169,17 @@ class CallbackSink:
     with ``raw=True``, the line's bytes. The pipeline awaits ``fn``: a slow
     callback slows the job down rather than buffering results."""
 
-    def __init__(self, fn: Callable[[Any], Awaitable[object]], *, raw: bool = False) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Any], Awaitable[object]],
+        *,
+        raw: bool = False,
+        decoder: msgspec.json.Decoder[Any] = _result_decoder,
+    ) -> None:
         self.fn = fn
         self.raw = raw
+        #: what each line is decoded into (``ResultLine``; ``RejectLine`` for rejects)
+        self._decode = decoder.decode
         self._count = 0
 
     def __repr__(self) -> str:
@@ -189,10 +197,6 @@ class CallbackSink:
             await self.fn(line if self.raw else self._decode(line))
             self._count += 1
 
-    @staticmethod
-    def _decode(line: bytes) -> Any:
-        return _result_decoder.decode(line)
-
     async def commit(self) -> SinkPosition:
         await anyio.lowlevel.checkpoint()
         return self.position
@@ -206,18 +210,7 @@ def rejects_callback(fn: Callable[[RejectLine], Awaitable[object]]) -> CallbackS
     ``RejectLine`` (``line``, ``custom_id``, ``error``). Like the result callback it
     is at-least-once: a reject handed to ``fn`` but not yet committed to the ledger
     when the process dies is handed over again on the next start."""
-    return _RejectsCallbackSink(fn)
-
-
-class _RejectsCallbackSink(CallbackSink):
-    """A ``CallbackSink`` of reject lines (``RejectLine``), not result lines."""
-
-    def __repr__(self) -> str:
-        return f"rejects_callback({self.fn!r})"
-
-    @staticmethod
-    def _decode(line: bytes) -> Any:
-        return _reject_decoder.decode(line)
+    return CallbackSink(fn, decoder=_reject_decoder)
 
 
 #: rejects read from the ledger per round
