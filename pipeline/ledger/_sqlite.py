@@ -78,7 +78,7 @@ from ._sqlite_tx import (
     _new_intent,
     _reject_row,
     _rows,
-    _spool_missing,
+    _settle_batch,
 )
 
 if TYPE_CHECKING:
@@ -386,10 +386,7 @@ class SQLiteLedger:
 
         def tx(c: sqlite3.Connection) -> int:
             _expect(c, local_id, ("created", "ended"))
-            spooled = _spool_missing(c, local_id)
-            c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
-            c.execute("UPDATE batches SET state = 'collected' WHERE local_id = ?", (local_id,))
-            return spooled
+            return _settle_batch(c, local_id)
 
         return await self._run(tx)
 
@@ -458,13 +455,7 @@ class SQLiteLedger:
                     "IN (SELECT value FROM json_each(?)) AND local_id = ? AND state = 'claimed'",
                     (c_spool, local_id),
                 )
-            missing = 0
-            if done:
-                missing = _spool_missing(c, local_id)
-                # collected: nothing of it can be owed any more
-                c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
-                c.execute("UPDATE batches SET state = 'collected' WHERE local_id = ?", (local_id,))
-            return missing
+            return _settle_batch(c, local_id) if done else 0
 
         return await self._run(tx, fsync=durable)
 

@@ -111,6 +111,15 @@ def _claim(
     return ClaimResult(local_id, duplicates, skipped, added)
 
 
+def _settle_batch(c: sqlite3.Connection, local_id: int) -> int:
+    """Mark the batch collected: nothing of it can be owed any more. What it claimed
+    but wrote no line for is spooled first; how many."""
+    missing = _spool_missing(c, local_id)
+    c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
+    c.execute("UPDATE batches SET state = 'collected' WHERE local_id = ?", (local_id,))
+    return missing
+
+
 def _spool_missing(c: sqlite3.Connection, local_id: int) -> int:
     """Spool the requests a collected batch claimed but wrote no line for; how many.
 
@@ -153,20 +162,13 @@ def _insert_requests(
     per-row binding), the others (retries, rows that carry their bytes) by
     ``executemany``. Rows go in by custom_id, so the index inserts walk the B-tree once,
     in order (``in_key_order``: the entries are in that order already)."""
-    if in_key_order:
-        fresh = {
-            e.custom_id: (e.line, e.offset, e.end - e.offset)
-            for e in entries
-            if e.attempt == 1 and e.end > e.offset >= 0
-        }
-    else:
-        pairs = [
-            (e.custom_id, (e.line, e.offset, e.end - e.offset))
-            for e in entries
-            if e.attempt == 1 and e.end > e.offset >= 0
-        ]
-        pairs.sort()
-        fresh = dict(pairs)
+    fresh = {
+        e.custom_id: (e.line, e.offset, e.end - e.offset)
+        for e in entries
+        if e.attempt == 1 and e.end > e.offset >= 0
+    }
+    if not in_key_order:
+        fresh = dict(sorted(fresh.items()))
     if fresh:
         c.execute(_INSERT_REQUESTS_JSON, (local_id, _encode(fresh)))
     if len(fresh) < len(entries):
