@@ -130,18 +130,7 @@ def test_help_documents_the_new_options(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_bad_option_values_exit_2(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        str(EXAMPLE),
-        "--output",
-        str(tmp_path / "o.jsonl"),
-        "--max-batch-requests",
-        "0",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=60)
+    done = _run_example(tmp_path, "--max-batch-requests", "0")
     assert done.returncode == 2
     assert "max_batch_requests" in done.stderr
 
