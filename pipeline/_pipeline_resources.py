@@ -191,9 +191,9 @@ _running = 0
 
 
 def _freeze_heap() -> None:
-    """Move every object alive at start-up out of the cyclic GC's reach: the client
-    runs a full ``gc.collect()`` after each create (PERFORMANCE.md, the httpx
-    trap), which is then cheap. Garbage is collected first, so none is frozen."""
+    """Move every object alive at start-up out of the cyclic GC's reach, so the
+    collections of a long run do not walk the imported modules again and again.
+    Garbage is collected first, so none is frozen."""
     global _running
     _running += 1
     if _running == 1:

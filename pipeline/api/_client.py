@@ -83,6 +83,29 @@ _ERROR = msgspec.json.Decoder(_ErrorEnvelope)
 RESULT_LINE_DECODER = msgspec.json.Decoder(ResultLine)
 
 _JSON = {"content-type": "application/json"}
+
+
+class _SentOnce:
+    """A create body as a stream that yields it once and lets go of it.
+
+    httpx keeps the ``Request`` of every response, and with it a ``bytes`` body, in a
+    reference cycle that only the cyclic GC frees (PERFORMANCE.md, the httpx trap):
+    a body of several MB per create would stay alive until then. Streamed, the
+    request holds this object instead, empty once sent, so the body is freed by
+    reference counting the moment the create returns, with no ``gc.collect()``.
+    The caller sets ``content-length`` (httpx then sends no chunked encoding).
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        data, self._data = self._data, b""
+        yield data
+
+
 _BINARY = {"accept": "application/binary"}
 #: Error type reported for an error answer whose body is not the service's envelope.
 _STATUS_ERROR_TYPE = {
@@ -118,8 +141,9 @@ class Client:
 
     Keyword-only extras: ``clock`` (POSIX time, for ``retry-after`` dates and the
     ``sent_at`` of an unknown create) and ``collect_after_create``, which runs a full
-    ``gc.collect()`` after each create so the reference cycle httpx keeps around each
-    POSTed body is freed at once (see PERFORMANCE.md).
+    ``gc.collect()`` after each create. It is off by default: a create body goes out
+    as a one-shot stream (``_SentOnce``), so the reference cycle httpx keeps around
+    each request (see PERFORMANCE.md) no longer holds the body.
     """
 
     def __init__(
@@ -136,7 +160,7 @@ class Client:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         random: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
-        collect_after_create: bool = True,
+        collect_after_create: bool = False,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -327,12 +351,17 @@ class Client:
         """
         self._check_usable()
         headers = _JSON if content is not None else None
+        if create_count is not None and content is not None:
+            headers = {**_JSON, "content-length": str(len(content))}
         for retries_taken in range(self._max_retries + 1):
             last = retries_taken == self._max_retries
             sent_at = self._clock()
+            # a create body goes out as a one-shot stream that httpx does not keep
+            # (see ``_SentOnce``); each try sends it anew
+            body = _SentOnce(content) if create_count is not None and content else content
             try:
                 response = await self._http.request(
-                    method, path, content=content, params=params, headers=headers
+                    method, path, content=body, params=params, headers=headers
                 )
             except httpx.RequestError as exc:
                 if create_count is not None and not _retry.create_not_sent(exc):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -102,6 +104,26 @@ async def test_batch_life_cycle_and_results(
         assert emu.submissions() == {f"r{n}": 1 for n in range(5)}
     assert caplog.records
     assert KEY not in caplog.text
+
+
+async def test_a_create_body_is_freed_without_the_cyclic_gc(tmp_path: Path) -> None:
+    # httpx keeps each request in a reference cycle (PERFORMANCE.md): a body it held
+    # would stay alive, several MB per create, until the cyclic GC ran
+    data = body(200)
+    async with (
+        serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path) as emu,
+        client_at(emu.url, collect_after_create=False) as client,
+    ):
+        before = sys.getrefcount(data)
+        gc.disable()
+        try:
+            created = await client.create_batch(data, request_count=200)
+            after = sys.getrefcount(data)
+        finally:
+            gc.enable()
+        assert created.request_counts.processing == 200
+        assert after == before
+        assert emu.submissions() == {f"r{n}": 1 for n in range(200)}
 
 
 async def test_list_pages_and_cancel(tmp_path: Path) -> None:
