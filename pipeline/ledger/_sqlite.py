@@ -68,6 +68,7 @@ from ._sqlite_schema import (
 from ._sqlite_tx import (
     _IN_BATCH,
     _LINE,
+    WrittenIds,
     _bump,
     _claim,
     _decode_loc,
@@ -118,6 +119,8 @@ class SQLiteLedger:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._mutex = anyio.Lock()
+        #: the written ids of the batch ``unwritten`` was asked about last
+        self._written: WrittenIds | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteLedger({str(self.path)!r})"
@@ -462,7 +465,11 @@ class SQLiteLedger:
     async def unwritten(self, local_id: int, custom_ids: Sequence[str]) -> list[str]:
         """Those of ``custom_ids`` that this batch still owes the output: claimed in
         it, neither committed as written (``written_ids``) nor spooled for
-        re-sending. A collected batch owes nothing."""
+        re-sending. A collected batch owes nothing.
+
+        A re-download asks once per network chunk: the batch's written ids are read
+        once and then only the commits made since (``WrittenIds``), not all of them
+        again on every call."""
         ids = _encode(list(custom_ids))
 
         def tx(c: sqlite3.Connection) -> list[str]:
@@ -478,14 +485,9 @@ class SQLiteLedger:
                 )
             }
             if owed:  # minus the batch's written ids (bounded by the batch's size)
-                owed.difference_update(
-                    row[0]
-                    for row in c.execute(
-                        "SELECT j.value FROM written AS w, json_each(w.ids) AS j "
-                        "WHERE w.local_id = ?",
-                        (local_id,),
-                    )
-                )
+                if self._written is None or self._written.local_id != local_id:
+                    self._written = WrittenIds(local_id)
+                owed.difference_update(self._written.update(c))
             return [cid for cid in custom_ids if cid in owed]
 
         return await self._run(tx)

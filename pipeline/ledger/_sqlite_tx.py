@@ -232,3 +232,28 @@ def _expect(c: sqlite3.Connection, local_id: int, states: Sequence[str]) -> tupl
     if row[0] not in states:
         raise UsageError(f"batch {local_id} is {row[0]}, expected one of {', '.join(states)}")
     return row[0], row[1]
+
+
+class WrittenIds:
+    """One batch's written custom_ids, as read up to ``written`` row ``seq``: kept
+    for a batch being downloaded again, so each ``unwritten`` call reads only the
+    commits made since the last one. A batch's rows leave ``written`` only when it
+    is collected, and new rows get a higher ``seq`` than any of its own."""
+
+    __slots__ = ("ids", "local_id", "seq")
+
+    def __init__(self, local_id: int) -> None:
+        self.local_id = local_id
+        self.ids: set[str] = set()
+        self.seq = 0
+
+    def update(self, c: sqlite3.Connection) -> set[str]:
+        """The ids, with the rows committed since the last call added."""
+        for seq, value in c.execute(
+            "SELECT w.seq, j.value FROM written AS w, json_each(w.ids) AS j "
+            "WHERE w.local_id = ? AND w.seq > ?",
+            (self.local_id, self.seq),
+        ):
+            self.ids.add(value)
+            self.seq = max(self.seq, seq)
+        return self.ids

@@ -305,6 +305,28 @@ async def test_unwritten_lists_what_a_redownload_still_owes(ledger: SQLiteLedger
     assert sorted(await ledger.unwritten(local, ids)) == ["req-2", "req-4"]
 
 
+async def test_unwritten_follows_commits_made_between_calls(ledger: SQLiteLedger) -> None:
+    # a re-download asks once per network chunk while it commits what it writes: each
+    # answer must count the commits made since the last one, of this batch only
+    first = await ledger.claim([entry(n) for n in range(1, 5)], [], checkpoint=0, line=4)
+    second = await ledger.claim([entry(n) for n in range(5, 9)], [], checkpoint=0, line=8)
+    for n, local in enumerate((first.local_id, second.local_id), start=1):
+        await ledger.record_created(local, f"msgbatch_{n}")
+        await ledger.record_ended(local)
+    a, b = first.local_id, second.local_id
+    ids_a = ["req-1", "req-2", "req-3", "req-4"]
+    ids_b = ["req-5", "req-6", "req-7", "req-8"]
+    await ledger.commit_results(a, output=SinkPosition(100, 1), written=1, written_ids=["req-1"])
+    assert await ledger.unwritten(a, ids_a) == ["req-2", "req-3", "req-4"]
+    await ledger.commit_results(a, output=SinkPosition(200, 2), written=1, written_ids=["req-3"])
+    assert await ledger.unwritten(a, ids_a) == ["req-2", "req-4"]
+    await ledger.commit_results(b, output=SinkPosition(300, 3), written=1, written_ids=["req-6"])
+    assert await ledger.unwritten(b, ids_b) == ["req-5", "req-7", "req-8"]
+    await ledger.commit_results(a, output=SinkPosition(400, 4), written=1, written_ids=["req-4"])
+    assert await ledger.unwritten(a, ids_a) == ["req-2"]
+    assert await ledger.unwritten(b, ids_b) == ["req-5", "req-7", "req-8"]
+
+
 async def test_written_ids_survive_reopen_and_are_dropped_once_collected(
     state_path: Path,
 ) -> None:
