@@ -252,8 +252,13 @@ class _DryRun:
 
     async def _take(self, items: list[Item]) -> None:
         out: list[Item] = []
+        shapes, judge, pending = self._shapes, self._judge, _Status.PENDING
         for item in items:
             if type(item) is Entry:
+                shape = shapes.get(item.signature)
+                if shape is not None and shape.status is not pending:
+                    out.append(judge(shape, item))  # the common case: a judged shape
+                    continue
                 if self._meter.held >= self._max_held and self._would_hold(item):
                     out = await self._emit(out)
                     await self._wait_room()
@@ -328,9 +333,10 @@ class _DryRun:
         if shape.failure is not None and self._policy == "reject-shape":
             self._meter.shape_rejects += 1
             return Reject(entry.line, entry.custom_id, self._pointer(shape.failure), entry.end)
-        if shape.measured and shape.approx:
-            tokens = _approx(entry) * shape.measured // shape.approx
-            self._price(entry, max(tokens, 1))
+        measured, approx = shape.measured, shape.approx
+        if measured and approx:
+            tokens = _approx(entry) * measured // approx
+            self._price(entry, tokens if tokens > 1 else 1)
         return entry
 
     @staticmethod

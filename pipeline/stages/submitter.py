@@ -146,7 +146,7 @@ class Submitter:
             self._resolved(len(dropped))
         progress.note_rejects(claim.rejected)
         progress.accounted_line = max(progress.accounted_line, chunk.line)
-        progress.estimated_cost_usd += sum(e.cost_usd for e in entries)
+        progress.estimated_cost_usd += sum([e.cost_usd for e in entries])
         progress.changed()
         if not entries:
             return []
