@@ -133,7 +133,10 @@ def estimate_cost_usd(
     model: str, input_tokens: int, max_tokens: int, *, prices: PriceTable = DEFAULT_PRICES
 ) -> float:
     """Upper bound of one request's batch cost (output bounded by ``max_tokens``);
-    0 for a model ``prices`` does not know."""
+    0 for a model ``prices`` does not know.
+
+    The validate stage inlines this formula with the rates of ``price_for``
+    (``tests/test_pricing.py`` holds the two to the same floats)."""
     price = prices._tuples.get(model)  # inlined PriceTable.estimate_cost_usd (hot path)
     if price is None:
         return 0.0

@@ -10,6 +10,8 @@ from pipeline._pricing import (
     cost_usd,
     estimate_cost_usd,
 )
+from pipeline.stages._items import Entry, RawLine
+from pipeline.stages.validate import Validator
 
 
 @pytest.mark.parametrize(
@@ -64,3 +66,33 @@ def test_users_extend_the_table_without_changing_the_default() -> None:
     assert len(prices) == len(DEFAULT_PRICES) + 1
     with pytest.raises(ValueError, match="prices must be >= 0"):
         Price(-1, 0)
+
+
+@pytest.mark.parametrize("table", ["default", "user"])
+def test_the_validate_stage_prices_entries_as_estimate_cost_usd_does(table: str) -> None:
+    # the stage prices inline from its own per-model rates: the same floats, exactly
+    prices = DEFAULT_PRICES
+    if table == "user":
+        prices = DEFAULT_PRICES.with_prices(
+            {"my-model": (0.3, 1.7), "claude-3-opus-20240229": (3, 7)}
+        )
+    models = ["claude-3-haiku-20240307", "claude-3-opus-20240229", "my-model", "unpriced-model"]
+    lines = [
+        RawLine(
+            i + 1,
+            b'{"custom_id":"c%d","params":{"model":"%s","max_tokens":%d,'
+            b'"messages":[{"role":"user","content":"%s"}]}}'
+            % (i, model.encode(), 7 + 1000 * i, b"x" * (1 + 13 * i)),
+            -1,
+        )
+        for i, model in enumerate(models)
+    ]
+    entries = Validator(models=None, prices=prices).check(lines)
+    assert all(isinstance(e, Entry) for e in entries)
+    for entry in entries:
+        assert isinstance(entry, Entry)
+        expected = estimate_cost_usd(
+            entry.model, entry.input_tokens, entry.max_tokens, prices=prices
+        )
+        assert entry.cost_usd == expected
+        assert (entry.cost_usd == 0.0) == (entry.model not in prices)

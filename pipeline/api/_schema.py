@@ -82,17 +82,15 @@ def check_entry(
     except (msgspec.DecodeError, UnicodeDecodeError):
         return _check_entry_full(raw, models, max_output_tokens)
     # Every test below either passes or sends the entry down the full path; none
-    # can accept what the full path rejects.
+    # can accept what the full path rejects. The decode has made sure already that
+    # the messages and their contents are not empty.
     custom_id = entry.custom_id
     params = entry.params
     model = params.model
-    messages = params.messages
     if (
         not custom_id.isascii()
-        or not custom_id.replace("-", "a").replace("_", "a").isalnum()
+        or not custom_id.encode().translate(_ID_TABLE).isalpha()
         or (models is not None and model not in models)
-        or not messages
-        or params.stream is True
     ):
         return _check_entry_full(raw, models, max_output_tokens)
     max_tokens = params.max_tokens
@@ -100,11 +98,9 @@ def check_entry(
     if cap is not None and max_tokens > cap:
         return _check_entry_full(raw, models, max_output_tokens)
     kinds = 0
-    for message in messages:
+    for message in params.messages:
         content = message.content
-        if not content:
-            return _check_entry_full(raw, models, max_output_tokens)
-        if isinstance(content, str):
+        if type(content) is str:
             kinds |= _KIND_STR
         else:
             kinds |= _KIND_TEXT
@@ -114,7 +110,8 @@ def check_entry(
                 text = block.text
                 if not text or text.isspace():
                     return _check_entry_full(raw, models, max_output_tokens)
-    if messages[-1].role == "assistant" and _ends_in_whitespace(messages[-1].content):
+    # the loop leaves ``message`` at the final message (there is at least one)
+    if message.role == "assistant" and _ends_in_whitespace(message.content):
         return _check_entry_full(raw, models, max_output_tokens)
     system = params.system
     if type(system) is list:
@@ -137,30 +134,56 @@ def check_entry(
         if known is None:
             return _check_entry_full(raw, models, max_output_tokens)
         names = known
-    shape = (
-        model,
-        kinds,
-        names,
-        system is UNSET,
-        tools is UNSET,
-        params.temperature is UNSET,
-        params.top_p is UNSET,
-        params.top_k is UNSET,
-        stops is UNSET,
-        params.metadata is UNSET,
-        params.service_tier is UNSET,
-        params.stream is UNSET,
-    )
+    # Most requests set none of the rarer optional fields: their key says so in
+    # fewer items (cheaper to hash). ``stream`` is in the long key as its value, so
+    # ``true`` (refused) is never cached.
+    if (
+        params.top_p is UNSET
+        and params.top_k is UNSET
+        and stops is UNSET
+        and params.metadata is UNSET
+        and params.service_tier is UNSET
+        and params.stream is UNSET
+    ):
+        shape: tuple[object, ...] = (
+            model,
+            kinds,
+            names,
+            system is UNSET,
+            tools is UNSET,
+            params.temperature is UNSET,
+        )
+    else:
+        shape = (
+            model,
+            kinds,
+            names,
+            system is UNSET,
+            tools is UNSET,
+            params.temperature is UNSET,
+            params.top_p is UNSET,
+            params.top_k is UNSET,
+            stops is UNSET,
+            params.metadata is UNSET,
+            params.service_tier is UNSET,
+            params.stream,
+        )
     found = _FAST_SIGNATURES.get(shape)
     if found is None:
-        found = _fast_signature(params, kinds, names)
+        if params.stream is True:
+            return _check_entry_full(raw, models, max_output_tokens)
+        found = (_fast_signature(params, kinds, names), model)
         if len(_FAST_SIGNATURES) >= _MAX_SIGNATURES:
             _FAST_SIGNATURES.clear()
         _FAST_SIGNATURES[shape] = found
-    return Checked(custom_id, model, max_tokens, found, len(raw) // 3 + 1)
+    return Checked(custom_id, found[1], max_tokens, found[0], len(raw) // 3 + 1)
 
 
 # ------------------------------------------------------------------------ fast path
+
+
+#: on the fast Structs only: an empty value goes to the full path, which says why
+_NOT_EMPTY = Meta(min_length=1)
 
 
 class _NotText(msgspec.Struct, tag_field="type", tag="", gc=False):
@@ -173,18 +196,20 @@ class _FastMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """``MessageParam`` restricted to text: a string or text blocks only."""
 
     role: Literal["user", "assistant", "system"]
-    content: str | list[TextBlockParam | _NotText]
+    content: Annotated[str, _NOT_EMPTY] | Annotated[list[TextBlockParam | _NotText], _NOT_EMPTY]
 
 
 class _FastParams(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """The fields of ``MessageCreateParams`` the fast path takes, with the same types
-    and constraints and in the same order (the signature lists fields in that order).
+    and constraints and in the same order (the signature lists fields in that order);
+    ``messages`` and each message's content must also be non-empty here, so the
+    decode sends an empty one to the full path instead of a test per line.
     ``tools`` stays raw: requests repeat the same tool definitions, so they are
     decoded and checked once per distinct text (``_FAST_TOOLS``)."""
 
     model: Annotated[str, Meta(min_length=1)]
     max_tokens: Annotated[int, Meta(ge=1)]
-    messages: list[_FastMessage]
+    messages: Annotated[list[_FastMessage], _NOT_EMPTY]
     system: str | list[TextBlockParam] | UnsetType = UNSET
     tools: msgspec.Raw | UnsetType = UNSET
     temperature: Temperature | UnsetType = UNSET
@@ -199,7 +224,9 @@ class _FastParams(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 class _FastEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """``BatchRequest`` with the custom_id pattern tested in Python (msgspec runs a
     regex per value, a third of the decode): an ASCII string is ``[a-zA-Z0-9_-]*``
-    exactly when it is alphanumeric once ``-`` and ``_`` are replaced by a letter."""
+    exactly when its bytes are all letters once digits, ``-`` and ``_`` are mapped
+    to a letter (``bytes.translate``: a table lookup per byte, cheaper than two
+    ``str.replace`` and an ``isalnum``)."""
 
     custom_id: Annotated[str, Meta(min_length=1, max_length=64)]
     params: _FastParams
@@ -207,6 +234,8 @@ class _FastEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 _fast_decoder = msgspec.json.Decoder(_FastEntry)
 _tools_decoder = msgspec.json.Decoder(list[Tool])
+#: digits, ``-`` and ``_`` -> a letter; every other byte unchanged
+_ID_TABLE = bytes.maketrans(b"0123456789-_", b"a" * 12)
 _KIND_STR = 1
 _KIND_TEXT = 2
 _FAST_FIELDS = _FastParams.__struct_fields__
@@ -214,8 +243,9 @@ _FAST_FIELDS = _FastParams.__struct_fields__
 _FAST_TOOLS: dict[bytes, tuple[str, ...] | None] = {}
 _MAX_FAST_TOOLS = 1024
 _UNCHECKED: tuple[str, ...] = ("\0unchecked",)
-#: (model, kinds, tool names, which optional fields are absent) -> signature
-_FAST_SIGNATURES: dict[tuple[object, ...], str] = {}
+#: (model, kinds, tool names, which optional fields are absent[, stream]) ->
+#: (signature, model): the model string is then one object for all entries of a shape
+_FAST_SIGNATURES: dict[tuple[object, ...], tuple[str, str]] = {}
 
 
 def _fast_tool_names(key: bytes) -> tuple[str, ...] | None:

@@ -501,9 +501,15 @@ def approx_input_tokens(raw: bytes, *, images: int = 0, image_bytes: int = 0) ->
     return (len(raw) - image_bytes) // 3 + 1 + images * IMAGE_TOKENS
 
 
+_object_decoder = msgspec.json.Decoder(dict[str, object])
+
+
 def _salvage_custom_id(raw: bytes) -> str | None:
+    """The custom_id of a line the strict decode refused, when the whole line is a
+    JSON object with a string ``custom_id`` (only then: the validate stage takes a
+    custom_id as proof that the line is a JSON object)."""
     try:
-        value = msgspec.json.decode(raw, type=dict[str, object])
+        value = _object_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     cid = value.get("custom_id")

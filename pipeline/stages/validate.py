@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .._config import DEFAULT_MAX_BATCH_BYTES
-from .._pricing import DEFAULT_PRICES, PriceTable, estimate_cost_usd
+from .._pricing import DEFAULT_PRICES, PriceTable
 from ..api._schema import DEFAULT_MODELS, Checked, SchemaError, check_entry
 from ._items import Entry, Flush, RawLine, Reject, RejectError
 from ._protocol import ENVELOPE_BYTES
@@ -34,13 +34,14 @@ __all__ = ("REJECT_TYPES", "Validator", "validate")
 REJECT_TYPES = ("invalid_json", "invalid_custom_id", "invalid_request_error", "request_too_large")
 
 _any_decoder = msgspec.json.Decoder()
+_MILLION = 1_000_000
 
 
 class Validator:
     """Sync and I/O-free: ``check(lines)`` turns raw lines into entries and rejects,
     in input order."""
 
-    __slots__ = ("max_entry_bytes", "models", "position", "prices")
+    __slots__ = ("_prices", "_rates", "max_entry_bytes", "models", "position")
 
     def __init__(
         self,
@@ -51,29 +52,43 @@ class Validator:
     ) -> None:
         self.max_entry_bytes = max_batch_bytes - ENVELOPE_BYTES
         self.models = models
-        #: prices each entry's estimated cost (``Entry.cost_usd``)
-        self.prices = prices
+        self._prices = prices
+        # (input, output) USD per million tokens of each model the table prices: one
+        # dict lookup per entry instead of a call to estimate_cost_usd
+        self._rates = {model: prices.price_for(model) for model in prices}
         #: (end, line) of the last non-blank line checked
         self.position = (-1, 0)
+
+    @property
+    def prices(self) -> PriceTable:
+        """Prices each entry's estimated cost (``Entry.cost_usd``); fixed at creation."""
+        return self._prices
 
     def check(self, lines: list[RawLine]) -> list[Entry | Reject | Flush]:
         """Entries and rejects for ``lines`` (blank lines give nothing)."""
         out: list[Entry | Reject | Flush] = []
-        append, models, limit, prices = out.append, self.models, self.max_entry_bytes, self.prices
+        append, models, limit, rates = out.append, self.models, self.max_entry_bytes, self._rates
         # the loop of check_one, inlined: it runs once per request
         last: RawLine | None = None
         for raw in lines:
             data = raw.data
-            if data.endswith(b"\r"):
-                data = data[:-1]
-            if not data or (data[0] in _BLANK or data[-1] in _BLANK) and not data.strip():
-                continue
+            # only a line ending in a blank byte (a CR of a CRLF file, mostly) may be blank
+            if not data or data[-1] in _BLANK:
+                if data.endswith(b"\r"):
+                    data = data[:-1]
+                if not data.strip():
+                    continue
             last = raw
             checked = check_entry(data, models=models)
-            if isinstance(checked, SchemaError) or len(data) > limit:
+            # a type test: isinstance against a Struct class is several times slower
+            if type(checked) is not Checked or len(data) > limit:
                 append(self._reject(raw, data, checked))
                 continue
+            model = checked.model
             tokens = checked.approx_input_tokens
+            max_tokens = checked.max_tokens
+            # estimate_cost_usd, inlined (both counts are >= 1 here, so not clamped)
+            rate = rates.get(model)
             offset = raw.offset
             append(
                 Entry(
@@ -84,10 +99,10 @@ class Validator:
                     offset + len(raw.data) + 1 if offset >= 0 else -1,
                     1,
                     checked.signature,
-                    checked.model,
-                    checked.max_tokens,
+                    model,
+                    max_tokens,
                     tokens,
-                    estimate_cost_usd(checked.model, tokens, checked.max_tokens, prices=prices),
+                    0.0 if rate is None else (tokens * rate[0] + max_tokens * rate[1]) / _MILLION,
                 )
             )
         if last is not None:
@@ -128,17 +143,21 @@ def _end(raw: RawLine) -> int:
 def _classify(data: bytes, error: SchemaError) -> RejectError:
     """The reject's error type: not JSON at all, not an entry object, a bad custom_id,
     or a schema failure."""
-    try:
-        value = _any_decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        return RejectError("invalid_json", f"malformed JSON: {exc}")
-    if not isinstance(value, dict):
-        return RejectError(
-            "invalid_request_error",
-            f"the line is {_json_kind(value)}; each line must be a JSON object "
-            '{"custom_id": ..., "params": {...}}',
-        )
-    if error.message.startswith("custom_id") or error.custom_id is None:
+    # A custom_id was read only from a JSON object (the strict decode or the salvage
+    # decode of the whole line): no need to decode the line again to know it is one.
+    if error.custom_id is None:
+        try:
+            value = _any_decoder.decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            return RejectError("invalid_json", f"malformed JSON: {exc}")
+        if not isinstance(value, dict):
+            return RejectError(
+                "invalid_request_error",
+                f"the line is {_json_kind(value)}; each line must be a JSON object "
+                '{"custom_id": ..., "params": {...}}',
+            )
+        return RejectError("invalid_custom_id", error.message)
+    if error.message.startswith("custom_id"):
         return RejectError("invalid_custom_id", error.message)
     return RejectError("invalid_request_error", error.message)
 
