@@ -129,8 +129,9 @@ def test_source_line_reader(benchmark: Any, request_bytes: bytes) -> None:
 
 
 def test_line_splitter_results(benchmark: Any, result_chunks: list[bytes]) -> None:
-    """pipeline.api._lines.LineSplitter over a results body in 64 KiB chunks."""
-    splitter_type = _need("pipeline.api._lines", "LineSplitter")
+    """pipeline.api._lines.BlockSplitter (what the results stage reads through) over a
+    results body in 64 KiB chunks: blocks of whole lines, no bytes object per line."""
+    splitter_type = _need("pipeline.api._lines", "BlockSplitter")
     lines = sum(chunk.count(b"\n") for chunk in result_chunks)
 
     def run() -> int:
@@ -254,75 +255,27 @@ def test_result_line_full_decode(benchmark: Any, result_lines: list[bytes]) -> N
 
 
 def test_results_route(benchmark: Any, result_lines: list[bytes]) -> None:
-    """pipeline.stages.results: what ``ResultsCollector._route`` does per network
-    chunk of lines: decode each into the routing view, decide retryable or final,
-    and tally outcomes and token usage (priced once per chunk)."""
-    collector_type = _need("pipeline.stages.results", "ResultsCollector")
-    decode_all = _need("pipeline.stages.results", "_decode_all")
+    """pipeline.stages.results: what ``ResultsCollector._route`` does per block of
+    lines (``Client.results_blocks``): decode the block into routing views in one call,
+    then mark, sort and tally them in one pass (usage priced once per block)."""
+    decode_block = _need("pipeline.stages.results", "_decode_block")
     tally_type = _need("pipeline.stages.results", "_Tally")
-    succeeded_type = _need("pipeline.stages.results", "_Succeeded")
     progress_type = _need("pipeline.stages._protocol", "Progress")
-    config_type = _need("pipeline._config", "PipelineConfig")
-
-    async def make() -> Any:
-        return collector_type(
-            client=None,
-            ledger=None,
-            sink=None,
-            config=config_type(),
-            capacity=None,
-            progress=progress_type(),
-        )
-
-    loop = asyncio.new_event_loop()
-    try:
-        collector = loop.run_until_complete(make())
-    finally:
-        loop.close()
-    chunks = [result_lines[i : i + 200] for i in range(0, len(result_lines), 200)]
+    blocks = [b"\n".join(result_lines[i : i + 500]) for i in range(0, len(result_lines), 500)]
 
     def run() -> int:
+        handled: set[str] = set()
+        progress = progress_type()
         final = 0
-        for chunk in chunks:
+        for block in blocks:
+            views, _ = decode_block(block, "msgbatch_bench")
             tally = tally_type()
-            for view in decode_all(chunk, "msgbatch_bench"):
-                result = view.result
-                if type(result) is succeeded_type:
-                    tally.succeeded(result.message)
-                elif collector._retryable(view):
-                    continue
-                else:
-                    tally.other(result)
-                final += 1
-            tally.add_to(collector.progress)
+            skipped, others = tally.sort(views, handled)
+            final += len(views) - len(skipped) - len(others)
+            tally.add_to(progress)
         return final
 
     _per_item(benchmark, run, len(result_lines))
-
-
-def test_results_parser(benchmark: Any, result_chunks: list[bytes]) -> None:
-    """The results stage's sync parser (chunks -> routed results), if it has one."""
-    parser_type = None
-    for module, name in (
-        ("pipeline.stages.results", "ResultParser"),
-        ("pipeline.stages.results", "Parser"),
-        ("pipeline.stages.results", "ResultsParser"),
-    ):
-        try:
-            parser_type = getattr(importlib.import_module(module), name)
-            break
-        except (ImportError, AttributeError):
-            continue
-    if parser_type is None:
-        pytest.skip("no sync results parser in pipeline.stages.results")
-    lines = sum(chunk.count(b"\n") for chunk in result_chunks)
-
-    def run() -> int:
-        parser = parser_type()
-        n = sum(len(parser.feed(chunk)) for chunk in result_chunks)
-        return n + len(parser.flush())
-
-    _per_item(benchmark, run, lines)
 
 
 # ---------------------------------------------------------------------- sink writing
@@ -340,10 +293,12 @@ def test_floor_file_write(benchmark: Any, result_lines: list[bytes], tmp_path: P
 
 
 def test_jsonl_sink_write(benchmark: Any, result_lines: list[bytes], tmp_path: Path) -> None:
-    """pipeline.stages.sink.JsonlSink: open, write in groups of ~200 lines, commit."""
+    """pipeline.stages.sink.JsonlSink: open, write blocks of 500 lines as the results
+    stage does (``write_block``), commit."""
     sink_type = _need("pipeline.stages.sink", "JsonlSink")
     position_type = _need("pipeline.ledger._base", "SinkPosition")
-    groups = [result_lines[i : i + 200] for i in range(0, len(result_lines), 200)]
+    groups = [result_lines[i : i + 500] for i in range(0, len(result_lines), 500)]
+    blocks = [(b"\n".join(group), len(group)) for group in groups]
     path = tmp_path / "sink.jsonl"
     loop = asyncio.new_event_loop()
 
@@ -351,8 +306,8 @@ def test_jsonl_sink_write(benchmark: Any, result_lines: list[bytes], tmp_path: P
         path.unlink(missing_ok=True)
         sink = sink_type(path)
         await sink.open(position_type(0, 0))
-        for group in groups:
-            await sink.write(group)
+        for block, count in blocks:
+            await sink.write_block(block, count)
         await sink.commit()
         await sink.aclose()
 

@@ -232,15 +232,13 @@ async def test_graceful_stop_then_resume(tmp_path: Path) -> None:
 
             from pipeline.stages.sink import JsonlSink
 
-            sink = JsonlSink(tmp_path / "out.jsonl")
-            write = sink.write
+            class StopAfterFirst(JsonlSink):
+                async def write(self, lines: list[bytes]) -> None:
+                    for line in lines:
+                        await stop_after_first(line)
+                    await super().write(lines)
 
-            async def spy(lines: list[bytes]) -> None:
-                for line in lines:
-                    await stop_after_first(line)
-                await write(lines)
-
-            sink.write = spy  # type: ignore[method-assign]
+            sink = StopAfterFirst(tmp_path / "out.jsonl")
             pipeline = Pipeline(
                 tmp_path / "in.jsonl",
                 sink,

@@ -3,8 +3,10 @@
 Bodies go out as the caller encoded them (a batch body is spliced from validated
 lines, never re-encoded), answers are decoded with one module-level msgspec decoder
 per type, and results are streamed in the transport's natural chunks through a sync
-``LineSplitter``. Retries follow the SDK's policy (``_retry.py``) except for batch
-creation, which is re-sent only when it certainly did not reach the service.
+splitter (``LineSplitter``: lists of lines; ``BlockSplitter``: blocks of lines as
+they came, for the results stage). Retries follow the SDK's policy (``_retry.py``)
+except for batch creation, which is re-sent only when it certainly did not reach
+the service.
 
 The API key lives only in the ``httpx`` client's default headers: it is never
 stored on ``Client``, never part of a repr, a log line or an error message.
@@ -34,7 +36,7 @@ from .._errors import (
     status_error_class,
 )
 from . import _retry
-from ._lines import LineSplitter
+from ._lines import BlockSplitter, LineSplitter, Splitter
 from ._types import (
     DeletedMessageBatch,
     Message,
@@ -298,6 +300,11 @@ class Client:
         """
         return self._results_lines(batch)
 
+    def results_blocks(self, batch: MessageBatch) -> AsyncIterator[bytes]:
+        """``results_lines`` in blocks of lines left joined, of network chunks gathered
+        (see ``BlockSplitter``): to decode in one call and to write as they came."""
+        return self._stream_lines(batch.id, self._results_url(batch), BlockSplitter())
+
     def results(self, batch: MessageBatch) -> AsyncIterator[ResultLine]:
         """Typed result lines of an ended batch (built on ``results_lines``).
 
@@ -306,6 +313,9 @@ class Client:
         return self._decode_results(batch.id, self._results_lines(batch))
 
     def _results_lines(self, batch: MessageBatch) -> AsyncGenerator[list[bytes]]:
+        return self._stream_lines(batch.id, self._results_url(batch), LineSplitter())
+
+    def _results_url(self, batch: MessageBatch) -> str:
         self._check_usable()
         if batch.results_url is None:
             if batch.processing_status != "ended":
@@ -314,7 +324,7 @@ class Client:
                     "available once it has ended (retrieve it again first)"
                 )
             raise ResultStreamError(batch.id, "the ended batch has no results_url")
-        return self._stream_lines(batch.id, batch.results_url)
+        return batch.results_url
 
     # -- messages ------------------------------------------------------------------
 
@@ -483,29 +493,34 @@ class Client:
             if cursor is None:
                 return
 
-    async def _stream_lines(self, batch_id: str, url: str) -> AsyncGenerator[list[bytes]]:
+    async def _stream_lines(
+        self, batch_id: str, url: str, split: Splitter[_T]
+    ) -> AsyncGenerator[_T]:
         # Not inside a cancel scope or task group: yielding here is safe. The
         # response is closed in ``finally`` (shielded), so an ``aclose()`` of this
-        # generator, an error or a cancellation always release the connection.
-        splitter = LineSplitter()
+        # generator, an error or a cancellation always release the connection. The
+        # whole lines received before a break are yielded before the error.
         response = await self._open_results(url)
         received = 0
+        broken: httpx.RequestError | None = None
         try:
             try:
                 async for chunk in response.aiter_bytes():
                     received += len(chunk)
-                    lines = splitter.feed(chunk)
+                    lines = split.feed(chunk)
                     if lines:
                         yield lines
             except httpx.RequestError as exc:
-                reason = f"download broke after {received} bytes: {_describe(exc)}"
-                raise ResultStreamError(batch_id, self._redact(reason)) from exc
+                broken = exc
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
-        last = splitter.flush()
+        last = split.flush() if broken is None else split.whole()
         if last:
             yield last
+        if broken is not None:
+            reason = f"download broke after {received} bytes: {_describe(broken)}"
+            raise ResultStreamError(batch_id, self._redact(reason)) from broken
 
     async def _open_results(self, url: str) -> httpx.Response:
         """GET the results URL, with retries, and return the open streamed response."""

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline._errors import NotFoundError, ResultStreamError, UsageError
 from pipeline.api._client import Client
+from pipeline.api._lines import split_block
 from pipeline.api._types import (
     CanceledResult,
     ErroredResult,
@@ -67,6 +68,11 @@ async def collect(stream: AsyncIterator[list[bytes]], into: list[bytes]) -> None
         into.extend(lines)
 
 
+async def collect_blocks(stream: AsyncIterator[bytes], into: list[bytes]) -> None:
+    async for block in stream:
+        into.extend(split_block(block))
+
+
 async def no_sleep(delay: float) -> None:
     pass
 
@@ -107,6 +113,29 @@ async def test_results_lines_chunks_crlf_and_headers() -> None:
     assert str(request.url) == "https://api.test/r/1"
     assert request.headers["accept"] == "application/binary"
     assert request.headers["x-api-key"] == KEY
+
+
+async def test_results_blocks_gather_chunks_into_blocks_of_the_same_lines() -> None:
+    data = b"\r\n".join(LINES) + b"\r\n"
+    chunks = [data[i : i + 37] for i in range(0, len(data), 37)]
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=Body(chunks)))
+    async with client_for(transport) as client:
+        blocks = [block async for block in client.results_blocks(batch())]
+    assert len(blocks) == 1, "small chunks are gathered"
+    assert [line for block in blocks for line in split_block(block)] == LINES
+    assert blocks[0] == data[:-1], "a block is the bytes as they came"
+
+
+async def test_a_broken_block_stream_yields_its_whole_lines_first() -> None:
+    body = Body([LINES[0] + b"\n" + LINES[1][:20]], httpx.ReadError("reset"))
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=body))
+    got: list[bytes] = []
+    async with client_for(transport) as client:
+        with pytest.raises(ResultStreamError, match="ReadError") as info:
+            await collect_blocks(client.results_blocks(batch("msgbatch_cut")), got)
+    assert got == [LINES[0]], "the whole line is routed, the partial one never"
+    assert isinstance(info.value.__cause__, httpx.ReadError)
+    assert body.closed
 
 
 async def test_absolute_results_url_followed_as_given() -> None:

@@ -1,4 +1,5 @@
-"""LineSplitter: correct at every chunk boundary, CRLF-aware, skips blank lines."""
+"""LineSplitter: correct at every chunk boundary, CRLF-aware, skips blank lines.
+BlockSplitter: the same lines, left joined in blocks of gathered chunks."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import itertools
 
 import pytest
 
-from pipeline.api._lines import LineSplitter
+from pipeline.api._lines import BlockSplitter, LineSplitter, cut_lines, split_block
 
 
 def split_all(chunks: list[bytes]) -> list[bytes]:
@@ -16,6 +17,13 @@ def split_all(chunks: list[bytes]) -> list[bytes]:
         out.extend(splitter.feed(chunk))
     out.extend(splitter.flush())
     return out
+
+
+def split_blocks(chunks: list[bytes], block_bytes: int = 0) -> list[bytes]:
+    splitter = BlockSplitter(block_bytes)
+    blocks = [splitter.feed(chunk) for chunk in chunks]
+    blocks.append(splitter.flush())
+    return [block for block in blocks if block]
 
 
 def reference(data: bytes) -> list[bytes]:
@@ -103,6 +111,10 @@ def test_exhaustive_small_inputs_every_chunking() -> None:
                         start = gap
                 chunks.append(data[start:])
                 assert split_all(chunks) == expected, (data, chunks)
+                for block_bytes in (0, 2, 100):
+                    blocks = split_blocks(chunks, block_bytes)
+                    lines = [line for block in blocks for line in split_block(block)]
+                    assert lines == expected, (data, chunks, block_bytes)
                 checked += 1
     assert checked > 20_000
 
@@ -117,3 +129,47 @@ def test_returned_lines_are_bytes_and_nonempty() -> None:
     out = split_all([b"a\n\n", b"\r\nb"])
     assert out == [b"a", b"b"]
     assert all(type(line) is bytes and line for line in out)
+
+
+@pytest.mark.parametrize("block_bytes", [0, 1, 40, 1 << 20])
+def test_blocks_are_the_bytes_as_they_came(block_bytes: int) -> None:
+    data = b"".join(b'{"n":%d}\n' % i for i in range(50))
+    for size in (1, 7, 64, len(data)):
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        blocks = split_blocks(chunks, block_bytes)
+        assert b"\n".join(blocks) + b"\n" == data, size
+        assert all(type(block) is bytes for block in blocks)
+
+
+def test_block_splitter_gathers_chunks_until_block_bytes() -> None:
+    splitter = BlockSplitter(10)
+    assert splitter.feed(b"ab\ncd") == b""  # 5 bytes held: not yet
+    assert splitter.feed(b"\nef\ngh") == b"ab\ncd\nef"
+    assert splitter.feed(b"ij") == b""  # "ghij" held, no whole line
+    assert splitter.flush() == b"ghij"
+    assert splitter.flush() == b""
+
+
+def test_block_splitter_whole_keeps_the_unfinished_line() -> None:
+    splitter = BlockSplitter(1 << 20)
+    for chunk in (b"a\n", b"b\nc", b"cc", b"c"):
+        assert splitter.feed(chunk) == b""
+    assert splitter.whole() == b"a\nb"  # what a break delivers: "cccc" is cut short
+    assert splitter.whole() == b""
+    assert splitter.flush() == b"cccc"
+    assert LineSplitter().whole() == []  # a LineSplitter holds no whole line
+
+
+def test_split_block_drops_crs_and_blank_lines() -> None:
+    assert split_block(b"") == []
+    assert split_block(b"a\r\n\nb\r\n\r") == [b"a", b"b"]
+
+
+def test_cut_lines_every_choice() -> None:
+    lines = [b"zero", b"1", b"two2", b"three", b"4"]
+    block = b"\n".join(lines)
+    for n in range(len(lines) + 1):
+        for indexes in itertools.combinations(range(len(lines)), n):
+            kept, cut = cut_lines(block, list(indexes))
+            assert kept == b"\n".join(x for i, x in enumerate(lines) if i not in indexes)
+            assert cut == [lines[i] for i in indexes]

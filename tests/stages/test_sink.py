@@ -1,5 +1,6 @@
-"""Sinks: the JSONL file is truncated back to its last commit on resume, and the
-rejects writer copies every recorded reject exactly once across a restart."""
+"""Sinks: the JSONL file is truncated back to its last commit on resume, takes lines
+as blocks too, and the rejects writer copies every recorded reject exactly once
+across a restart."""
 
 from __future__ import annotations
 
@@ -49,6 +50,19 @@ async def test_jsonl_sink_refuses_a_file_shorter_than_its_commit(tmp_path: Path)
     with pytest.raises(LedgerError, match="shorter than"):
         await sink.open(SinkPosition(100, 5))
     assert path.read_bytes() == b"short\n"  # nothing overwritten
+
+
+async def test_jsonl_sink_takes_blocks_and_lines_alike(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    sink = JsonlSink(path)
+    await sink.open(SinkPosition())
+    await sink.write([b'{"a":1}'])
+    await sink.write_block(b'{"b":2}\n{"c":3}', 2)
+    await sink.write_block(b"", 0)
+    await sink.write([b'{"d":4}', b'{"e":5}'])
+    assert await sink.commit() == SinkPosition(40, 5)
+    await sink.aclose()
+    assert path.read_bytes() == b'{"a":1}\n{"b":2}\n{"c":3}\n{"d":4}\n{"e":5}\n'
 
 
 def rejects(first: int, n: int) -> list[Reject]:
