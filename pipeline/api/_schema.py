@@ -137,7 +137,15 @@ def check_entry(
     # Most requests set none of the rarer optional fields: their key says so in
     # fewer items (cheaper to hash). ``stream`` is in the long key as its value, so
     # ``true`` (refused) is never cached.
-    if (
+    shape: tuple[object, ...] = (
+        model,
+        kinds,
+        names,
+        system is UNSET,
+        tools is UNSET,
+        params.temperature is UNSET,
+    )
+    if not (
         params.top_p is UNSET
         and params.top_k is UNSET
         and stops is UNSET
@@ -145,22 +153,7 @@ def check_entry(
         and params.service_tier is UNSET
         and params.stream is UNSET
     ):
-        shape: tuple[object, ...] = (
-            model,
-            kinds,
-            names,
-            system is UNSET,
-            tools is UNSET,
-            params.temperature is UNSET,
-        )
-    else:
-        shape = (
-            model,
-            kinds,
-            names,
-            system is UNSET,
-            tools is UNSET,
-            params.temperature is UNSET,
+        shape += (
             params.top_p is UNSET,
             params.top_k is UNSET,
             stops is UNSET,

@@ -387,23 +387,9 @@ class _Tally:
             self.outcomes["succeeded"] = self.outcomes.get("succeeded", 0) + succeeded
         return dropped, others
 
-    def succeeded(self, message: _Message) -> None:
-        self.outcomes["succeeded"] = self.outcomes.get("succeeded", 0) + 1
-        usage = message.usage
-        sums = self.tokens.get(message.model)
-        if sums is None:
-            sums = self.tokens[message.model] = [0, 0, 0, 0]
-        sums[0] += usage.input_tokens
-        sums[1] += usage.output_tokens
-        if usage.cache_creation_input_tokens:
-            sums[2] += usage.cache_creation_input_tokens
-        if usage.cache_read_input_tokens:
-            sums[3] += usage.cache_read_input_tokens
-
     def other(self, result: _Succeeded | _Errored | _Canceled | _Expired) -> None:
-        if isinstance(result, _Succeeded):
-            self.succeeded(result.message)
-            return
+        """Count an outcome other than ``succeeded`` (those are tallied by ``sort``)."""
+        assert not isinstance(result, _Succeeded), "succeeded results are tallied by sort"
         if isinstance(result, _Errored):
             key = "errored:" + result.error.error.type
         elif isinstance(result, _Canceled):
