@@ -12,7 +12,7 @@ For each contender, one run:
    its wall time, its CPU seconds (user + sys, from ``os.wait4`` of that process
    only) and its peak RSS (``ru_maxrss``) are measured, separately from the
    emulator's CPU seconds and peak RSS (``/proc/PID/stat`` and ``VmHWM``, taken over
-   the contender's run);
+   the contender's run); the client's CPU is also split by thread (main / others);
 4. the output's line count is checked against what the contender must write (the
    generator records how many lines of each kind it wrote); a mismatch fails loudly.
 
@@ -104,22 +104,62 @@ def _proc_status(pid: int, key: str) -> float:
     return 0.0
 
 
+def _thread_cpu(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread of a live process: (user, system) clock ticks; {} once it is gone."""
+    ticks: dict[int, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return ticks
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks[int(tid)] = (int(fields[11]), int(fields[12]))
+    return ticks
+
+
 class Sampler(threading.Thread):
-    """Samples VmRSS of some processes every ``interval`` (a timeline for flatness)."""
+    """Samples VmRSS of some processes every ``interval`` (a timeline for flatness),
+    and the CPU of each thread of the first one every ``interval / 5`` (the last
+    value seen per thread: where a process's CPU goes, by thread)."""
 
     def __init__(self, pids: dict[str, int], interval: float = 0.25) -> None:
         super().__init__(daemon=True)
         self.pids = pids
         self.interval = interval
         self.samples: dict[str, list[float]] = {name: [] for name in pids}
+        #: tid -> (user, system) ticks of the first process's threads
+        self.threads: dict[int, tuple[int, int]] = {}
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
+        first = next(iter(self.pids.values()))
+        tick = 0
+        while not self._stop_event.wait(self.interval / 5):
+            self.threads.update(_thread_cpu(first))
+            tick += 1
+            if tick % 5:
+                continue
             for name, pid in self.pids.items():
                 rss = _proc_status(pid, "VmRSS")
                 if rss:
                     self.samples[name].append(round(rss, 1))
+
+    def thread_cpu(self, pid: int) -> dict[str, float]:
+        """User and system seconds of the main thread (its tid is the pid) and of
+        all the others, as last sampled (up to ``interval / 5`` before the end)."""
+        main = self.threads.get(pid, (0, 0))
+        others = [t for tid, t in self.threads.items() if tid != pid]
+        return {
+            "main_user_s": round(main[0] / CLK_TCK, 2),
+            "main_sys_s": round(main[1] / CLK_TCK, 2),
+            "other_threads": len(others),
+            "others_user_s": round(sum(t[0] for t in others) / CLK_TCK, 2),
+            "others_sys_s": round(sum(t[1] for t in others) / CLK_TCK, 2),
+        }
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -302,6 +342,7 @@ def run_one(
         "command": " ".join(command),
         "client_user_s": round(usage.ru_utime, 3),
         "client_sys_s": round(usage.ru_stime, 3),
+        "client_thread_cpu": sampler.thread_cpu(proc.pid),
         "client_rss_samples_mb": sampler.samples["client"],
         "emulator_rss_samples_mb": sampler.samples["emulator"],
     }
@@ -429,6 +470,19 @@ def table(measures: list[Measure]) -> str:
         for m in measures
     ]
     return "\n".join([header, rule, *rows])
+
+
+def thread_lines(measures: list[Measure]) -> str:
+    """Each run's client CPU split into its main thread and the others."""
+    lines = ["client CPU by thread (user + system s, sampled every 50 ms):"]
+    for m in measures:
+        t = m.extra.get("client_thread_cpu")
+        if t:
+            lines.append(
+                f"  {m.contender} {m.requests:,}: main {t['main_user_s']} + {t['main_sys_s']}, "
+                f"{t['other_threads']} other threads {t['others_user_s']} + {t['others_sys_s']}"
+            )
+    return "\n".join(lines)
 
 
 def comparison(measures: list[Measure]) -> dict[str, Any]:
@@ -575,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         report["comparison"] = comparison(measures)
     report["measures"] = [msgspec.to_builtins(m) for m in measures]
     print(table(measures))
+    print(thread_lines(measures))
     for key in ("comparison", "scaling"):
         if key in report:
             print(msgspec.json.format(msgspec.json.encode(report[key]), indent=2).decode())
