@@ -253,7 +253,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the job; the exit status."""
     from ._errors import PipelineError
     from ._pipeline import Pipeline
-    from ._ux import announce, setup_logging_from_args
+    from ._ux import announce, event_loop_options, setup_logging_from_args
 
     setup_logging_from_args(args)
     api_key = os.environ.get(args.api_key_env) or None
@@ -279,7 +279,7 @@ def run_command(args: argparse.Namespace) -> int:
     signals: list[int] = []
     try:
         try:
-            stats = anyio.run(_run, pipeline, signals, args)
+            stats = anyio.run(_run, pipeline, signals, args, backend_options=event_loop_options())
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
     except (PipelineError, OSError) as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ._ux import add_ux_arguments, setup_logging_from_args
+from ._ux import add_ux_arguments, event_loop_options, setup_logging_from_args
 
 if TYPE_CHECKING:
     import argparse
@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
 
     setup_logging_from_args(args)
     try:
-        code: int = anyio.run(run_definition, args)
+        code: int = anyio.run(run_definition, args, backend_options=event_loop_options())
     except (UsageError, PipelineError) as exc:
         logger.error("worker failed: %s", exc)
         return 1
