@@ -63,24 +63,11 @@ logger = logging.getLogger("pipeline.api")
 _T = TypeVar("_T")
 
 
-class _ErrorDetail(msgspec.Struct):
-    type: str = "api_error"
-    message: str = ""
-
-
-class _ErrorEnvelope(msgspec.Struct):
-    """A lenient view of the error envelope: any JSON error body decodes."""
-
-    error: _ErrorDetail | None = None
-    request_id: str | None = None
-
-
 _BATCH = msgspec.json.Decoder(MessageBatch)
 _BATCH_LIST = msgspec.json.Decoder(MessageBatchList)
 _DELETED = msgspec.json.Decoder(DeletedMessageBatch)
 _MESSAGE = msgspec.json.Decoder(Message)
 _TOKENS = msgspec.json.Decoder(TokenCount)
-_ERROR = msgspec.json.Decoder(_ErrorEnvelope)
 #: Decodes one result line (``results()``); shared by every download.
 RESULT_LINE_DECODER = msgspec.json.Decoder(ResultLine)
 
@@ -109,19 +96,6 @@ class _SentOnce:
 
 
 _BINARY = {"accept": "application/binary"}
-#: Error type reported for an error answer whose body is not the service's envelope.
-_STATUS_ERROR_TYPE = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-_MAX_ERROR_TEXT = 500
 # A 502 or 504 on create comes from a gateway that lost the service's answer (or gave
 # up waiting for it): the service may have created the batch, so it is an unknown
 # outcome, not a refusal. A 500 / 503 / 529 / 429 is the API's own answer (an
@@ -375,10 +349,10 @@ class Client:
                 )
             except httpx.RequestError as exc:
                 if create_count is not None and not _retry.create_not_sent(exc):
-                    self._outcome_unknown(create_count, content, sent_at, _describe(exc), exc)
+                    self._outcome_unknown(create_count, content, sent_at, _retry.describe(exc), exc)
                 if last or not _retry.retryable_transport_error(exc):
                     raise self._connection_error(method, path, exc) from exc
-                await self._backoff(method, path, retries_taken, None, _describe(exc))
+                await self._backoff(method, path, retries_taken, None, _retry.describe(exc))
                 continue
             if response.is_success:
                 return self._decode(method, path, decoder, response, create_count, content, sent_at)
@@ -448,12 +422,12 @@ class Client:
         raise error from exc
 
     def _connection_error(self, method: str, path: str, exc: Exception) -> APIConnectionError:
-        message = f"{method} {path}: no answer from the service: {_describe(exc)}"
+        message = f"{method} {path}: no answer from the service: {_retry.describe(exc)}"
         return APIConnectionError(self._redact(message), method=method, url=path)
 
     def _status_error(self, method: str, path: str, response: httpx.Response) -> APIError:
         status = response.status_code
-        error_type, message, request_id = _parse_error(response)
+        error_type, message, request_id = _retry.parse_error(response)
         request_id = response.headers.get("request-id") or request_id
         cls = status_error_class(status)
         return cls(
@@ -519,7 +493,7 @@ class Client:
         if last:
             yield last
         if broken is not None:
-            reason = f"download broke after {received} bytes: {_describe(broken)}"
+            reason = f"download broke after {received} bytes: {_retry.describe(broken)}"
             raise ResultStreamError(batch_id, self._redact(reason)) from broken
 
     async def _open_results(self, url: str) -> httpx.Response:
@@ -533,7 +507,7 @@ class Client:
             except httpx.RequestError as exc:
                 if last or not _retry.retryable_transport_error(exc):
                     raise self._connection_error("GET", url, exc) from exc
-                await self._backoff("GET", url, retries_taken, None, _describe(exc))
+                await self._backoff("GET", url, retries_taken, None, _retry.describe(exc))
                 continue
             if response.is_success:
                 return response
@@ -572,26 +546,3 @@ def _batch_path(batch_id: str) -> str:
     if not batch_id or batch_id in {".", ".."} or batch_id.startswith(";"):
         raise ValueError(f"invalid batch id {batch_id!r}")
     return "/v1/messages/batches/" + quote(batch_id, safe="")
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` of an httpx error; never its request (which holds the key)."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _parse_error(response: httpx.Response) -> tuple[str, str, str | None]:
-    """(error type, message, request id) of an error answer, JSON envelope or not."""
-    body = response.content
-    fallback_type = _STATUS_ERROR_TYPE.get(
-        response.status_code, "api_error" if response.status_code >= 500 else "http_error"
-    )
-    try:
-        envelope = _ERROR.decode(body)
-    except msgspec.DecodeError:
-        envelope = None
-    if envelope is not None and envelope.error is not None:
-        message = envelope.error.message or response.reason_phrase
-        return envelope.error.type or fallback_type, message, envelope.request_id
-    text = body.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
-    return fallback_type, text or response.reason_phrase or "(no body)", None

@@ -1,4 +1,5 @@
-"""The client's retry policy: which failures are retried and how long to wait.
+"""How the client reads failures: which are retried, how long to wait, and what an
+error answer says (its type, message and request id, envelope or not).
 
 Pure functions with no I/O, so the schedule is testable without a transport. The
 policy follows the official SDK (``_base_client.py``): ``x-should-retry`` wins, then
@@ -13,6 +14,7 @@ import email.utils
 from typing import TYPE_CHECKING
 
 import httpx
+import msgspec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,6 +25,8 @@ __all__ = (
     "MAX_RETRY_AFTER",
     "backoff_delay",
     "create_not_sent",
+    "describe",
+    "parse_error",
     "retry_after_delay",
     "retry_delay",
     "retryable_status",
@@ -126,3 +130,57 @@ def _http_date_delay(raw: str, now: float) -> float | None:
     if when.tzinfo is None:  # "-0000" means UTC with no zone information
         when = when.replace(tzinfo=datetime.UTC)
     return when.timestamp() - now
+
+
+# -- what an error answer says ------------------------------------------------------
+
+
+class _ErrorDetail(msgspec.Struct):
+    type: str = "api_error"
+    message: str = ""
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    """A lenient view of the error envelope: any JSON error body decodes."""
+
+    error: _ErrorDetail | None = None
+    request_id: str | None = None
+
+
+_ERROR = msgspec.json.Decoder(_ErrorEnvelope)
+#: Error type reported for an error answer whose body is not the service's envelope.
+_STATUS_ERROR_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_MAX_ERROR_TEXT = 500
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an httpx error; never its request (which holds the key)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def parse_error(response: httpx.Response) -> tuple[str, str, str | None]:
+    """(error type, message, request id) of an error answer, JSON envelope or not."""
+    body = response.content
+    fallback_type = _STATUS_ERROR_TYPE.get(
+        response.status_code, "api_error" if response.status_code >= 500 else "http_error"
+    )
+    try:
+        envelope = _ERROR.decode(body)
+    except msgspec.DecodeError:
+        envelope = None
+    if envelope is not None and envelope.error is not None:
+        message = envelope.error.message or response.reason_phrase
+        return envelope.error.type or fallback_type, message, envelope.request_id
+    text = body.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
+    return fallback_type, text or response.reason_phrase or "(no body)", None
