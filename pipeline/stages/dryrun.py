@@ -259,7 +259,8 @@ class _DryRun:
                 if shape is not None and shape.status is not pending:
                     out.append(judge(shape, item))  # the common case: a judged shape
                     continue
-                if self._meter.held >= self._max_held and self._would_hold(item):
+                # its shape is new or pending here: it would be held
+                if self._meter.held >= self._max_held:
                     out = await self._emit(out)
                     await self._wait_room()
                 ready = self._admit(item)
@@ -301,10 +302,6 @@ class _DryRun:
             # that cuts the list short (the spend guard) keeps the lower cap in force
             return [*out, cap]
         return [cap, *out]
-
-    def _would_hold(self, entry: Entry) -> bool:
-        shape = self._shapes.get(entry.signature)
-        return shape is None or shape.status is _Status.PENDING
 
     def _admit(self, entry: Entry) -> Item | None:
         """The entry to forward now, or None when it is held for its shape's verdict."""

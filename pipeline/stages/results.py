@@ -227,7 +227,8 @@ class ResultsCollector:
         """Write the lines of a block but those ``held`` (sorted): the duplicates,
         skipped, and the ``retry`` ones, re-sent while attempts are left, else written
         after the others. ``lines``: the block's own list, if it has one (it is cut)."""
-        written = list(map(_custom_id, views))
+        skipped = set(held)
+        written = [v.custom_id for i, v in enumerate(views) if i not in skipped]
         if lines is None:  # the block is its lines joined: cut the held ones out
             kept, cut = cut_lines(block, held)
             final: list[bytes] = [kept] if kept else []
@@ -235,11 +236,7 @@ class ResultsCollector:
             retried = [(line, views[i]) for i, line in zip(held, cut, strict=True) if i in retrying]
         else:
             retried = [(lines[i], views[i]) for i in retry]
-            for i in reversed(held):
-                del lines[i]
-            final = lines
-        for i in reversed(held):
-            del written[i]
+            final = [line for i, line in enumerate(lines) if i not in skipped]
         if retried:
             attempts = await self.ledger.attempts([v.custom_id for _, v in retried])
             for line, view in retried:
