@@ -33,6 +33,7 @@ from ._schema_full import (
     MODEL_MAX_OUTPUT_TOKENS,
     Checked,
     SchemaError,
+    _check_cache_control,
     _check_entry_full,
     _check_tool_list,
     _custom_tool_fields,
@@ -98,6 +99,7 @@ def check_entry(
     if cap is not None and max_tokens > cap:
         return _check_entry_full(raw, models, max_output_tokens)
     kinds = 0
+    marked = False  # a block with a cache_control (explicit null included)
     for message in params.messages:
         content = message.content
         if type(content) is str:
@@ -110,6 +112,8 @@ def check_entry(
                 text = block.text
                 if not text or text.isspace():
                     return _check_entry_full(raw, models, max_output_tokens)
+                if block.cache_control is not UNSET:
+                    marked = True
     # the loop leaves ``message`` at the final message (there is at least one)
     if message.role == "assistant" and _ends_in_whitespace(message.content):
         return _check_entry_full(raw, models, max_output_tokens)
@@ -119,6 +123,8 @@ def check_entry(
             text = block.text
             if not text or text.isspace():
                 return _check_entry_full(raw, models, max_output_tokens)
+            if block.cache_control is not UNSET:
+                marked = True
     stops = params.stop_sequences
     if stops is not UNSET:
         for stop in stops:
@@ -126,14 +132,20 @@ def check_entry(
                 return _check_entry_full(raw, models, max_output_tokens)
     tools = params.tools
     names: tuple[str, ...] = ()
+    cached_tools: list[Tool] | None = None
     if tools is not UNSET:
         key = bytes(tools)
         known = _FAST_TOOLS.get(key, _UNCHECKED)
         if known is _UNCHECKED:
-            known = _fast_tool_names(key)
+            known = _fast_tools(key)
         if known is None:
             return _check_entry_full(raw, models, max_output_tokens)
-        names = known
+        names, cached_tools = known
+    # Few requests set cache_control: the passes above only note one, and only then
+    # are the breakpoints counted and their TTL order checked.
+    if marked or cached_tools is not None:
+        if _check_cache_control(cached_tools or (), system, params.messages) is not None:
+            return _check_entry_full(raw, models, max_output_tokens)
     # Most requests set none of the rarer optional fields: their key says so in
     # fewer items (cheaper to hash). ``stream`` is in the long key as its value, so
     # ``true`` (refused) is never cached.
@@ -232,28 +244,31 @@ _ID_TABLE = bytes.maketrans(b"0123456789-_", b"a" * 12)
 _KIND_STR = 1
 _KIND_TEXT = 2
 _FAST_FIELDS = _FastParams.__struct_fields__
-#: tools JSON -> its sorted tool names when valid (without tool_choice), else None
-_FAST_TOOLS: dict[bytes, tuple[str, ...] | None] = {}
+#: tools JSON -> when valid (without tool_choice): its sorted tool names, and the
+#: decoded tools if one carries a cache_control breakpoint (else None); when not, None
+_FAST_TOOLS: dict[bytes, tuple[tuple[str, ...], list[Tool] | None] | None] = {}
 _MAX_FAST_TOOLS = 1024
-_UNCHECKED: tuple[str, ...] = ("\0unchecked",)
+_UNCHECKED: tuple[tuple[str, ...], None] = (("\0unchecked",), None)
 #: (model, kinds, tool names, which optional fields are absent[, stream]) ->
 #: (signature, model): the model string is then one object for all entries of a shape
 _FAST_SIGNATURES: dict[tuple[object, ...], tuple[str, str]] = {}
 
 
-def _fast_tool_names(key: bytes) -> tuple[str, ...] | None:
+def _fast_tools(key: bytes) -> tuple[tuple[str, ...], list[Tool] | None] | None:
     """Decode and check a ``tools`` value once; remember the verdict."""
     try:
         tools = _tools_decoder.decode(key)
     except (msgspec.DecodeError, UnicodeDecodeError):
-        names = None
+        known = None
     else:
         problem = _check_tool_list(tools, UNSET) or _custom_tool_fields(key, tools)
-        names = None if problem is not None else tuple(sorted([t.name for t in tools]))
+        names = tuple(sorted([t.name for t in tools]))
+        cached = tools if any(t.cache_control for t in tools) else None
+        known = None if problem is not None else (names, cached)
     if len(_FAST_TOOLS) >= _MAX_FAST_TOOLS:
         _FAST_TOOLS.clear()
-    _FAST_TOOLS[key] = names
-    return names
+    _FAST_TOOLS[key] = known
+    return known
 
 
 def _fast_signature(params: _FastParams, kinds: int, tools: tuple[str, ...]) -> str:

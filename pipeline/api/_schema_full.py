@@ -24,6 +24,11 @@ Rules checked beyond the Struct types (each one is a rule of the real service):
   request object); server tools have a versioned ``type``; tool names are unique;
 * ``tool_choice`` ``any``/``tool`` need tools, ``tool`` names a defined tool;
 * ``stop_sequences`` hold non-whitespace text; ``stream: true`` is refused;
+* prompt caching: at most 4 ``cache_control`` breakpoints in all, over the tool
+  definitions, the ``system`` blocks and the content blocks of the messages (an explicit
+  ``null`` is no breakpoint), and no ``ttl: "1h"`` breakpoint after a 5-minute one (an
+  absent ``ttl`` is 5 minutes) in the order the service reads them: tools, system,
+  messages;
 * extended thinking: ``budget_tokens < max_tokens``, no forced tool use, temperature
   only 1, no ``top_k``, ``top_p`` within 0.95..1.
 """
@@ -31,7 +36,7 @@ Rules checked beyond the Struct types (each one is a rule of the real service):
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Any, Protocol, get_args
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -53,7 +58,7 @@ from ._types import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from ._types import MessageParam, ToolChoice
 
@@ -110,6 +115,14 @@ class SchemaError(msgspec.Struct):
 
     custom_id: str | None
     message: str
+
+
+class _Tally(msgspec.Struct, gc=False):
+    """What the pass over the message blocks counts on its way."""
+
+    images: int = 0  # base64 images
+    image_bytes: int = 0  # their base64 data
+    breakpoints: int = 0  # blocks with a cache_control
 
 
 _entry_decoder = msgspec.json.Decoder(BatchRequest)
@@ -170,8 +183,8 @@ def _check_entry_full(
         return SchemaError(_salvage_custom_id(raw), f"not valid JSON: invalid UTF-8: {exc}")
     params = entry.params
     kinds: set[type] = set()
-    images = [0, 0]  # count, base64 bytes
-    problem = _check(params, models, max_output_tokens, kinds, images)
+    tally = _Tally()
+    problem = _check(params, models, max_output_tokens, kinds, tally)
     if problem is None and params.tools:
         problem = _custom_tool_fields(_tools_view.decode(raw).params.tools, params.tools)
     if problem is not None:
@@ -181,7 +194,7 @@ def _check_entry_full(
         params.model,
         params.max_tokens,
         _signature(params, kinds),
-        approx_input_tokens(raw, images=images[0], image_bytes=images[1]),
+        approx_input_tokens(raw, images=tally.images, image_bytes=tally.image_bytes),
     )
 
 
@@ -195,7 +208,7 @@ def check_params(
 
     The path is relative to ``params`` (``check_entry`` prefixes ``params.``).
     """
-    return _check(params, models, max_output_tokens, set(), [0, 0])
+    return _check(params, models, max_output_tokens, set(), _Tally())
 
 
 def _check(
@@ -203,7 +216,7 @@ def _check(
     models: frozenset[str] | None,
     max_output_tokens: Mapping[str, int],
     kinds: set[type],
-    images: list[int],
+    tally: _Tally,
 ) -> str | None:
     # The common request sets few optional fields: each rule below is one attribute
     # test unless its field is present.
@@ -217,7 +230,7 @@ def _check(
         return "stream: streaming is not supported in batches (must be false or absent)"
     if not params.messages:
         return "messages: must hold at least one message"
-    problem = _check_messages(params.messages, kinds, images)
+    problem = _check_messages(params.messages, kinds, tally)
     if problem is not None:
         return problem
     system = params.system
@@ -229,6 +242,12 @@ def _check(
         problem = _check_tools(params)
         if problem is not None:
             return problem
+    # The pass over the messages counted the breakpoints there; with none, and no tools
+    # or system blocks to hold one, there is nothing to walk.
+    if tally.breakpoints or params.tools or type(system) is list:
+        problem = _check_cache_control(params.tools or (), system, params.messages)
+        if problem is not None:
+            return problem
     if params.stop_sequences is not UNSET:
         for i, stop in enumerate(params.stop_sequences):
             if not stop or stop.isspace():
@@ -238,9 +257,7 @@ def _check(
     return None
 
 
-def _check_messages(
-    messages: list[MessageParam], kinds: set[type], images: list[int]
-) -> str | None:
+def _check_messages(messages: list[MessageParam], kinds: set[type], tally: _Tally) -> str | None:
     """Blocks, roles and tool_use/tool_result pairing, in one pass over the messages."""
     last = len(messages) - 1
     open_uses: set[str] | None = None  # tool_use ids of the message before
@@ -254,7 +271,7 @@ def _check_messages(
             uses: set[str] | None = None
         else:
             problem, answered, uses = _check_blocks(
-                i, message.role, content, open_uses, kinds, images
+                i, message.role, content, open_uses, kinds, tally
             )
             if problem is not None:
                 return problem
@@ -279,7 +296,7 @@ def _check_blocks(
     content: list[ContentBlockParam],
     open_uses: set[str] | None,
     kinds: set[type],
-    images: list[int],
+    tally: _Tally,
 ) -> tuple[str | None, set[str] | None, set[str] | None]:
     """One message's blocks: (error or None, tool_use ids answered, tool_use ids opened)."""
     answered: set[str] | None = None
@@ -287,6 +304,8 @@ def _check_blocks(
     for j, block in enumerate(content):
         kind = type(block)
         kinds.add(kind)
+        if getattr(block, "cache_control", None):  # thinking and server blocks have none
+            tally.breakpoints += 1
         if type(block) is TextBlockParam:
             text = block.text
             if not text or text.isspace():
@@ -309,7 +328,7 @@ def _check_blocks(
             answered = answered or set()
             answered.add(use_id)
         elif type(block) is ImageBlockParam or type(block) is DocumentBlockParam:
-            problem = _check_source(i, j, block, images)
+            problem = _check_source(i, j, block, tally)
             if problem is not None:
                 return problem, None, None
     return None, answered, uses
@@ -320,7 +339,7 @@ def _blk(i: int, j: int, rule: str) -> tuple[str, None, None]:
 
 
 def _check_source(
-    i: int, j: int, block: ImageBlockParam | DocumentBlockParam, images: list[int]
+    i: int, j: int, block: ImageBlockParam | DocumentBlockParam, tally: _Tally
 ) -> str | None:
     source = block.source
     if type(source) is not Base64ImageSource:
@@ -331,8 +350,8 @@ def _check_source(
                 f'messages[{i}].content[{j}].source.media_type: "{source.media_type}" is not '
                 "an image type (image/jpeg, image/png, image/gif, image/webp)"
             )
-        images[0] += 1
-        images[1] += len(source.data)
+        tally.images += 1
+        tally.image_bytes += len(source.data)
     elif source.media_type != "application/pdf":
         return (
             f"messages[{i}].content[{j}].source.media_type: base64 documents must be "
@@ -431,6 +450,70 @@ def _custom_tool_fields(raw_tools: bytes | msgspec.Raw, tools: list[Tool]) -> st
                 if name not in _CUSTOM_TOOL_FIELDS:
                     return f"tools[{i}]: unknown field `{name}`"
     return None
+
+
+#: The most ``cache_control`` breakpoints a request may carry, all places together.
+_MAX_BREAKPOINTS = 4
+_TTL_ORDER = (
+    "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block. "
+    "Note that blocks are processed in the following order: `tools`, `system`, `messages`."
+)
+
+
+class _Message(Protocol):
+    """What ``_check_cache_control`` reads of a message (``MessageParam`` or the fast
+    path's text-only message)."""
+
+    @property
+    def content(self) -> str | Sequence[object]: ...
+
+
+def _check_cache_control(
+    tools: Sequence[Tool],
+    system: str | Sequence[TextBlockParam] | UnsetType,
+    messages: Sequence[_Message],
+) -> str | None:
+    """The service's limits on prompt-caching breakpoints: at most ``_MAX_BREAKPOINTS``,
+    and the 1-hour ones before the 5-minute ones, read in the order tools, system,
+    messages. The path names the breakpoint that breaks the rule.
+
+    ``check_entry``'s fast path calls it too (on its own Structs), so both paths agree.
+    """
+    # (where, index, block index, CacheControl) in the service's order; the path is
+    # only spelt out for the breakpoint that breaks a rule
+    marks: list[tuple[str, int, int, Any]] = []
+    for i, tool in enumerate(tools):
+        if tool.cache_control:
+            marks.append(("tools", i, 0, tool.cache_control))
+    if type(system) is list:
+        for i, block in enumerate(system):
+            if block.cache_control:
+                marks.append(("system", i, 0, block.cache_control))
+    for i, message in enumerate(messages):
+        content = message.content
+        if type(content) is not str:
+            for j, block in enumerate(content):
+                # every block type but thinking and server blocks has the field
+                control = getattr(block, "cache_control", None)
+                if control:
+                    marks.append(("messages", i, j, control))
+    if len(marks) > _MAX_BREAKPOINTS:
+        return (
+            f"{_mark_path(marks[_MAX_BREAKPOINTS])}.cache_control: A maximum of "
+            f"{_MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {len(marks)}."
+        )
+    short = False  # a 5-minute breakpoint came before
+    for mark in marks:
+        if mark[3].ttl != "1h":
+            short = True
+        elif short:
+            return f"{_mark_path(mark)}.cache_control.ttl: {_TTL_ORDER}"
+    return None
+
+
+def _mark_path(mark: tuple[str, int, int, object]) -> str:
+    where, i, j, _ = mark
+    return f"messages[{i}].content[{j}]" if where == "messages" else f"{where}[{i}]"
 
 
 def _check_thinking(params: MessageCreateParams, thinking: ThinkingEnabled) -> str | None:

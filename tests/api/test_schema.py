@@ -70,6 +70,24 @@ def test_check_params_paths_are_relative_to_params() -> None:
     assert check_params(params) == "messages: must hold at least one message"
 
 
+def test_check_params_counts_cache_breakpoints_over_tools_system_and_messages() -> None:
+    cached = {"type": "ephemeral"}
+    block = {"type": "text", "text": "x", "cache_control": cached}
+    base = {"model": "claude-3-haiku-20240307", "max_tokens": 5}
+    four = {
+        **base,
+        "tools": [{"name": "a", "input_schema": {"type": "object"}, "cache_control": cached}],
+        "system": [block, block],
+        "messages": [{"role": "user", "content": [block]}],
+    }
+    assert check_params(msgspec.convert(four, MessageCreateParams)) is None
+    five = {**four, "messages": [{"role": "user", "content": [block, {**block, "text": "y"}]}]}
+    assert check_params(msgspec.convert(five, MessageCreateParams)) == (
+        "messages[0].content[1].cache_control: "
+        "A maximum of 4 blocks with cache_control may be provided. Found 5."
+    )
+
+
 def test_approx_input_tokens_counts_images_flat() -> None:
     image = {"type": "base64", "media_type": "image/png", "data": "A" * 30_000}
     data = raw(messages=[{"role": "user", "content": [{"type": "image", "source": image}]}])

@@ -41,6 +41,23 @@ FULL_TOOL = {
     "input_examples": [{}],
     "strict": True,
 }
+CACHED = {"type": "ephemeral"}
+CACHED_5M = {"type": "ephemeral", "ttl": "5m"}
+CACHED_1H = {"type": "ephemeral", "ttl": "1h"}
+TTL_ORDER = (
+    "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block. "
+    "Note that blocks are processed in the following order: `tools`, `system`, `messages`."
+)
+
+
+def marked(block: dict[str, Any], cache_control: object = CACHED) -> dict[str, Any]:
+    """``block`` with a cache_control breakpoint."""
+    return {**block, "cache_control": cache_control}
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"type": "text", "text": value}
+
 
 # (id, raw entry, expected message)
 CORPUS: list[tuple[str, bytes, str]] = [
@@ -382,6 +399,54 @@ CORPUS: list[tuple[str, bytes, str]] = [
         entry(system=[{"type": "text", "text": "s", "cache_control": {"type": "forever"}}]),
         "params.system[0].cache_control.type: invalid enum value 'forever'",
     ),
+    (
+        # counted over tools, system and message blocks together; the path names
+        # the first breakpoint over the limit
+        "cache-breakpoints-over-four",
+        entry(
+            tools=[marked(TOOL)],
+            system=[marked(text("a")), marked(text("b"))],
+            messages=[{"role": "user", "content": [marked(text("c")), marked(text("d"))]}],
+        ),
+        "params.messages[0].content[1].cache_control: "
+        "A maximum of 4 blocks with cache_control may be provided. Found 5.",
+    ),
+    (
+        "cache-breakpoints-on-every-block-kind",
+        entry(
+            tools=[TOOL],
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        marked({"type": "image", "source": {"type": "url", "url": "https://x/y"}}),
+                        marked(
+                            {"type": "document", "source": {"type": "url", "url": "https://x/d"}}
+                        ),
+                        marked(text("Weather?")),
+                    ],
+                },
+                {"role": "assistant", "content": [marked(TOOL_USE)]},
+                {"role": "user", "content": [marked(TOOL_RESULT), marked(text("thanks"))]},
+            ],
+        ),
+        "params.messages[2].content[0].cache_control: "
+        "A maximum of 4 blocks with cache_control may be provided. Found 6.",
+    ),
+    (
+        # no ``ttl`` is the 5-minute default
+        "cache-ttl-1h-after-5m",
+        entry(
+            system=[marked(text("s"))],
+            messages=[{"role": "user", "content": [marked(text("q"), CACHED_1H)]}],
+        ),
+        f"params.messages[0].content[0].cache_control.ttl: {TTL_ORDER}",
+    ),
+    (
+        "cache-ttl-tools-come-first",
+        entry(tools=[marked(TOOL, CACHED_5M)], system=[marked(text("s"), CACHED_1H)]),
+        f"params.system[0].cache_control.ttl: {TTL_ORDER}",
+    ),
 ]
 
 
@@ -469,6 +534,15 @@ GOOD: list[bytes] = [
     entry(model="claude-3-opus-20240229", max_tokens=4096, stream=False),
     entry(max_tokens=4000, thinking={"type": "enabled", "budget_tokens": 1024}, temperature=1.0),
     entry(thinking={"type": "disabled"}),
+    # four breakpoints, an explicit null that is none, and 1h ones before 5m ones
+    entry(
+        tools=[marked(TOOL, CACHED_1H)],
+        system=[marked(text("s"), CACHED_1H), marked(text("t"), None)],
+        messages=[
+            {"role": "user", "content": [marked(text("doc")), marked(text("q"), CACHED_5M)]},
+            {"role": "assistant", "content": [marked(text("a"), None)]},
+        ],
+    ),
 ]
 
 

@@ -32,6 +32,32 @@ def entry(custom_id: object = "req-1", **params: Any) -> bytes:
 
 
 TEXT = {"type": "text", "text": "hello"}
+CACHED = {"type": "ephemeral"}
+CACHED_1H = {"type": "ephemeral", "ttl": "1h"}
+
+
+def marked(block: dict[str, Any], cache_control: object = CACHED) -> dict[str, Any]:
+    return {**block, "cache_control": cache_control}
+
+
+def user(*blocks: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": list(blocks)}]
+
+
+#: requests with cache_control breakpoints in the places the fast path reads
+BREAKPOINTS: list[bytes] = [
+    entry(system=[marked(TEXT)] * 2, messages=user(marked(TEXT), marked(TEXT))),
+    entry(system=[marked(TEXT)] * 3, messages=user(marked(TEXT), marked(TEXT))),
+    entry(system=[marked(TEXT)] * 3, messages=user(marked(TEXT), marked(TEXT, None))),
+    entry(tools=[marked(TOOL)], system=[marked(TEXT)] * 3),
+    entry(tools=[marked(TOOL)], system=[marked(TEXT)] * 4),
+    entry(tools=[marked({**TOOL, "name": f"t{i}"}) for i in range(5)]),
+    entry(tools=[marked(TOOL, None)], system=[marked(TEXT)] * 4),
+    entry(system=[marked(TEXT, CACHED_1H), marked(TEXT)], messages=user(marked(TEXT))),
+    entry(system=[marked(TEXT)], messages=user(marked(TEXT, CACHED_1H))),
+    entry(tools=[marked(TOOL)], system=[marked(TEXT, CACHED_1H)]),
+    entry(tools=[marked(TOOL, CACHED_1H)], messages=user(marked(TEXT))),
+]
 VARIANTS: list[bytes] = [
     entry(),
     entry(system="Be brief.", temperature=0.2),
@@ -77,6 +103,7 @@ VARIANTS: list[bytes] = [
     entry(tool_choice={"type": "auto"}),
     entry(thinking={"type": "enabled", "budget_tokens": 2048}, max_tokens=4000),
     entry(bogus=1),
+    *BREAKPOINTS,
     b'{"custom_id":"a","params":{"model":"' + MODEL.encode() + b'","max_tokens":5,'
     b'"messages":[{"role":"user","content":"ab\xff"}]}}',
 ]
@@ -99,6 +126,49 @@ def test_a_misspelt_tool_field_is_refused_by_both_paths() -> None:
         result = check_entry(raw)
         assert isinstance(result, SchemaError)
         assert result.message == "params.tools[0]: unknown field `descripton`"
+
+
+def test_too_many_cache_breakpoints_are_refused_by_both_paths() -> None:
+    # one tool definition, the same for both lines: the second meets the tools cache
+    tools = [marked(TOOL)]
+    for raw in [entry(tools=tools, system=[marked(TEXT)] * 4)] * 2 + [
+        entry(tools=tools, system=[marked(TEXT)] * 2, messages=user(marked(TEXT), marked(TEXT)))
+    ]:
+        result = check_entry(raw)
+        assert isinstance(result, SchemaError)
+        assert result.message.endswith(
+            ".cache_control: A maximum of 4 blocks with cache_control may be provided. Found 5."
+        )
+        assert result == full(raw)
+
+
+def test_a_1h_breakpoint_after_a_5m_one_is_refused_by_both_paths() -> None:
+    raw = entry(system=[marked(TEXT)], messages=user(marked(TEXT, CACHED_1H)))
+    result = check_entry(raw)
+    assert isinstance(result, SchemaError)
+    assert result.message.startswith(
+        "params.messages[0].content[0].cache_control.ttl: a ttl='1h' cache_control block "
+        "must not come after a ttl='5m' cache_control block."
+    )
+    assert result == full(raw)
+
+
+def test_breakpoints_within_the_limits_stay_on_the_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prompt caching is common in batches: counting its breakpoints must not send
+    every such line through the slower full decode."""
+
+    def no_full_path(*args: object) -> None:
+        raise AssertionError("took the full path")
+
+    monkeypatch.setattr(_schema, "_check_entry_full", no_full_path)
+    tool = marked({**TOOL, "name": "cached_tool"}, CACHED_1H)
+    for _ in range(2):  # a miss, then a hit in the tools cache
+        raw = entry(
+            tools=[tool], system=[marked(TEXT, CACHED_1H)], messages=user(TEXT, marked(TEXT))
+        )
+        assert isinstance(check_entry(raw), Checked)
 
 
 def test_bad_utf8_is_a_reject_not_a_crash() -> None:

@@ -322,6 +322,27 @@ async def test_messages_endpoint(make_app: Callable[..., EmulatorApp]) -> None:
         )
 
 
+async def test_too_many_cache_breakpoints_answer_as_the_service_does(
+    make_app: Callable[..., EmulatorApp],
+) -> None:
+    """More than 4 cache_control breakpoints: a 400 from /v1/messages; in a batch the
+    create succeeds and the request comes back errored."""
+    block = {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}
+    reason = "A maximum of 4 blocks with cache_control may be provided. Found 5."
+    async with asgi_client(make_app(batch_seconds=0.0)) as client:
+        ok = await client.post("/v1/messages", json=params(system=[block] * 4))
+        assert ok.status_code == 200, ok.text
+        refused = await client.post("/v1/messages", json=params(system=[block] * 5))
+        assert_error(refused, "invalid_request_error", reason)
+        batch = await create(client, 2, system=[block] * 5)
+        ended = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
+        results = lines((await client.get(ended["results_url"])).content)
+    assert ended["request_counts"]["errored"] == 2
+    assert [r["result"]["error"]["error"] for r in results] == [
+        {"type": "invalid_request_error", "message": f"params.system[4].cache_control: {reason}"}
+    ] * 2
+
+
 async def test_admin_endpoints(make_app: Callable[..., EmulatorApp]) -> None:
     app = make_app(batch_seconds=5.0)
     async with asgi_client(app) as client:
