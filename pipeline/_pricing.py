@@ -85,6 +85,11 @@ class PriceTable(Mapping[str, Price]):
         the table cannot price it: for callers that price many entries of one model."""
         return self._tuples.get(model)
 
+    def rates(self) -> dict[str, tuple[float, float]]:
+        """``price_for`` of every model, as a dict: for loops that price each entry
+        inline, as ``(input_tokens * rate[0] + max_tokens * rate[1]) / 1_000_000``."""
+        return dict(self._tuples)
+
     def estimate_cost_usd(self, model: str, input_tokens: int, max_tokens: int) -> float:
         """Worst-case cost of one request: its input plus ``max_tokens`` of output."""
         price = self._tuples.get(model)

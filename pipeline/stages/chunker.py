@@ -56,22 +56,22 @@ class Packer:
         ``Flush`` did (so callers need no second pass over ``items``)."""
         chunks: list[Chunk] = []
         flushed = False
-        self.entries_added = 0
         max_requests, max_bytes = self.max_requests, self.max_bytes
-        # one pass, with the position kept in locals (this loop runs per request)
+        # one pass, with the position, the open chunk and its size kept in locals
+        # (this loop runs per request): they go back to self before any other call
         checkpoint, last_line = self.checkpoint, self.line
+        entries, size, added = self.entries, self.size, 0
         for item in items:
             if type(item) is Entry:
-                self.entries_added += 1
-                entries = self.entries
+                added += 1
                 grow = len(item.raw) + (1 if entries else 0)
-                if entries and (len(entries) >= max_requests or self.size + grow > max_bytes):
-                    self.checkpoint, self.line = checkpoint, last_line
+                if entries and (len(entries) >= max_requests or size + grow > max_bytes):
+                    self.checkpoint, self.line, self.size = checkpoint, last_line, size
                     chunks.append(self._take())
-                    entries = self.entries
+                    entries, size = self.entries, self.size
                     grow = len(item.raw)
                 entries.append(item)
-                self.size += grow
+                size += grow
                 if item.end > checkpoint:
                     checkpoint = item.end
                 if item.line > last_line:
@@ -92,11 +92,13 @@ class Packer:
                 self.final = self.final or item.final
                 if item.end > checkpoint:
                     checkpoint = item.end
-                self.checkpoint, self.line = checkpoint, last_line
-                if self.entries or self.rejects:
+                self.checkpoint, self.line, self.size = checkpoint, last_line, size
+                if entries or self.rejects:
                     chunks.append(self._take())
-        self.checkpoint, self.line = checkpoint, last_line
-        if self.entries and len(self.entries) >= max_requests:
+                    entries, size = self.entries, self.size
+        self.checkpoint, self.line, self.size = checkpoint, last_line, size
+        self.entries_added = added
+        if entries and len(entries) >= max_requests:
             chunks.append(self._take())
         return chunks, flushed
 

@@ -55,7 +55,7 @@ class Validator:
         self._prices = prices
         # (input, output) USD per million tokens of each model the table prices: one
         # dict lookup per entry instead of a call to estimate_cost_usd
-        self._rates = {model: prices.price_for(model) for model in prices}
+        self._rates = prices.rates()
         #: (end, line) of the last non-blank line checked
         self.position = (-1, 0)
 
