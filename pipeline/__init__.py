@@ -14,6 +14,7 @@ from ._errors import LedgerError as LedgerError
 from ._errors import PipelineError as PipelineError
 from ._errors import ResultStreamError as ResultStreamError
 from ._errors import StageError as StageError
+from ._errors import UnpricedModelError as UnpricedModelError
 from ._errors import UsageError as UsageError
 from ._logging import configure_logging as configure_logging
 from ._pipeline import Pipeline as Pipeline
@@ -62,6 +63,7 @@ __all__ = (
     "SourceStage",
     "ResultStreamError",
     "StageError",
+    "UnpricedModelError",
     "UsageError",
     "WatchPipeline",
     "configure_logging",

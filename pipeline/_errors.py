@@ -20,6 +20,7 @@
     ├── LedgerError                 the state file is corrupt, foreign or locked
     ├── StageError                  a stage failed; wraps the cause, names the stage
     ├── BudgetExceededError         the spend guard stopped submission
+    │   └── UnpricedModelError      ... at a model it has no price for
     └── DryRunAbortedError          a dry run failed under the ``abort`` policy
 
 Every message is built in ``__init__`` from the context attributes, and no
@@ -54,6 +55,7 @@ __all__ = (
     "RequestTooLargeError",
     "ResultStreamError",
     "StageError",
+    "UnpricedModelError",
     "UsageError",
     "status_error_class",
 )
@@ -236,20 +238,52 @@ class BudgetExceededError(PipelineError):
         self.custom_id = custom_id
         self.not_submitted = not_submitted
         budget, estimate = _distinct_usd(budget_usd, estimated_usd)
-        which = ", ".join(
-            part
-            for part in (
-                f"line {line}" if line is not None else "",
-                f"custom_id {custom_id!r}" if custom_id is not None else "",
-            )
-            if part
-        )
+        which = _which(line, custom_id)
         request = f"the next request ({which})" if which else "the next request"
         left = f"; {not_submitted:,} requests not submitted" if not_submitted is not None else ""
         super().__init__(
             f"budget {budget} reached: {request} would bring the estimated cost to "
             f"{estimate}{left}; re-run with a larger --budget-usd to go on"
         )
+
+
+class UnpricedModelError(BudgetExceededError):
+    """The spend guard stopped submission at a request whose model the price table
+    cannot price: with a budget set, a cost it cannot estimate is not let through as
+    $0. ``model`` names it; the job stays resumable, as when the budget is reached."""
+
+    def __init__(
+        self,
+        budget_usd: float,
+        estimated_usd: float,
+        *,
+        model: str,
+        line: int | None = None,
+        custom_id: str | None = None,
+    ) -> None:
+        self.model = model
+        self.budget_usd = budget_usd
+        self.estimated_usd = estimated_usd
+        self.line = line
+        self.custom_id = custom_id
+        self.not_submitted = None
+        which = _which(line, custom_id)
+        at = f" ({which})" if which else ""
+        PipelineError.__init__(
+            self,
+            f"budget {_trim_usd(f'{budget_usd:,.6f}')} cannot be enforced: no batch price for "
+            f"model {model!r}{at}; give its prices with --price {model}=INPUT,OUTPUT (USD per "
+            "million tokens at batch price; prices= in Python) and re-run",
+        )
+
+
+def _which(line: int | None, custom_id: str | None) -> str:
+    """``line N, custom_id 'x'``, with what is known of a request."""
+    parts = (
+        f"line {line}" if line is not None else "",
+        f"custom_id {custom_id!r}" if custom_id is not None else "",
+    )
+    return ", ".join(part for part in parts if part)
 
 
 def _distinct_usd(a: float, b: float) -> tuple[str, str]:

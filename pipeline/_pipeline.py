@@ -227,6 +227,7 @@ class Pipeline(_JobResources, _StageWiring):
             usage={m: ModelUsage(int(u[0]), int(u[1]), u[2]) for m, u in p.usage.items()},
             estimated_cost_usd=p.estimated_cost_usd,
             actual_cost_usd=p.actual_cost_usd,
+            unpriced_models=tuple(sorted(p.unpriced)),
             dry_run_calls=dry_run_calls,
             elapsed_seconds=elapsed,
             total=self._total(),

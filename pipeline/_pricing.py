@@ -122,14 +122,33 @@ class PriceTable(Mapping[str, Price]):
         return (inputs * price.input + output_tokens * price.output) / _MILLION
 
 
-#: Batch prices (DESIGN.md: 50% of the standard price), USD per million tokens.
+#: Batch prices (DESIGN.md: 50% of the standard price), USD per million tokens: the
+#: documented version's models, and the later ones whose id and price Anthropic's docs
+#: state (the batch processing page's price table, the models overview, the model
+#: pages). Models keep coming and prices change: a model not here costs 0 in every
+#: estimate, which a budget does not let through (``UnpricedModelError``); give its
+#: price with ``PriceTable.with_prices`` (``--price`` on the command line).
 DEFAULT_PRICES = PriceTable(
     {
+        # the documented version (DESIGN.md)
         "claude-3-5-sonnet-20240620": Price(1.50, 7.50),
         "claude-3-5-sonnet-20241022": Price(1.50, 7.50),
         "claude-3-5-haiku-20241022": Price(0.40, 2.00),
         "claude-3-haiku-20240307": Price(0.125, 0.625),
         "claude-3-opus-20240229": Price(7.50, 37.50),
+        # later models
+        "claude-3-7-sonnet-20250219": Price(1.50, 7.50),
+        "claude-sonnet-4-20250514": Price(1.50, 7.50),
+        "claude-opus-4-20250514": Price(7.50, 37.50),
+        "claude-opus-4-1-20250805": Price(7.50, 37.50),
+        "claude-sonnet-4-5-20250929": Price(1.50, 7.50),
+        "claude-sonnet-4-5": Price(1.50, 7.50),
+        "claude-haiku-4-5-20251001": Price(0.50, 2.50),
+        "claude-haiku-4-5": Price(0.50, 2.50),
+        "claude-opus-4-5-20251101": Price(2.50, 12.50),
+        "claude-opus-4-5": Price(2.50, 12.50),
+        "claude-sonnet-4-6": Price(1.50, 7.50),
+        "claude-opus-4-7": Price(2.50, 12.50),
     }
 )
 

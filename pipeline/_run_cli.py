@@ -16,6 +16,7 @@ command resumes). With ``--log-format json`` those lines are JSON log records to
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -209,6 +210,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="USD",
         help="stop submitting before the estimated cost would pass this many dollars",
     )
+    check.add_argument(
+        "--price",
+        type=_price,
+        action="append",
+        default=[],
+        metavar="MODEL=IN,OUT",
+        help="batch price of MODEL in USD per million input and output tokens, for a model "
+        "the built-in table lacks or prices differently (repeatable), e.g. "
+        "--price claude-x=1.5,7.5",
+    )
     from ._ux import add_ux_arguments
 
     add_ux_arguments(parser)
@@ -249,10 +260,24 @@ def _model_list(text: str) -> frozenset[str]:
     return names
 
 
+def _price(text: str) -> tuple[str, tuple[float, float]]:
+    """``--price MODEL=IN,OUT``: (model, (input, output)) (argparse reports a
+    ValueError as bad input)."""
+    model, sep, rates = text.partition("=")
+    parts = rates.split(",")
+    if not sep or not model.strip() or len(parts) != 2:
+        raise ValueError(f"expected MODEL=INPUT,OUTPUT, got {text!r}")
+    price = (float(parts[0]), float(parts[1]))
+    if not all(math.isfinite(p) and p >= 0 for p in price):
+        raise ValueError(f"prices must be finite and >= 0, got {text!r}")
+    return model.strip(), price
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the job; the exit status."""
     from ._errors import PipelineError
     from ._pipeline import Pipeline
+    from ._pricing import DEFAULT_PRICES
     from ._ux import announce, event_loop_options, setup_logging_from_args
 
     setup_logging_from_args(args)
@@ -272,6 +297,7 @@ def run_command(args: argparse.Namespace) -> int:
             state=args.state,
             announce=announce,
             overwrite=args.overwrite,
+            prices=DEFAULT_PRICES.with_prices(dict(args.price)) if args.price else None,
         )
     except (ValueError, PipelineError, RuntimeError) as exc:
         _report(args, logging.ERROR, _one_line(exc))

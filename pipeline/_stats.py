@@ -41,6 +41,9 @@ class PipelineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     usage: dict[str, ModelUsage] = {}
     estimated_cost_usd: float = 0.0
     actual_cost_usd: float = 0.0
+    #: models of requests or results the price table cannot price: counted as $0 in
+    #: both costs (give their prices: ``prices=``, ``--price``)
+    unpriced_models: tuple[str, ...] = ()
     dry_run_calls: int = 0
     elapsed_seconds: float = 0.0
     #: requests known to be in the job, when the source can tell (else None)

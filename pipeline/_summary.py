@@ -118,6 +118,9 @@ def summary_rows(
             + ")",
         )
     )
+    if stats.unpriced_models:
+        names = ", ".join(stats.unpriced_models)
+        rows.append(("prices", f"none for {names}: counted as $0 (--price MODEL=IN,OUT)"))
     if stats.dry_run_calls:
         rows.append(("dry run", f"{stats.dry_run_calls:,} calls"))
     rows.append(("wall time", format_duration(stats.elapsed_seconds)))

@@ -131,6 +131,7 @@ def log_summary(stats: PipelineStatistics, *, output: str | None, rejects: str |
             },
             "estimated_cost_usd": stats.estimated_cost_usd,
             "actual_cost_usd": stats.actual_cost_usd,
+            "unpriced_models": list(stats.unpriced_models),
             "elapsed_seconds": round(stats.elapsed_seconds, 3),
             "output": output,
             "rejects": rejects,

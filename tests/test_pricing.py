@@ -22,6 +22,11 @@ from pipeline.stages.validate import Validator
         ("claude-3-opus-20240229", Price(7.50, 37.50)),
         ("claude-3-haiku-20240307", Price(0.125, 0.625)),
         ("claude-3-5-haiku-20241022", Price(0.40, 2.00)),
+        # later models, from the batch price table and the model pages of the docs
+        ("claude-sonnet-4-20250514", Price(1.50, 7.50)),
+        ("claude-opus-4-1-20250805", Price(7.50, 37.50)),
+        ("claude-haiku-4-5", Price(0.50, 2.50)),
+        ("claude-opus-4-5", Price(2.50, 12.50)),
     ],
 )
 def test_batch_prices_are_half_the_standard_ones(model: str, price: Price) -> None:

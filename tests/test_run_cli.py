@@ -16,6 +16,7 @@ from pipeline._config import PipelineConfig
 from pipeline._run_cli import build_config, format_summary
 from pipeline._stats import PipelineStatistics
 from pipeline.cli import build_parser
+from pipeline.testing import start_emulator_process
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "requests.jsonl"
 
@@ -273,3 +274,86 @@ def test_a_graceful_signal_stop_exits_3_and_a_rerun_finishes(tmp_path: Path) -> 
         )
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
         assert done.returncode == 0, done.stderr
+
+
+def _requests(path: Path, model: str, count: int) -> Path:
+    lines = [
+        msgspec.json.encode(
+            {
+                "custom_id": f"q-{i}",
+                "params": {
+                    "model": model,
+                    "max_tokens": 50,
+                    "messages": [{"role": "user", "content": f"question {i}"}],
+                },
+            }
+        )
+        for i in range(count)
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_a_budget_does_not_let_a_model_without_a_price_through(tmp_path: Path) -> None:
+    # A model the price table lacks would count $0 against the budget: the run stops
+    # before its first request, says how to price it, and a re-run with --price goes on.
+    requests = _requests(tmp_path / "in.jsonl", "claude-newest", 30)
+    out = tmp_path / "out.jsonl"
+    with start_emulator_process("--batch-seconds", "0", "--models", "any") as url:
+        command = [sys.executable, "-m", "pipeline", "run", str(requests), "-o", str(out)]
+        command += ["--base-url", url, "--linger-seconds", "0.05", "--poll-interval", "0.05"]
+        command += ["--budget-usd", "5"]
+        env = {**_env(), "ANTHROPIC_API_KEY": "test-key"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 3, done.stderr
+        assert _last_line(done.stderr) == (
+            "pipeline run: not finished: budget $5.00 cannot be enforced: no batch price "
+            "for model 'claude-newest' (line 1, custom_id 'q-0'); give its prices with "
+            "--price claude-newest=INPUT,OUTPUT (USD per million tokens at batch price; "
+            "prices= in Python) and re-run"
+        )
+        assert out.read_bytes() == b""  # nothing was submitted, nothing paid
+        # priced, the same command goes on and keeps to the budget
+        again = subprocess.run(
+            [*command, "--price", "claude-newest=1.5,7.5"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert again.returncode == 0, again.stderr
+        assert sorted(
+            msgspec.json.decode(x)["custom_id"] for x in out.read_bytes().splitlines()
+        ) == sorted(f"q-{i}" for i in range(30))
+        assert "none for claude-newest" not in again.stderr
+
+
+def test_without_a_budget_the_summary_names_models_it_could_not_price(tmp_path: Path) -> None:
+    requests = _requests(tmp_path / "in.jsonl", "claude-newest", 5)
+    out = tmp_path / "out.jsonl"
+    with start_emulator_process("--batch-seconds", "0", "--models", "any") as url:
+        command = [sys.executable, "-m", "pipeline", "run", str(requests), "-o", str(out)]
+        command += ["--base-url", url, "--linger-seconds", "0.05", "--poll-interval", "0.05"]
+        env = {**_env(), "ANTHROPIC_API_KEY": "test-key"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes().count(b"\n") == 5
+    [row] = [x for x in done.stderr.splitlines() if x.lstrip().startswith("prices ")]
+    assert row.split(None, 1)[1] == "none for claude-newest: counted as $0 (--price MODEL=IN,OUT)"
+
+
+@pytest.mark.parametrize(
+    "value", ["claude-x", "claude-x=1", "=1,2", "claude-x=a,b", "claude-x=-1,2", "claude-x=1,inf"]
+)
+def test_a_malformed_price_exits_2(tmp_path: Path, value: str) -> None:
+    done = _run_example(tmp_path, "--price", value)
+    assert done.returncode == 2
+    assert "--price" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_prices_given_on_the_command_line_extend_the_table() -> None:
+    args = build_parser(["run"]).parse_args(
+        ["run", "in.jsonl", "-o", "o.jsonl", "--price", "a=1,2", "--price", "b=0.5,2.5"]
+    )
+    assert args.price == [("a", (1.0, 2.0)), ("b", (0.5, 2.5))]

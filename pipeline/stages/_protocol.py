@@ -196,6 +196,8 @@ class Progress:
         self.usage: dict[str, list[float]] = {}
         self.estimated_cost_usd = 0.0
         self.actual_cost_usd = 0.0
+        #: models of requests or results the price table cannot price (cost 0)
+        self.unpriced: set[str] = set()
         self.total: int | None = None
         self._changed = anyio.Event()
         #: set when a reject was recorded (the rejects writer drains the ledger)

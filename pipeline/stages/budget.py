@@ -14,8 +14,11 @@ stops reading (upstream then sees a closed stream and stops; the source stops
 reading). Batches already submitted are not touched: the pipeline collects them and
 ends with the budget message.
 
-Models the price table does not know cost 0 here: they are let through and listed in
-``SpendStatistics.unpriced_models``.
+A model the price table does not know has no estimate. Without a budget its entries
+pass at $0 and the model is listed in ``SpendStatistics.unpriced_models``. With a
+budget, a cost that cannot be estimated is not let through as $0: the guard stops at
+the first such entry as at the budget, with ``UnpricedModelError`` (it names the model;
+give its price, ``--price`` or ``prices=``, and re-run).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .._errors import BudgetExceededError
+from .._errors import BudgetExceededError, UnpricedModelError
 from .._pricing import DEFAULT_PRICES, PriceTable
 from ..api._schema import approx_input_tokens
 from ._items import Entry, Flush, Reject, Watermark
@@ -119,11 +122,14 @@ async def spend_guard(
             meter.stopped = True
             if on_exceeded is not None:
                 total = meter.estimated_cost_usd + entry_cost_usd(entry, prices)
-                on_exceeded(
-                    BudgetExceededError(
-                        budget or 0.0, total, line=entry.line, custom_id=entry.custom_id
+                line, cid = entry.line, entry.custom_id
+                if entry.model in prices:
+                    error = BudgetExceededError(budget or 0.0, total, line=line, custom_id=cid)
+                else:
+                    error = UnpricedModelError(
+                        budget or 0.0, total, model=entry.model, line=line, custom_id=cid
                     )
-                )
+                on_exceeded(error)
             # The checkpoint stands where the refused entry starts, whatever passed
             # before it out of line order (the dry run lets checked shapes and
             # rejects overtake held entries): a re-run reads on from there.
@@ -143,6 +149,9 @@ def _admit(
         cost = entry_cost_usd(item, prices)
         if cost == 0.0 and item.model not in prices:
             meter.unpriced_models.add(item.model)
+            if budget is not None:  # no estimate: not let through as $0
+                meter.estimated_cost_usd = total
+                return index
         if budget is not None and total + cost > budget + _EPSILON_USD:
             meter.estimated_cost_usd = total
             return index

@@ -399,6 +399,8 @@ class _Tally:
         for key, n in self.outcomes.items():
             progress.outcome(key, n)
         for model, (inputs, outputs, cache_write, cache_read) in self.tokens.items():
+            if model not in prices:
+                progress.unpriced.add(model)
             cost = prices.cost_usd(
                 model,
                 inputs,

@@ -41,7 +41,7 @@ class Validator:
     """Sync and I/O-free: ``check(lines)`` turns raw lines into entries and rejects,
     in input order."""
 
-    __slots__ = ("_prices", "_rates", "max_entry_bytes", "models", "position")
+    __slots__ = ("_prices", "_rates", "max_entry_bytes", "models", "position", "unpriced")
 
     def __init__(
         self,
@@ -58,6 +58,8 @@ class Validator:
         self._rates = prices.rates()
         #: (end, line) of the last non-blank line checked
         self.position = (-1, 0)
+        #: models of entries the price table cannot price (their estimate is 0)
+        self.unpriced: set[str] = set()
 
     @property
     def prices(self) -> PriceTable:
@@ -89,6 +91,11 @@ class Validator:
             max_tokens = checked.max_tokens
             # estimate_cost_usd, inlined (both counts are >= 1 here, so not clamped)
             rate = rates.get(model)
+            if rate is None:
+                self.unpriced.add(model)
+                cost = 0.0
+            else:
+                cost = (tokens * rate[0] + max_tokens * rate[1]) / _MILLION
             offset = raw.offset
             append(
                 Entry(
@@ -102,7 +109,7 @@ class Validator:
                     model,
                     max_tokens,
                     tokens,
-                    0.0 if rate is None else (tokens * rate[0] + max_tokens * rate[1]) / _MILLION,
+                    cost,
                 )
             )
         if last is not None:
@@ -192,6 +199,8 @@ async def validate(
             if progress is not None and lines:
                 progress.read = lines[-1].line
             items = validator.check(lines)
+            if progress is not None and validator.unpriced:
+                progress.unpriced |= validator.unpriced
             if items:
                 await send.send(items)
         await send.send([Flush(validator.position[0], final=True)])

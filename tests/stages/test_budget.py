@@ -10,9 +10,10 @@ import msgspec
 import pytest
 
 from pipeline._config import PipelineConfig
-from pipeline._pricing import estimate_cost_usd
+from pipeline._errors import UnpricedModelError
+from pipeline._pricing import DEFAULT_PRICES, PriceTable, estimate_cost_usd
 from pipeline.api._schema import approx_input_tokens
-from pipeline.stages._items import Entry, Flush, Reject, RejectError
+from pipeline.stages._items import Entry, Flush, Reject, RejectError, Watermark
 from pipeline.stages.budget import SpendMeter, entry_cost_usd, spend_guard
 
 if TYPE_CHECKING:
@@ -34,7 +35,11 @@ def make_entry(line: int, **fields: object) -> Entry:
 
 
 async def run_guard(
-    batches: list[list[Item]], config: PipelineConfig, meter: SpendMeter
+    batches: list[list[Item]],
+    config: PipelineConfig,
+    meter: SpendMeter,
+    *,
+    prices: PriceTable = DEFAULT_PRICES,
 ) -> tuple[list[Item], list[BudgetExceededError], int]:
     """Run the guard; return what it sent, what it reported, and how many batches the
     source managed to send before the guard stopped reading."""
@@ -64,6 +69,7 @@ async def run_guard(
                 config=config,
                 on_exceeded=exceeded.append,
                 meter=meter,
+                prices=prices,
             )
         )
         async with recv_out:
@@ -113,13 +119,50 @@ async def test_no_budget_only_counts() -> None:
     assert meter.statistics().estimated_cost_usd == pytest.approx(COST * 5)
 
 
-async def test_unpriced_models_pass_and_are_listed() -> None:
+async def test_without_a_budget_unpriced_models_pass_and_are_listed() -> None:
     meter = SpendMeter()
     batches: list[list[Item]] = [[make_entry(n, model="my-model") for n in range(5)]]
-    out, exceeded, _ = await run_guard(batches, PipelineConfig(budget_usd=0.0), meter)
+    out, exceeded, _ = await run_guard(batches, PipelineConfig(), meter)
     assert len(out) == 5
     assert not exceeded
     assert meter.statistics().unpriced_models == ("my-model",)
+
+
+async def test_a_budget_stops_at_the_first_model_it_cannot_price() -> None:
+    # a cost the table cannot estimate is not let through as $0: the guard stops
+    # before it as at the budget, naming the model and how to price it
+    meter = SpendMeter()
+    priced = [make_entry(n) for n in range(1, 3)]
+    batches: list[list[Item]] = [[*priced, make_entry(3, model="claude-x"), make_entry(4)]]
+    out, exceeded, _ = await run_guard(batches, PipelineConfig(budget_usd=100.0), meter)
+    assert out[:2] == priced
+    assert out[2] == Watermark(end=30, line=2, stop=True)
+    assert out[3] == Flush(end=30, final=True)
+    assert len(out) == 4
+    [error] = exceeded
+    assert isinstance(error, UnpricedModelError)
+    assert error.model == "claude-x"
+    assert (error.line, error.custom_id) == (3, "r3")
+    assert str(error) == (
+        "budget $100.00 cannot be enforced: no batch price for model 'claude-x' (line 3, "
+        "custom_id 'r3'); give its prices with --price claude-x=INPUT,OUTPUT (USD per "
+        "million tokens at batch price; prices= in Python) and re-run"
+    )
+    stats = meter.statistics()
+    assert stats.stopped
+    assert stats.estimated_cost_usd == pytest.approx(COST * 2)
+
+
+async def test_a_price_given_for_the_model_lets_it_through() -> None:
+    prices = DEFAULT_PRICES.with_prices({"claude-x": (1.0, 2.0)})
+    meter = SpendMeter()
+    batches: list[list[Item]] = [[make_entry(n, model="claude-x") for n in range(1, 4)]]
+    out, exceeded, _ = await run_guard(
+        batches, PipelineConfig(budget_usd=100.0), meter, prices=prices
+    )
+    assert out == batches[0]
+    assert not exceeded
+    assert meter.statistics().estimated_cost_usd == pytest.approx(3 * (1_000 + 2_000) / 1e6)
 
 
 def test_entry_cost_prefers_the_measured_estimate() -> None:
