@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pipeline._errors import UsageError
-from pipeline.ledger import SinkPosition, SQLiteLedger, read_status
+from pipeline.ledger import SinkPosition, SQLiteLedger, _sqlite_tx, read_status
 
 from .conftest import JOB, entry, reject
 
@@ -61,6 +61,22 @@ async def test_duplicates_across_claims_and_within_one_become_rejects(
     assert rejects[1].error.message == "custom_id 'req-4' already used on line 4"
     status = await ledger.status()
     assert [b.request_count for b in status.batches] == [2, 1]
+
+
+async def test_a_claim_that_would_insert_a_known_id_fails_and_changes_nothing(
+    ledger: SQLiteLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The claim's lookup finds known ids first, so its insert never meets one; the
+    # insert ignores conflicts (no statement journal for a multi-row insert) and
+    # counts what it inserted instead. Blind the lookup to see that count hold.
+    await ledger.claim([entry(1), entry(2)], [], checkpoint=200, line=2)
+    monkeypatch.setattr(_sqlite_tx, "_SELECT_KNOWN", "SELECT 1, 2, 3 WHERE ? IS NULL")
+    with pytest.raises(sqlite3.IntegrityError, match="inserted 1 of 2 new requests"):
+        await ledger.claim([entry(3), entry(4, cid="req-1")], [], checkpoint=400, line=4)
+    status = await ledger.status()
+    assert [b.request_count for b in status.batches] == [2]
+    assert (status.read, status.source_offset) == (2, 200)
+    assert await ledger.attempts(["req-3"]) == {}
 
 
 async def test_claim_of_only_duplicates_records_no_batch(ledger: SQLiteLedger) -> None:
