@@ -493,13 +493,23 @@ def comparison(measures: list[Measure]) -> dict[str, Any]:
     if pipe is None:
         return out
     for other in ("sdk", "floor"):
-        if other in by:
-            o = by[other]
-            out[f"pipeline/{other}"] = {
-                "cpu_per_request": round(pipe.cpu_us_per_request / o.cpu_us_per_request, 3),
-                "wall": round(pipe.wall_s / o.wall_s, 3),
-                "peak_rss": round(pipe.peak_rss_mb / o.peak_rss_mb, 3),
+        if other not in by:
+            continue
+        o = by[other]
+        ratios: dict[str, Any] = {
+            "cpu_per_request": round(pipe.cpu_us_per_request / o.cpu_us_per_request, 3),
+            "wall": round(pipe.wall_s / o.wall_s, 3),
+            "peak_rss": round(pipe.peak_rss_mb / o.peak_rss_mb, 3),
+        }
+        mine, theirs = (m.extra.get("repeats", {}).get("cpu_s") for m in (pipe, o))
+        if mine and theirs:
+            # each round's two runs side by side: the machine's drift cancels out
+            paired = [a / b for a, b in zip(mine, theirs, strict=True)]
+            ratios["cpu_per_request_paired"] = {
+                "median": round(statistics.median(paired), 3),
+                "rounds": [round(r, 3) for r in paired],
             }
+        out[f"pipeline/{other}"] = ratios
     targets: dict[str, Any] = {}
     if "floor" in by:
         ratio = out["pipeline/floor"]["cpu_per_request"]
@@ -589,14 +599,17 @@ def _run_sizes(contenders: list[str], sizes: list[int], args: argparse.Namespace
     for size in sizes:
         input_path = ensure(size, args.seed, args.data_dir)
         meta = load_meta(input_path)
-        for contender in contenders:
-            runs = []
-            for i in range(args.repeat):
+        runs: dict[str, list[Measure]] = {contender: [] for contender in contenders}
+        # In rounds (each contender once per round), not one contender's runs after the
+        # other's: the machine's speed drifts by several percent over minutes, and a
+        # drift then moves every contender alike, so the ratios hold.
+        for i in range(args.repeat):
+            for contender in contenders:
                 workdir = args.data_dir / f"run-{size}" / f"{contender}-{i}"
-                print(f"... {contender} at {size:,} requests (run {i + 1})", file=sys.stderr)
-                runs.append(run_one(contender, input_path, meta, workdir, args))
-            measures.append(median_measure(runs))
-            print(table(measures[-1:]).splitlines()[-1], file=sys.stderr)
+                print(f"... {contender} at {size:,} requests (round {i + 1})", file=sys.stderr)
+                runs[contender].append(run_one(contender, input_path, meta, workdir, args))
+                print(table(runs[contender][-1:]).splitlines()[-1], file=sys.stderr)
+        measures += [median_measure(runs[contender]) for contender in contenders]
     return measures
 
 
