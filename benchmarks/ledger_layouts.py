@@ -8,8 +8,8 @@ custom_id index per request (``WITHOUT ROWID``, the id and its batch) and one ro
 batch holding its requests' source locations as one JSON array; a duplicate
 custom_id shows up as an ``INSERT OR IGNORE`` that inserted fewer rows.
 
-Both run the same pragmas as the ledger (16 KiB pages, WAL, ``synchronous=NORMAL``,
-4 MiB cache) and claim 10,000 sequential ids per transaction; the CPU time of the
+Both run the same pragmas as the ledger (its page size, WAL, ``synchronous=NORMAL``,
+its page cache and checkpoint interval) and claim 10,000 sequential ids per transaction; the CPU time of the
 claims alone is measured (``time.process_time``), the entries are built before.
 
     python benchmarks/ledger_layouts.py [--requests 1000000]
@@ -37,13 +37,15 @@ _encode = msgspec.json.encode
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    from pipeline.ledger._sqlite import _CACHE_KIB, _CHECKPOINT_PAGES, _PAGE_SIZE
+
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in (
-        "page_size = 16384",
+        f"page_size = {_PAGE_SIZE}",
         "journal_mode = WAL",
         "synchronous = NORMAL",
-        "cache_size = -4096",
-        "wal_autocheckpoint = 10000",
+        f"cache_size = -{_CACHE_KIB}",
+        f"wal_autocheckpoint = {_CHECKPOINT_PAGES}",
     ):
         conn.execute(f"PRAGMA {pragma}")
     return conn

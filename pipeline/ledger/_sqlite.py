@@ -96,15 +96,18 @@ T = TypeVar("T")
 #: the custom_id index in key order (each page is loaded once per claim), so a
 #: small cache costs little; 32 MiB made the process grow by ~35 MB at 1M requests.
 _CACHE_KIB = 4 * 1024
-#: Pages of a new state file. Claims of random (UUID-like) custom_ids touch pages
-#: all over the index: fewer, larger pages cut the per-page costs (reads, WAL frames,
-#: checkpoint copies), about 25% at 1M requests, and the sequential case is not slower.
-_PAGE_SIZE = 16384
+#: Pages of a new state file: SQLite's largest. Claims of random (UUID-like)
+#: custom_ids land on most leaves of the custom_id index each time; fewer, larger
+#: leaves cut the per-page costs (reads, WAL frames, checkpoint copies). Claims of
+#: random ids at 1M / 3M requests: 4.54 / 10.1 µs per request with 16 KiB pages, 3.54 /
+#: 7.5 with 64 KiB (8 and 32 KiB in between, 4 KiB worse); sequential ids cost the same
+#: (``benchmarks/ledger_bench.py``). An existing file keeps the page size it was made with.
+_PAGE_SIZE = 65536
 #: WAL pages before an automatic checkpoint (default 1000: every claim of random
 #: ids would checkpoint). A page that later claims dirty again is copied back into
 #: the database once per checkpoint, not once per claim; the WAL file on disk grows
 #: to about this size (160 MiB) and is reused, the process's memory does not.
-_CHECKPOINT_PAGES = 10_000
+_CHECKPOINT_PAGES = (160 << 20) // _PAGE_SIZE
 
 
 class SQLiteLedger:
