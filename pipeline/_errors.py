@@ -261,16 +261,11 @@ class UnpricedModelError(BudgetExceededError):
         line: int | None = None,
         custom_id: str | None = None,
     ) -> None:
+        super().__init__(budget_usd, estimated_usd, line=line, custom_id=custom_id)
         self.model = model
-        self.budget_usd = budget_usd
-        self.estimated_usd = estimated_usd
-        self.line = line
-        self.custom_id = custom_id
-        self.not_submitted = None
         which = _which(line, custom_id)
         at = f" ({which})" if which else ""
-        PipelineError.__init__(
-            self,
+        self.args = (
             f"budget {_trim_usd(f'{budget_usd:,.6f}')} cannot be enforced: no batch price for "
             f"model {model!r}{at}; give its prices with --price {model}=INPUT,OUTPUT (USD per "
             "million tokens at batch price; prices= in Python) and re-run",

@@ -294,17 +294,21 @@ def _requests(path: Path, model: str, count: int) -> Path:
     return path
 
 
+def _run_on(url: str, requests: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pipeline run`` of ``requests`` against the emulator at ``url``."""
+    command = [sys.executable, "-m", "pipeline", "run", str(requests), "-o", str(out)]
+    command += ["--base-url", url, "--linger-seconds", "0.05", "--poll-interval", "0.05", *args]
+    env = {**_env(), "ANTHROPIC_API_KEY": "test-key"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+
 def test_a_budget_does_not_let_a_model_without_a_price_through(tmp_path: Path) -> None:
     # A model the price table lacks would count $0 against the budget: the run stops
     # before its first request, says how to price it, and a re-run with --price goes on.
     requests = _requests(tmp_path / "in.jsonl", "claude-newest", 30)
     out = tmp_path / "out.jsonl"
     with start_emulator_process("--batch-seconds", "0", "--models", "any") as url:
-        command = [sys.executable, "-m", "pipeline", "run", str(requests), "-o", str(out)]
-        command += ["--base-url", url, "--linger-seconds", "0.05", "--poll-interval", "0.05"]
-        command += ["--budget-usd", "5"]
-        env = {**_env(), "ANTHROPIC_API_KEY": "test-key"}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        done = _run_on(url, requests, out, "--budget-usd", "5")
         assert done.returncode == 3, done.stderr
         assert _last_line(done.stderr) == (
             "pipeline run: not finished: budget $5.00 cannot be enforced: no batch price "
@@ -314,13 +318,7 @@ def test_a_budget_does_not_let_a_model_without_a_price_through(tmp_path: Path) -
         )
         assert out.read_bytes() == b""  # nothing was submitted, nothing paid
         # priced, the same command goes on and keeps to the budget
-        again = subprocess.run(
-            [*command, "--price", "claude-newest=1.5,7.5"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        again = _run_on(url, requests, out, "--budget-usd", "5", "--price", "claude-newest=1.5,7.5")
         assert again.returncode == 0, again.stderr
         assert sorted(
             msgspec.json.decode(x)["custom_id"] for x in out.read_bytes().splitlines()
@@ -332,10 +330,7 @@ def test_without_a_budget_the_summary_names_models_it_could_not_price(tmp_path: 
     requests = _requests(tmp_path / "in.jsonl", "claude-newest", 5)
     out = tmp_path / "out.jsonl"
     with start_emulator_process("--batch-seconds", "0", "--models", "any") as url:
-        command = [sys.executable, "-m", "pipeline", "run", str(requests), "-o", str(out)]
-        command += ["--base-url", url, "--linger-seconds", "0.05", "--poll-interval", "0.05"]
-        env = {**_env(), "ANTHROPIC_API_KEY": "test-key"}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        done = _run_on(url, requests, out)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes().count(b"\n") == 5
     [row] = [x for x in done.stderr.splitlines() if x.lstrip().startswith("prices ")]
