@@ -203,12 +203,18 @@ def check_params(
     *,
     models: frozenset[str] | None = DEFAULT_MODELS,
     max_output_tokens: Mapping[str, int] = MODEL_MAX_OUTPUT_TOKENS,
+    raw: bytes | msgspec.Raw | None = None,
 ) -> str | None:
     """The cross-field rules on decoded params: ``field.path: rule``, or None when valid.
 
-    The path is relative to ``params`` (``check_entry`` prefixes ``params.``).
+    The path is relative to ``params`` (``check_entry`` prefixes ``params.``). ``raw``:
+    the JSON object the params were decoded from, which the custom tools' own fields
+    are checked on (a decoded ``Tool`` has dropped a misspelt ``descripton``).
     """
-    return _check(params, models, max_output_tokens, set(), _Tally())
+    problem = _check(params, models, max_output_tokens, set(), _Tally())
+    if problem is None and raw is not None and params.tools:
+        problem = _custom_tool_fields(_params_tools_view.decode(raw).tools, params.tools)
+    return problem
 
 
 def _check(
@@ -436,6 +442,7 @@ class _ToolsOnlyEntry(msgspec.Struct, gc=False):
 
 
 _tools_view = msgspec.json.Decoder(_ToolsOnlyEntry)
+_params_tools_view = msgspec.json.Decoder(_ToolsOnlyParams)
 _tool_fields_decoder = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
 
 

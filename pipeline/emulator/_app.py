@@ -453,7 +453,7 @@ class EmulatorApp:
             raise _error(
                 "invalid_request_error", "stream: streaming is not supported by the emulator"
             )
-        problem = check_params(params, models=self.config.models)
+        problem = check_params(params, models=self.config.models, raw=request.body)
         if problem is not None:
             raise _error("invalid_request_error", problem)
         return self._ok(respond(params, request.body, service_tier="standard"))
@@ -473,7 +473,7 @@ class EmulatorApp:
             tool_choice=params.tool_choice,
             thinking=thinking,
         )
-        problem = check_params(as_create, models=self.config.models)
+        problem = check_params(as_create, models=self.config.models, raw=request.body)
         if problem is not None:
             raise _error("invalid_request_error", problem)
         tokens = count_input_tokens(params.messages, params.system, params.tools)

@@ -522,7 +522,7 @@ class Store(Timeline):
             counts.errored += 1
             return self._errored(cid, "invalid_request_error", decode_error_message(exc, "params."))
         try:
-            problem = check_params(params, models=self.config.models)
+            problem = check_params(params, models=self.config.models, raw=entry.params)
         except Exception as exc:  # a bug in a check must not wedge the whole batch
             _log.exception("check_params failed on %s in %s", cid, record.id)
             problem = f"could not be checked ({type(exc).__name__})"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pytest
 
+from pipeline.api._schema import SchemaError, check_entry
 from pipeline.api._types import ERROR_STATUS, MessageBatch, MessageBatchList
 
 from .conftest import KEY, MODEL, asgi_client, batch_body, lines, params
@@ -341,6 +342,42 @@ async def test_too_many_cache_breakpoints_answer_as_the_service_does(
     assert [r["result"]["error"]["error"] for r in results] == [
         {"type": "invalid_request_error", "message": f"params.system[4].cache_control: {reason}"}
     ] * 2
+
+
+async def test_a_misspelt_custom_tool_field_is_refused_as_the_service_does(
+    make_app: Callable[..., EmulatorApp],
+) -> None:
+    """A custom tool with a field its type does not have (``descripton``): a 400 from
+    /v1/messages and count_tokens; in a batch the request comes back errored, with the
+    same words as the pipeline's local check."""
+    tool = {"name": "lookup", "descripton": "x", "input_schema": {"type": "object"}}
+    good = {"name": "lookup", "description": "x", "input_schema": {"type": "object"}}
+    reason = "tools[0]: unknown field `descripton`"
+    async with asgi_client(make_app(batch_seconds=0.0)) as client:
+        ok = await client.post("/v1/messages", json=params(tools=[good]))
+        assert ok.status_code == 200, ok.text
+        assert_error(
+            await client.post("/v1/messages", json=params(tools=[tool])),
+            "invalid_request_error",
+            reason,
+        )
+        counted = params(tools=[tool])
+        del counted["max_tokens"]
+        assert_error(
+            await client.post("/v1/messages/count_tokens", json=counted),
+            "invalid_request_error",
+            reason,
+        )
+        batch = await create(client, 2, tools=[tool])
+        ended = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
+        results = lines((await client.get(ended["results_url"])).content)
+    assert ended["request_counts"]["errored"] == 2
+    assert [r["result"]["error"]["error"] for r in results] == [
+        {"type": "invalid_request_error", "message": f"params.{reason}"}
+    ] * 2
+    local = check_entry(msgspec.json.encode({"custom_id": "a", "params": params(tools=[tool])}))
+    assert isinstance(local, SchemaError)
+    assert local.message == f"params.{reason}"
 
 
 async def test_admin_endpoints(make_app: Callable[..., EmulatorApp]) -> None:
