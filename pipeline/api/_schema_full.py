@@ -17,7 +17,7 @@ Rules checked beyond the Struct types (each one is a rule of the real service):
   in whitespace;
 * ``tool_use`` blocks only in assistant messages, ``tool_result`` blocks only in user
   messages, each answering a ``tool_use`` id of the message just before, and every
-  ``tool_use`` answered by the next message;
+  ``tool_use`` answered by the next message, which starts with its ``tool_result`` blocks;
 * image sources are images, base64 documents are PDFs;
 * custom tools have a valid name, an object ``input_schema`` and only the fields of
   the SDK's ``ToolParam`` (a misspelt ``descripton`` is refused, as on every other
@@ -307,9 +307,12 @@ def _check_blocks(
     """One message's blocks: (error or None, tool_use ids answered, tool_use ids opened)."""
     answered: set[str] | None = None
     uses: set[str] | None = None
+    leading = True  # every block so far is a tool_result
     for j, block in enumerate(content):
         kind = type(block)
         kinds.add(kind)
+        if kind is not ToolResultBlockParam:
+            leading = False
         if getattr(block, "cache_control", None):  # thinking and server blocks have none
             tally.breakpoints += 1
         if type(block) is TextBlockParam:
@@ -331,6 +334,8 @@ def _check_blocks(
                     j,
                     f'tool_use_id: "{use_id}" answers no tool_use block of the previous message',
                 )
+            if not leading:
+                return _blk(i, j, f"type: {_RESULTS_FIRST.format(len(open_uses))}")
             answered = answered or set()
             answered.add(use_id)
         elif type(block) is ImageBlockParam or type(block) is DocumentBlockParam:
@@ -338,6 +343,14 @@ def _check_blocks(
             if problem is not None:
                 return problem, None, None
     return None, answered, uses
+
+
+#: the service's words when a message answering tool_use blocks does not start with
+#: its tool_result blocks
+_RESULTS_FIRST = (
+    "Did not find {} `tool_result` block(s) at the beginning of this message. Messages "
+    "following `tool_use` blocks must begin with a matching number of `tool_result` blocks."
+)
 
 
 def _blk(i: int, j: int, rule: str) -> tuple[str, None, None]:

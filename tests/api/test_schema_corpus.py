@@ -241,6 +241,20 @@ CORPUS: list[tuple[str, bytes, str]] = [
         "in the next message: toolu_1",
     ),
     (
+        "tool-result-after-text",
+        entry(
+            messages=[
+                USER,
+                {"role": "assistant", "content": [TOOL_USE]},
+                {"role": "user", "content": [text("Here it is"), TOOL_RESULT]},
+            ],
+            tools=[TOOL],
+        ),
+        "params.messages[2].content[1].type: Did not find 1 `tool_result` block(s) at the "
+        "beginning of this message. Messages following `tool_use` blocks must begin with a "
+        "matching number of `tool_result` blocks.",
+    ),
+    (
         "trailing-whitespace-prefill",
         entry(messages=[USER, {"role": "assistant", "content": "The answer is "}]),
         "params.messages[1].content: final assistant content cannot end with trailing whitespace",
