@@ -51,6 +51,16 @@ async def create(client: httpx.AsyncClient, n: int = 3, **extra: Any) -> dict[st
     return dict(response.json())
 
 
+async def batch_errors(client: httpx.AsyncClient, n: int, **extra: Any) -> list[Any]:
+    """The ``error`` of each result of an ended batch of ``n`` requests (``params`` with
+    ``extra``), once its counts say they all errored."""
+    batch = await create(client, n, **extra)
+    ended = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
+    assert ended["request_counts"]["errored"] == n
+    results = lines((await client.get(ended["results_url"])).content)
+    return [r["result"]["error"]["error"] for r in results]
+
+
 async def test_create_shape(make_app: Callable[..., EmulatorApp]) -> None:
     async with asgi_client(make_app()) as client:
         response = await client.post("/v1/messages/batches", json=batch_body(3))
@@ -335,13 +345,17 @@ async def test_too_many_cache_breakpoints_answer_as_the_service_does(
         assert ok.status_code == 200, ok.text
         refused = await client.post("/v1/messages", json=params(system=[block] * 5))
         assert_error(refused, "invalid_request_error", reason)
-        batch = await create(client, 2, system=[block] * 5)
-        ended = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
-        results = lines((await client.get(ended["results_url"])).content)
-    assert ended["request_counts"]["errored"] == 2
-    assert [r["result"]["error"]["error"] for r in results] == [
-        {"type": "invalid_request_error", "message": f"params.system[4].cache_control: {reason}"}
-    ] * 2
+        errors = await batch_errors(client, 2, system=[block] * 5)
+    assert (
+        errors
+        == [
+            {
+                "type": "invalid_request_error",
+                "message": f"params.system[4].cache_control: {reason}",
+            }
+        ]
+        * 2
+    )
 
 
 async def test_a_misspelt_custom_tool_field_is_refused_as_the_service_does(
@@ -368,13 +382,8 @@ async def test_a_misspelt_custom_tool_field_is_refused_as_the_service_does(
             "invalid_request_error",
             reason,
         )
-        batch = await create(client, 2, tools=[tool])
-        ended = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
-        results = lines((await client.get(ended["results_url"])).content)
-    assert ended["request_counts"]["errored"] == 2
-    assert [r["result"]["error"]["error"] for r in results] == [
-        {"type": "invalid_request_error", "message": f"params.{reason}"}
-    ] * 2
+        errors = await batch_errors(client, 2, tools=[tool])
+    assert errors == [{"type": "invalid_request_error", "message": f"params.{reason}"}] * 2
     local = check_entry(msgspec.json.encode({"custom_id": "a", "params": params(tools=[tool])}))
     assert isinstance(local, SchemaError)
     assert local.message == f"params.{reason}"
