@@ -15,6 +15,7 @@ command resumes). With ``--log-format json`` those lines are JSON log records to
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -37,8 +38,6 @@ from ._config import (
 )
 
 if TYPE_CHECKING:
-    import argparse
-
     from ._pipeline import Pipeline
     from ._stats import PipelineStatistics
 
@@ -253,23 +252,28 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def _model_list(text: str) -> frozenset[str]:
-    """``--models a,b``: the set of names (argparse reports a ValueError as bad input)."""
+    """``--models a,b``: the set of names; argparse prints the reason."""
     names = frozenset(name.strip() for name in text.split(",") if name.strip())
     if not names:
-        raise ValueError("no model name")
+        raise argparse.ArgumentTypeError(f"expected model names separated by commas, got {text!r}")
     return names
 
 
 def _price(text: str) -> tuple[str, tuple[float, float]]:
-    """``--price MODEL=IN,OUT``: (model, (input, output)) (argparse reports a
-    ValueError as bad input)."""
+    """``--price MODEL=IN,OUT``: (model, (input, output)); argparse prints the reason."""
     model, sep, rates = text.partition("=")
     parts = rates.split(",")
-    if not sep or not model.strip() or len(parts) != 2:
-        raise ValueError(f"expected MODEL=INPUT,OUTPUT, got {text!r}")
-    price = (float(parts[0]), float(parts[1]))
+    try:
+        if not sep or not model.strip() or len(parts) != 2:
+            raise ValueError
+        price = (float(parts[0]), float(parts[1]))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected MODEL=INPUT,OUTPUT (USD per million tokens at batch price, e.g. "
+            f"claude-x=1.5,7.5), got {text!r}"
+        ) from None
     if not all(math.isfinite(p) and p >= 0 for p in price):
-        raise ValueError(f"prices must be finite and >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"prices must be finite and >= 0, got {text!r}")
     return model.strip(), price
 
 

@@ -338,13 +338,34 @@ def test_without_a_budget_the_summary_names_models_it_could_not_price(tmp_path: 
 
 
 @pytest.mark.parametrize(
-    "value", ["claude-x", "claude-x=1", "=1,2", "claude-x=a,b", "claude-x=-1,2", "claude-x=1,inf"]
+    ("value", "reason"),
+    [
+        ("claude-x", "expected MODEL=INPUT,OUTPUT"),
+        ("claude-x=1", "expected MODEL=INPUT,OUTPUT"),
+        ("=1,2", "expected MODEL=INPUT,OUTPUT"),
+        ("claude-x=a,b", "expected MODEL=INPUT,OUTPUT"),
+        ("claude-x=-1,2", "prices must be finite and >= 0"),
+        ("claude-x=1,inf", "prices must be finite and >= 0"),
+    ],
 )
-def test_a_malformed_price_exits_2(tmp_path: Path, value: str) -> None:
-    done = _run_example(tmp_path, "--price", value)
-    assert done.returncode == 2
-    assert "--price" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_a_malformed_price_exits_2_with_the_reason(
+    value: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser(["run"]).parse_args(["run", "in.jsonl", "-o", "o.jsonl", "--price", value])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"pipeline run: error: argument --price: {reason}")
+    assert last.endswith(f"got {value!r}")
+
+
+def test_an_empty_model_list_exits_2_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser(["run"]).parse_args(["run", "in.jsonl", "-o", "o.jsonl", "--models", ","])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        "pipeline run: error: argument --models: expected model names separated by commas, got ','"
+    )
 
 
 def test_prices_given_on_the_command_line_extend_the_table() -> None:
