@@ -267,6 +267,7 @@ class _StageWiring:
                 start_line=resume.source_line,
                 chunk_size=self._source_chunk_size,
                 stop=self._stop,
+                max_line=self.config.max_batch_bytes,
             )
         elif _is_source_stage(source):
             async with send:

@@ -128,6 +128,7 @@ class WatchPipeline(Pipeline):
             stop_event=stop,
             start_line=start_line,
             taken=self._taken,
+            max_line=self.config.max_batch_bytes,
         )
 
     async def _run(self, stack: AsyncExitStack) -> None:

@@ -189,6 +189,55 @@ async def test_iterable_source_and_callback_sink(tmp_path: Path) -> None:
     assert stats.written == 15
 
 
+async def test_a_line_too_long_for_any_batch_is_rejected_unread_and_the_rest_goes_on(
+    tmp_path: Path,
+) -> None:
+    # Line 10 is 300 kB, a batch holds 100 kB: it is skipped in 4 kB reads, never held
+    # whole, and rejected with its custom_id; the job finishes and a re-run sends nothing.
+    huge = msgspec.json.encode(entry("huge", "x" * 300_000))
+    ids = write_input(tmp_path / "in.jsonl", 30, {10: huge})
+    config = msgspec.structs.replace(FAST, max_batch_bytes=100_000)
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="test-key", base_url=emu.url) as client:
+            pipeline = Pipeline(
+                tmp_path / "in.jsonl", tmp_path / "out.jsonl", config=config, client=client
+            )
+            pipeline._source_chunk_size = 4096
+            with anyio.fail_after(30):
+                stats = await pipeline.run()
+        _, again = await run_job(tmp_path, emu.url, config)
+        assert sum(emu.submissions().values()) == 30
+    assert sorted(r.custom_id for r in read_results(tmp_path / "out.jsonl")) == sorted(ids)
+    [reject] = [
+        msgspec.json.decode(x) for x in (tmp_path / "out.rejects.jsonl").read_bytes().splitlines()
+    ]
+    assert (reject["line"], reject["custom_id"]) == (10, "huge")
+    assert reject["error"]["type"] == "request_too_large"
+    assert reject["error"]["message"].startswith(f"line is {len(huge):,} bytes; a batch body")
+    assert stats.finished
+    assert (stats.read, stats.rejected, stats.written) == (31, 1, 30)
+    assert again.finished
+    assert again.written == 30
+
+
+async def test_a_json_array_passed_for_jsonl_is_one_reject_that_says_so(tmp_path: Path) -> None:
+    array = msgspec.json.encode([entry(f"req-{i}", "y" * 1000) for i in range(500)])
+    (tmp_path / "in.json").write_bytes(array)  # 0.5 MB, no newline at all
+    config = msgspec.structs.replace(FAST, max_batch_bytes=100_000)
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        _, stats = await run_job(tmp_path, emu.url, config, source=tmp_path / "in.json")
+        assert emu.submissions() == {}
+    [reject] = [
+        msgspec.json.decode(x) for x in (tmp_path / "out.rejects.jsonl").read_bytes().splitlines()
+    ]
+    assert (reject["line"], reject["custom_id"]) == (1, None)
+    assert reject["error"]["message"].endswith(
+        "skipped unread (is the input one JSON document rather than JSONL?)"
+    )
+    assert stats.finished
+    assert (stats.read, stats.rejected, stats.written) == (1, 1, 0)
+
+
 async def test_rerun_of_finished_job_is_a_noop_that_reports_the_jobs_counts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -23,11 +23,14 @@ __all__ = (
 # tens of thousands in flight over and over.
 class RawLine(msgspec.Struct, array_like=True, gc=False):
     """One input line as read: 1-based ``line``, the bytes without terminator, and
-    the byte ``offset`` of the line's start in the source (-1 for iterables)."""
+    the byte ``offset`` of the line's start in the source (-1 for iterables).
+    ``size``: the line's length in the source when ``data`` stands for a line too
+    long to hold (``source.OVERSIZE_PREFIX``), else -1 (it is ``len(data)``)."""
 
     line: int
     data: bytes
     offset: int = -1
+    size: int = -1
 
 
 class Entry(msgspec.Struct, array_like=True, gc=False):

@@ -13,10 +13,18 @@ lone surrogate, a cycle) must not end the job: it becomes a ``RawLine`` whose da
 starts with ``UNENCODABLE_PREFIX`` (no JSON text starts with a NUL byte) followed by
 the reason, and the validate stage turns that into a reject of its line
 (``unencodable_reason``).
+
+A line longer than ``max_line`` (a batch body's size: no batch could hold it) is not
+gathered in memory: a file without newlines (a JSON array passed for JSONL, say)
+would otherwise be held whole. Its bytes are skipped up to its newline, and it comes
+out as a stand-in whose data starts with ``OVERSIZE_PREFIX`` (its custom_id, when it
+opens the line, and its length; ``RawLine.size`` keeps the position right), which the
+validate stage rejects as ``request_too_large`` (``oversize_reason``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +44,13 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DEFAULT_CHUNK_SIZE",
+    "OVERSIZE_PREFIX",
     "UNENCODABLE_PREFIX",
     "LineReader",
     "entry_line",
     "iterable_source",
     "jsonl_source",
+    "oversize_reason",
     "unencodable_reason",
 )
 
@@ -53,6 +63,11 @@ UNENCODABLE_PREFIX = b"\x00unencodable\x00"
 #: What encoding an arbitrary Python value can raise.
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
 _MAX_REASON = 300
+#: Starts the data of a line standing for one too long to hold (see the module doc).
+OVERSIZE_PREFIX = b"\x00oversize\x00"
+#: The custom_id of a line that opens with it: all an oversize line's stand-in keeps.
+_LEADING_ID = re.compile(rb'\s*\{\s*"custom_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
+_HEAD_BYTES = 256
 
 
 class LineReader:
@@ -61,29 +76,60 @@ class LineReader:
     ``\\r`` before it is kept, see the module doc); a final line without a newline
     comes out of ``flush``."""
 
-    __slots__ = ("_line", "_offset", "_tail")
+    __slots__ = ("_head", "_line", "_max_line", "_offset", "_skipped", "_tail")
 
-    def __init__(self, *, start_offset: int = 0, start_line: int = 0) -> None:
+    def __init__(
+        self, *, start_offset: int = 0, start_line: int = 0, max_line: int | None = None
+    ) -> None:
         self._offset = start_offset  # offset of the first byte not yet returned
         self._line = start_line  # number of the last line returned
         self._tail = b""
+        #: a line longer than this is skipped, not held (None: no limit)
+        self._max_line = max_line
+        #: bytes skipped of the oversize line being read (-1: none), and its start
+        self._skipped = -1
+        self._head = b""
 
     def feed(self, chunk: bytes) -> list[RawLine]:
         """The complete lines ``chunk`` finishes."""
+        out: list[RawLine] = []
+        if self._skipped >= 0:  # inside an oversize line: drop up to its newline
+            end = chunk.find(b"\n")
+            if end < 0:
+                self._skipped += len(chunk)
+                return out
+            self._skipped += end
+            out.append(self._oversize(newline=True))
+            chunk = chunk[end + 1 :]
         if self._tail:
             chunk = self._tail + chunk
         parts = chunk.split(b"\n")
         self._tail = parts.pop()
-        return self._lines(parts)
+        out += self._lines(parts)
+        if self._max_line is not None and len(self._tail) > self._max_line:
+            self._head, self._skipped, self._tail = self._tail[:_HEAD_BYTES], len(self._tail), b""
+        return out
 
     def flush(self) -> list[RawLine]:
         """The last line if the input did not end with a newline."""
+        if self._skipped >= 0:
+            return [self._oversize(newline=False)]
         tail, self._tail = self._tail, b""
         if not tail:
             return []
         lines = self._lines([tail])
         self._offset -= 1  # there was no newline after it
         return lines
+
+    def _oversize(self, *, newline: bool) -> RawLine:
+        """The stand-in of the oversize line just skipped."""
+        size, self._skipped = self._skipped, -1
+        found = _LEADING_ID.match(self._head)
+        note = _Oversize(found[1].decode() if found else None, size)
+        self._line += 1
+        raw = RawLine(self._line, OVERSIZE_PREFIX + _encoder.encode(note), self._offset, size)
+        self._offset += size + newline
+        return raw
 
     def _lines(self, parts: list[bytes]) -> list[RawLine]:
         out = []
@@ -110,10 +156,12 @@ async def jsonl_source(
     start_line: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     stop: anyio.Event | None = None,
+    max_line: int | None = None,
 ) -> None:
     """Send the lines of the JSONL file at ``path``, from byte ``start_offset`` (the
-    start of line ``start_line + 1``) on; stops between chunks once ``stop`` is set."""
-    reader = LineReader(start_offset=start_offset, start_line=start_line)
+    start of line ``start_line + 1``) on; stops between chunks once ``stop`` is set.
+    A line longer than ``max_line`` bytes is skipped, not held (see the module doc)."""
+    reader = LineReader(start_offset=start_offset, start_line=start_line, max_line=max_line)
     async with send:
         try:
             handle = await aiofiles.open(path, "rb")
@@ -167,6 +215,23 @@ def _unencodable_data(item: Any, exc: BaseException) -> bytes:
     except Exception:
         note = _encoder.encode(_Unencodable(None, message))
     return UNENCODABLE_PREFIX + note
+
+
+class _Oversize(msgspec.Struct):
+    custom_id: str | None
+    size: int
+
+
+_oversize_decoder = msgspec.json.Decoder(_Oversize)
+
+
+def oversize_reason(data: bytes) -> tuple[str | None, int] | None:
+    """(custom_id, length) when ``data`` stands for a line too long to hold (see
+    ``LineReader``), else None."""
+    if not data.startswith(OVERSIZE_PREFIX):
+        return None
+    note = _oversize_decoder.decode(data[len(OVERSIZE_PREFIX) :])
+    return note.custom_id, note.size
 
 
 def unencodable_reason(data: bytes) -> tuple[str | None, str] | None:

@@ -20,7 +20,7 @@ from .._pricing import DEFAULT_PRICES, PriceTable
 from ..api._schema import DEFAULT_MODELS, Checked, SchemaError, check_entry
 from ._items import Entry, Flush, RawLine, Reject, RejectError
 from ._protocol import ENVELOPE_BYTES
-from .source import unencodable_reason
+from .source import oversize_reason, unencodable_reason
 
 if TYPE_CHECKING:
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -118,6 +118,15 @@ class Validator:
 
     def _reject(self, raw: RawLine, data: bytes, checked: Checked | SchemaError) -> Reject:
         if isinstance(checked, SchemaError):
+            oversize = oversize_reason(data)
+            if oversize is not None:
+                message = (
+                    f"line is {oversize[1]:,} bytes; a batch body holds at most "
+                    f"{self.max_entry_bytes:,} bytes of requests (max_batch_bytes), so it was "
+                    "skipped unread (is the input one JSON document rather than JSONL?)"
+                )
+                error = RejectError("request_too_large", message)
+                return Reject(raw.line, oversize[0], error, _end(raw))
             unencodable = unencodable_reason(data)
             if unencodable is not None:
                 error = RejectError("invalid_request_error", unencodable[1])
@@ -144,7 +153,9 @@ _BLANK = frozenset(b" \t\n\r\x0b\x0c")
 
 def _end(raw: RawLine) -> int:
     """The resume position after ``raw``: the byte after its ``\n`` (-1: no file)."""
-    return raw.offset + len(raw.data) + 1 if raw.offset >= 0 else -1
+    if raw.offset < 0:
+        return -1
+    return raw.offset + (raw.size if raw.size >= 0 else len(raw.data)) + 1
 
 
 def _classify(data: bytes, error: SchemaError) -> RejectError:

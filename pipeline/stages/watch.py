@@ -164,12 +164,13 @@ async def _send_file(
     start_line: int,
     chunk_size: int,
     stop_event: anyio.Event,
+    max_line: int | None,
 ) -> int | None:
     """Send every line of ``path``; the last line number sent, or ``None`` if a
     stop came first (the file is then left for the next start)."""
     import aiofiles
 
-    reader = LineReader(start_line=start_line)
+    reader = LineReader(start_line=start_line, max_line=max_line)
     async with aiofiles.open(path, "rb") as handle:
         while True:
             if stop_event.is_set():
@@ -196,6 +197,7 @@ async def watch_source(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     start_line: int = 0,
     taken: TakenFiles | None = None,
+    max_line: int | None = None,
 ) -> None:
     """Send the lines of every new file in ``directory`` matching ``pattern``,
     looking again every ``poll_interval`` seconds, until ``stop_event`` is set.
@@ -205,7 +207,8 @@ async def watch_source(
     lines are accounted for (default: a ``TakenFiles()`` that does so once read).
     ``sleep`` replaces the wait between looks (tests); by default the wait ends
     early when ``stop_event`` is set. Line numbers continue from ``start_line``;
-    a ``.reading`` file left by an earlier run keeps the numbers it had.
+    a ``.reading`` file left by an earlier run keeps the numbers it had. A line
+    longer than ``max_line`` bytes is skipped, not held (``source.LineReader``).
     """
     if poll_interval <= 0:
         raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
@@ -221,7 +224,12 @@ async def watch_source(
                 start = first - 1 if first is not None else line
                 path = _claim(found, start + 1)
                 last = await _send_file(
-                    send, path, start_line=start, chunk_size=chunk_size, stop_event=stop_event
+                    send,
+                    path,
+                    start_line=start,
+                    chunk_size=chunk_size,
+                    stop_event=stop_event,
+                    max_line=max_line,
                 )
                 if last is None:
                     return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -46,6 +47,58 @@ def test_line_reader_positions_survive_any_chunking(size: int) -> None:
         (3, b'{"b":2}', 10),
         (4, b'{"c":3}', 18),
     ]
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 1 << 20])
+def test_a_line_longer_than_a_batch_is_skipped_and_rejected_with_its_position(size: int) -> None:
+    # Lines 2 and 4 (323 bytes) are longer than a batch (200). A line that outgrows the
+    # limit before its newline comes is not held: its stand-in keeps the custom_id,
+    # length and position. One a chunk holds whole is handed over as it is. Either way
+    # the validator rejects it, and the positions after it stay right.
+    big = good("big-1", "x" * 200)
+    data = good("a") + b"\n" + big + b"\n" + good("b") + b"\n" + big
+    reader = LineReader(max_line=200)
+    lines: list[RawLine] = []
+    for i in range(0, len(data), size):
+        lines += reader.feed(data[i : i + size])
+    lines += reader.flush()
+    starts = [0, len(good("a")) + 1]
+    starts += [starts[1] + len(big) + 1, starts[1] + len(big) + 1 + len(good("b")) + 1]
+    assert [(x.line, x.offset) for x in lines] == list(zip([1, 2, 3, 4], starts, strict=True))
+    assert [x.data for x in lines[::2]] == [good("a"), good("b")]
+    skipped = size < len(big)
+    # the last line has no newline: it stays a tail, always too long to hold
+    assert [x.size for x in lines[1::2]] == [len(big) if skipped else -1, len(big)]
+    assert reader.position == (len(data), 4)
+    validator = Validator(max_batch_bytes=200)
+    items = validator.check(lines)
+    assert [x.custom_id for x in items if isinstance(x, Entry)] == ["a", "b"]
+    rejects = [x for x in items if isinstance(x, Reject)]
+    assert [(r.line, r.custom_id, r.error.type) for r in rejects] == [
+        (2, "big-1", "request_too_large"),
+        (4, "big-1", "request_too_large"),
+    ]
+    first = "line" if skipped else "entry"
+    assert rejects[0].error.message.startswith(f"{first} is {len(big):,} bytes; a batch body")
+    assert rejects[0].end == starts[2]  # the next line's start: a resume reads on there
+    assert validator.position == (len(data) + 1, 4)  # as for any last line without a newline
+
+
+def test_a_file_without_newlines_is_not_held_in_memory() -> None:
+    # A JSON array passed for JSONL: 64 MiB on one line, read in 1 MiB chunks.
+    chunk = b"[" + b'{"custom_id": "x", "params": {}},' * 32_000
+    chunk = chunk[: 1 << 20]
+    reader = LineReader(max_line=4 << 20)
+    tracemalloc.start()
+    try:
+        for _ in range(64):
+            assert reader.feed(chunk) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    [stand_in] = reader.flush()
+    assert stand_in.size == 64 * len(chunk)
+    assert peak < 12 << 20  # the limit and a chunk or two, not the 64 MiB line
 
 
 async def test_jsonl_source_resumes_from_a_checkpoint(tmp_path: Path) -> None:
