@@ -14,6 +14,9 @@ starts with ``UNENCODABLE_PREFIX`` (no JSON text starts with a NUL byte) followe
 the reason, and the validate stage turns that into a reject of its line
 (``unencodable_reason``).
 
+A UTF-8 byte order mark at the start of a file (some Windows tools write one) is not
+part of line 1: line 1 starts after it.
+
 A line longer than ``max_line`` (a batch body's size: no batch could hold it) is not
 gathered in memory: a file without newlines (a JSON array passed for JSONL, say)
 would otherwise be held whole. Its bytes are skipped up to its newline, and it comes
@@ -68,6 +71,7 @@ OVERSIZE_PREFIX = b"\x00oversize\x00"
 #: The custom_id of a line that opens with it: all an oversize line's stand-in keeps.
 _LEADING_ID = re.compile(rb'\s*\{\s*"custom_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
 _HEAD_BYTES = 256
+_BOM = b"\xef\xbb\xbf"
 
 
 class LineReader:
@@ -76,7 +80,7 @@ class LineReader:
     ``\\r`` before it is kept, see the module doc); a final line without a newline
     comes out of ``flush``."""
 
-    __slots__ = ("_head", "_line", "_max_line", "_offset", "_skipped", "_tail")
+    __slots__ = ("_bom", "_head", "_line", "_max_line", "_offset", "_skipped", "_tail")
 
     def __init__(
         self, *, start_offset: int = 0, start_line: int = 0, max_line: int | None = None
@@ -89,10 +93,21 @@ class LineReader:
         #: bytes skipped of the oversize line being read (-1: none), and its start
         self._skipped = -1
         self._head = b""
+        #: still to look for a UTF-8 byte order mark (at the start of a file only)
+        self._bom = start_offset == 0
 
     def feed(self, chunk: bytes) -> list[RawLine]:
         """The complete lines ``chunk`` finishes."""
         out: list[RawLine] = []
+        if self._bom:  # a file written with a BOM (Windows tools): not part of line 1
+            chunk, self._tail = self._tail + chunk, b""
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._tail = chunk  # too short to tell yet
+                return out
+            self._bom = False
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM) :]
+                self._offset += len(_BOM)
         if self._skipped >= 0:  # inside an oversize line: drop up to its newline
             end = chunk.find(b"\n")
             if end < 0:

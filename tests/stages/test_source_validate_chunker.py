@@ -49,6 +49,26 @@ def test_line_reader_positions_survive_any_chunking(size: int) -> None:
     ]
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 1 << 20])
+def test_a_byte_order_mark_is_not_part_of_line_one(size: int) -> None:
+    data = b"\xef\xbb\xbf" + good("a") + b"\n" + good("b") + b"\n"
+    reader = LineReader()
+    lines: list[RawLine] = []
+    for i in range(0, len(data), size):
+        lines += reader.feed(data[i : i + size])
+    lines += reader.flush()
+    assert [(x.line, x.data, x.offset) for x in lines] == [
+        (1, good("a"), 3),
+        (2, good("b"), 3 + len(good("a")) + 1),
+    ]
+    assert reader.position == (len(data), 2)
+    items = Validator().check(lines)
+    assert [x.custom_id for x in items if isinstance(x, Entry)] == ["a", "b"]
+    # read on from a checkpoint, nothing is taken for a mark; nor is one later on
+    assert LineReader(start_offset=3).feed(b"\xef\xbb\xbfx\n")[0].data == b"\xef\xbb\xbfx"
+    assert [x.data for x in LineReader().feed(b"\xef\xbb")] == []
+
+
 @pytest.mark.parametrize("size", [1, 5, 64, 1 << 20])
 def test_a_line_longer_than_a_batch_is_skipped_and_rejected_with_its_position(size: int) -> None:
     # Lines 2 and 4 (323 bytes) are longer than a batch (200). A line that outgrows the
