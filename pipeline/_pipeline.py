@@ -154,6 +154,7 @@ class Pipeline(_JobResources, _StageWiring):
                 )
             state = self._output_path.with_name(self._output_path.name + ".state")
         self._state_path = Path(state) if state is not None else None
+        self._check_paths()
         self._ledger_given = ledger
         self._client_given = client
         self._api_key = api_key

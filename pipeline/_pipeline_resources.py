@@ -65,6 +65,27 @@ class _JobResources:
     _progress: Progress
     _finished: bool
 
+    def _check_paths(self) -> None:
+        """The files a job writes are neither its input nor one another (``--overwrite``
+        on an output that is the input would wipe the requests before reading them)."""
+        seen: list[tuple[str, Path, str]] = []
+        for what, path in (
+            ("input", self._input_path),
+            ("output", self._output_path),
+            ("rejects", self._rejects_path),
+            ("state", self._state_path),
+        ):
+            if path is None:
+                continue
+            real = os.path.realpath(path)
+            for other, other_path, other_real in seen:
+                if real == other_real or _same_file(path, other_path):
+                    raise UsageError(
+                        f"the {what} file {path} is the {other} file ({other_path}): "
+                        f"give the {what} a file of its own"
+                    )
+            seen.append((what, path, real))
+
     def _check_overwrite(self) -> None:
         """A new job starts its output and rejects files empty: refuse to wipe one
         that holds data, unless told to."""
@@ -206,3 +227,11 @@ def _thaw_heap() -> None:
     _running -= 1
     if _running == 0:
         gc.unfreeze()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths are one file (a hard link, say)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -453,6 +453,36 @@ async def test_stage_failure_surfaces_as_one_stage_error(tmp_path: Path) -> None
     assert isinstance(info.value.__cause__, ValueError)
 
 
+@pytest.mark.parametrize(
+    ("output", "rejects", "state", "message"),
+    [
+        ("in.jsonl", None, None, "the output file {d}/in.jsonl is the input file"),
+        ("out.jsonl", "in.jsonl", None, "the rejects file {d}/in.jsonl is the input file"),
+        ("out.jsonl", "out.jsonl", None, "the rejects file {d}/out.jsonl is the output file"),
+        ("out.jsonl", None, "in.jsonl", "the state file {d}/in.jsonl is the input file"),
+        ("link.jsonl", None, None, "the output file {d}/link.jsonl is the input file"),
+        ("hard.jsonl", None, None, "the output file {d}/hard.jsonl is the input file"),
+    ],
+)
+def test_a_job_never_writes_over_its_input_or_one_file_twice(
+    tmp_path: Path, output: str, rejects: str | None, state: str | None, message: str
+) -> None:
+    source = tmp_path / "in.jsonl"
+    write_input(source, 3)
+    (tmp_path / "link.jsonl").symlink_to(source)
+    os.link(source, tmp_path / "hard.jsonl")
+    with pytest.raises(UsageError) as raised:
+        Pipeline(
+            source,
+            tmp_path / output,
+            tmp_path / rejects if rejects else None,
+            state=tmp_path / state if state else None,
+            overwrite=True,
+        )
+    assert str(raised.value).startswith(message.format(d=tmp_path))
+    assert source.read_bytes().count(b"\n") == 3
+
+
 def test_a_pipeline_needs_a_state_path_for_a_callback_output() -> None:
     async def cb(line: ResultLine) -> None: ...
 

@@ -373,3 +373,18 @@ def test_prices_given_on_the_command_line_extend_the_table() -> None:
         ["run", "in.jsonl", "-o", "o.jsonl", "--price", "a=1,2", "--price", "b=0.5,2.5"]
     )
     assert args.price == [("a", (1.0, 2.0)), ("b", (0.5, 2.5))]
+
+
+def test_an_output_that_is_the_input_is_refused_even_with_overwrite(tmp_path: Path) -> None:
+    requests = tmp_path / "in.jsonl"
+    requests.write_bytes(EXAMPLE.read_bytes())
+    command = [sys.executable, "-m", "pipeline", "run", str(requests), "-o", str(requests)]
+    done = subprocess.run(
+        [*command, "--overwrite"], capture_output=True, text=True, env=_env(), timeout=60
+    )
+    assert done.returncode == 2
+    assert _last_line(done.stderr) == (
+        f"pipeline run: the output file {requests} is the input file ({requests}): "
+        "give the output a file of its own"
+    )
+    assert requests.read_bytes() == EXAMPLE.read_bytes()  # the requests are untouched
