@@ -86,6 +86,20 @@ class _JobResources:
                     )
             seen.append((what, path, real))
 
+    def _check_directories(self) -> None:
+        """The files a job writes go into directories that exist (at run time: a
+        service may make them after building the pipeline)."""
+        for what, path in (
+            ("output", self._output_path),
+            ("rejects", self._rejects_path),
+            ("state", self._state_path),
+        ):
+            if path is not None and not path.parent.is_dir():
+                raise UsageError(
+                    f"the {what} file {path} cannot be written: its directory "
+                    f"{path.parent} does not exist"
+                )
+
     def _check_overwrite(self) -> None:
         """A new job starts its output and rejects files empty: refuse to wipe one
         that holds data, unless told to."""

@@ -483,6 +483,18 @@ def test_a_job_never_writes_over_its_input_or_one_file_twice(
     assert source.read_bytes().count(b"\n") == 3
 
 
+async def test_an_output_in_a_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 3)
+    pipeline = Pipeline(tmp_path / "in.jsonl", tmp_path / "nope" / "out.jsonl", config=FAST)
+    with pytest.raises(UsageError) as raised:
+        await pipeline.run()
+    assert str(raised.value) == (
+        f"the output file {tmp_path}/nope/out.jsonl cannot be written: its directory "
+        f"{tmp_path}/nope does not exist"
+    )
+    assert not (tmp_path / "nope").exists()
+
+
 def test_a_pipeline_needs_a_state_path_for_a_callback_output() -> None:
     async def cb(line: ResultLine) -> None: ...
 
