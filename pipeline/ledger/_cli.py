@@ -136,6 +136,8 @@ def format_status(status: JobStatus, now: float) -> str:
         f"written    {status.written:,} ({status.output.offset:,} bytes durable in the output)",
         f"spooled    {status.spooled:,} (waiting to be re-sent)",
         f"in flight  {len(status.batches):,} batches, {in_flight:,} requests",
+        f"estimated  ${status.estimated_cost_usd:,.4f} for the requests sent so far (what "
+        "--budget-usd counts: input plus max_tokens of output, at batch prices)",
     ]
     lines += [_batch_line(b, now) for b in status.batches]
     return "\n".join(lines) + "\n"

@@ -30,7 +30,10 @@ async def _job_in_progress(path: Path) -> SQLiteLedger:
     await led.commit_results(
         done, output=SinkPosition(10, 1), written=1, spool=["req-3"], done=True
     )
-    flying = (await led.claim([entry(4), entry(5)], [], checkpoint=500, line=5)).local_id
+    priced = [entry(4), entry(5)]
+    for e in priced:
+        e.cost_usd = 0.125  # the spend guard's estimate of each
+    flying = (await led.claim(priced, [], checkpoint=500, line=5)).local_id
     await led.record_sending(flying, body_bytes=10, sent_at=time.time() - 125)
     await led.record_created(flying, "msgbatch_flying")
     return led
@@ -56,6 +59,7 @@ def test_status_for_a_person_while_the_worker_runs(
     assert "written    1 (10 bytes durable in the output)" in out
     assert "spooled    1" in out
     assert "in flight  1 batches, 2 requests" in out
+    assert "estimated  $0.2500 for the requests sent so far" in out
     assert "msgbatch_flying" in out
     assert "sent 2m0" in out  # 125 s ago
     assert "msgbatch_done" not in out
