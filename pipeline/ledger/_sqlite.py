@@ -248,7 +248,7 @@ class SQLiteLedger:
         check_meta(conn, tables, str(self.path))
         stored = decode_job(meta_value(conn, "job"))
         if job is not None and stored != job:
-            raise self._fail(f"belongs to another job: it holds {stored}, this job is {job}")
+            raise self._fail(f"belongs to another job: {_job_change(stored, job)}")
         return False
 
     async def aclose(self) -> None:
@@ -588,3 +588,27 @@ class SQLiteLedger:
     async def status(self) -> JobStatus:
         """Progress counters and the batches in flight."""
         return await self._run(job_status)
+
+
+def _job_change(stored: JobSpec, job: JobSpec) -> str:
+    """What differs between the job a state file holds and the one asking, and what to
+    do about it, for a person."""
+    advice = "give this job its own --output (its state goes next to it), or remove the state"
+    if stored.input_path != job.input_path:
+        return f"it reads {stored.input_path or 'an iterable'}, not {job.input_path}; {advice}"
+    if stored.input_fingerprint != job.input_fingerprint:
+        was, _, _ = (stored.input_fingerprint or "").partition(":")
+        now, _, _ = (job.input_fingerprint or "").partition(":")
+        sizes = (
+            f" ({int(was):,} bytes then, {int(now):,} now)"
+            if was.isdigit() and now.isdigit()
+            else ""
+        )
+        return (
+            f"the input {job.input_path} changed since the job started{sizes}: a state "
+            f"file serves its input as it was (its positions point into it); {advice}"
+        )
+    return (
+        f"it writes {stored.output_path} (rejects: {stored.rejects_path}), not "
+        f"{job.output_path} (rejects: {job.rejects_path}); {advice}"
+    )

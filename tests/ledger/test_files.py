@@ -12,6 +12,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 import pytest
 
 from pipeline._errors import LedgerError
@@ -46,6 +47,35 @@ async def test_foreign_job_is_refused_and_nothing_is_overwritten(state_path: Pat
     led = SQLiteLedger(state_path)  # the lock was released by the refused open
     assert not (await led.open(JOB)).fresh
     await led.aclose()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"input_path": "other.jsonl"}, "it reads in.jsonl, not other.jsonl; give this job"),
+        (
+            {"input_fingerprint": "4006:ff"},
+            "the input in.jsonl changed since the job started (3,273 bytes then, 4,006 now): "
+            "a state file serves its input as it was",
+        ),
+        (
+            {"output_path": "else.jsonl"},
+            "it writes out.jsonl (rejects: None), not else.jsonl (rejects: None); give",
+        ),
+    ],
+)
+async def test_another_job_is_told_what_differs(
+    state_path: Path, change: dict[str, str], reason: str
+) -> None:
+    job = msgspec.structs.replace(JOB, input_fingerprint="3273:aa")
+    await (led := SQLiteLedger(state_path)).open(job)
+    await led.aclose()
+    with pytest.raises(LedgerError) as info:
+        await SQLiteLedger(state_path).open(msgspec.structs.replace(job, **change))
+    assert str(info.value).startswith(f"state file {state_path}: belongs to another job: {reason}")
+    assert str(info.value).endswith(
+        "give this job its own --output (its state goes next to it), or remove the state"
+    )
 
 
 async def test_a_file_that_is_not_sqlite_is_refused_untouched(state_path: Path) -> None:
