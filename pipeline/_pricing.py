@@ -159,7 +159,7 @@ def estimate_cost_usd(
     """Upper bound of one request's batch cost (output bounded by ``max_tokens``);
     0 for a model ``prices`` does not know.
 
-    The validate stage inlines this formula with the rates of ``price_for``
+    The validate stage inlines this formula with ``PriceTable.rates``
     (``tests/test_pricing.py`` holds the two to the same floats)."""
     price = prices._tuples.get(model)  # inlined PriceTable.estimate_cost_usd (hot path)
     if price is None:

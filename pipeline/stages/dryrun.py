@@ -157,7 +157,6 @@ class _Status(enum.Enum):
     FAILED = 2
 
 
-_MILLION = 1_000_000
 _WAITING = RejectError("", "")  # outcome of a sample whose check is not done
 
 
@@ -213,8 +212,6 @@ class _DryRun:
         self._max_held = max_held
         self._meter = meter
         self._prices = prices
-        #: (input, output) USD per million tokens per model: ``_judge`` prices inline
-        self._rates = prices.rates()
         self._shapes: dict[str, _Shape] = {}
         self._pending: set[_Shape] = set()
         self._lock = anyio.Lock()
@@ -333,20 +330,9 @@ class _DryRun:
         if shape.failure is not None and self._policy == "reject-shape":
             self._meter.shape_rejects += 1
             return Reject(entry.line, entry.custom_id, self._pointer(shape.failure), entry.end)
-        measured, approx = shape.measured, shape.approx
-        if measured and approx:
-            # _approx and _price, inlined: this runs once per request
-            before = entry.input_tokens
-            tokens = (before if before >= 0 else _approx(entry)) * measured // approx
-            if tokens < 1:
-                tokens = 1
-            if tokens != before or entry.cost_usd <= 0 or self._prices is not DEFAULT_PRICES:
-                entry.input_tokens = tokens
-                rate = self._rates.get(entry.model)
-                out = entry.max_tokens if entry.max_tokens > 0 else 0
-                entry.cost_usd = (
-                    0.0 if rate is None else (tokens * rate[0] + out * rate[1]) / _MILLION
-                )
+        if shape.measured and shape.approx:
+            tokens = _approx(entry) * shape.measured // shape.approx
+            self._price(entry, max(tokens, 1))
         return entry
 
     @staticmethod
