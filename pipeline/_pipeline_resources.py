@@ -19,6 +19,7 @@ import gc
 import hashlib
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,9 +87,13 @@ class _JobResources:
                     )
             seen.append((what, path, real))
 
-    def _check_directories(self) -> None:
-        """The files a job writes go into directories that exist (at run time: a
-        service may make them after building the pipeline)."""
+    def _check_files(self) -> None:
+        """The input is a file that can be read again (to resume), and the files a
+        job writes go into directories that exist. At run time: a service may make
+        them after building the pipeline; the command line checks before it shows
+        any progress."""
+        if self._input_path is not None:
+            _check_input(self._input_path)
         for what, path in (
             ("output", self._output_path),
             ("rejects", self._rejects_path),
@@ -191,6 +196,32 @@ class _JobResources:
             await rejects_sink.open(resume.rejects)
             stack.push_async_callback(rejects_sink.aclose)
         return sink, rejects_sink
+
+
+def _check_input(path: Path) -> None:
+    """A missing input, a directory, or a pipe is a usage error, said before the
+    job opens anything (a pipe cannot be read again to resume after a crash)."""
+    if str(path) == "-":
+        raise UsageError(
+            "reading requests from standard input ('-') is not supported: a job reads "
+            "its input again to resume after a crash; save the requests to a file first"
+        )
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"the input file {path} does not exist") from None
+    except OSError:
+        return  # unreadable for another reason: the open says why (InputError)
+    if stat.S_ISDIR(mode):
+        raise UsageError(
+            f"the input {path} is a directory: give a JSONL file (a worker with "
+            "WatchPipeline takes each new file of a directory)"
+        )
+    if not stat.S_ISREG(mode):
+        raise UsageError(
+            f"the input {path} is not a regular file: a pipe or device cannot be read "
+            "again to resume after a crash; save the requests to a file first"
+        )
 
 
 def _fingerprint(path: Path) -> str:

@@ -303,6 +303,9 @@ def run_command(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             prices=DEFAULT_PRICES.with_prices(dict(args.price)) if args.price else None,
         )
+        # the run checks again; here a missing input or directory is said before
+        # any progress line, as the usage error (exit 2) it is
+        pipeline._check_files()
     except (ValueError, PipelineError, RuntimeError) as exc:
         _report(args, logging.ERROR, _one_line(exc))
         return 2

@@ -495,6 +495,16 @@ async def test_an_output_in_a_missing_directory_is_one_clear_error(tmp_path: Pat
     assert not (tmp_path / "nope").exists()
 
 
+async def test_a_missing_input_is_a_usage_error_before_anything_is_opened(
+    tmp_path: Path,
+) -> None:
+    pipeline = Pipeline(tmp_path / "in.jsonl", tmp_path / "out.jsonl", config=FAST)
+    with pytest.raises(UsageError) as raised:
+        await pipeline.run()
+    assert str(raised.value) == f"the input file {tmp_path}/in.jsonl does not exist"
+    assert list(tmp_path.iterdir()) == []  # no state, no output, no emulator directory
+
+
 def test_a_pipeline_needs_a_state_path_for_a_callback_output() -> None:
     async def cb(line: ResultLine) -> None: ...
 

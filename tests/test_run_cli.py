@@ -221,14 +221,38 @@ def test_a_new_job_refuses_to_wipe_an_output_unless_told(tmp_path: Path) -> None
 
 
 def test_with_json_logs_a_failure_is_a_json_error_record(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "pipeline", "run", str(tmp_path / "nope.jsonl")]
-    command += ["--output", str(tmp_path / "o.jsonl"), "--log-format", "json"]
-    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=60)
+    (tmp_path / "o.jsonl").mkdir()
+    done = _run_example(tmp_path, "--state", str(tmp_path / "job.state"), "--log-format", "json")
     assert done.returncode == 1
     records = [msgspec.json.decode(line) for line in done.stderr.strip().splitlines()]
     assert records[-1]["level"] == "ERROR"
     assert records[-1]["message"].startswith("pipeline run: failed: ")
-    assert "nope.jsonl" in records[-1]["message"]
+    assert "o.jsonl" in records[-1]["message"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (None, "the input file {p} does not exist"),
+        (Path.mkdir, "the input {p} is a directory: give a JSONL file"),
+        (os.mkfifo, "the input {p} is not a regular file: a pipe or device cannot be read"),
+        ("-", "reading requests from standard input ('-') is not supported"),
+    ],
+)
+def test_an_input_that_cannot_be_read_again_is_a_usage_error_said_at_once(
+    tmp_path: Path, make: object, message: str
+) -> None:
+    source = tmp_path / "in.jsonl"
+    if callable(make):
+        make(source)
+    name = make if isinstance(make, str) else str(source)
+    command = [sys.executable, "-m", "pipeline", "run", name, "--output", str(tmp_path / "o")]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.returncode == 2
+    # one line, before anything started: no progress lines, no state file
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("pipeline run: " + message.format(p=source))
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["in.jsonl"] if callable(make) else [])
 
 
 def test_with_json_logs_a_budget_stop_is_a_json_warning_record(tmp_path: Path) -> None:
