@@ -131,6 +131,13 @@ class _StageWiring:
     ) -> None:
         config, p = self.config, self._progress
         size = config.buffer_size
+        ends: list[Any] = []  # every stream end, closed again when the run ends
+
+        def _stream(size: int) -> tuple[Any, Any]:
+            pair = anyio.create_memory_object_stream[Any](size)
+            ends.extend(pair)
+            return pair
+
         send_raw, recv_raw = _stream(size)
         send_checked, recv_checked = _stream(size)
         stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
@@ -154,6 +161,7 @@ class _StageWiring:
             recv_checked = recv_next
             send_checked = send_next
         retry_send = send_checked.clone()
+        ends.append(retry_send)
         send_chunks, recv_chunks = _stream(config.chunk_buffer)
         # batch records: small, so these edges never hold memory worth bounding
         send_sub, recv_sub = _stream(_RECORD_BUFFER)
@@ -217,19 +225,16 @@ class _StageWiring:
                 ),
             ),
         ]
+        writer = rejects_writer(
+            ledger=ledger,
+            sink=rejects_sink,
+            progress=p,
+            position=resume.rejects,
+            done=rejects_done,
+        )
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(
-                    self._guard,
-                    "rejects",
-                    rejects_writer(
-                        ledger=ledger,
-                        sink=rejects_sink,
-                        progress=p,
-                        position=resume.rejects,
-                        done=rejects_done,
-                    ),
-                )
+                tg.start_soon(self._guard, "rejects", writer)
                 async with anyio.create_task_group() as main:
                     for name, coro in stages:
                         main.start_soon(self._guard, name, coro)
@@ -237,6 +242,14 @@ class _StageWiring:
                 p.rejects_recorded.set()
         except BaseExceptionGroup as group:
             raise _collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
+        finally:
+            # A stage cancelled before its first step (another failed at once) never
+            # entered its ``async with``: close its coroutine and the stream ends it
+            # would have closed (both idempotent), or they leak until the GC warns.
+            for coro in [writer, *(c for _, c in stages)]:
+                coro.close()
+            for end in ends:
+                end.close()
         if not self._stop.is_set() and not self._input_cut and p.cycle_done:
             # an open-ended source ended for now (a queue closed at shutdown): all
             # done for this run, but a restart with the same state goes on
@@ -342,10 +355,6 @@ class _StageWiring:
 def _is_source_stage(source: object) -> TypeGuard[SourceStage]:
     """A callable that is not itself an iterable of entries nor a path."""
     return callable(source) and not isinstance(source, str | os.PathLike | Iterable | AsyncIterable)
-
-
-def _stream(size: int) -> tuple[Any, Any]:
-    return anyio.create_memory_object_stream[Any](size)
 
 
 def _collapse(group: BaseExceptionGroup[Any]) -> BaseException:

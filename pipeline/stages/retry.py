@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import aiofiles
 import anyio
 
+from ._files import open_file
 from ._items import Entry, Flush, Reject
 
 if TYPE_CHECKING:
@@ -85,9 +85,9 @@ async def retry_feeder(
     path: str | os.PathLike[str] | None = None,
 ) -> None:
     """Feed spooled requests back into the chunker until the job's cycle is done."""
-    handle = await aiofiles.open(path, "rb") if path is not None else None
-    try:
-        async with send:
+    async with send:  # first: closed even when cancelled while the input opens
+        handle = await open_file(path, "rb") if path is not None else None
+        try:
             while not progress.stopping:
                 if progress.spooled > 0 and progress.retry_unclaimed <= 0:
                     items = await ledger.take_spool(config.max_batch_requests)
@@ -101,7 +101,7 @@ async def retry_feeder(
                 if progress.cycle_done:
                     return
                 await progress.wait_changed()
-    finally:
-        if handle is not None:
-            with anyio.CancelScope(shield=True):
-                await handle.close()
+        finally:
+            if handle is not None:
+                with anyio.CancelScope(shield=True):
+                    await handle.close()

@@ -22,7 +22,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import aiofiles
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
@@ -31,6 +30,7 @@ import msgspec
 from .._errors import LedgerError
 from ..api._types import ResultLine
 from ..ledger._base import SinkPosition
+from ._files import open_file
 from ._items import RejectLine
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class JsonlSink:
 
     async def open(self, position: SinkPosition) -> None:
         await anyio.to_thread.run_sync(self._truncate, position.offset)
-        self._file = await aiofiles.open(self.path, "ab")
+        self._file = await open_file(self.path, "ab")
         self._offset, self._count = position.offset, position.count
 
     def _truncate(self, offset: int) -> None:
@@ -157,9 +157,14 @@ class JsonlSink:
         await self._write_pending()
         if self._file is not None:
             await self._file.flush()
-        async with aiofiles.open(self.path, "rb") as handle:
+        handle = await open_file(self.path, "rb")
+        try:
             await handle.seek(start)
-            return await handle.read(end - start)
+            data: bytes = await handle.read(end - start)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await handle.close()
+        return data
 
     async def aclose(self) -> None:
         """Close the file (idempotent); nothing is committed (fsynced) here, what was

@@ -31,11 +31,11 @@ import re
 from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Any
 
-import aiofiles
 import anyio
 import msgspec
 
 from .._errors import InputError
+from ._files import open_file
 from ._items import RawLine
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ async def jsonl_source(
     reader = LineReader(start_offset=start_offset, start_line=start_line, max_line=max_line)
     async with send:
         try:
-            handle = await aiofiles.open(path, "rb")
+            handle = await open_file(path, "rb")
         except OSError as exc:
             raise InputError(f"cannot read input {str(path)!r}: {exc.strerror}") from exc
         try:
@@ -323,13 +323,15 @@ async def _async_items(
     to interrupt an iterator that waits is to cancel it, hence the inner task
     group: it ends before this function returns, so no task outlives the stage."""
     item_send, item_receive = anyio.create_memory_object_stream[Any](batch)
-    async with anyio.create_task_group() as tg:
-        pump_scope = anyio.CancelScope()
-        tg.start_soon(_pump, item_send, items, skip, pump_scope)
-        if stop is not None:
-            tg.start_soon(_cancel_on, stop, pump_scope)
-        await _collect(send, item_receive, skip, batch)
-        tg.cancel_scope.cancel()  # the stop watcher
+    # closed again on the way out: a pump cancelled before its first step never did
+    with item_send, item_receive:
+        async with anyio.create_task_group() as tg:
+            pump_scope = anyio.CancelScope()
+            tg.start_soon(_pump, item_send, items, skip, pump_scope)
+            if stop is not None:
+                tg.start_soon(_cancel_on, stop, pump_scope)
+            await _collect(send, item_receive, skip, batch)
+            tg.cancel_scope.cancel()  # the stop watcher
 
 
 async def _pump(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ._files import open_file
 from .source import DEFAULT_CHUNK_SIZE, LineReader
 
 if TYPE_CHECKING:
@@ -168,10 +169,9 @@ async def _send_file(
 ) -> int | None:
     """Send every line of ``path``; the last line number sent, or ``None`` if a
     stop came first (the file is then left for the next start)."""
-    import aiofiles
-
     reader = LineReader(start_line=start_line, max_line=max_line)
-    async with aiofiles.open(path, "rb") as handle:
+    handle = await open_file(path, "rb")
+    try:
         while True:
             if stop_event.is_set():
                 return None
@@ -183,6 +183,9 @@ async def _send_file(
                 await send.send(lines)
             if not chunk:
                 return reader.position[1]
+    finally:
+        with anyio.CancelScope(shield=True):
+            await handle.close()
 
 
 async def watch_source(
