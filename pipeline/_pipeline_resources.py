@@ -27,6 +27,7 @@ import anyio
 
 from ._config import DEFAULT_POLL_INTERVAL, PipelineConfig
 from ._errors import UsageError
+from .api._schema import KNOWN_MODELS
 from .ledger._base import JobSpec
 from .stages.sink import CallbackSink, JsonlSink, ResultSink, rejects_callback
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from contextlib import AsyncExitStack
 
     from ._pipeline import Output
+    from ._pricing import PriceTable
     from .ledger._base import Ledger, ResumeState
     from .stages._items import RejectLine
     from .stages._protocol import Progress
@@ -61,6 +63,7 @@ class _JobResources:
     _state_path: Path | None
     _ledger_given: Ledger | None
     _emulator_dir: str | os.PathLike[str] | None
+    _prices: PriceTable | None
     _announce: Callable[[str], None]
     _overwrite: bool
     _progress: Progress
@@ -139,7 +142,10 @@ class _JobResources:
         data_dir = Path(self._emulator_dir) if self._emulator_dir is not None else None
         if data_dir is None and self._state_path is not None:
             data_dir = self._state_path.with_name(self._state_path.name + ".emulator")
-        emu_config = EmulatorConfig(batch_seconds=EMULATOR_BATCH_SECONDS)
+        # the models the service is known to accept, and any this job names or prices
+        # itself (a model newer than this package, given with --models or --price)
+        models = KNOWN_MODELS | frozenset(self._prices or ()) | (self.config.models or set())
+        emu_config = EmulatorConfig(batch_seconds=EMULATOR_BATCH_SECONDS, models=models)
         handle = await stack.enter_async_context(serve_emulator(emu_config, data_dir=data_dir))
         if self.config.poll_interval == DEFAULT_POLL_INTERVAL:
             self.config = _with(self.config, poll_interval=EMULATOR_POLL_INTERVAL)

@@ -149,6 +149,22 @@ DEFAULT_PRICES = PriceTable(
         "claude-opus-4-5": Price(2.50, 12.50),
         "claude-sonnet-4-6": Price(1.50, 7.50),
         "claude-opus-4-7": Price(2.50, 12.50),
+        # aliases the models overview lists for the ids above
+        "claude-3-5-haiku-latest": Price(0.40, 2.00),
+        "claude-3-7-sonnet-latest": Price(1.50, 7.50),
+        "claude-sonnet-4-0": Price(1.50, 7.50),
+        "claude-opus-4-0": Price(7.50, 37.50),
+        "claude-opus-4-1": Price(7.50, 37.50),
+        # 2026 models, from each model's page (standard $ / MTok, halved)
+        "claude-opus-4-6": Price(2.50, 12.50),  # $5 / $25
+        "claude-opus-4-8": Price(2.50, 12.50),  # $5 / $25
+        "claude-sonnet-5": Price(1.00, 5.00),  # $2 / $10
+        "claude-opus-5": Price(2.50, 12.50),  # $5 / $25
+        "claude-sonnet-5-5": Price(1.00, 5.00),  # $2 / $10
+        "claude-opus-5-5": Price(2.00, 10.00),  # $4 / $20
+        "claude-fable-5-1": Price(5.00, 25.00),  # $10 / $50
+        # not priced here: claude-haiku-5-5 (a tiered price, "from $0.10 / $0.50"),
+        # claude-fable-5 and claude-mythos-5(-1) (no price stated): give them with --price
     }
 )
 

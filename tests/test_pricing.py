@@ -10,6 +10,7 @@ from pipeline._pricing import (
     cost_usd,
     estimate_cost_usd,
 )
+from pipeline.api._schema import KNOWN_MODELS
 from pipeline.stages._items import Entry, RawLine
 from pipeline.stages.validate import Validator
 
@@ -27,10 +28,34 @@ from pipeline.stages.validate import Validator
         ("claude-opus-4-1-20250805", Price(7.50, 37.50)),
         ("claude-haiku-4-5", Price(0.50, 2.50)),
         ("claude-opus-4-5", Price(2.50, 12.50)),
+        # 2026 models, from their model pages
+        ("claude-opus-5-5", Price(2.00, 10.00)),
+        ("claude-sonnet-5-5", Price(1.00, 5.00)),
+        ("claude-opus-4-8", Price(2.50, 12.50)),
+        ("claude-fable-5-1", Price(5.00, 25.00)),
     ],
 )
 def test_batch_prices_are_half_the_standard_ones(model: str, price: Price) -> None:
     assert DEFAULT_PRICES[model] == price
+
+
+def test_every_priced_model_is_one_the_emulator_accepts_and_aliases_cost_the_same() -> None:
+    assert set(DEFAULT_PRICES) <= KNOWN_MODELS
+    aliases = {
+        "claude-opus-4-1": "claude-opus-4-1-20250805",
+        "claude-opus-4-0": "claude-opus-4-20250514",
+        "claude-sonnet-4-0": "claude-sonnet-4-20250514",
+        "claude-3-7-sonnet-latest": "claude-3-7-sonnet-20250219",
+        "claude-3-5-haiku-latest": "claude-3-5-haiku-20241022",
+        "claude-sonnet-4-5": "claude-sonnet-4-5-20250929",
+        "claude-haiku-4-5": "claude-haiku-4-5-20251001",
+        "claude-opus-4-5": "claude-opus-4-5-20251101",
+    }
+    for alias, model in aliases.items():
+        assert DEFAULT_PRICES[alias] == DEFAULT_PRICES[model], alias
+    # a tiered price is not one number: left to --price, which a budget then asks for
+    assert "claude-haiku-5-5" in KNOWN_MODELS
+    assert "claude-haiku-5-5" not in DEFAULT_PRICES
 
 
 def test_estimate_bounds_output_by_max_tokens() -> None:

@@ -176,6 +176,43 @@ def _last_line(stderr: str) -> str:
     return lines[-1]
 
 
+def test_todays_models_run_on_the_embedded_emulator_and_a_misspelt_one_is_rejected(
+    tmp_path: Path,
+) -> None:
+    models = ["claude-sonnet-5-5", "claude-opus-4-1", "claude-next-9", "claud-sonnet-5-5"]
+    lines = [
+        msgspec.json.encode(
+            {
+                "custom_id": f"m{i}",
+                "params": {
+                    "model": m,
+                    "max_tokens": 20,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            }
+        )
+        for i, m in enumerate(models)
+    ]
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    command = [sys.executable, "-m", "pipeline", "run", str(tmp_path / "in.jsonl")]
+    command += ["--output", str(tmp_path / "o.jsonl"), "--linger-seconds", "0.05", "-q"]
+    # a model newer than this package runs once the job prices it
+    command += ["--price", "claude-next-9=1,5"]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    results = [msgspec.json.decode(x) for x in (tmp_path / "o.jsonl").read_bytes().splitlines()]
+    assert sorted((r["custom_id"], r["result"]["message"]["model"]) for r in results) == [
+        ("m0", "claude-sonnet-5-5"),
+        ("m1", "claude-opus-4-1"),
+        ("m2", "claude-next-9"),
+    ]
+    [reject] = [
+        msgspec.json.decode(x) for x in (tmp_path / "o.rejects.jsonl").read_bytes().splitlines()
+    ]
+    assert (reject["line"], reject["custom_id"]) == (4, "m3")
+    assert "claud-sonnet-5-5" in reject["error"]["message"]
+
+
 def test_a_budget_stop_exits_3_with_the_reason(tmp_path: Path) -> None:
     done = _run_example(tmp_path, "--budget-usd", "0.000001", "--dry-run", "off")
     assert done.returncode == 3, done.stderr

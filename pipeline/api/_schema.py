@@ -30,6 +30,7 @@ from ._schema_full import (
     _MAX_SIGNATURES,
     DEFAULT_MODELS,
     IMAGE_TOKENS,
+    KNOWN_MODELS,
     MODEL_MAX_OUTPUT_TOKENS,
     Checked,
     SchemaError,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = (
     "DEFAULT_MODELS",
     "IMAGE_TOKENS",
+    "KNOWN_MODELS",
     "MODEL_MAX_OUTPUT_TOKENS",
     "Checked",
     "SchemaError",

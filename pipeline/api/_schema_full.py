@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = (
     "DEFAULT_MODELS",
     "IMAGE_TOKENS",
+    "KNOWN_MODELS",
     "MODEL_MAX_OUTPUT_TOKENS",
     "Checked",
     "SchemaError",
@@ -83,6 +84,44 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
         "claude-3-5-haiku-20241022",
         "claude-3-haiku-20240307",
         "claude-3-opus-20240229",
+    }
+)
+
+#: Every model id the service is known to accept: the documented batch models, and the
+#: later ids and aliases Anthropic's docs name (the models overview and each model's
+#: page, as of 2026-11). The emulator accepts these by default, so a job written for
+#: today's models runs on it while a misspelt name is still refused; the local check
+#: accepts any name unless told otherwise (``PipelineConfig.models``).
+KNOWN_MODELS: frozenset[str] = DEFAULT_MODELS | frozenset(
+    {
+        "claude-3-5-haiku-latest",
+        "claude-3-7-sonnet-20250219",
+        "claude-3-7-sonnet-latest",
+        "claude-sonnet-4-20250514",
+        "claude-sonnet-4-0",
+        "claude-opus-4-20250514",
+        "claude-opus-4-0",
+        "claude-opus-4-1-20250805",
+        "claude-opus-4-1",
+        "claude-sonnet-4-5-20250929",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5-20251001",
+        "claude-haiku-4-5",
+        "claude-opus-4-5-20251101",
+        "claude-opus-4-5",
+        "claude-sonnet-4-6",
+        "claude-opus-4-6",
+        "claude-opus-4-7",
+        "claude-opus-4-8",
+        "claude-sonnet-5",
+        "claude-opus-5",
+        "claude-fable-5",
+        "claude-mythos-5",
+        "claude-sonnet-5-5",
+        "claude-opus-5-5",
+        "claude-haiku-5-5",
+        "claude-fable-5-1",
+        "claude-mythos-5-1",
     }
 )
 

@@ -12,7 +12,7 @@ import functools
 import sys
 from typing import Any
 
-from pipeline.api._schema import DEFAULT_MODELS
+from pipeline.api._schema import KNOWN_MODELS
 
 from ._config import (
     DEFAULT_BATCH_SECONDS,
@@ -145,8 +145,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add(
         "--models",
-        default=",".join(sorted(DEFAULT_MODELS)),
-        help="comma-separated accepted models, or 'any' (default: the documented batch models)",
+        default=",".join(sorted(KNOWN_MODELS)),
+        help="comma-separated accepted models, or 'any' (default: the models the service is "
+        "known to accept, documented and later)",
     )
     p.set_defaults(func=run)
     return p

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
-from pipeline.api._schema import DEFAULT_MODELS
+from pipeline.api._schema import KNOWN_MODELS
 
 __all__ = (
     "DEFAULT_BATCH_SECONDS",
@@ -84,7 +84,8 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     ``clock`` returns the current time in seconds since the epoch (default
     ``time.time``); pass a :class:`ManualClock` to control time in tests.
-    ``models`` is the set of accepted model names (``None`` accepts any).
+    ``models`` is the set of accepted model names (``None`` accepts any); by default
+    the models the service is known to accept (``KNOWN_MODELS``).
     ``workspaces`` maps an API key to a workspace name; keys not listed each get a
     workspace of their own.
     """
@@ -110,7 +111,7 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: the ``retry-after`` a 429 carries, in seconds
     retry_after_seconds: float = 0.0
     seed: int = 0
-    models: frozenset[str] | None = DEFAULT_MODELS
+    models: frozenset[str] | None = KNOWN_MODELS
     workspaces: Mapping[str, str] = {}
     clock: Callable[[], float] | None = None
 

@@ -333,6 +333,22 @@ async def test_messages_endpoint(make_app: Callable[..., EmulatorApp]) -> None:
         )
 
 
+@pytest.mark.parametrize("model", ["claude-sonnet-5-5", "claude-opus-4-1", "claude-haiku-4-5"])
+async def test_todays_models_are_served_and_a_misspelt_one_is_not(
+    make_app: Callable[..., EmulatorApp], model: str
+) -> None:
+    async with asgi_client(make_app()) as client:
+        answer = await client.post("/v1/messages", json=params("hi", model=model))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == model
+        misspelt = model.replace("claude-", "claud-")
+        assert_error(
+            await client.post("/v1/messages", json=params("hi", model=misspelt)),
+            "invalid_request_error",
+            misspelt,
+        )
+
+
 async def test_too_many_cache_breakpoints_answer_as_the_service_does(
     make_app: Callable[..., EmulatorApp],
 ) -> None:
