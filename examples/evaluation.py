@@ -38,7 +38,7 @@ import msgspec
 from pipeline import Pipeline, PipelineConfig, read_status
 from pipeline.api import ResultLine
 
-MODEL = "claude-3-haiku-20240307"
+MODEL = "claude-haiku-4-5"
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ResultLine)
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 
-MODELS = ["claude-3-haiku-20240307", "claude-3-5-haiku-20241022", "claude-3-5-sonnet-20241022"]
+#: current models (2026-11): forced tool use (kind 3) and a temperature (kind 5) fall on
+#: models that take them (Sonnet 5.x refuses a non-default temperature)
+MODELS = ["claude-haiku-4-5", "claude-sonnet-5-5", "claude-sonnet-4-5"]
 TOPICS = ["tides", "photosynthesis", "compound interest", "the Doppler effect", "sourdough", "TCP"]
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -69,9 +71,9 @@ def request(i: int) -> dict[str, Any]:
 
 BAD_LINES = [
     b'{"custom_id": "broken-json", "params": {"model": ',  # malformed JSON
-    b'{"custom_id": "has spaces!", "params": {"model": "claude-3-haiku-20240307", '
+    b'{"custom_id": "has spaces!", "params": {"model": "claude-haiku-4-5", '
     b'"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}}',  # bad custom_id
-    b'{"custom_id": "no-max-tokens", "params": {"model": "claude-3-haiku-20240307", '
+    b'{"custom_id": "no-max-tokens", "params": {"model": "claude-haiku-4-5", '
     b'"messages": [{"role": "user", "content": "hi"}]}}',  # schema: max_tokens missing
 ]
 

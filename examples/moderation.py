@@ -35,7 +35,7 @@ import msgspec
 from pipeline import Pipeline, PipelineConfig, read_status
 from pipeline.api import ResultLine
 
-MODEL = "claude-3-5-haiku-20241022"
+MODEL = "claude-haiku-4-5"
 CATEGORIES = ["ok", "spam", "harassment", "hate", "self_harm", "other"]
 CLASSIFY_TOOL = {
     "name": "classify",

@@ -37,7 +37,7 @@ from pipeline.api import ResultLine
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-MODEL = "claude-3-5-sonnet-20241022"
+MODEL = "claude-sonnet-5-5"
 _decoder = msgspec.json.Decoder(ResultLine)
 KINDS = ["kettle", "backpack", "desk lamp", "running shoe", "chef knife", "water bottle"]
 

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from pipeline.api import ResultLine
 
-MODEL = "claude-3-haiku-20240307"
+MODEL = "claude-haiku-4-5"
 #: How long a handler waits for its answer, in seconds.
 DEFAULT_TIMEOUT = 60.0
 
