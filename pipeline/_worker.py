@@ -24,6 +24,7 @@ import inspect
 import logging
 import runpy
 import signal
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -206,11 +207,25 @@ class QueuePipeline(Pipeline):
 
 
 def load_definition(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Execute the definition file at ``path``; its module namespace."""
+    """Execute the definition file at ``path``; its module namespace. An error in it
+    is a ``UsageError`` carrying the traceback of the user's code only."""
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"pipeline definition {str(file)!r} is not a file")
-    return runpy.run_path(str(file), run_name=DEFINITION_MODULE_NAME)
+    try:
+        return runpy.run_path(str(file), run_name=DEFINITION_MODULE_NAME)
+    except Exception as exc:
+        raise _definition_error(file, "loading it", exc) from exc
+
+
+def _definition_error(file: Path, doing: str, exc: Exception) -> UsageError:
+    """What the user's definition raised, with the traceback from its first frame in
+    the definition on (the worker's own frames above it say nothing to them)."""
+    tb = exc.__traceback__
+    while tb is not None and Path(tb.tb_frame.f_code.co_filename) != file:
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb if tb is not None else exc.__traceback__)
+    return UsageError(f"the definition {file} failed while {doing}:\n{''.join(lines).rstrip()}")
 
 
 async def resolve_pipeline(namespace: dict[str, Any], *, path: str = "") -> StoppablePipeline:
@@ -220,9 +235,12 @@ async def resolve_pipeline(namespace: dict[str, Any], *, path: str = "") -> Stop
     if namespace.get("pipeline") is not None:
         candidate = namespace["pipeline"]
     elif callable(namespace.get("make_pipeline")):
-        candidate = namespace["make_pipeline"]()
-        if inspect.isawaitable(candidate):
-            candidate = await candidate
+        try:
+            candidate = namespace["make_pipeline"]()
+            if inspect.isawaitable(candidate):
+                candidate = await candidate
+        except Exception as exc:
+            raise _definition_error(Path(path), "calling make_pipeline()", exc) from exc
     else:
         raise UsageError(
             f"no pipeline{where}: define a module-level `pipeline = Pipeline(...)` "

@@ -53,7 +53,10 @@ def main(args: argparse.Namespace) -> int:
     setup_logging_from_args(args)
     try:
         code: int = anyio.run(run_definition, args, backend_options=event_loop_options())
-    except (UsageError, PipelineError) as exc:
+    except UsageError as exc:  # the definition: missing, wrong, or raising
+        logger.error("worker failed: %s", exc)
+        return 2
+    except PipelineError as exc:
         logger.error("worker failed: %s", exc)
         return 1
     except KeyboardInterrupt:  # a signal before the handlers were installed

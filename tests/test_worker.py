@@ -138,6 +138,42 @@ async def test_bad_definitions_say_what_is_expected(tmp_path: Path) -> None:
         load_definition(tmp_path / "missing.py")
 
 
+async def test_an_error_in_a_definition_shows_the_users_code_not_the_workers(
+    tmp_path: Path,
+) -> None:
+    loading = tmp_path / "loading.py"
+    loading.write_text("x = 1\nraise ValueError('no inbox configured')\n")
+    with pytest.raises(UsageError) as raised:
+        load_definition(loading)
+    text = str(raised.value)
+    assert text.startswith(f"the definition {loading} failed while loading it:")
+    assert f'File "{loading}", line 2, in <module>' in text
+    assert text.endswith("ValueError: no inbox configured")
+    assert "runpy" not in text
+    assert "_worker.py" not in text
+    factory = tmp_path / "factory.py"
+    factory.write_text("def make_pipeline():\n    return {}['inbox']\n")
+    with pytest.raises(UsageError, match="failed while calling make_pipeline") as raised:
+        await resolve_pipeline(load_definition(factory), path=str(factory))
+    assert str(raised.value).endswith("KeyError: 'inbox'")
+    assert "_worker.py" not in str(raised.value)
+
+
+def test_a_definition_that_raises_exits_2_with_its_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise ValueError('boom')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "worker", str(bad), "--progress", "off"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "worker failed: the definition" in done.stderr
+    assert "ValueError: boom" in done.stderr
+    assert "anyio" not in done.stderr  # no frames of the worker's own machinery
+
+
 # -- a real worker process -------------------------------------------------------
 
 DEFINITION = """
