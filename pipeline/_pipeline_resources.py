@@ -228,6 +228,28 @@ def _check_input(path: Path) -> None:
             f"the input {path} is not a regular file: a pipe or device cannot be read "
             "again to resume after a crash; save the requests to a file first"
         )
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(10)
+    except OSError:
+        return  # the open in the run says why (InputError)
+    for magic, kind in _COMPRESSED:
+        if head.startswith(magic) and (kind != "bzip2-compressed" or head[4:] == b"1AY&SY"):
+            raise UsageError(
+                f"the input {path} is {kind}, not JSONL: decompress it first (a job reads "
+                "its lines again by their offset in the file to resume and to retry)"
+            )
+
+
+#: the first bytes of compressed or archive files, which would otherwise be read as
+#: lines of garbage and rejected one by one
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip-compressed"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+    (b"BZh", "bzip2-compressed"),  # then a level digit and a block's "1AY&SY"
+    (b"\xfd7zXZ\x00", "xz-compressed"),
+    (b"PK\x03\x04", "a zip archive"),
+)
 
 
 def _fingerprint(path: Path) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import logging
+import lzma
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +21,7 @@ from pipeline.api._types import ResultLine
 from pipeline.testing import EmulatorConfig, ManualClock, serve_emulator
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 MODEL = "claude-3-haiku-20240307"
@@ -503,6 +507,36 @@ async def test_a_missing_input_is_a_usage_error_before_anything_is_opened(
         await pipeline.run()
     assert str(raised.value) == f"the input file {tmp_path}/in.jsonl does not exist"
     assert list(tmp_path.iterdir()) == []  # no state, no output, no emulator directory
+
+
+@pytest.mark.parametrize(
+    ("compress", "kind"),
+    [
+        (gzip.compress, "gzip-compressed"),
+        (bz2.compress, "bzip2-compressed"),
+        (lzma.compress, "xz-compressed"),
+        (lambda data: b"\x28\xb5\x2f\xfd" + data, "zstd-compressed"),  # its magic number
+    ],
+)
+async def test_a_compressed_input_is_one_usage_error_not_a_reject_per_line(
+    tmp_path: Path, compress: Callable[[bytes], bytes], kind: str
+) -> None:
+    write_input(tmp_path / "plain.jsonl", 50)
+    source = tmp_path / "in.jsonl.gz"
+    source.write_bytes(compress((tmp_path / "plain.jsonl").read_bytes()))
+    pipeline = Pipeline(source, tmp_path / "out.jsonl", config=FAST)
+    with pytest.raises(UsageError, match=f"the input {source} is {kind}, not JSONL: decompress"):
+        await pipeline.run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl.gz", "plain.jsonl"]
+
+
+def test_a_jsonl_file_whose_first_line_is_garbage_is_not_taken_for_compressed(
+    tmp_path: Path,
+) -> None:
+    from pipeline._pipeline_resources import _check_input
+
+    (tmp_path / "in.jsonl").write_bytes(b"BZh9 not bzip2\n" + b"PK but text\n")
+    _check_input(tmp_path / "in.jsonl")  # its lines are the validate stage's to reject
 
 
 def test_a_pipeline_needs_a_state_path_for_a_callback_output() -> None:
