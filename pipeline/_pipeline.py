@@ -335,10 +335,7 @@ class Pipeline(_JobResources, _StageWiring):
     # -- the run -------------------------------------------------------------------
 
     async def _run(self, stack: AsyncExitStack) -> None:
-        self._check_files()
-        state_path = self._state_path
-        if self._ledger_given is None and state_path is not None and not state_path.exists():
-            self._check_overwrite()  # before the state file exists: a re-run checks again
+        self._check_before_start()
         ledger = await self._open_ledger(stack)
         resume = await ledger.open(self._job_spec())
         if resume.fresh:

@@ -90,6 +90,14 @@ class _JobResources:
                     )
             seen.append((what, path, real))
 
+    def _check_before_start(self) -> None:
+        """What can be refused before anything is opened (the command line calls it
+        before it shows any progress; the run calls it again)."""
+        self._check_files()
+        state = self._state_path
+        if self._ledger_given is None and state is not None and not state.exists():
+            self._check_overwrite()  # a new job: a re-run checks again once the state is open
+
     def _check_files(self) -> None:
         """The input is a file that can be read again (to resume), and the files a
         job writes go into directories that exist. At run time: a service may make
@@ -233,22 +241,29 @@ def _check_input(path: Path) -> None:
             head = handle.read(10)
     except OSError:
         return  # the open in the run says why (InputError)
-    for magic, kind in _COMPRESSED:
+    for magic, kind in _NOT_JSONL:
         if head.startswith(magic) and (kind != "bzip2-compressed" or head[4:] == b"1AY&SY"):
-            raise UsageError(
-                f"the input {path} is {kind}, not JSONL: decompress it first (a job reads "
-                "its lines again by their offset in the file to resume and to retry)"
+            advice = (
+                "save it as UTF-8 (JSON lines are UTF-8)"
+                if kind.startswith("UTF")
+                else "decompress it first (a job reads its lines again by their offset in "
+                "the file to resume and to retry)"
             )
+            raise UsageError(f"the input {path} is {kind}, not JSONL: {advice}")
 
 
-#: the first bytes of compressed or archive files, which would otherwise be read as
-#: lines of garbage and rejected one by one
-_COMPRESSED = (
+#: the first bytes of files that are not UTF-8 text (compressed, archives, UTF-16 or 32
+#: with a byte order mark): each would be read as lines of garbage, rejected one by one
+_NOT_JSONL = (
     (b"\x1f\x8b", "gzip-compressed"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
     (b"BZh", "bzip2-compressed"),  # then a level digit and a block's "1AY&SY"
     (b"\xfd7zXZ\x00", "xz-compressed"),
     (b"PK\x03\x04", "a zip archive"),
+    (b"\xff\xfe\x00\x00", "UTF-32 text"),  # before UTF-16 LE, whose mark it starts with
+    (b"\x00\x00\xfe\xff", "UTF-32 text"),
+    (b"\xff\xfe", "UTF-16 text"),
+    (b"\xfe\xff", "UTF-16 text"),
 )
 
 

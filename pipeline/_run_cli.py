@@ -305,7 +305,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
         # the run checks again; here a missing input or directory is said before
         # any progress line, as the usage error (exit 2) it is
-        pipeline._check_files()
+        pipeline._check_before_start()
     except (ValueError, PipelineError, RuntimeError) as exc:
         _report(args, logging.ERROR, _one_line(exc))
         return 2

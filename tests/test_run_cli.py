@@ -251,6 +251,7 @@ def test_a_new_job_refuses_to_wipe_an_output_unless_told(tmp_path: Path) -> None
     last = _last_line(done.stderr)
     assert str(tmp_path / "o.jsonl") in last
     assert "--overwrite" in last
+    assert "progress" not in done.stderr  # said before anything started
     assert (tmp_path / "o.jsonl").read_text() == "an earlier result\n"
     done = _run_example(tmp_path, "--overwrite")
     assert done.returncode == 0, done.stderr
