@@ -213,8 +213,10 @@ class _JobResources:
 
 
 def _check_input(path: Path) -> None:
-    """A missing input, a directory, or a pipe is a usage error, said before the
-    job opens anything (a pipe cannot be read again to resume after a crash)."""
+    """A missing input, a directory, a pipe, or a file that is not UTF-8 text (by its
+    first bytes: compressed, an archive, UTF-16 or 32) is a usage error, said before the
+    job opens anything: a job reads its lines again by offset to resume and to retry,
+    and any of these would be read as lines of garbage, each one a reject."""
     if str(path) == "-":
         raise UsageError(
             "reading requests from standard input ('-') is not supported: a job reads "
