@@ -29,6 +29,12 @@ Any other 404 (no such endpoint: a wrong ``--base-url``), 401 or 403 (the API ke
 a configuration error that would condemn every request alike, so it fails the stage
 with the service's error class and a hint, instead of rejecting the whole input.
 
+A shape's key holds its tool names. A job whose requests each bring tools of their own
+(a tool-use evaluation, say) would make every request a new shape, and the job would
+move at the dry run's rate. So once one model, set of fields and block kinds has come
+with ``MAX_TOOL_SETS`` tool sets, every further tool set of it shares one more shape
+(its tool definitions were each checked by the local schema).
+
 Measured input tokens replace the sample's approximation (``Entry.input_tokens``,
 ``Entry.cost_usd``), and calibrate the estimate of the shape's later entries (scaled
 by the measured / approximated ratio of its samples).
@@ -44,6 +50,7 @@ samples already taken.
 from __future__ import annotations
 
 import enum
+import logging
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -80,13 +87,18 @@ __all__ = (
     "DryRunClient",
     "DryRunMeter",
     "DryRunStatistics",
+    "MAX_TOOL_SETS",
     "count_tokens_body",
     "dry_run",
     "messages_body",
 )
 
+logger = logging.getLogger("pipeline.dry_run")
+
 #: Entries held (samples included) while their shape is checked, at most.
 DEFAULT_MAX_HELD = 4096
+#: Tool sets sampled apart per model, fields and block kinds; the rest share a shape.
+MAX_TOOL_SETS = 16
 
 Item = Entry | Reject | Flush | Watermark
 
@@ -165,6 +177,7 @@ class _Shape:
 
     __slots__ = (
         "approx",
+        "base",
         "failure",
         "held",
         "measured",
@@ -173,6 +186,7 @@ class _Shape:
         "outcomes",
         "running",
         "samples",
+        "shared",
         "status",
         "unresolved",
     )
@@ -190,6 +204,9 @@ class _Shape:
         self.failure: Reject | None = None  # the first failed sample
         self.approx = 0  # approximated input tokens of the passed samples
         self.measured = 0  # their measured input tokens
+        #: with tools: the key shared by its model, fields and block kinds (``_new_key``)
+        self.base: str | None = None
+        self.shared = False  # the shape of every tool set past ``MAX_TOOL_SETS``
 
 
 class _DryRun:
@@ -213,6 +230,9 @@ class _DryRun:
         self._meter = meter
         self._prices = prices
         self._shapes: dict[str, _Shape] = {}
+        #: shared key -> tool sets sampled apart so far, and how many of them passed
+        self._tool_sets: dict[str, int] = {}
+        self._tool_sets_passed: dict[str, int] = {}
         self._pending: set[_Shape] = set()
         self._lock = anyio.Lock()
         self._changed = anyio.Event()
@@ -307,9 +327,13 @@ class _DryRun:
         """The entry to forward now, or None when it is held for its shape's verdict."""
         shape = self._shapes.get(entry.signature)
         if shape is None:
-            shape = self._shapes[entry.signature] = _Shape()
-            self._pending.add(shape)
-            self._meter.shapes += 1
+            key, base = self._new_key(entry.signature)
+            shape = self._shapes.get(key)
+            if shape is None:
+                shape = self._shapes[key] = _Shape()
+                shape.base, shape.shared = base, key == base
+                self._pending.add(shape)
+                self._meter.shapes += 1
         if shape.status is not _Status.PENDING:
             return self._judge(shape, entry)
         self._meter.held += 1
@@ -325,9 +349,40 @@ class _DryRun:
             shape.held.append(entry)
         return None
 
+    def _new_key(self, signature: str) -> tuple[str, str | None]:
+        """The shape key of a signature not seen as a shape yet, and, when it has
+        tools, the key shared by its model, fields and block kinds. The key is the
+        signature itself, or, past ``MAX_TOOL_SETS`` tool sets, the shared one."""
+        parts = signature.rsplit("|", 2)  # model|fields, tool names, block kinds
+        if len(parts) != 3 or not parts[1]:
+            return signature, None
+        shared = f"{parts[0]}|*|{parts[2]}"
+        seen = self._tool_sets.get(shared, 0)
+        if seen < MAX_TOOL_SETS:
+            self._tool_sets[shared] = seen + 1
+            return signature, shared
+        if seen == MAX_TOOL_SETS:
+            self._tool_sets[shared] = seen + 1
+            logger.info(
+                "dry run: more than %d tool sets for one model, fields and block kinds "
+                "(%s): the further ones share one sample",
+                MAX_TOOL_SETS,
+                shared,
+            )
+        return shared, shared
+
+    def _policy_for(self, shape: _Shape) -> str:
+        """The failure policy of ``shape``. A failed sample of the shared tool-set
+        shape speaks for its own tools only, once a tool set of its kind has passed:
+        it is rejected alone and the others go on. If none passed, the failure is the
+        job's (a model it may not use, say) and the configured policy holds."""
+        if shape.shared and self._tool_sets_passed.get(shape.base or "", 0):
+            return "continue"
+        return self._policy
+
     def _judge(self, shape: _Shape, entry: Entry) -> Item:
         """A non-sample entry of a shape with a verdict."""
-        if shape.failure is not None and self._policy == "reject-shape":
+        if shape.failure is not None and self._policy_for(shape) == "reject-shape":
             self._meter.shape_rejects += 1
             return Reject(entry.line, entry.custom_id, self._pointer(shape.failure), entry.end)
         if shape.measured and shape.approx:
@@ -405,12 +460,12 @@ class _DryRun:
         shape.unresolved -= 1
         if outcome is not None and shape.failure is None:
             shape.failure = Reject(entry.line, entry.custom_id, outcome, entry.end)
-            if self._policy == "abort":
+            if self._policy_for(shape) == "abort":
                 message = f"{outcome.type}: {outcome.message}"
                 raise DryRunAbortedError(entry.line, entry.custom_id, message)
 
     def _skip(self, shape: _Shape) -> bool:
-        return shape.failure is not None and self._policy == "reject-shape"
+        return shape.failure is not None and self._policy_for(shape) == "reject-shape"
 
     async def _check(self, shape: _Shape, entry: Entry) -> RejectError | None:
         """One dry-run call: None when the service accepted the request."""
@@ -445,7 +500,7 @@ class _DryRun:
         return (
             not shape.open
             or len(shape.samples) >= self._samples
-            or (shape.failure is not None and self._policy == "reject-shape")
+            or (shape.failure is not None and self._policy_for(shape) == "reject-shape")
         )
 
     async def _release_if_done(self, shape: _Shape) -> None:
@@ -462,6 +517,9 @@ class _DryRun:
             self._pending.discard(shape)
             if shape.failure is None:
                 self._meter.shapes_passed += 1
+                if shape.base is not None and not shape.shared:
+                    passed = self._tool_sets_passed.get(shape.base, 0)
+                    self._tool_sets_passed[shape.base] = passed + 1
             else:
                 self._meter.shapes_failed += 1
             out: list[Item] = [

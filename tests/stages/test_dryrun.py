@@ -22,6 +22,7 @@ from pipeline.api._types import Message, Usage
 from pipeline.stages._items import Entry, Flush, Reject, Watermark
 from pipeline.stages.dryrun import (
     DRY_RUN_THINKING_BUDGET,
+    MAX_TOOL_SETS,
     DryRunMeter,
     count_tokens_body,
     dry_run,
@@ -192,6 +193,58 @@ async def test_new_shape_triggers_exactly_k_calls() -> None:
         3,
     )
     assert stats.held == 0
+
+
+def tool_entry(n: int) -> Entry:
+    """Entry ``n`` of a tool-use evaluation: tools of its own, so a shape of its own
+    (prompt ``t<n>`` lets the fake fail it)."""
+    entry = make_entry(n, f"t{n}")
+    entry.signature = f"{MODEL}|model,max_tokens,messages,tools|lookup_{n}|str"
+    return entry
+
+
+async def test_a_job_whose_requests_each_bring_their_own_tools_is_not_held_to_the_call_rate() -> (
+    None
+):
+    client = FakeClient(VirtualClock())
+    meter = DryRunMeter()
+    entries = [tool_entry(n) for n in range(1, 201)]
+    out = await run_stage([entries], client, PipelineConfig(dry_run_rate=5), meter=meter)
+    assert sorted(e.line for e in out if isinstance(e, Entry)) == list(range(1, 201))
+    # MAX_TOOL_SETS tool sets sampled apart, then one shared sample for all the rest
+    assert len(client.calls) == MAX_TOOL_SETS + 1
+    assert [c[1]["messages"][0]["content"] for c in client.calls][-1] == f"t{MAX_TOOL_SETS + 1}"
+    assert client.clock() < 5  # seconds of the dry run's rate limit, not 200 / 5 = 40
+
+
+async def test_a_bad_tool_set_in_the_shared_shape_is_rejected_alone() -> None:
+    client = FakeClient(VirtualClock())
+    shared_sample = MAX_TOOL_SETS + 1
+    client.fail[f"t{shared_sample}"] = bad_request("tools.0.input_schema: not a schema")
+    out = await run_stage([[tool_entry(n) for n in range(1, 61)]], client, PipelineConfig())
+    [reject] = [r for r in out if isinstance(r, Reject)]
+    assert (reject.line, reject.error.message) == (
+        shared_sample,
+        "tools.0.input_schema: not a schema",
+    )
+    assert len([e for e in out if isinstance(e, Entry)]) == 59  # the others go on
+    assert len(client.calls) == MAX_TOOL_SETS + 1
+
+
+async def test_a_failure_of_every_tool_set_still_rejects_the_whole_shape_without_more_calls() -> (
+    None
+):
+    client = FakeClient(VirtualClock())
+    for n in range(1, 61):  # e.g. a model this account may not use
+        client.fail[f"t{n}"] = NotFoundError(
+            status_code=404, error_type="not_found_error", message="model: claude-x"
+        )
+    out = await run_stage([[tool_entry(n) for n in range(1, 61)]], client, PipelineConfig())
+    assert all(isinstance(r, Reject) for r in out)
+    assert len(out) == 60
+    assert len(client.calls) == MAX_TOOL_SETS + 1
+    pointed = [r for r in out if "dry run of this request's shape failed" in r.error.message]
+    assert len(pointed) == 60 - MAX_TOOL_SETS - 1
 
 
 async def test_measured_tokens_price_the_samples_and_calibrate_the_rest() -> None:
