@@ -39,6 +39,9 @@ __all__ = (
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_API_KEY_ENV = "ANTHROPIC_API_KEY"
+#: The variable a base URL is taken from when none is given, as the official SDK does
+#: (a gateway or proxy in front of the API).
+BASE_URL_ENV = "ANTHROPIC_BASE_URL"
 
 #: The documented per-batch limits (Oct 2024). 32 MB is taken as 32,000,000 bytes,
 #: which is inside the limit whether the service counts in MB or MiB.

@@ -1,14 +1,15 @@
 """``python -m pipeline run``: a JSONL file of batch requests to a JSONL file of results.
 
 With ``ANTHROPIC_API_KEY`` (or the variable ``--api-key-env`` names) set, it talks
-to the Message Batches API (or ``--base-url``); with neither a key nor a base URL it
-starts the local emulator in-process and says so on stderr.
+to the Message Batches API (or ``--base-url``, else ``ANTHROPIC_BASE_URL``); with
+neither a key nor a base URL it starts the local emulator in-process and says so on
+stderr.
 
 Exit status: 0 when the job finished (errored results are outcomes, not failures);
 3 when it ended unfinished but resumable (the budget was reached, or a SIGTERM /
 SIGINT stopped it gracefully), with a one-line reason; 1 with a one-line reason
-when it failed (an API, state file or file system error); 2 for bad options (and an
-output a new job would overwrite without ``--overwrite``); 128 + signal number when
+when it failed (an API, state file or file system error); 2 for bad options or input
+(see the README); 128 + signal number when
 a second signal cut it short (the state on disk stays consistent: re-running the
 command resumes). With ``--log-format json`` those lines are JSON log records too.
 """
@@ -98,8 +99,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     api.add_argument(
         "--base-url",
         metavar="URL",
-        help="the API's base URL (default: the Anthropic API when a key is set, else the "
-        "embedded emulator)",
+        help="the API's base URL (default: ANTHROPIC_BASE_URL if set, else the Anthropic "
+        "API when a key is set, else the embedded emulator)",
     )
     api.add_argument(
         "--api-key-env",

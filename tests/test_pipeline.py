@@ -540,6 +540,21 @@ def test_a_jsonl_file_whose_first_line_is_garbage_is_not_taken_for_compressed(
     _check_input(tmp_path / "in.jsonl")  # its lines are the validate stage's to reject
 
 
+async def test_a_gateway_named_in_the_environment_is_used_as_the_sdk_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = write_input(tmp_path / "in.jsonl", 12)
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "emu") as emu:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", emu.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-the-shell-0123456789")
+        pipeline = Pipeline(tmp_path / "in.jsonl", tmp_path / "out.jsonl", config=FAST)
+        with anyio.fail_after(30):
+            stats = await pipeline.run()
+        assert sorted(emu.submissions()) == sorted(ids)  # sent there, not to the service
+    assert stats.finished
+    assert not (tmp_path / "out.jsonl.state.emulator").exists()  # no embedded emulator
+
+
 def test_a_pipeline_needs_a_state_path_for_a_callback_output() -> None:
     async def cb(line: ResultLine) -> None: ...
 
