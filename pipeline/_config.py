@@ -109,6 +109,9 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: model names accepted by the local check; None accepts any name (the service,
     #: and the dry run, then decide)
     models: frozenset[str] | None = None
+    #: top-level params the local check lets through unchecked: fields the API added
+    #: after this version of pipeline (the dry run and the service judge them)
+    allow_fields: frozenset[str] = frozenset()
     #: the environment variable holding the API key, read when a ``Pipeline`` is
     #: given no ``client``, ``api_key`` nor ``base_url``
     api_key_env: str = DEFAULT_API_KEY_ENV
@@ -154,5 +157,7 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
                 f"models must name at least one model (or be None to accept any), "
                 f"got {sorted(self.models)}"
             )
+        if not all(self.allow_fields):
+            raise ValueError(f"allow_fields must be field names, got {sorted(self.allow_fields)}")
         if not self.api_key_env:
             raise ValueError("api_key_env must name an environment variable")

@@ -153,7 +153,11 @@ class _JobResources:
         # the models the service is known to accept, and any this job names or prices
         # itself (a model newer than this package, given with --models or --price)
         models = KNOWN_MODELS | frozenset(self._prices or ()) | (self.config.models or set())
-        emu_config = EmulatorConfig(batch_seconds=EMULATOR_BATCH_SECONDS, models=models)
+        emu_config = EmulatorConfig(
+            batch_seconds=EMULATOR_BATCH_SECONDS,
+            models=models,
+            allow_fields=self.config.allow_fields,
+        )
         handle = await stack.enter_async_context(serve_emulator(emu_config, data_dir=data_dir))
         if self.config.poll_interval == DEFAULT_POLL_INTERVAL:
             self.config = _with(self.config, poll_interval=EMULATOR_POLL_INTERVAL)

@@ -116,6 +116,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="model names the local check accepts, comma-separated (default: any name; "
         "the service, and the dry run, decide)",
     )
+    api.add_argument(
+        "--allow-field",
+        type=_field_list,
+        action="append",
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="top-level params the local check lets through unchecked, for fields the API "
+        "added after this version of pipeline (repeatable; the dry run still sends them)",
+    )
     tune = parser.add_argument_group("batching")
     tune.add_argument(
         "--max-batch-requests",
@@ -248,8 +257,17 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         budget_usd=args.budget_usd,
         delete_ended=args.delete_ended,
         models=args.models,
+        allow_fields=frozenset(name for names in args.allow_field for name in names),
         api_key_env=args.api_key_env,
     )
+
+
+def _field_list(text: str) -> list[str]:
+    """``--allow-field a,b``: the names; argparse prints the reason."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected field names separated by commas, got {text!r}")
+    return names
 
 
 def _model_list(text: str) -> frozenset[str]:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -98,9 +99,14 @@ def test_options_map_to_config() -> None:
             "claude-sonnet-4-20250514, claude-3-haiku-20240307",
             "--api-key-env",
             "MY_KEY",
+            "--allow-field",
+            "effort",
+            "--allow-field",
+            "a, b",
         ]
     )
     config = build_config(args)
+    assert config.allow_fields == frozenset({"effort", "a", "b"})
     assert config.max_batch_requests == 50
     assert config.max_in_flight == 100
     assert config.linger_seconds == 0.5
@@ -211,6 +217,40 @@ def test_todays_models_run_on_the_embedded_emulator_and_a_misspelt_one_is_reject
     ]
     assert (reject["line"], reject["custom_id"]) == (4, "m3")
     assert "claud-sonnet-5-5" in reject["error"]["message"]
+
+
+def test_a_field_newer_than_the_package_runs_once_allowed(tmp_path: Path) -> None:
+    params = {"model": "claude-opus-5-5", "max_tokens": 20}
+    messages = [{"role": "user", "content": "hi"}]
+    lines = [
+        msgspec.json.encode(
+            {"custom_id": "new", "params": {**params, "effort": "high", "messages": messages}}
+        ),
+        msgspec.json.encode({"custom_id": "plain", "params": {**params, "messages": messages}}),
+    ]
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    command = [sys.executable, "-m", "pipeline", "run", str(tmp_path / "in.jsonl"), "-q"]
+    command += ["--linger-seconds", "0.05"]
+
+    def run(output: str, *extra: str) -> tuple[list[str], list[dict[str, Any]]]:
+        done = subprocess.run(
+            [*command, "--output", str(tmp_path / output), *extra],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        out = (tmp_path / output).read_bytes().splitlines()
+        rejects = (tmp_path / output.replace(".jsonl", ".rejects.jsonl")).read_bytes()
+        ids = sorted(msgspec.json.decode(x)["custom_id"] for x in out)
+        return ids, [msgspec.json.decode(x) for x in rejects.splitlines()]
+
+    ids, [reject] = run("strict.jsonl")
+    assert ids == ["plain"]
+    assert "--allow-field effort" in reject["error"]["message"]
+    ids, rejects = run("allowed.jsonl", "--allow-field", "effort")
+    assert (ids, rejects) == (["new", "plain"], [])
 
 
 def test_a_budget_stop_exits_3_with_the_reason(tmp_path: Path) -> None:

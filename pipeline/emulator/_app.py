@@ -445,22 +445,24 @@ class EmulatorApp:
     # ----------------------------------------------------------------- messages
 
     def _messages(self, request: _Request) -> _Answer:
+        body = self.config.without_allowed(request.body)
         try:
-            params = _messages_decoder.decode(request.body)
+            params = _messages_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise _error("invalid_request_error", decode_error_message(exc)) from None
         if params.stream is True:
             raise _error(
                 "invalid_request_error", "stream: streaming is not supported by the emulator"
             )
-        problem = check_params(params, models=self.config.models, raw=request.body)
+        problem = check_params(params, models=self.config.models, raw=body)
         if problem is not None:
             raise _error("invalid_request_error", problem)
-        return self._ok(respond(params, request.body, service_tier="standard"))
+        return self._ok(respond(params, body, service_tier="standard"))
 
     def _count_tokens(self, request: _Request) -> _Answer:
+        body = self.config.without_allowed(request.body)
         try:
-            params = _count_decoder.decode(request.body)
+            params = _count_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise _error("invalid_request_error", decode_error_message(exc)) from None
         thinking = params.thinking
@@ -473,7 +475,7 @@ class EmulatorApp:
             tool_choice=params.tool_choice,
             thinking=thinking,
         )
-        problem = check_params(as_create, models=self.config.models, raw=request.body)
+        problem = check_params(as_create, models=self.config.models, raw=body)
         if problem is not None:
             raise _error("invalid_request_error", problem)
         tokens = count_input_tokens(params.messages, params.system, params.tools)

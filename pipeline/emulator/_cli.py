@@ -149,6 +149,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="comma-separated accepted models, or 'any' (default: the models the service is "
         "known to accept, documented and later)",
     )
+    add(
+        "--allow-field",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="top-level params taken unchecked (fields the service added after this "
+        "version; repeatable)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -175,6 +183,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         cut_rate=args.cut_rate,
         seed=args.seed,
         models=models,
+        allow_fields=frozenset(
+            name.strip() for names in args.allow_field for name in names.split(",") if name.strip()
+        ),
         workspaces=dict(args.workspace),
         clock=ManualClock() if args.manual_clock else None,
     )

@@ -26,6 +26,9 @@ __all__ = (
     "ManualClock",
 )
 
+_any = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
 DEFAULT_MAX_BATCH_REQUESTS = 10_000
 DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -112,6 +115,9 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_seconds: float = 0.0
     seed: int = 0
     models: frozenset[str] | None = KNOWN_MODELS
+    #: top-level params taken unchecked: fields the service added after this version
+    #: (``PipelineConfig.allow_fields``; the embedded emulator takes the job's)
+    allow_fields: frozenset[str] = frozenset()
     workspaces: Mapping[str, str] = {}
     clock: Callable[[], float] | None = None
 
@@ -131,3 +137,17 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     def now(self) -> float:
         """The current time by the configured clock."""
         return (self.clock or time.time)()
+
+    def without_allowed(self, params: bytes) -> bytes:
+        """``params`` (a JSON object) without the top-level ``allow_fields`` it has, for
+        the strict checks; as it is when it has none (the common case: no decode)."""
+        fields = self.allow_fields
+        if not fields or not any(f'"{name}"'.encode() in params for name in fields):
+            return params
+        try:
+            value = _any.decode(params)
+        except msgspec.DecodeError:
+            return params  # the strict decode says what is wrong
+        if not isinstance(value, dict) or not fields.intersection(value):
+            return params
+        return _encoder.encode({k: v for k, v in value.items() if k not in fields})

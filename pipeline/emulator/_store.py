@@ -516,13 +516,16 @@ class Store(Timeline):
         """The results line of one processed request: its params are strictly decoded
         and checked here, once, as the service does after the create."""
         cid = entry.custom_id
+        raw: bytes | msgspec.Raw = entry.params
+        if self.config.allow_fields:
+            raw = self.config.without_allowed(bytes(raw))
         try:
-            params = _params_decoder.decode(entry.params)
+            params = _params_decoder.decode(raw)
         except msgspec.DecodeError as exc:
             counts.errored += 1
             return self._errored(cid, "invalid_request_error", decode_error_message(exc, "params."))
         try:
-            problem = check_params(params, models=self.config.models, raw=entry.params)
+            problem = check_params(params, models=self.config.models, raw=raw)
         except Exception as exc:  # a bug in a check must not wedge the whole batch
             _log.exception("check_params failed on %s in %s", cid, record.id)
             problem = f"could not be checked ({type(exc).__name__})"

@@ -34,6 +34,7 @@ __all__ = ("REJECT_TYPES", "Validator", "validate")
 REJECT_TYPES = ("invalid_json", "invalid_custom_id", "invalid_request_error", "request_too_large")
 
 _any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
 _MILLION = 1_000_000
 
 
@@ -41,7 +42,15 @@ class Validator:
     """Sync and I/O-free: ``check(lines)`` turns raw lines into entries and rejects,
     in input order."""
 
-    __slots__ = ("_prices", "_rates", "max_entry_bytes", "models", "position", "unpriced")
+    __slots__ = (
+        "_prices",
+        "_rates",
+        "allow_fields",
+        "max_entry_bytes",
+        "models",
+        "position",
+        "unpriced",
+    )
 
     def __init__(
         self,
@@ -49,9 +58,12 @@ class Validator:
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         models: frozenset[str] | None = DEFAULT_MODELS,
         prices: PriceTable = DEFAULT_PRICES,
+        allow_fields: frozenset[str] = frozenset(),
     ) -> None:
         self.max_entry_bytes = max_batch_bytes - ENVELOPE_BYTES
         self.models = models
+        #: top-level params let through unchecked (``PipelineConfig.allow_fields``)
+        self.allow_fields = allow_fields
         self._prices = prices
         # (input, output) USD per million tokens of each model the table prices: one
         # dict lookup per entry instead of a call to estimate_cost_usd
@@ -84,8 +96,11 @@ class Validator:
             checked = check_entry(data, models=models)
             # a type test: isinstance against a Struct class is several times slower
             if type(checked) is not Checked or len(data) > limit:
-                append(self._reject(raw, data, checked))
-                continue
+                if self.allow_fields and type(checked) is SchemaError:
+                    checked = self._allowed(data, checked)
+                if type(checked) is not Checked or len(data) > limit:
+                    append(self._reject(raw, data, checked))
+                    continue
             model = checked.model
             tokens = checked.approx_input_tokens
             max_tokens = checked.max_tokens
@@ -115,6 +130,33 @@ class Validator:
         if last is not None:
             self.position = (_end(last), last.line)
         return out
+
+    def _allowed(self, data: bytes, error: SchemaError) -> Checked | SchemaError:
+        """The check of ``data`` without the allowed top-level params it carries (the
+        entry still sends them); ``error`` when it carries none. The shape key names
+        them, so the dry run samples requests with them apart."""
+        if "unknown field" not in error.message:
+            return error
+        try:
+            entry = _any_decoder.decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return error
+        params = entry.get("params") if isinstance(entry, dict) else None
+        if not isinstance(params, dict):
+            return error
+        present = sorted(self.allow_fields.intersection(params))
+        if not present:
+            return error
+        for name in present:
+            del params[name]
+        checked = check_entry(_encoder.encode(entry), models=self.models)
+        if type(checked) is not Checked:
+            return checked
+        head, tools, kinds = checked.signature.rsplit("|", 2)
+        shape = f"{head},{','.join(present)}|{tools}|{kinds}"
+        return Checked(
+            checked.custom_id, checked.model, checked.max_tokens, shape, len(data) // 3 + 1
+        )
 
     def _reject(self, raw: RawLine, data: bytes, checked: Checked | SchemaError) -> Reject:
         if isinstance(checked, SchemaError):
@@ -177,6 +219,13 @@ def _classify(data: bytes, error: SchemaError) -> RejectError:
         return RejectError("invalid_custom_id", error.message)
     if error.message.startswith("custom_id"):
         return RejectError("invalid_custom_id", error.message)
+    if error.message.startswith("params: unknown field `"):
+        name = error.message.split("`")[1]
+        hint = (
+            f" (if the API added it after this version of pipeline, let it through with "
+            f"--allow-field {name}, or PipelineConfig(allow_fields=...))"
+        )
+        return RejectError("invalid_request_error", error.message + hint)
     return RejectError("invalid_request_error", error.message)
 
 
@@ -204,7 +253,12 @@ async def validate(
 ) -> None:
     """Check every line; send entries and rejects in input order, then a final
     ``Flush`` standing at the position after the last line."""
-    validator = Validator(max_batch_bytes=config.max_batch_bytes, models=models, prices=prices)
+    validator = Validator(
+        max_batch_bytes=config.max_batch_bytes,
+        models=models,
+        prices=prices,
+        allow_fields=config.allow_fields,
+    )
     async with receive, send:
         async for lines in receive:
             if progress is not None and lines:

@@ -349,6 +349,33 @@ async def test_todays_models_are_served_and_a_misspelt_one_is_not(
         )
 
 
+async def test_allowed_new_fields_are_taken_unchecked_and_others_still_refused(
+    make_app: Callable[..., EmulatorApp],
+) -> None:
+    async with asgi_client(make_app()) as client:
+        assert_error(
+            await client.post("/v1/messages", json=params(effort="high")),
+            "invalid_request_error",
+            "effort",
+        )
+    async with asgi_client(make_app(allow_fields=frozenset({"effort"}), batch_seconds=0)) as client:
+        answer = await client.post("/v1/messages", json=params(effort="high"))
+        assert answer.status_code == 200, answer.text
+        counted = await client.post(
+            "/v1/messages/count_tokens",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "effort": "high"},
+        )
+        assert counted.status_code == 200, counted.text
+        batch = await create(client, 2, effort="high")
+        ended = (await client.get(f"/v1/messages/batches/{batch['id']}")).json()
+        assert ended["request_counts"]["succeeded"] == 2
+        assert_error(
+            await client.post("/v1/messages", json=params(effort="high", bogus=1)),
+            "invalid_request_error",
+            "bogus",
+        )
+
+
 async def test_too_many_cache_breakpoints_answer_as_the_service_does(
     make_app: Callable[..., EmulatorApp],
 ) -> None:

@@ -251,6 +251,31 @@ def entries(n: int, size: int = 0) -> list[Entry]:
     ]
 
 
+def test_an_allowed_new_field_is_let_through_with_its_bytes_and_sampled_apart() -> None:
+    def line(cid: str, **extra: Any) -> bytes:
+        params = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        return msgspec.json.encode({"custom_id": cid, "params": {**params, **extra}})
+
+    lines = [
+        RawLine(1, line("new", effort="high"), 0),
+        RawLine(2, line("plain"), 100),
+        RawLine(3, line("other", effort="high", temprature=1), 200),  # a typo stays an error
+    ]
+    strict = Validator(models=None).check(lines)
+    assert isinstance(strict[0], Reject)
+    assert strict[0].error.message.startswith("params: unknown field `effort` (if the API added")
+    assert "--allow-field effort" in strict[0].error.message
+
+    new, plain, other = Validator(models=None, allow_fields=frozenset({"effort"})).check(lines)
+    assert isinstance(new, Entry)
+    assert isinstance(plain, Entry)
+    assert new.raw == lines[0].data  # sent as written, the field included
+    assert new.signature != plain.signature  # so the dry run samples it apart
+    assert "effort" in new.signature
+    assert isinstance(other, Reject)
+    assert other.error.message.startswith("params: unknown field `temprature`")
+
+
 def test_packer_respects_the_exact_body_byte_limit() -> None:
     items = entries(40, size=50)
     one = len(items[0].raw)
