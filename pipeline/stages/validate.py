@@ -11,6 +11,7 @@ claimed (on disk, so no set grows with the job). Blank lines are skipped.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -33,6 +34,7 @@ __all__ = ("REJECT_TYPES", "Validator", "validate")
 #: The error types a reject from this stage can have.
 REJECT_TYPES = ("invalid_json", "invalid_custom_id", "invalid_request_error", "request_too_large")
 
+logger = logging.getLogger("pipeline.validate")
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _MILLION = 1_000_000
@@ -259,13 +261,55 @@ async def validate(
         prices=prices,
         allow_fields=config.allow_fields,
     )
+    first = _FirstLines()
     async with receive, send:
         async for lines in receive:
             if progress is not None and lines:
                 progress.read = lines[-1].line
             items = validator.check(lines)
+            if not first.done:
+                first.look(items)
             if progress is not None and validator.unpriced:
                 progress.unpriced |= validator.unpriced
             if items:
                 await send.send(items)
         await send.send([Flush(validator.position[0], final=True)])
+
+
+#: Rejects in a row, from the first line read on, after which the stage warns (once)
+#: that the input may not be a file of requests at all.
+ALL_REJECTED_WARNING = 1000
+
+
+class _FirstLines:
+    """Watches the first lines checked: a wrong file (results, CSV, another JSON
+    format) makes every line a reject. The job goes on (bad input never stops it),
+    but a run that only fills the rejects file says so early, once."""
+
+    __slots__ = ("done", "first", "rejected")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.first: Reject | None = None
+        self.rejected = 0
+
+    def look(self, items: list[Entry | Reject | Flush]) -> None:
+        for item in items:
+            if type(item) is Entry:
+                self.done = True
+                return
+            if type(item) is Reject:
+                self.first = self.first or item
+                self.rejected += 1
+        if self.rejected >= ALL_REJECTED_WARNING and self.first is not None:
+            self.done = True
+            first = self.first
+            logger.warning(
+                "the first %d lines read were all rejected (line %d, custom_id %r: %s): is "
+                'the input a file of batch requests, one {"custom_id": ..., "params": '
+                "{...}} per line? The job goes on; each reject is in the rejects file.",
+                self.rejected,
+                first.line,
+                first.custom_id,
+                first.error.message,
+            )

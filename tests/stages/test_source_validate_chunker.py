@@ -14,7 +14,7 @@ from pipeline.stages._items import Entry, Flush, RawLine, Reject, Watermark
 from pipeline.stages._protocol import build_body
 from pipeline.stages.chunker import Packer, chunker
 from pipeline.stages.source import LineReader, iterable_source, jsonl_source
-from pipeline.stages.validate import Validator
+from pipeline.stages.validate import ALL_REJECTED_WARNING, Validator, validate
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -274,6 +274,46 @@ def test_an_allowed_new_field_is_let_through_with_its_bytes_and_sampled_apart() 
     assert "effort" in new.signature
     assert isinstance(other, Reject)
     assert other.error.message.startswith("params: unknown field `temprature`")
+
+
+async def _validated(lines: list[RawLine]) -> list[Any]:
+    send_in, recv_in = anyio.create_memory_object_stream[list[RawLine]](100)
+    send_out, recv_out = anyio.create_memory_object_stream[list[Any]](100)
+    async with send_in:
+        for start in range(0, len(lines), 100):
+            await send_in.send(lines[start : start + 100])
+    await validate(recv_in, send_out, config=PipelineConfig(), models=None)
+    async with recv_out:
+        return [item async for items in recv_out for item in items]
+
+
+async def test_a_wrong_file_is_said_once_early_and_the_job_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    result = b'{"custom_id": "r%d", "result": {"type": "succeeded"}}'  # a results file
+    wrong = [RawLine(n, result % n, -1) for n in range(1, ALL_REJECTED_WARNING + 301)]
+    with caplog.at_level("WARNING", logger="pipeline.validate"):
+        items = await _validated(wrong)
+    assert sum(isinstance(i, Reject) for i in items) == len(wrong)  # none dropped
+    [record] = caplog.records
+    assert record.getMessage().startswith(
+        f"the first {ALL_REJECTED_WARNING} lines read were all rejected "
+        "(line 1, custom_id 'r1': unknown field `result`)"
+    )
+    caplog.clear()
+    good = msgspec.json.encode(
+        {
+            "custom_id": "ok",
+            "params": {
+                "model": "m",
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+        }
+    )
+    with caplog.at_level("WARNING", logger="pipeline.validate"):
+        await _validated([*wrong[:5], RawLine(6, good, -1), *wrong[6:]])
+    assert caplog.records == []  # one good line early: bad lines among good ones are normal
 
 
 def test_packer_respects_the_exact_body_byte_limit() -> None:
