@@ -224,8 +224,8 @@ def _classify(data: bytes, error: SchemaError) -> RejectError:
     if error.message.startswith("params: unknown field `"):
         name = error.message.split("`")[1]
         hint = (
-            f" (if the API added it after this version of pipeline, let it through with "
-            f"--allow-field {name}, or PipelineConfig(allow_fields=...))"
+            f" (a misspelt param? If the API added it after this version of pipeline, "
+            f"--allow-field {name} or PipelineConfig(allow_fields=...) lets it through)"
         )
         return RejectError("invalid_request_error", error.message + hint)
     return RejectError("invalid_request_error", error.message)

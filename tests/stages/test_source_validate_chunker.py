@@ -263,7 +263,9 @@ def test_an_allowed_new_field_is_let_through_with_its_bytes_and_sampled_apart() 
     ]
     strict = Validator(models=None).check(lines)
     assert isinstance(strict[0], Reject)
-    assert strict[0].error.message.startswith("params: unknown field `effort` (if the API added")
+    assert strict[0].error.message.startswith(
+        "params: unknown field `effort` (a misspelt param? If the API"
+    )
     assert "--allow-field effort" in strict[0].error.message
 
     new, plain, other = Validator(models=None, allow_fields=frozenset({"effort"})).check(lines)
