@@ -42,6 +42,9 @@ DEFAULT_API_KEY_ENV = "ANTHROPIC_API_KEY"
 #: The variable a base URL is taken from when none is given, as the official SDK does
 #: (a gateway or proxy in front of the API).
 BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+#: The variable a bearer token is taken from when there is no API key, as the official
+#: SDK does (``Authorization: Bearer``, which some gateways ask for).
+AUTH_TOKEN_ENV = "ANTHROPIC_AUTH_TOKEN"
 
 #: The documented per-batch limits (Oct 2024). 32 MB is taken as 32,000,000 bytes,
 #: which is inside the limit whether the service counts in MB or MiB.

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import msgspec
 
-from ._config import DEFAULT_API_KEY_ENV
+from ._config import AUTH_TOKEN_ENV, DEFAULT_API_KEY_ENV
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -209,6 +209,7 @@ def configure_logging(
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     redactor = RedactingFilter(secrets)
     redactor.add_secret(os.environ.get(api_key_env))
+    redactor.add_secret(os.environ.get(AUTH_TOKEN_ENV))
     handler.addFilter(redactor)
     setattr(handler, "_pipeline_handler", True)  # noqa: B010 - marks ours for replacement
     logger = logging.getLogger(logger_name)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
-from ._config import BASE_URL_ENV, DEFAULT_BASE_URL, PipelineConfig
+from ._config import AUTH_TOKEN_ENV, BASE_URL_ENV, DEFAULT_BASE_URL, PipelineConfig
 from ._errors import UsageError
 from ._pipeline_resources import EMULATOR_API_KEY as EMULATOR_API_KEY
 from ._pipeline_resources import EMULATOR_BATCH_SECONDS as EMULATOR_BATCH_SECONDS
@@ -359,15 +359,17 @@ class Pipeline(_JobResources, _StageWiring):
         if self._client_given is not None:
             self._client = self._client_given
             return self._client
-        api_key, base_url = self._api_key, self._base_url
+        api_key, base_url, token = self._api_key, self._base_url, None
         if api_key is None:  # as the command line does: the key from the environment
             api_key = os.environ.get(self.config.api_key_env) or None
+        if api_key is None:  # as the SDK does: a bearer token instead (some gateways)
+            token = os.environ.get(AUTH_TOKEN_ENV) or None
         if base_url is None:  # as the SDK does: a gateway named in the environment
             base_url = os.environ.get(BASE_URL_ENV) or None
-        if api_key is None and base_url is None:
+        if api_key is None and token is None and base_url is None:
             base_url = await self._start_emulator(stack)
             api_key = EMULATOR_API_KEY
-        client = Client(api_key=api_key, base_url=base_url or DEFAULT_BASE_URL)
+        client = Client(api_key=api_key, auth_token=token, base_url=base_url or DEFAULT_BASE_URL)
         self._client = await stack.enter_async_context(client)
         return self._client
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._config import (
+    AUTH_TOKEN_ENV,
     DEFAULT_API_KEY_ENV,
     DEFAULT_DRY_RUN_RATE,
     DEFAULT_LINGER_SECONDS,
@@ -357,8 +358,8 @@ def _report(args: argparse.Namespace, level: int, text: str) -> None:
     JSON log record with ``--log-format json``; any API key masked either way."""
     from ._logging import MIN_SECRET_LENGTH, redact
 
-    key = os.environ.get(args.api_key_env) or ""
-    text = redact(text, [key] if len(key) >= MIN_SECRET_LENGTH else [])
+    found = (os.environ.get(args.api_key_env), os.environ.get(AUTH_TOKEN_ENV))
+    text = redact(text, [s for s in found if s and len(s) >= MIN_SECRET_LENGTH])
     if getattr(args, "log_format", "text") == "json":
         _log.log(level, "pipeline run: %s", text)
     else:

@@ -15,3 +15,4 @@ def _no_service_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
     commands the tests start): jobs without a client run on the embedded emulator."""
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)

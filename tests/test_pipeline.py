@@ -555,6 +555,24 @@ async def test_a_gateway_named_in_the_environment_is_used_as_the_sdk_uses_it(
     assert not (tmp_path / "out.jsonl.state.emulator").exists()  # no embedded emulator
 
 
+async def test_a_bearer_token_in_the_environment_is_used_and_kept_out_of_the_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "gw-token-from-the-shell-0123456789"
+    ids = write_input(tmp_path / "in.jsonl", 5)
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "emu") as emu:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", emu.url)
+        monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", token)  # and no API key
+        pipeline = Pipeline(tmp_path / "in.jsonl", tmp_path / "out.jsonl", config=FAST)
+        with anyio.fail_after(30):
+            stats = await pipeline.run()
+        assert sorted(emu.submissions()) == sorted(ids)
+    assert stats.finished
+    for path in tmp_path.iterdir():
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
 def test_a_pipeline_needs_a_state_path_for_a_callback_output() -> None:
     async def cb(line: ResultLine) -> None: ...
 

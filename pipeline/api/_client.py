@@ -126,6 +126,7 @@ class Client:
         self,
         *,
         api_key: str | None,
+        auth_token: str | None = None,
         base_url: str = DEFAULT_BASE_URL,
         beta: bool = False,
         extra_headers: Mapping[str, str] | None = None,
@@ -149,6 +150,10 @@ class Client:
             headers.update(extra_headers)
         if api_key is not None:
             headers["x-api-key"] = api_key
+        if auth_token is not None:
+            headers["authorization"] = f"Bearer {auth_token}"
+        #: what ``_redact`` masks in text that came from outside
+        self._secrets = tuple(s for s in (api_key, auth_token) if s)
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers=headers,
@@ -440,10 +445,11 @@ class Client:
         )
 
     def _redact(self, text: str) -> str:
-        """Remove the API key from text that came from outside (an echoing proxy...)."""
-        key = self._http.headers.get("x-api-key")
-        if key and key in text:
-            return text.replace(key, "[redacted]")
+        """Remove the API key (and bearer token) from text that came from outside (an
+        echoing proxy...)."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
         return text
 
     async def _walk_pages(

@@ -149,6 +149,21 @@ async def test_no_key_sends_no_key_header() -> None:
     assert "authorization" not in script.requests[0].headers
 
 
+async def test_a_bearer_token_is_sent_as_the_sdk_sends_it_and_never_echoed() -> None:
+    token = "gw-token-0123456789abcdef"
+    echo = httpx.Response(401, content=error_body("authentication_error", f"bad token {token}"))
+    script = Script(ok(), echo)
+    async with make_client(script, Sleeps(), api_key=None, auth_token=token) as client:
+        await client.retrieve_batch("msgbatch_1")
+        with pytest.raises(APIError) as info:
+            await client.retrieve_batch("msgbatch_1")  # an answer that echoes the token
+    assert script.requests[0].headers["authorization"] == f"Bearer {token}"
+    assert "x-api-key" not in script.requests[0].headers
+    assert token not in str(info.value)
+    assert token not in repr(info.value)
+    assert "[redacted]" in str(info.value)
+
+
 async def test_batch_id_is_percent_encoded_and_bad_ids_refused() -> None:
     script = Script(ok())
     async with make_client(script, Sleeps()) as client:
