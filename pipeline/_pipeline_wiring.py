@@ -70,6 +70,8 @@ class _StageWiring:
     config: PipelineConfig
     _source: Source
     _input_path: Path | None
+    #: the offset the input was read up to in this run (None: not read to its end)
+    _input_read_to: int | None
     _source_chunk_size: int
     _prices: PriceTable | None
     _client: Client | None
@@ -256,6 +258,29 @@ class _StageWiring:
             if not self.open_ended:
                 await ledger.mark_finished()
             self._finished = True
+            self._warn_if_input_grew()
+
+    def _warn_if_input_grew(self) -> None:
+        """Lines appended to the input after it was read to its end are not sent:
+        say so when the job finishes, rather than only when a re-run refuses the
+        changed input."""
+        path, read_to = self._input_path, self._input_read_to
+        if path is None or read_to is None:
+            return
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return
+        if size > read_to:
+            logger.warning(
+                "the input %s grew while the job ran: it was read to byte %s and now has "
+                "%s bytes; the lines after were not sent. Put new requests in a file of "
+                "their own (a re-run refuses a changed input), or use a WatchPipeline for "
+                "an input that keeps growing.",
+                path,
+                f"{read_to:,}",
+                f"{size:,}",
+            )
 
     async def _guard(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         """Run one stage; its failure becomes ``StageError(name)``. A stream broken
@@ -273,7 +298,7 @@ class _StageWiring:
     async def _source_stage(self, send: Any, resume: ResumeState) -> None:
         source = self._source
         if self._input_path is not None:
-            await jsonl_source(
+            self._input_read_to = await jsonl_source(
                 send,
                 path=self._input_path,
                 start_offset=resume.source_offset,

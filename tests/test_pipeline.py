@@ -573,6 +573,44 @@ async def test_a_bearer_token_in_the_environment_is_used_and_kept_out_of_the_sta
             assert token.encode() not in path.read_bytes(), path
 
 
+class _CreateHeld(Client):
+    """A real client whose first batch create waits until ``release`` is set."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.creating = anyio.Event()
+        self.release = anyio.Event()
+
+    async def create_batch(self, body: bytes, *, request_count: int) -> Any:
+        self.creating.set()
+        await self.release.wait()
+        return await super().create_batch(body, request_count=request_count)
+
+
+async def test_lines_appended_after_the_input_was_read_are_said_when_the_job_finishes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "in.jsonl"
+    ids = write_input(source, 5)
+    read_size = source.stat().st_size
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "emu") as emu:
+        async with _CreateHeld(api_key="k", base_url=emu.url) as client:
+            pipeline = Pipeline(source, tmp_path / "out.jsonl", config=FAST, client=client)
+            with anyio.fail_after(30), caplog.at_level("WARNING", logger="pipeline"):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pipeline.run)
+                    await client.creating.wait()  # the source has read the file to its end
+                    with source.open("ab") as f:  # a producer appends meanwhile
+                        f.write(msgspec.json.encode(entry("late-1")) + b"\n")
+                    client.release.set()
+        assert sorted(emu.submissions()) == sorted(ids)  # the late line was not sent...
+    assert pipeline.statistics().finished
+    [warning] = [r for r in caplog.records if "grew while the job ran" in r.getMessage()]
+    assert f"read to byte {read_size:,} and now has {source.stat().st_size:,} bytes" in (
+        warning.getMessage()
+    )  # ...and the run says so
+
+
 def test_a_pipeline_needs_a_state_path_for_a_callback_output() -> None:
     async def cb(line: ResultLine) -> None: ...
 

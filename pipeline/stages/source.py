@@ -172,11 +172,13 @@ async def jsonl_source(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     stop: anyio.Event | None = None,
     max_line: int | None = None,
-) -> None:
+) -> int:
     """Send the lines of the JSONL file at ``path``, from byte ``start_offset`` (the
     start of line ``start_line + 1``) on; stops between chunks once ``stop`` is set.
-    A line longer than ``max_line`` bytes is skipped, not held (see the module doc)."""
+    A line longer than ``max_line`` bytes is skipped, not held (see the module doc).
+    Returns the offset it read up to: the file's end, unless a stop came first."""
     reader = LineReader(start_offset=start_offset, start_line=start_line, max_line=max_line)
+    end = start_offset
     async with send:
         try:
             handle = await open_file(path, "rb")
@@ -186,6 +188,7 @@ async def jsonl_source(
             await handle.seek(start_offset)
             while stop is None or not stop.is_set():
                 chunk = await handle.read(chunk_size)
+                end += len(chunk)
                 lines = reader.feed(chunk) if chunk else reader.flush()
                 if lines:
                     await send.send(lines)
@@ -194,6 +197,7 @@ async def jsonl_source(
         finally:
             with anyio.CancelScope(shield=True):
                 await handle.close()
+    return end
 
 
 class _Unencodable(msgspec.Struct):
