@@ -15,11 +15,10 @@ once when the pipeline is stopping (spooled requests wait for the next start).
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-import anyio
-
-from ._files import open_file
+from ._files import opened
 from ._items import Entry, Flush, Reject
 
 if TYPE_CHECKING:
@@ -85,23 +84,19 @@ async def retry_feeder(
     path: str | os.PathLike[str] | None = None,
 ) -> None:
     """Feed spooled requests back into the chunker until the job's cycle is done."""
-    async with send:  # first: closed even when cancelled while the input opens
-        handle = await open_file(path, "rb") if path is not None else None
-        try:
-            while not progress.stopping:
-                if progress.spooled > 0 and progress.retry_unclaimed <= 0:
-                    items = await ledger.take_spool(config.max_batch_requests)
-                    if items:
-                        entries: list[Entry | Reject | Flush] = [*await read_back(items, handle)]
-                        progress.retry_unclaimed += len(entries)
-                        progress.retry_ids.update(item.custom_id for item in items)
-                        await send.send([*entries, Flush()])
-                        continue
-                    progress.spooled = 0  # the ledger knows best
-                if progress.cycle_done:
-                    return
-                await progress.wait_changed()
-        finally:
-            if handle is not None:
-                with anyio.CancelScope(shield=True):
-                    await handle.close()
+    # the stream first: it is closed even when cancelled while the input opens
+    async with send, AsyncExitStack() as files:
+        handle = await files.enter_async_context(opened(path)) if path is not None else None
+        while not progress.stopping:
+            if progress.spooled > 0 and progress.retry_unclaimed <= 0:
+                items = await ledger.take_spool(config.max_batch_requests)
+                if items:
+                    entries: list[Entry | Reject | Flush] = [*await read_back(items, handle)]
+                    progress.retry_unclaimed += len(entries)
+                    progress.retry_ids.update(item.custom_id for item in items)
+                    await send.send([*entries, Flush()])
+                    continue
+                progress.spooled = 0  # the ledger knows best
+            if progress.cycle_done:
+                return
+            await progress.wait_changed()

@@ -30,7 +30,7 @@ import msgspec
 from .._errors import LedgerError
 from ..api._types import ResultLine
 from ..ledger._base import SinkPosition
-from ._files import open_file
+from ._files import open_file, opened
 from ._items import RejectLine
 
 if TYPE_CHECKING:
@@ -157,13 +157,9 @@ class JsonlSink:
         await self._write_pending()
         if self._file is not None:
             await self._file.flush()
-        handle = await open_file(self.path, "rb")
-        try:
+        async with opened(self.path) as handle:
             await handle.seek(start)
             data: bytes = await handle.read(end - start)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await handle.close()
         return data
 
     async def aclose(self) -> None:

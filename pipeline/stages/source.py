@@ -35,7 +35,7 @@ import anyio
 import msgspec
 
 from .._errors import InputError
-from ._files import open_file
+from ._files import opened
 from ._items import RawLine
 
 if TYPE_CHECKING:
@@ -181,22 +181,18 @@ async def jsonl_source(
     end = start_offset
     async with send:
         try:
-            handle = await open_file(path, "rb")
+            async with opened(path) as handle:
+                await handle.seek(start_offset)
+                while stop is None or not stop.is_set():
+                    chunk = await handle.read(chunk_size)
+                    end += len(chunk)
+                    lines = reader.feed(chunk) if chunk else reader.flush()
+                    if lines:
+                        await send.send(lines)
+                    if not chunk:
+                        break
         except OSError as exc:
             raise InputError(f"cannot read input {str(path)!r}: {exc.strerror}") from exc
-        try:
-            await handle.seek(start_offset)
-            while stop is None or not stop.is_set():
-                chunk = await handle.read(chunk_size)
-                end += len(chunk)
-                lines = reader.feed(chunk) if chunk else reader.flush()
-                if lines:
-                    await send.send(lines)
-                if not chunk:
-                    break
-        finally:
-            with anyio.CancelScope(shield=True):
-                await handle.close()
     return end
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._files import open_file
+from ._files import opened
 from .source import DEFAULT_CHUNK_SIZE, LineReader
 
 if TYPE_CHECKING:
@@ -170,8 +170,7 @@ async def _send_file(
     """Send every line of ``path``; the last line number sent, or ``None`` if a
     stop came first (the file is then left for the next start)."""
     reader = LineReader(start_line=start_line, max_line=max_line)
-    handle = await open_file(path, "rb")
-    try:
+    async with opened(path) as handle:
         while True:
             if stop_event.is_set():
                 return None
@@ -183,9 +182,6 @@ async def _send_file(
                 await send.send(lines)
             if not chunk:
                 return reader.position[1]
-    finally:
-        with anyio.CancelScope(shield=True):
-            await handle.close()
 
 
 async def watch_source(
