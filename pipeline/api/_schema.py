@@ -43,6 +43,7 @@ from ._schema_full import (
     check_params,
     decode_error_message,
     signature,
+    without_fields,
 )
 from ._types import Metadata, Temperature, TextBlockParam, Tool, TopK, TopP
 
@@ -61,6 +62,7 @@ __all__ = (
     "check_params",
     "decode_error_message",
     "signature",
+    "without_fields",
 )
 
 

@@ -73,6 +73,7 @@ __all__ = (
     "check_params",
     "decode_error_message",
     "signature",
+    "without_fields",
 )
 
 
@@ -644,6 +645,29 @@ def approx_input_tokens(raw: bytes, *, images: int = 0, image_bytes: int = 0) ->
 
 
 _object_decoder = msgspec.json.Decoder(dict[str, object])
+_object_encoder = msgspec.json.Encoder()
+
+
+def without_fields(
+    text: bytes, fields: frozenset[str], *, inside: str | None = None
+) -> tuple[bytes, list[str]]:
+    """The JSON object ``text`` without the top-level ``fields`` it has (those of its
+    member ``inside``, when given), and the names taken out, sorted; ``text`` itself
+    and none when there are none. For fields the service added after this version
+    (``allow_fields``): the strict checks then see the request without them."""
+    if not fields or not any(f'"{name}"'.encode() in text for name in fields):
+        return text, []
+    try:
+        value = _object_decoder.decode(text)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return text, []
+    target = value.get(inside) if inside is not None else value
+    if not isinstance(target, dict):
+        return text, []
+    present = sorted(fields.intersection(target))
+    for name in present:
+        del target[name]
+    return (_object_encoder.encode(value), present) if present else (text, [])
 
 
 def _salvage_custom_id(raw: bytes) -> str | None:

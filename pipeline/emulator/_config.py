@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
-from pipeline.api._schema import KNOWN_MODELS
+from pipeline.api._schema import KNOWN_MODELS, without_fields
 
 __all__ = (
     "DEFAULT_BATCH_SECONDS",
@@ -25,9 +25,6 @@ __all__ = (
     "EmulatorConfig",
     "ManualClock",
 )
-
-_any = msgspec.json.Decoder()
-_encoder = msgspec.json.Encoder()
 
 DEFAULT_MAX_BATCH_REQUESTS = 10_000
 DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
@@ -141,13 +138,4 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     def without_allowed(self, params: bytes) -> bytes:
         """``params`` (a JSON object) without the top-level ``allow_fields`` it has, for
         the strict checks; as it is when it has none (the common case: no decode)."""
-        fields = self.allow_fields
-        if not fields or not any(f'"{name}"'.encode() in params for name in fields):
-            return params
-        try:
-            value = _any.decode(params)
-        except msgspec.DecodeError:
-            return params  # the strict decode says what is wrong
-        if not isinstance(value, dict) or not fields.intersection(value):
-            return params
-        return _encoder.encode({k: v for k, v in value.items() if k not in fields})
+        return without_fields(params, self.allow_fields)[0]

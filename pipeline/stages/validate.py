@@ -18,7 +18,7 @@ import msgspec
 
 from .._config import DEFAULT_MAX_BATCH_BYTES
 from .._pricing import DEFAULT_PRICES, PriceTable
-from ..api._schema import DEFAULT_MODELS, Checked, SchemaError, check_entry
+from ..api._schema import DEFAULT_MODELS, Checked, SchemaError, check_entry, without_fields
 from ._items import Entry, Flush, RawLine, Reject, RejectError
 from ._protocol import ENVELOPE_BYTES
 from .source import oversize_reason, unencodable_reason
@@ -36,7 +36,6 @@ REJECT_TYPES = ("invalid_json", "invalid_custom_id", "invalid_request_error", "r
 
 logger = logging.getLogger("pipeline.validate")
 _any_decoder = msgspec.json.Decoder()
-_encoder = msgspec.json.Encoder()
 _MILLION = 1_000_000
 
 
@@ -139,19 +138,10 @@ class Validator:
         them, so the dry run samples requests with them apart."""
         if "unknown field" not in error.message:
             return error
-        try:
-            entry = _any_decoder.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            return error
-        params = entry.get("params") if isinstance(entry, dict) else None
-        if not isinstance(params, dict):
-            return error
-        present = sorted(self.allow_fields.intersection(params))
+        stripped, present = without_fields(data, self.allow_fields, inside="params")
         if not present:
             return error
-        for name in present:
-            del params[name]
-        checked = check_entry(_encoder.encode(entry), models=self.models)
+        checked = check_entry(stripped, models=self.models)
         if type(checked) is not Checked:
             return checked
         head, tools, kinds = checked.signature.rsplit("|", 2)
