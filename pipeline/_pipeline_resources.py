@@ -19,6 +19,7 @@ import gc
 import hashlib
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -247,29 +248,29 @@ def _check_input(path: Path) -> None:
             head = handle.read(10)
     except OSError:
         return  # the open in the run says why (InputError)
-    for magic, kind in _NOT_JSONL:
-        if head.startswith(magic) and (kind != "bzip2-compressed" or head[4:] == b"1AY&SY"):
-            advice = (
-                "save it as UTF-8 (JSON lines are UTF-8)"
-                if kind.startswith("UTF")
-                else "decompress it first (a job reads its lines again by their offset in "
-                "the file to resume and to retry)"
-            )
+    for magic, kind, advice in _NOT_JSONL:
+        if magic.match(head):
             raise UsageError(f"the input {path} is {kind}, not JSONL: {advice}")
 
 
+_DECOMPRESS = (
+    "decompress it first (a job reads its lines again by their offset in the file to "
+    "resume and to retry)"
+)
+_RESAVE = "save it as UTF-8 (JSON lines are UTF-8)"
 #: the first bytes of files that are not UTF-8 text (compressed, archives, UTF-16 or 32
 #: with a byte order mark): each would be read as lines of garbage, rejected one by one
-_NOT_JSONL = (
-    (b"\x1f\x8b", "gzip-compressed"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
-    (b"BZh", "bzip2-compressed"),  # then a level digit and a block's "1AY&SY"
-    (b"\xfd7zXZ\x00", "xz-compressed"),
-    (b"PK\x03\x04", "a zip archive"),
-    (b"\xff\xfe\x00\x00", "UTF-32 text"),  # before UTF-16 LE, whose mark it starts with
-    (b"\x00\x00\xfe\xff", "UTF-32 text"),
-    (b"\xff\xfe", "UTF-16 text"),
-    (b"\xfe\xff", "UTF-16 text"),
+_NOT_JSONL = tuple(
+    (re.compile(magic), kind, advice)
+    for magic, kind, advice in (
+        (rb"\x1f\x8b", "gzip-compressed", _DECOMPRESS),
+        (rb"\x28\xb5\x2f\xfd", "zstd-compressed", _DECOMPRESS),
+        (rb"BZh[1-9]1AY&SY", "bzip2-compressed", _DECOMPRESS),  # a text line may start "BZh"
+        (rb"\xfd7zXZ\x00", "xz-compressed", _DECOMPRESS),
+        (rb"PK\x03\x04", "a zip archive", _DECOMPRESS),
+        (rb"\xff\xfe\x00\x00|\x00\x00\xfe\xff", "UTF-32 text", _RESAVE),  # before UTF-16 LE
+        (rb"\xff\xfe|\xfe\xff", "UTF-16 text", _RESAVE),
+    )
 )
 
 
