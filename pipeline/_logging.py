@@ -186,6 +186,13 @@ class JsonFormatter(logging.Formatter):
         return _json_encoder.encode(doc).decode()
 
 
+def env_secrets(api_key_env: str = DEFAULT_API_KEY_ENV) -> list[str]:
+    """The API key (in ``api_key_env``) and bearer token (``ANTHROPIC_AUTH_TOKEN``) the
+    environment holds, long enough to mask: what no log line or message may show."""
+    found = (os.environ.get(api_key_env), os.environ.get(AUTH_TOKEN_ENV))
+    return [s for s in found if s and len(s) >= MIN_SECRET_LENGTH]
+
+
 def configure_logging(
     *,
     log_format: LogFormat = "text",
@@ -207,9 +214,7 @@ def configure_logging(
     target: Any = stream if stream is not None else _StderrProxy()
     handler: logging.StreamHandler[Any] = logging.StreamHandler(target)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    redactor = RedactingFilter(secrets)
-    redactor.add_secret(os.environ.get(api_key_env))
-    redactor.add_secret(os.environ.get(AUTH_TOKEN_ENV))
+    redactor = RedactingFilter([*secrets, *env_secrets(api_key_env)])
     handler.addFilter(redactor)
     setattr(handler, "_pipeline_handler", True)  # noqa: B010 - marks ours for replacement
     logger = logging.getLogger(logger_name)

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._config import (
-    AUTH_TOKEN_ENV,
     DEFAULT_API_KEY_ENV,
     DEFAULT_DRY_RUN_RATE,
     DEFAULT_LINGER_SECONDS,
@@ -356,10 +355,9 @@ def run_command(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace, level: int, text: str) -> None:
     """The command's last word: one ``pipeline run: ...`` line on stderr, or one
     JSON log record with ``--log-format json``; any API key masked either way."""
-    from ._logging import MIN_SECRET_LENGTH, redact
+    from ._logging import env_secrets, redact
 
-    found = (os.environ.get(args.api_key_env), os.environ.get(AUTH_TOKEN_ENV))
-    text = redact(text, [s for s in found if s and len(s) >= MIN_SECRET_LENGTH])
+    text = redact(text, env_secrets(args.api_key_env))
     if getattr(args, "log_format", "text") == "json":
         _log.log(level, "pipeline run: %s", text)
     else:
