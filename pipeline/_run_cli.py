@@ -39,6 +39,8 @@ from ._config import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._pipeline import Pipeline
     from ._stats import PipelineStatistics
 
@@ -257,25 +259,28 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         budget_usd=args.budget_usd,
         delete_ended=args.delete_ended,
         models=args.models,
-        allow_fields=frozenset(name for names in args.allow_field for name in names),
+        allow_fields=frozenset().union(*args.allow_field),
         api_key_env=args.api_key_env,
     )
 
 
-def _field_list(text: str) -> list[str]:
-    """``--allow-field a,b``: the names; argparse prints the reason."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected field names separated by commas, got {text!r}")
-    return names
+def _names(kind: str) -> Callable[[str], frozenset[str]]:
+    """The parser of an option's comma-separated ``kind`` names; argparse prints the
+    reason of a list with none."""
+
+    def parse(text: str) -> frozenset[str]:
+        names = frozenset(name.strip() for name in text.split(",") if name.strip())
+        if not names:
+            raise argparse.ArgumentTypeError(
+                f"expected {kind} names separated by commas, got {text!r}"
+            )
+        return names
+
+    return parse
 
 
-def _model_list(text: str) -> frozenset[str]:
-    """``--models a,b``: the set of names; argparse prints the reason."""
-    names = frozenset(name.strip() for name in text.split(",") if name.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected model names separated by commas, got {text!r}")
-    return names
+_model_list = _names("model")
+_field_list = _names("field")
 
 
 def _price(text: str) -> tuple[str, tuple[float, float]]:
