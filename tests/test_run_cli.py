@@ -18,6 +18,7 @@ from pipeline._run_cli import build_config, format_summary
 from pipeline._stats import PipelineStatistics
 from pipeline.cli import build_parser
 from pipeline.testing import start_emulator_process
+from tests.test_pipeline import entry
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "requests.jsonl"
 
@@ -379,19 +380,11 @@ def test_a_graceful_signal_stop_exits_3_and_a_rerun_finishes(tmp_path: Path) -> 
 
 
 def _requests(path: Path, model: str, count: int) -> Path:
-    lines = [
-        msgspec.json.encode(
-            {
-                "custom_id": f"q-{i}",
-                "params": {
-                    "model": model,
-                    "max_tokens": 50,
-                    "messages": [{"role": "user", "content": f"question {i}"}],
-                },
-            }
-        )
-        for i in range(count)
-    ]
+    lines = []
+    for i in range(count):
+        line = entry(f"q-{i}", f"question {i}")
+        line["params"].update(model=model, max_tokens=50)
+        lines.append(msgspec.json.encode(line))
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
 
