@@ -42,7 +42,9 @@ from ._schema_full import (
     approx_input_tokens,
     check_params,
     decode_error_message,
+    reshaped,
     signature,
+    signature_tools,
     without_fields,
 )
 from ._types import Metadata, Temperature, TextBlockParam, Tool, TopK, TopP
@@ -61,7 +63,9 @@ __all__ = (
     "check_entry",
     "check_params",
     "decode_error_message",
+    "reshaped",
     "signature",
+    "signature_tools",
     "without_fields",
 )
 

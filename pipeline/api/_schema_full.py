@@ -72,7 +72,9 @@ __all__ = (
     "approx_input_tokens",
     "check_params",
     "decode_error_message",
+    "reshaped",
     "signature",
+    "signature_tools",
     "without_fields",
 )
 
@@ -634,6 +636,24 @@ def _signature(params: MessageCreateParams, kinds: set[type]) -> str:
             _SIGNATURES.clear()
         _SIGNATURES[key] = found
     return found
+
+
+def reshaped(signature: str, *, fields: Sequence[str] = (), tools: str | None = None) -> str:
+    """A shape key (``signature``: model|params|tool names|block kinds) with ``fields``
+    added to its params, or its tool names replaced by ``tools``."""
+    parts = signature.rsplit("|", 2)
+    if len(parts) != 3:
+        return signature
+    head, names, kinds = parts
+    if fields:
+        head = ",".join((head, *fields))
+    return "|".join((head, names if tools is None else tools, kinds))
+
+
+def signature_tools(signature: str) -> str:
+    """The tool names of a shape key (``signature``), comma-separated; "" for none."""
+    parts = signature.rsplit("|", 2)
+    return parts[1] if len(parts) == 3 else ""
 
 
 def approx_input_tokens(raw: bytes, *, images: int = 0, image_bytes: int = 0) -> int:

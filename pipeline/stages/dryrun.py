@@ -58,7 +58,7 @@ import msgspec
 
 from .._errors import APIStatusError, DryRunAbortedError
 from .._pricing import DEFAULT_PRICES, PriceTable
-from ..api._schema import approx_input_tokens
+from ..api._schema import approx_input_tokens, reshaped, signature_tools
 from ._dryrun_calls import (
     COUNT_TOKENS_PATH,
     DRY_RUN_MAX_TOKENS,
@@ -353,10 +353,9 @@ class _DryRun:
         """The shape key of a signature not seen as a shape yet, and, when it has
         tools, the key shared by its model, fields and block kinds. The key is the
         signature itself, or, past ``MAX_TOOL_SETS`` tool sets, the shared one."""
-        parts = signature.rsplit("|", 2)  # model|fields, tool names, block kinds
-        if len(parts) != 3 or not parts[1]:
+        if not signature_tools(signature):
             return signature, None
-        shared = f"{parts[0]}|*|{parts[2]}"
+        shared = reshaped(signature, tools="*")
         seen = self._tool_sets.get(shared, 0)
         if seen < MAX_TOOL_SETS:
             self._tool_sets[shared] = seen + 1

@@ -18,7 +18,14 @@ import msgspec
 
 from .._config import DEFAULT_MAX_BATCH_BYTES
 from .._pricing import DEFAULT_PRICES, PriceTable
-from ..api._schema import DEFAULT_MODELS, Checked, SchemaError, check_entry, without_fields
+from ..api._schema import (
+    DEFAULT_MODELS,
+    Checked,
+    SchemaError,
+    check_entry,
+    reshaped,
+    without_fields,
+)
 from ._items import Entry, Flush, RawLine, Reject, RejectError
 from ._protocol import ENVELOPE_BYTES
 from .source import oversize_reason, unencodable_reason
@@ -144,8 +151,7 @@ class Validator:
         checked = check_entry(stripped, models=self.models)
         if type(checked) is not Checked:
             return checked
-        head, tools, kinds = checked.signature.rsplit("|", 2)
-        shape = f"{head},{','.join(present)}|{tools}|{kinds}"
+        shape = reshaped(checked.signature, fields=present)
         return Checked(
             checked.custom_id, checked.model, checked.max_tokens, shape, len(data) // 3 + 1
         )
