@@ -24,10 +24,10 @@ from ._pricing import PriceTable as PriceTable
 from ._pricing import cost_usd as cost_usd
 from ._pricing import estimate_cost_usd as estimate_cost_usd
 from ._progress import progress as progress
+from ._progress import run_with_progress as run_with_progress
 from ._stats import ModelUsage as ModelUsage
 from ._stats import PipelineStatistics as PipelineStatistics
 from ._summary import render_summary as render_summary
-from ._ux import run_with_progress as run_with_progress
 from ._worker import QueuePipeline as QueuePipeline
 from ._worker import WatchPipeline as WatchPipeline
 from .api import Client as Client

@@ -39,6 +39,7 @@ __all__ = (
     "LogFormat",
     "RedactingFilter",
     "TextFormatter",
+    "announce",
     "configure_logging",
     "extra_fields",
     "redact",
@@ -184,6 +185,13 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             doc["stack"] = record.stack_info
         return _json_encoder.encode(doc).decode()
+
+
+def announce(message: str) -> None:
+    """Pass as ``Pipeline(announce=...)``: notices (e.g. "running on the local
+    emulator") go through the ``pipeline`` logger without their ``pipeline: ``
+    prefix, so ``--quiet`` hides them and ``--log-format json`` keeps stderr all JSON."""
+    logging.getLogger("pipeline").info(message.removeprefix("pipeline: "))
 
 
 def env_secrets(api_key_env: str = DEFAULT_API_KEY_ENV) -> list[str]:

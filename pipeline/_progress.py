@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 import anyio
 
 from ._logging import FIELDS_IN_MESSAGE
-from ._summary import format_cost, format_duration
+from ._summary import format_cost, format_duration, log_summary, print_summary
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
 
+    from ._logging import LogFormat
     from ._stats import PipelineStatistics
 
 __all__ = (
@@ -37,12 +38,14 @@ __all__ = (
     "PROGRESS_MODES",
     "ProgressMode",
     "ProgressReporter",
+    "RunnablePipeline",
     "eta_seconds",
     "format_progress_line",
     "progress",
     "progress_fields",
     "render_live",
     "resolve_mode",
+    "run_with_progress",
 )
 
 ProgressMode = Literal["auto", "live", "plain", "off"]
@@ -317,3 +320,83 @@ def progress(
     return ProgressReporter(
         stats_fn, mode=mode, interval=interval, console=console, stream=stream, sleep=sleep
     )
+
+
+class RunnablePipeline(Protocol):
+    """What ``run_with_progress`` needs of a pipeline."""
+
+    async def run(self) -> object:
+        """Run the job to its end (or until stopped)."""
+        ...
+
+    def statistics(self) -> PipelineStatistics:
+        """A snapshot of the job's progress."""
+        ...
+
+
+async def run_with_progress(
+    pipeline: RunnablePipeline,
+    *,
+    progress: ProgressMode = "auto",
+    quiet: bool = False,
+    log_format: LogFormat = "text",
+    output: str | None = None,
+    rejects: str | None = None,
+    stream: TextIO | None = None,
+    console: Console | None = None,
+    interval: float | None = None,
+) -> PipelineStatistics:
+    """Run ``pipeline`` showing its progress, then report the summary; return the
+    final statistics. This is what ``pipeline run`` and ``pipeline worker`` do
+    around a pipeline, for services and scripts that want the same.
+
+    **Parameters:**
+
+    * **pipeline** - anything with ``run()`` and ``statistics()``, e.g. a ``Pipeline``.
+    * **progress** - the display while it runs: ``live``, ``plain``, ``off`` or
+      ``auto`` (live on a terminal, else plain; plain with ``log_format="json"``).
+    * **quiet** - no progress and no summary at all.
+    * **log_format** - ``json``: the summary is one structured log record on the
+      ``pipeline`` logger instead of printed text.
+    * **output** / **rejects** - the paths the summary names (default: the
+      pipeline's ``output_path`` / ``rejects_path`` where it has them).
+    * **stream** - where the display and the summary go (default: stderr);
+      **console** - a ``rich`` console for the live display instead.
+    * **interval** - seconds between refreshes (default: the mode's own).
+
+    An error from the run propagates after the display has shown its last state.
+    """
+    mode = _display_mode(progress, quiet=quiet, log_format=log_format)
+    target = stream if stream is not None else sys.stderr
+    reporter = ProgressReporter(
+        pipeline.statistics, mode=mode, interval=interval, console=console, stream=target
+    )
+    async with reporter:
+        await pipeline.run()
+    stats = pipeline.statistics()
+    output = output if output is not None else _path_of(pipeline, "output")
+    rejects = rejects if rejects is not None else _path_of(pipeline, "rejects")
+    if mode == "off":
+        return stats
+    if log_format == "json":
+        log_summary(stats, output=output, rejects=rejects)
+    elif reporter.mode == "live":
+        print_summary(stats, output=output, rejects=rejects, console=reporter.console)
+    else:
+        print_summary(stats, output=output, rejects=rejects, stream=target)
+    return stats
+
+
+def _display_mode(mode: ProgressMode, *, quiet: bool, log_format: LogFormat) -> ProgressMode:
+    """``off`` when quiet; with JSON logs the live display gives way to plain (JSON) lines."""
+    if quiet:
+        return "off"
+    if mode == "auto" and log_format == "json":
+        return "plain"
+    return mode
+
+
+def _path_of(pipeline: object, name: str) -> str | None:
+    """The pipeline's ``<name>_path`` (what it really writes), if it has one."""
+    value = getattr(pipeline, f"{name}_path", None)
+    return None if value is None else str(value)

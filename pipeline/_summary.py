@@ -9,6 +9,7 @@ the same report from ``pipeline.statistics()``.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = (
     "format_cost",
     "format_duration",
+    "log_summary",
     "outcome_counts",
     "print_summary",
     "render_summary",
@@ -27,6 +29,8 @@ __all__ = (
 )
 
 _ERRORED = "errored:"
+
+logger = logging.getLogger("pipeline")
 
 
 def format_cost(usd: float) -> str:
@@ -202,3 +206,30 @@ def print_summary(
     target = stream if stream is not None else sys.stderr
     target.write(render_summary(stats, output=output, rejects=rejects))
     target.flush()
+
+
+def log_summary(stats: PipelineStatistics, *, output: str | None, rejects: str | None) -> None:
+    """The summary as one structured log record (``--log-format json``)."""
+    outcomes, errors = outcome_counts(stats)
+    logger.info(
+        "job %s: %d written, %d rejected, $%.4f",
+        "finished" if stats.finished else "stopped",
+        stats.written,
+        stats.rejected,
+        stats.actual_cost_usd,
+        extra={
+            "outcomes": outcomes,
+            "errors": errors,
+            "usage": {
+                model: {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}
+                for model, u in stats.usage.items()
+            },
+            "estimated_cost_usd": stats.estimated_cost_usd,
+            "actual_cost_usd": stats.actual_cost_usd,
+            "unpriced_models": list(stats.unpriced_models),
+            "elapsed_seconds": round(stats.elapsed_seconds, 3),
+            "output": output,
+            "rejects": rejects,
+            "stopped_reason": stats.stopped_reason,
+        },
+    )

@@ -9,9 +9,9 @@ one of two ways (the first found wins):
 
 The same file serves a service: import it and ``await pipeline.run()``.
 
-``python -m pipeline worker definition.py`` loads the file (it is executed
-under the name ``__pipeline_worker__``, so its ``if __name__ == "__main__":``
-block does not run) and runs the pipeline with progress, the ``pipeline`` log
+``python -m pipeline worker definition.py`` (``pipeline.cli.worker``) loads the
+file (it is executed under the name ``__pipeline_worker__``, so its
+``if __name__ == "__main__":`` block does not run) and runs the pipeline with progress, the ``pipeline`` log
 handler and signal handling: the first SIGTERM or SIGINT asks the pipeline to
 stop (``pipeline.stop()``: stop reading, send or spool what is in hand, flush,
 commit) and the worker exits 0 once it has; a second signal cancels the run at
@@ -23,7 +23,6 @@ from __future__ import annotations
 import inspect
 import logging
 import runpy
-import signal
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,13 +30,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from ._errors import UsageError
+from ._logging import announce
 from ._pipeline import Pipeline
-from ._ux import announce, run_with_progress
 from .stages.source import entry_line
 from .stages.watch import DEFAULT_WATCH_INTERVAL, TakenFiles, watch_source
 
 if TYPE_CHECKING:
-    import argparse
     import os
     from contextlib import AsyncExitStack
 
@@ -54,14 +52,12 @@ __all__ = (
     "queue_source",
     "load_definition",
     "resolve_pipeline",
-    "run_worker",
 )
 
 logger = logging.getLogger("pipeline.worker")
 
 #: The name a definition file runs under (not ``__main__``).
 DEFINITION_MODULE_NAME = "__pipeline_worker__"
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StoppablePipeline(Protocol):
@@ -256,49 +252,3 @@ async def resolve_pipeline(namespace: dict[str, Any], *, path: str = "") -> Stop
         )
     pipeline: StoppablePipeline = candidate
     return pipeline
-
-
-async def _watch_signals(
-    pipeline: StoppablePipeline, scope: anyio.CancelScope, outcome: dict[str, int]
-) -> None:
-    with anyio.open_signal_receiver(*_SIGNALS) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if "signal" not in outcome:
-                outcome["signal"] = signum
-                logger.info(
-                    "%s: stopping (send it again to exit at once)", name, extra={"signal": name}
-                )
-                pipeline.stop(f"signal {name}")
-                continue
-            logger.warning("%s again: exiting at once", name, extra={"signal": name})
-            outcome["code"] = 128 + signum
-            scope.cancel()
-            return
-
-
-async def run_worker(pipeline: StoppablePipeline, *, args: argparse.Namespace) -> int:
-    """Run ``pipeline`` until its source ends or a signal stops it; the exit code
-    (0 after a clean end or a graceful stop, 128 + signal after a second signal)."""
-    outcome: dict[str, int] = {"code": 0}
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, pipeline, tg.cancel_scope, outcome)
-        await run_with_progress(pipeline, args=args)
-        tg.cancel_scope.cancel()
-    if outcome["code"]:
-        return outcome["code"]
-    stats = pipeline.statistics()
-    logger.info(
-        "worker done: %d written, %d in flight left for the next start",
-        stats.written,
-        stats.in_flight,
-        extra={"written": stats.written, "in_flight": stats.in_flight},
-    )
-    return 0
-
-
-async def run_definition(args: argparse.Namespace) -> int:
-    """Load ``args.definition`` and run its pipeline as a worker."""
-    namespace = load_definition(args.definition)
-    pipeline = await resolve_pipeline(namespace, path=str(args.definition))
-    return await run_worker(pipeline, args=args)

@@ -23,6 +23,7 @@ import anyio
 import pytest
 from rich.console import Console
 
+import pipeline
 from pipeline._progress import (
     ProgressReporter,
     eta_seconds,
@@ -196,19 +197,58 @@ def test_auto_mode_follows_the_stream() -> None:
     assert (reporter.mode, reporter.interval) == ("plain", 10.0)
 
 
+# -- run_with_progress: what the commands do around a job, as keyword arguments -----
+
+
+class _FinishedJob:
+    """Runs at once to its end; the summary names its output."""
+
+    output_path = "results.jsonl"
+    rejects_path = None
+
+    async def run(self) -> None:
+        pass
+
+    def statistics(self) -> PipelineStatistics:
+        return PipelineStatistics(read=3, submitted=3, written=3, finished=True)
+
+
+async def test_run_with_progress_takes_the_commands_options_as_keywords() -> None:
+    shown = io.StringIO()
+    stats = await pipeline.run_with_progress(_FinishedJob(), progress="plain", stream=shown)
+    assert stats.written == 3
+    assert "results.jsonl" in shown.getvalue()  # the summary, naming the output
+    quiet = io.StringIO()
+    await pipeline.run_with_progress(_FinishedJob(), quiet=True, stream=quiet)
+    assert quiet.getvalue() == ""
+
+
+async def test_run_with_progress_logs_the_summary_as_json(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shown = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        await pipeline.run_with_progress(
+            _FinishedJob(), progress="off", log_format="json", stream=shown
+        )
+        await pipeline.run_with_progress(_FinishedJob(), log_format="json", stream=shown)
+    assert shown.getvalue() == ""  # no text summary: one log record instead
+    [record] = [r for r in caplog.records if r.getMessage().startswith("job finished")]
+    assert record.getMessage().startswith("job finished: 3 written, 0 rejected")
+    assert record.output == "results.jsonl"
+
+
 # -- end to end: a real job on the embedded emulator, in a pty and in a pipe ------
 
 JOB_SCRIPT = """
-import argparse, sys
+import sys
 import anyio
-from pipeline._logging import configure_logging
-from pipeline._pipeline import Pipeline
-from pipeline._ux import announce, run_with_progress
+from pipeline import Pipeline, configure_logging, run_with_progress
 
-args = argparse.Namespace(quiet=sys.argv[3] == "quiet", log_format="text", progress="auto")
-configure_logging(level="WARNING" if args.quiet else "INFO")
-pipeline = Pipeline(sys.argv[1], sys.argv[2], announce=announce)
-anyio.run(lambda: run_with_progress(pipeline, args=args, interval=0.05 if args.quiet else None))
+quiet = sys.argv[3] == "quiet"
+configure_logging(level="WARNING" if quiet else "INFO")
+pipeline = Pipeline(sys.argv[1], sys.argv[2])
+anyio.run(lambda: run_with_progress(pipeline, quiet=quiet, interval=0.05 if quiet else None))
 """
 
 REQUESTS = Path(__file__).resolve().parent.parent / "examples" / "requests.jsonl"

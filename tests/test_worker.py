@@ -1,122 +1,31 @@
-"""The worker: loading a definition, signals, and a real worker process that takes
-a file dropped into its watched directory and stops cleanly on SIGTERM."""
+"""Worker definitions: a file names a pipeline or a factory of one; a bad one says
+what is expected, and an error in it shows the user's code, not the worker's."""
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
-import subprocess
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import anyio
-import msgspec
 import pytest
 
 from pipeline._errors import UsageError
-from pipeline._stats import PipelineStatistics
-from pipeline._worker import load_definition, resolve_pipeline, run_worker
+from pipeline._worker import load_definition, resolve_pipeline
+from tests._fake_pipelines import FakePipeline
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-class FakePipeline:
-    """Runs until stopped, like a pipeline on a source that never ends."""
-
-    def __init__(self) -> None:
-        self.started = anyio.Event()
-        self.stopped = anyio.Event()
-        self.stop_calls = 0
-        self.finished = False
-
-    async def run(self) -> None:
-        self.started.set()
-        await self.stopped.wait()
-        self.finished = True
-
-    def statistics(self) -> PipelineStatistics:
-        return PipelineStatistics(read=3, written=3, finished=self.finished)
-
-    def stop(self, reason: str = "") -> None:
-        self.stop_calls += 1
-        self.stopped.set()
-
-
-class StubbornPipeline(FakePipeline):
-    """Does not end when asked to stop (a batch in hand takes long)."""
-
-    def stop(self, reason: str = "") -> None:
-        self.stop_calls += 1
-
-
-QUIET = argparse.Namespace(quiet=True, log_format="text", progress="auto")
-
-
-async def _handlers_installed() -> None:
-    """Wait (bounded) until the worker's signal handlers replaced the defaults:
-    sending a signal before that would kill the test process."""
-    for _ in range(1000):
-        if (
-            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
-            and signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-        ):
-            return
-        await anyio.sleep(0.001)
-    raise AssertionError("the worker never installed its signal handlers")
-
-
-async def test_first_signal_stops_gracefully_and_exits_0() -> None:
-    fake = FakePipeline()
-    codes: list[int] = []
-
-    async def worker() -> None:
-        codes.append(await run_worker(fake, args=QUIET))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(worker)
-        await fake.started.wait()
-        await _handlers_installed()
-        os.kill(os.getpid(), signal.SIGTERM)
-    assert codes == [0]
-    assert fake.stop_calls == 1
-    assert fake.finished
-
-
-async def test_second_signal_exits_at_once() -> None:
-    fake = StubbornPipeline()
-    codes: list[int] = []
-
-    async def worker() -> None:
-        codes.append(await run_worker(fake, args=QUIET))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(worker)
-        await fake.started.wait()
-        await _handlers_installed()
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(1000):
-            if fake.stop_calls:
-                break
-            await anyio.sleep(0.001)
-        os.kill(os.getpid(), signal.SIGINT)
-    assert codes == [128 + signal.SIGINT]
-    assert fake.stop_calls == 1
-    assert not fake.finished
-
-
 async def test_definitions_name_a_pipeline_or_a_factory(tmp_path: Path) -> None:
     direct = tmp_path / "direct.py"
     direct.write_text(
-        "from tests.test_worker import FakePipeline\n"
+        "from tests._fake_pipelines import FakePipeline\n"
         "pipeline = FakePipeline()\n"
         "if __name__ == '__main__':\n"
         "    raise SystemExit('the main block must not run in a worker')\n"
     )
     factory = tmp_path / "factory.py"
     factory.write_text(
-        "from tests.test_worker import FakePipeline\n"
+        "from tests._fake_pipelines import FakePipeline\n"
         "async def make_pipeline():\n"
         "    return FakePipeline()\n"
     )
@@ -157,84 +66,3 @@ async def test_an_error_in_a_definition_shows_the_users_code_not_the_workers(
         await resolve_pipeline(load_definition(factory), path=str(factory))
     assert str(raised.value).endswith("KeyError: 'inbox'")
     assert "_worker.py" not in str(raised.value)
-
-
-def test_a_definition_that_raises_exits_2_with_its_traceback(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.py"
-    bad.write_text("raise ValueError('boom')\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "worker", str(bad), "--progress", "off"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2
-    assert "worker failed: the definition" in done.stderr
-    assert "ValueError: boom" in done.stderr
-    assert "anyio" not in done.stderr  # no frames of the worker's own machinery
-
-
-# -- a real worker process -------------------------------------------------------
-
-DEFINITION = """
-from pipeline import PipelineConfig
-from pipeline._worker import WatchPipeline
-
-pipeline = WatchPipeline(
-    {inbox!r},
-    {output!r},
-    poll_interval=0.05,
-    config=PipelineConfig(linger_seconds=0.1, dry_run="off"),
-)
-"""
-
-
-async def _poll(check: Any, what: str, seconds: float = 30.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if check():
-            return
-        await anyio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def test_worker_takes_a_dropped_file_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    inbox, output, log = tmp_path / "inbox", tmp_path / "results.jsonl", tmp_path / "worker.log"
-    inbox.mkdir()
-    definition = tmp_path / "definition.py"
-    definition.write_text(DEFINITION.format(inbox=str(inbox), output=str(output)))
-    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
-    command = [sys.executable, "-m", "pipeline", "worker", str(definition), "--log-format", "json"]
-    with log.open("wb") as err:
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
-    try:
-        await _poll(lambda: b"local emulator" in log.read_bytes(), "the worker to start")
-        lines = [
-            b'{"custom_id":"w-%d","params":{"model":"claude-3-haiku-20240307","max_tokens":16,'
-            b'"messages":[{"role":"user","content":"hi %d"}]}}' % (i, i)
-            for i in range(5)
-        ]
-        (inbox / "drop.jsonl.tmp").write_bytes(b"\n".join(lines) + b"\n")
-        (inbox / "drop.jsonl.tmp").rename(inbox / "drop.jsonl")
-        await _poll(
-            lambda: output.exists() and len(output.read_bytes().splitlines()) == 5,
-            "the results of the dropped file",
-        )
-        assert (inbox / "drop.jsonl.done").exists()
-        proc.send_signal(signal.SIGTERM)
-        await _poll(lambda: proc.poll() is not None, "the worker to exit")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == 0
-    ids = sorted(
-        msgspec.json.decode(line)["custom_id"] for line in output.read_bytes().splitlines()
-    )
-    assert ids == [f"w-{i}" for i in range(5)]
-    records = [msgspec.json.decode(line) for line in log.read_bytes().splitlines()]
-    messages = [r["message"] for r in records]
-    assert any(m.startswith("SIGTERM: stopping") for m in messages)
-    summary = next(r for r in records if r["message"].startswith("job stopped"))
-    assert summary["outcomes"]["succeeded"] == 5
-    assert summary["output"] == str(output)
-    assert any(r["logger"] == "pipeline.progress" and r["written"] == 5 for r in records)

@@ -10,8 +10,7 @@ import msgspec
 
 from pipeline.cli import main
 from pipeline.ledger import SinkPosition, SQLiteLedger
-
-from .conftest import JOB, entry, reject
+from tests.ledger.conftest import JOB, entry, reject
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -1,8 +1,12 @@
 """The ``pipeline`` command line: one sub-command per module, imported lazily so
 that start-up stays fast (the emulator's server stack loads only for ``emulator``).
 
-Each sub-command module exposes ``add_parser(subparsers)``, which registers the
-sub-command and sets ``func`` (taking the parsed namespace, returning an exit code).
+Each sub-command module (``run``, ``worker``, ``status``, ``emulator``) exposes
+``add_parser(subparsers)``, which registers the sub-command and sets ``func``
+(taking the parsed namespace, returning an exit code); what they share (exit
+codes, the output options, the signal handler of ``run`` and ``worker``) is in
+``shared``. Only this package knows argparse: it calls the library with keyword
+arguments, and the library never imports it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ __all__ = ("main",)
 
 #: sub-command name -> module that defines it
 _COMMANDS = {
-    "run": "pipeline._run_cli",
-    "emulator": "pipeline.emulator._cli",
-    "status": "pipeline.ledger._cli",
-    "worker": "pipeline._worker_cli",
+    "run": "pipeline.cli.run",
+    "emulator": "pipeline.cli.emulator",
+    "status": "pipeline.cli.status",
+    "worker": "pipeline.cli.worker",
 }
 
 _HELP = {
@@ -34,6 +38,7 @@ _HELP = {
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The ``pipeline`` parser, with the sub-command named in ``argv`` in full."""
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="Push Messages requests through the Message Batches API and stream the results back.",
@@ -51,6 +56,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` (default: ``sys.argv[1:]``) names; its exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)

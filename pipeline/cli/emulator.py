@@ -12,9 +12,8 @@ import functools
 import sys
 from typing import Any
 
-from pipeline.api._schema import KNOWN_MODELS
-
-from ._config import (
+from ..api._schema import KNOWN_MODELS
+from ..emulator._config import (
     DEFAULT_BATCH_SECONDS,
     DEFAULT_EXPIRY_SECONDS,
     DEFAULT_MAX_BATCH_BYTES,
@@ -24,6 +23,7 @@ from ._config import (
     EmulatorConfig,
     ManualClock,
 )
+from .shared import EXIT_OK, EXIT_USAGE
 
 __all__ = ("add_parser", "config_from_args", "run")
 
@@ -200,13 +200,13 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT / SIGTERM; exit code 0 on a clean stop, 2 on bad flags."""
     import anyio
 
-    from ._server import serve
+    from ..emulator import serve
 
     try:
         config = config_from_args(args)
     except ValueError as exc:
         sys.stderr.write(f"pipeline emulator: {exc}\n")
-        return 2
+        return EXIT_USAGE
     main = functools.partial(
         serve, config, host=args.host, port=args.port, data_dir=args.data_dir, ready=_announce
     )
@@ -214,4 +214,4 @@ def run(args: argparse.Namespace) -> int:
         anyio.run(main)
     except KeyboardInterrupt:
         pass
-    return 0
+    return EXIT_OK

@@ -14,13 +14,13 @@ import msgspec
 import pytest
 
 from pipeline._config import PipelineConfig
-from pipeline._run_cli import build_config, format_summary
 from pipeline._stats import PipelineStatistics
 from pipeline.cli import build_parser
+from pipeline.cli.run import build_config, format_summary
 from pipeline.testing import start_emulator_process
 from tests.test_pipeline import entry
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "requests.jsonl"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "requests.jsonl"
 
 
 def _env() -> dict[str, str]:

@@ -17,6 +17,7 @@ command resumes). With ``--log-format json`` those lines are JSON log records to
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._config import (
+from .._config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_DRY_RUN_RATE,
     DEFAULT_LINGER_SECONDS,
@@ -37,20 +38,29 @@ from ._config import (
     DEFAULT_POLL_INTERVAL,
     PipelineConfig,
 )
+from .shared import (
+    EXIT_FAILED,
+    EXIT_NOT_FINISHED,
+    EXIT_OK,
+    EXIT_USAGE,
+    SignalNotice,
+    Signals,
+    add_output_options,
+    event_loop_options,
+    exit_code_of_signal,
+    run_until_signalled,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._pipeline import Pipeline
-    from ._stats import PipelineStatistics
+    from .._pipeline import Pipeline
+    from .._stats import PipelineStatistics
 
-__all__ = ("EXIT_NOT_FINISHED", "add_parser", "build_config", "format_summary", "run_command")
+__all__ = ("add_parser", "build_config", "format_summary", "run_command")
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _log = logging.getLogger("pipeline")
-
-#: Exit status of a run that ended unfinished but resumable (budget, graceful stop).
-EXIT_NOT_FINISHED = 3
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -231,9 +241,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the built-in table lacks or prices differently (repeatable), e.g. "
         "--price claude-x=1.5,7.5",
     )
-    from ._ux import add_ux_arguments
-
-    add_ux_arguments(parser)
+    add_output_options(parser)
     parser.set_defaults(func=run_command)
     return parser
 
@@ -303,16 +311,16 @@ def _price(text: str) -> tuple[str, tuple[float, float]]:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the job; the exit status."""
-    from ._errors import PipelineError
-    from ._pipeline import Pipeline
-    from ._pricing import DEFAULT_PRICES
-    from ._ux import announce, event_loop_options, setup_logging_from_args
+    from .._errors import PipelineError
+    from .._logging import announce
+    from .._pipeline import Pipeline
+    from .._pricing import DEFAULT_PRICES
 
-    setup_logging_from_args(args)
+    setup_logging(args)
     api_key = os.environ.get(args.api_key_env) or None
     if api_key is None and args.api_key_env != DEFAULT_API_KEY_ENV:
         _report(args, logging.ERROR, f"{args.api_key_env} is not set (--api-key-env)")
-        return 2
+        return EXIT_USAGE
     try:
         config = build_config(args)
         pipeline = Pipeline(
@@ -332,24 +340,27 @@ def run_command(args: argparse.Namespace) -> int:
         pipeline._check_before_start()
     except (ValueError, PipelineError, RuntimeError) as exc:
         _report(args, logging.ERROR, _one_line(exc))
-        return 2
-    signals: list[int] = []
+        return EXIT_USAGE
+    signals = Signals()
     try:
         try:
-            stats = anyio.run(_run, pipeline, signals, args, backend_options=event_loop_options())
+            run = functools.partial(
+                run_until_signalled, pipeline, args, notice=_NOTICE, signals=signals
+            )
+            stats = anyio.run(run, backend_options=event_loop_options())
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
     except (PipelineError, OSError) as exc:
         _report(args, logging.ERROR, f"failed: {_one_line(exc)}")
-        return 1
+        return EXIT_FAILED
     except RuntimeError as exc:  # UsageError: e.g. an output a new job would wipe
         _report(args, logging.ERROR, _one_line(exc))
-        return 2
+        return EXIT_USAGE
     if stats is None:
         _report(args, logging.ERROR, "interrupted; re-run the same command to resume")
-        return 128 + (signals[-1] if signals else signal.SIGINT)
+        return signals.exit_code or exit_code_of_signal(signal.SIGINT)
     if stats.finished:
-        return 0
+        return EXIT_OK
     reason = stats.stopped_reason or "the run ended with requests left"
     if "re-run" not in reason:
         reason += "; re-run the same command to resume"
@@ -360,7 +371,7 @@ def run_command(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace, level: int, text: str) -> None:
     """The command's last word: one ``pipeline run: ...`` line on stderr, or one
     JSON log record with ``--log-format json``; any API key masked either way."""
-    from ._logging import env_secrets, redact
+    from .._logging import env_secrets, redact
 
     text = redact(text, env_secrets(args.api_key_env))
     if getattr(args, "log_format", "text") == "json":
@@ -369,35 +380,10 @@ def _report(args: argparse.Namespace, level: int, text: str) -> None:
         print(f"pipeline run: {text}", file=sys.stderr)
 
 
-async def _run(
-    pipeline: Pipeline, signals: list[int], args: argparse.Namespace
-) -> PipelineStatistics | None:
-    """Run the pipeline with progress and the summary (as ``args`` ask); the first
-    SIGTERM/SIGINT stops it gracefully, a second cancels it at once (None)."""
-    from ._ux import run_with_progress
-
-    result: PipelineStatistics | None = None
-    with anyio.open_signal_receiver(*_SIGNALS) as received:
-        async with anyio.create_task_group() as tg:
-            scope = anyio.CancelScope()
-
-            async def watch() -> None:
-                async for signum in received:
-                    signals.append(signum)
-                    if len(signals) == 1:
-                        _log.warning(
-                            "%s: stopping gracefully (again to exit at once)",
-                            signal.Signals(signum).name,
-                        )
-                        pipeline.stop(f"signal {signal.Signals(signum).name}")
-                    else:
-                        scope.cancel()
-
-            tg.start_soon(watch)
-            with scope:
-                result = await run_with_progress(pipeline, args=args)
-            tg.cancel_scope.cancel()
-    return result
+#: ``run``'s notice of the first signal (a second one cuts the run short silently).
+_NOTICE = SignalNotice(
+    first=lambda name: _log.warning("%s: stopping gracefully (again to exit at once)", name)
+)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

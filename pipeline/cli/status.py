@@ -16,15 +16,16 @@ import anyio
 import msgspec
 
 from .._errors import LedgerError, UsageError
-from ._sqlite import SQLiteLedger
-from ._sqlite_schema import read_status
+from ..ledger import read_status
+from ..ledger._settle import settle_batches
+from .shared import EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     import argparse
 
-    from ._base import BatchRecord, JobStatus
+    from ..ledger import BatchRecord, JobStatus
 
-__all__ = ("add_parser", "format_status", "main")
+__all__ = ("add_parser", "format_status", "main", "status_json")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,41 +67,39 @@ def main(args: argparse.Namespace) -> int:
     """Print the status; exit 0, or 2 with a one-line reason."""
     try:
         if args.adopt or args.release is not None or args.abandon is not None:
-            anyio.run(_settle, args.state, args.adopt, args.release, args.abandon)
+            _settle(args)
         status = anyio.run(read_status, args.state)
     except (LedgerError, UsageError, ValueError) as exc:
         print(f"pipeline status: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     now = time.time()
     if args.json:
         sys.stdout.write(msgspec.json.encode(status_json(status, now)).decode() + "\n")
     else:
         sys.stdout.write(format_status(status, now))
-    return 0
+    return EXIT_OK
 
 
-async def _settle(
-    path: str, adopt: str | None, release: int | None, abandon: int | None = None
-) -> None:
-    ledger = SQLiteLedger(path)
-    await ledger.open_existing()
-    try:
-        if adopt:
-            local, sep, batch_id = adopt.partition("=")
-            if not sep or not local.isdigit() or not batch_id:
-                raise ValueError(f"--adopt wants LOCAL_ID=BATCH_ID, got {adopt!r}")
-            await ledger.record_created(int(local), batch_id)
-        if release is not None:
-            await ledger.release(release)
-        if abandon is not None:
-            spooled = await ledger.abandon(abandon)
-            print(
-                f"pipeline status: batch {abandon} abandoned; {spooled} requests will be sent "
-                "again on the next start",
-                file=sys.stderr,
-            )
-    finally:
-        await ledger.aclose()
+def _settle(args: argparse.Namespace) -> None:
+    """``--adopt`` / ``--release`` / ``--abandon``, and what ``--abandon`` re-sends."""
+    adopt = None if not args.adopt else _adoption(args.adopt)
+    spooled = anyio.run(
+        lambda: settle_batches(args.state, adopt=adopt, release=args.release, abandon=args.abandon)
+    )
+    if args.abandon is not None:
+        print(
+            f"pipeline status: batch {args.abandon} abandoned; {spooled} requests will be sent "
+            "again on the next start",
+            file=sys.stderr,
+        )
+
+
+def _adoption(text: str) -> tuple[int, str]:
+    """``--adopt LOCAL_ID=BATCH_ID``: (local id, batch id)."""
+    local, sep, batch_id = text.partition("=")
+    if not sep or not local.isdigit() or not batch_id:
+        raise ValueError(f"--adopt wants LOCAL_ID=BATCH_ID, got {text!r}")
+    return int(local), batch_id
 
 
 def status_json(status: JobStatus, now: float) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The event loop the commands run on (``pipeline._ux.event_loop_options``)."""
+"""The event loop the commands run on (``pipeline.cli.shared.event_loop_options``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import anyio
 import pytest
 
-from pipeline._ux import event_loop_options
+from pipeline.cli.shared import event_loop_options
 
 
 async def _loop_module() -> str:
