@@ -125,6 +125,9 @@ KNOWN_MODELS: frozenset[str] = DEFAULT_MODELS | frozenset(
         "claude-haiku-5-5",
         "claude-fable-5-1",
         "claude-mythos-5-1",
+        "claude-mythos-preview",
+        "claude-fable-5-2",
+        "claude-mythos-5-2",
     }
 )
 

@@ -44,6 +44,8 @@ __all__ = (
     "MessageCreateParams",
     "MessageParam",
     "Metadata",
+    "ModelInfo",
+    "ModelList",
     "PlainTextSource",
     "RedactedThinkingBlockParam",
     "RequestCounts",
@@ -53,7 +55,9 @@ __all__ = (
     "SucceededResult",
     "TextBlockParam",
     "ThinkingAdaptive",
+    "ThinkingBetweenTools",
     "ThinkingBlockParam",
+    "ThinkingConfig",
     "ThinkingDisabled",
     "ThinkingEnabled",
     "TokenCount",
@@ -299,6 +303,16 @@ class ThinkingAdaptive(_Param, tag="adaptive"):
     display: Literal["summarized", "omitted"] | None | UnsetType = UNSET
 
 
+class ThinkingBetweenTools(_Param, tag="between_tools"):
+    """Thinking off; short progress notes between tool calls come back as thinking."""
+
+
+#: Every ``thinking`` the service takes (the SDK's ``ThinkingConfigParam`` union).
+ThinkingConfig: TypeAlias = (
+    ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive | ThinkingBetweenTools
+)
+
+
 class Metadata(Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     user_id: Annotated[str, Meta(max_length=256)] | None | UnsetType = UNSET
 
@@ -326,7 +340,7 @@ class MessageCreateParams(Struct, forbid_unknown_fields=True, omit_defaults=True
     top_k: TopK | UnsetType = UNSET
     stop_sequences: list[str] | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
-    thinking: ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive | UnsetType = UNSET
+    thinking: ThinkingConfig | UnsetType = UNSET
     service_tier: Literal["auto", "standard_only"] | UnsetType = UNSET
     stream: bool | UnsetType = UNSET
     cache_control: CacheControl | None | UnsetType = UNSET
@@ -350,7 +364,7 @@ class CountTokensParams(Struct, forbid_unknown_fields=True, omit_defaults=True, 
     system: str | list[TextBlockParam] | UnsetType = UNSET
     tools: list[Tool] | UnsetType = UNSET
     tool_choice: ToolChoice | UnsetType = UNSET
-    thinking: ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive | UnsetType = UNSET
+    thinking: ThinkingConfig | UnsetType = UNSET
     cache_control: CacheControl | None | UnsetType = UNSET
     output_config: dict[str, Any] | UnsetType = UNSET
     speed: Literal["standard", "fast"] | None | UnsetType = UNSET
@@ -442,6 +456,35 @@ class Message(Struct, kw_only=True):
     stop_reason: str | None = None
     stop_sequence: str | None = None
     usage: Usage
+
+
+class ModelInfo(Struct, kw_only=True):
+    """A model as ``GET /v1/models`` describes it (the SDK's ``ModelInfo``).
+
+    ``lifecycle``: ``active``, ``deprecated`` (still callable) or ``retired`` (requests
+    naming it fail with ``not_found_error``).
+    """
+
+    id: str
+    type: Literal["model"] = "model"
+    display_name: str
+    created_at: str
+    lifecycle: Literal["active", "deprecated", "retired"] = "active"
+    deprecated_at: str | None = None
+    retires_at: str | None = None
+    line: str | None = None
+    max_input_tokens: int | None = None
+    max_tokens: int | None = None
+    capabilities: dict[str, Any] | None = None
+
+
+class ModelList(Struct):
+    """One page of ``GET /v1/models``: newest first, paged like the batch list."""
+
+    data: list[ModelInfo]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 ErrorType: TypeAlias = Literal[
