@@ -94,7 +94,9 @@ async def test_batch_round_trip(
     assert results["r0"].message.content[0].type == "text"
     assert results["r0"].message.usage.output_tokens > 0
     assert results["bad"].type == "errored"
-    assert results["bad"].error.error.type == "invalid_request_error"
+    # an unknown model: the service's 404 type, in a batch as on the Messages endpoint
+    assert results["bad"].error.error.type == "not_found_error"
+    assert results["bad"].error.error.message == "model: nope"
     deleted = await batches.delete(created.id, **extra)
     assert deleted.id == created.id
     assert deleted.type == "message_batch_deleted"
@@ -206,9 +208,13 @@ async def test_messages_and_count_tokens(sdk: anthropic.AsyncAnthropic) -> None:
     assert forced.stop_reason == "tool_use"
     assert forced.content[0].type == "tool_use"
     assert forced.content[0].input == {"city": "value"}
-    with pytest.raises(anthropic.BadRequestError):
+    with pytest.raises(anthropic.NotFoundError, match="model: unknown-model"):
         await sdk.messages.create(
             model="unknown-model", max_tokens=3, messages=[{"role": "user", "content": "x"}]
+        )
+    with pytest.raises(anthropic.NotFoundError, match="model: unknown-model"):
+        await sdk.messages.count_tokens(
+            model="unknown-model", messages=[{"role": "user", "content": "x"}]
         )
 
 

@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from urllib.parse import parse_qs, unquote
 import anyio
 import msgspec
 
-from pipeline.api._schema import check_params, decode_error_message
+from pipeline.api._schema import check_params, decode_error_message, without_fields
 from pipeline.api._types import (
     ERROR_STATUS,
     CountTokensParams,
@@ -30,13 +31,16 @@ from pipeline.api._types import (
     MessageBatch,
     MessageBatchList,
     MessageCreateParams,
+    ModelList,
     ThinkingEnabled,
     error_body,
 )
 
 from ._config import EmulatorConfig, ManualClock
 from ._model import count_input_tokens, respond
-from ._store import CreateError, Store
+from ._store import NESTED_TOO_DEEPLY, CreateError, Store
+from ._stream import CONTENT_TYPE as SSE_CONTENT_TYPE
+from ._stream import message_events
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -59,6 +63,15 @@ _encoder = msgspec.json.Encoder()
 _messages_decoder = msgspec.json.Decoder(MessageCreateParams)
 _count_decoder = msgspec.json.Decoder(CountTokensParams)
 _JSON = (b"content-type", b"application/json")
+_MODELS = "/v1/models"
+#: An ``anthropic-version`` the emulator takes: any date, as every SDK sends one.
+_VERSION = re.compile(rb"^\d{4}-\d{2}-\d{2}$")
+#: The media types a request body may be sent as (``Content-Type``, parameters aside).
+_JSON_TYPES = frozenset({b"application/json"})
+_STREAM = frozenset({"stream"})
+_LIFECYCLES = frozenset({"active", "deprecated", "retired"})
+#: ``GET /v1/models`` without a ``lifecycle`` filter: retired models are left out
+_DEFAULT_LIFECYCLES = frozenset({"active", "deprecated"})
 
 
 class CutConnection(Exception):
@@ -146,6 +159,27 @@ async def _drain(receive: Receive, limit: int) -> tuple[bytes, bool]:
     return b"".join(chunks), too_large
 
 
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """``body`` decoded, or the service's 400 naming what is wrong with it."""
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise _error("invalid_request_error", decode_error_message(exc)) from None
+    except RecursionError:
+        raise _error("invalid_request_error", NESTED_TOO_DEEPLY) from None
+
+
+def _check_utf8(body: bytes) -> None:
+    """Refuse a body that is not UTF-8, as the service does (a JSON text must be)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _error(
+            "invalid_request_error",
+            f"The request body is not valid JSON: invalid UTF-8 at byte {exc.start}",
+        ) from None
+
+
 class EmulatorApp:
     """The ASGI app. ``state`` is the Store (batches, submissions) for assertions."""
 
@@ -231,19 +265,50 @@ class EmulatorApp:
     async def _handle(
         self, request: _Request, receive: Receive, send: Send, request_id: str
     ) -> _Answer | None:
+        api = request.path.startswith("/v1/")
+        if api:
+            # What the headers alone decide is answered before the body is read (the
+            # server discards the rest of it): no key, no version, not JSON.
+            workspace = self._workspace(request)
+            self._check_headers(request)
         if request.method in ("POST", "PUT", "PATCH", "DELETE"):
             request.body, request.too_large = await _drain(receive, self._body_limit(request))
         if request.path.startswith("/_emulator/"):
             return await self._admin(request)
-        if not request.path.startswith("/v1/"):
+        if not api:
             raise _error("not_found_error", f"Not found: {request.method} {request.path}")
         if request.too_large:
             limit = self._body_limit(request)
             raise _error("request_too_large", f"Request exceeds the maximum size of {limit} bytes")
-        workspace = self._workspace(request)
+        if request.body and not request.body.isascii():
+            _check_utf8(request.body)
         await self._maybe_slow()
         self._maybe_fault()
         return await self._route(request, workspace, send, request_id)
+
+    @staticmethod
+    def _check_headers(request: _Request) -> None:
+        """``anthropic-version`` is required; a body must be sent as JSON."""
+        version = request.headers.get(b"anthropic-version")
+        if version is None:
+            raise _error("invalid_request_error", "anthropic-version: header is required")
+        if not _VERSION.match(version.strip()):
+            raise _error(
+                "invalid_request_error",
+                f"anthropic-version: {version.decode('latin-1')!r} is not a valid version "
+                "(a date, e.g. 2023-06-01)",
+            )
+        content_type = request.headers.get(b"content-type")
+        if content_type is None or request.method not in ("POST", "PUT", "PATCH"):
+            return
+        media, *parameters = content_type.lower().split(b";")
+        charsets = [p.strip()[8:].strip(b'"') for p in parameters if p.strip()[:8] == b"charset="]
+        if media.strip() not in _JSON_TYPES or any(c != b"utf-8" for c in charsets):
+            raise _error(
+                "invalid_request_error",
+                f"content-type: {content_type.decode('latin-1')!r} is not supported; "
+                "send the body as application/json",
+            )
 
     def _workspace(self, request: _Request) -> str:
         key = request.api_key()
@@ -287,9 +352,17 @@ class EmulatorApp:
     ) -> _Answer | None:
         method, path = request.method, request.path
         if path == "/v1/messages" and method == "POST":
-            return self._messages(request)
+            return await self._messages(request, send, request_id)
         if path == "/v1/messages/count_tokens" and method == "POST":
             return self._count_tokens(request)
+        if path == _MODELS and method == "GET":
+            return self._models(request)
+        if path.startswith(_MODELS + "/") and method == "GET":
+            name = unquote(path[len(_MODELS) + 1 :])
+            info = self.state.catalog.get(name)
+            if info is None:
+                raise _error("not_found_error", f"model: {name}")
+            return self._ok(info)
         if path == _BATCHES:
             if method == "POST":
                 return await self._create(request, workspace)
@@ -444,27 +517,62 @@ class EmulatorApp:
 
     # ----------------------------------------------------------------- messages
 
-    def _messages(self, request: _Request) -> _Answer:
+    async def _messages(self, request: _Request, send: Send, request_id: str) -> _Answer | None:
         body = self.config.without_allowed(request.body)
-        try:
-            params = _messages_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise _error("invalid_request_error", decode_error_message(exc)) from None
-        if params.stream is True:
-            raise _error(
-                "invalid_request_error", "stream: streaming is not supported by the emulator"
-            )
-        problem = check_params(params, models=self.config.models, raw=body)
+        params = _decode(_messages_decoder, body)
+        self._known_model(params.model)
+        stream = params.stream is True
+        if stream:  # checked, and named, as the same request without it
+            params.stream = msgspec.UNSET
+            body = without_fields(body, _STREAM)[0]
+        problem = check_params(params, models=None, raw=body)
         if problem is not None:
             raise _error("invalid_request_error", problem)
-        return self._ok(respond(params, body, service_tier="standard"))
+        message = respond(params, body, service_tier="standard")
+        if not stream:
+            return self._ok(message)
+        headers = [
+            (b"content-type", SSE_CONTENT_TYPE),
+            (b"cache-control", b"no-cache"),
+            (b"request-id", request_id.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for event in message_events(message):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return None
+
+    def _known_model(self, model: str) -> None:
+        """An unknown or retired model is ``404 not_found_error``, as on the service."""
+        if not self.state.catalog.accepts(model):
+            raise _error("not_found_error", f"model: {model}")
+
+    def _models(self, request: _Request) -> _Answer:
+        limit = self._limit(request)
+        before = request.query.get("before_id", [None])[-1]
+        after = request.query.get("after_id", [None])[-1]
+        if before is not None and after is not None:
+            raise _error("invalid_request_error", "before_id and after_id cannot both be given")
+        asked = request.query.get("lifecycle[]", []) + request.query.get("lifecycle", [])
+        if not set(asked) <= _LIFECYCLES:
+            raise _error(
+                "invalid_request_error",
+                "lifecycle: each value must be one of active, deprecated, retired",
+            )
+        found = self.state.catalog.page(
+            frozenset(asked) or _DEFAULT_LIFECYCLES, limit, before, after
+        )
+        if found is None:
+            name = "before_id" if before is not None else "after_id"
+            raise _error("invalid_request_error", f"{name}: not a model of the list")
+        data, has_more = found
+        first, last = (data[0].id, data[-1].id) if data else (None, None)
+        return self._ok(ModelList(data=data, has_more=has_more, first_id=first, last_id=last))
 
     def _count_tokens(self, request: _Request) -> _Answer:
         body = self.config.without_allowed(request.body)
-        try:
-            params = _count_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise _error("invalid_request_error", decode_error_message(exc)) from None
+        params = _decode(_count_decoder, body)
+        self._known_model(params.model)
         thinking = params.thinking
         as_create = MessageCreateParams(
             model=params.model,
@@ -475,7 +583,7 @@ class EmulatorApp:
             tool_choice=params.tool_choice,
             thinking=thinking,
         )
-        problem = check_params(as_create, models=self.config.models, raw=body)
+        problem = check_params(as_create, models=None, raw=body)
         if problem is not None:
             raise _error("invalid_request_error", problem)
         tokens = count_input_tokens(params.messages, params.system, params.tools)

@@ -5,11 +5,14 @@ test can compute the expected answer (``reply_text``); usage counts about one to
 of input and one per output word. ``max_tokens`` truncates (``stop_reason``
 ``max_tokens``), a stop sequence found in the text stops there, and a
 ``tool_choice`` that forces a tool gives a ``tool_use`` block whose input is built
-from the tool's ``input_schema``.
+from the tool's ``input_schema``. With thinking ``enabled`` or ``adaptive`` the answer
+opens with a ``thinking`` block (words of its own, and a signature), whose tokens count
+in ``output_tokens`` within ``budget_tokens`` and ``max_tokens``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import zlib
 from typing import Any
@@ -20,6 +23,8 @@ from pipeline.api._types import (
     Message,
     MessageParam,
     TextBlockParam,
+    ThinkingAdaptive,
+    ThinkingEnabled,
     Tool,
     ToolChoiceAny,
     ToolChoiceTool,
@@ -51,6 +56,8 @@ _TABLE = list(
 )
 _encoder = msgspec.json.Encoder()
 _UNSET = msgspec.UNSET
+#: ``thinking`` types that make the model think before it answers
+_THINKING_ON = (ThinkingEnabled, ThinkingAdaptive)
 _MAX_SCHEMA_DEPTH = 8
 
 
@@ -159,6 +166,21 @@ def _text_answer(params: Any) -> tuple[str, str, str | None, int]:
     return text, stop_reason, None, max(1, len(words))
 
 
+def _thinking(params: Any, digest: str) -> tuple[dict[str, Any] | None, int]:
+    """The thinking block that opens the answer (None when thinking is off), and its
+    tokens: a few words, within ``budget_tokens`` and leaving room in ``max_tokens``."""
+    thinking = params.thinking
+    if not isinstance(thinking, _THINKING_ON):
+        return None, 0
+    budget = thinking.budget_tokens if isinstance(thinking, ThinkingEnabled) else params.max_tokens
+    words = reply_text("thinking about: " + last_user_text(params.messages))
+    words = words[: max(1, min(budget, params.max_tokens - 1))]
+    text = "" if thinking.display == "omitted" else " ".join(words)
+    seal = hashlib.sha256(f"{digest}:{' '.join(words)}".encode()).digest()
+    signature = base64.b64encode(seal * 3).decode()
+    return {"type": "thinking", "thinking": text, "signature": signature}, len(words)
+
+
 def respond(params: Any, raw: bytes, *, service_tier: str = "batch") -> Message:
     """The model's answer to ``params`` (a ``MessageCreateParams``); ``raw`` is the
     encoded params, hashed into the message id."""
@@ -167,15 +189,23 @@ def respond(params: Any, raw: bytes, *, service_tier: str = "batch") -> Message:
     tool = _forced_tool(params)
     content: list[dict[str, Any]]
     stop_sequence: str | None
+    thinking, thought = _thinking(params, digest)
+    room = params.max_tokens - thought  # what the thinking left of max_tokens
     if tool is not None:
         value = _schema_value(tool.input_schema if tool.input_schema is not msgspec.UNSET else {})
         block = {"type": "tool_use", "id": f"toolu_{digest}", "name": tool.name, "input": value}
         content = [block]
-        output = min(params.max_tokens, len(_encoder.encode(value)) // 4 + 8)
+        output = min(room, len(_encoder.encode(value)) // 4 + 8)
         stop_reason, stop_sequence = "tool_use", None
+    elif room < 1:  # max_tokens ran out while thinking
+        content, stop_reason, stop_sequence, output = [], "max_tokens", None, 0
     else:
-        text, stop_reason, stop_sequence, output = _text_answer(params)
+        answering = msgspec.structs.replace(params, max_tokens=room) if thought else params
+        text, stop_reason, stop_sequence, output = _text_answer(answering)
         content = [{"type": "text", "text": text, "citations": None}]
+    if thinking is not None:
+        content.insert(0, thinking)
+        output += thought
     usage = Usage(input_tokens, output, 0, 0, service_tier)  # type: ignore[arg-type]
     return Message(
         id=f"msg_{digest}",
@@ -211,7 +241,8 @@ def _json_model(model: str) -> bytes:
 
 def result_line(custom_id: str, params: Any, raw: bytes) -> bytes | None:
     """The results line (newline included) of a text answer, built without the
-    intermediate ``Message``; None when the answer is a tool call (use ``respond``).
+    intermediate ``Message``; None when the answer is a tool call or opens with
+    thinking (use ``respond``).
 
     Byte for byte what ``ResultLine(custom_id, SucceededResult(respond(params, raw)))``
     encodes to (a test holds it to that); it is the same computation inlined, since it
@@ -221,6 +252,8 @@ def result_line(custom_id: str, params: Any, raw: bytes) -> bytes | None:
     """
     unset = _UNSET
     if params.tool_choice is not unset and _forced_tool(params) is not None:
+        return None
+    if params.thinking is not unset and isinstance(params.thinking, _THINKING_ON):
         return None
     # Counted first: encoding the messages caches their UTF-8 form, which the prompt's
     # hash then reuses.

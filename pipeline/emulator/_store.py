@@ -47,6 +47,7 @@ from pipeline.api._types import (
 )
 
 from ._batch import BatchRecord, BodyView, LaxBody, Timeline, rfc3339
+from ._catalog import Catalog
 from ._disk import (
     BODY,
     META,
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
     from ._batch import EntryView, LaxEntry
     from ._config import EmulatorConfig
 
-__all__ = ("BatchRecord", "CreateError", "Parsed", "Store", "rfc3339")
+__all__ = ("NESTED_TOO_DEEPLY", "BatchRecord", "CreateError", "Parsed", "Store", "rfc3339")
 
 _log = logging.getLogger("pipeline.emulator")
 _CHUNK = 1 << 20
@@ -86,6 +87,9 @@ _line_encoder = msgspec.json.Encoder()
 #: ids once these are deleted must be nothing.
 _ID_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-\n"
 _MAX_ID = 64
+#: The 400 of a body nested deeper than the JSON decoder goes (the service's parser
+#: refuses it too, with a 400, not a 500).
+NESTED_TOO_DEEPLY = "The request body is not valid JSON: it is nested too deeply"
 
 
 def _plain_ids(ids: list[str], joined: bytes) -> bool:
@@ -147,6 +151,8 @@ class Store(Timeline):
 
     def __init__(self, config: EmulatorConfig, data_dir: str | Path | None = None) -> None:
         self.config = config
+        #: the models requests may name, and ``GET /v1/models``
+        self.catalog = Catalog(config.models)
         self._owned_dir = data_dir is None
         #: batch records are written to, and reloaded from, the data directory
         self.durable = data_dir is not None
@@ -270,6 +276,8 @@ class Store(Timeline):
             plain = _plain_ids(ids, _joined(ids))
         except (msgspec.DecodeError, UnicodeError):
             plain = False
+        except RecursionError:
+            raise CreateError("invalid_request_error", NESTED_TOO_DEEPLY) from None
         if not plain:
             # The exact check: it raises the service's message for the first bad entry
             # (or accepts what the quick one was unsure of).
@@ -277,6 +285,8 @@ class Store(Timeline):
                 entries = _body_decoder.decode(body).requests
             except msgspec.DecodeError as exc:
                 raise CreateError("invalid_request_error", decode_error_message(exc)) from None
+            except RecursionError:
+                raise CreateError("invalid_request_error", NESTED_TOO_DEEPLY) from None
             ids = [entry.custom_id for entry in entries]
         if not ids:
             raise CreateError("invalid_request_error", "requests: must hold at least 1 request")
@@ -524,8 +534,14 @@ class Store(Timeline):
         except msgspec.DecodeError as exc:
             counts.errored += 1
             return self._errored(cid, "invalid_request_error", decode_error_message(exc, "params."))
+        except RecursionError:
+            counts.errored += 1
+            return self._errored(cid, "invalid_request_error", NESTED_TOO_DEEPLY)
+        if not self.catalog.accepts(params.model):
+            counts.errored += 1
+            return self._errored(cid, "not_found_error", f"model: {params.model}")
         try:
-            problem = check_params(params, models=self.config.models, raw=raw)
+            problem = check_params(params, models=None, raw=raw)
         except Exception as exc:  # a bug in a check must not wedge the whole batch
             _log.exception("check_params failed on %s in %s", cid, record.id)
             problem = f"could not be checked ({type(exc).__name__})"

@@ -29,7 +29,9 @@ def body(batch: int, n: int) -> bytes:
 
 
 async def run(url: str, batches: int, per_batch: int) -> None:
-    async with httpx.AsyncClient(base_url=url, headers={"x-api-key": "k"}, timeout=600) as http:
+    async with httpx.AsyncClient(
+        base_url=url, headers={"x-api-key": "k", "anthropic-version": "2023-06-01"}, timeout=600
+    ) as http:
         start = time.perf_counter()
         for b in range(batches):
             created = (await http.post("/v1/messages/batches", content=body(b, per_batch))).json()

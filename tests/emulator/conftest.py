@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 MODEL = "claude-3-haiku-20240307"
 KEY = "sk-test-key-1"
+VERSION = "2023-06-01"
 
 
 def params(text: str = "hello", max_tokens: int = 100, **extra: Any) -> dict[str, Any]:
@@ -69,7 +70,9 @@ def make_app(tmp_path: Path, clock: ManualClock) -> Iterator[Callable[..., Emula
 
 
 def asgi_client(app: EmulatorApp, key: str | None = KEY) -> httpx.AsyncClient:
-    headers = {"x-api-key": key} if key is not None else {}
+    headers = {"anthropic-version": VERSION}
+    if key is not None:
+        headers["x-api-key"] = key
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://emulator.test", headers=headers
     )

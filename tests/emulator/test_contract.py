@@ -316,8 +316,8 @@ async def test_messages_endpoint(make_app: Callable[..., EmulatorApp]) -> None:
         )
         assert_error(
             await client.post("/v1/messages", json=params(model="gpt-4")),
-            "invalid_request_error",
-            "model",
+            "not_found_error",
+            "model: gpt-4",
         )
         assert_error(
             await client.post("/v1/messages", json=params(bogus=1)),
@@ -344,8 +344,8 @@ async def test_todays_models_are_served_and_a_misspelt_one_is_not(
         misspelt = model.replace("claude-", "claud-")
         assert_error(
             await client.post("/v1/messages", json=params("hi", model=misspelt)),
-            "invalid_request_error",
-            misspelt,
+            "not_found_error",
+            f"model: {misspelt}",
         )
 
 

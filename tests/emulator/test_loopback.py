@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 
 def client(url: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, headers={"x-api-key": KEY}, timeout=30)
+    return httpx.AsyncClient(
+        base_url=url, headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"}, timeout=30
+    )
 
 
 async def test_streamed_results_in_chunks(tmp_path: Path) -> None:

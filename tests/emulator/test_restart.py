@@ -287,7 +287,9 @@ async def test_a_killed_emulator_process_serves_its_batches_again(
     processes: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     url = start(processes, tmp_path)
-    async with httpx.AsyncClient(base_url=url, headers={"x-api-key": KEY}) as http:
+    async with httpx.AsyncClient(
+        base_url=url, headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    ) as http:
         ended = (await http.post(BATCHES, json=batch_body(5, "x"))).json()["id"]
         await http.post("/_emulator/advance", params={"seconds": 100})
         before = (await http.get(f"{BATCHES}/{ended}")).json()
@@ -297,7 +299,9 @@ async def test_a_killed_emulator_process_serves_its_batches_again(
     processes[0].wait()
 
     url = start(processes, tmp_path)  # its manual clock starts over, before `running`
-    async with httpx.AsyncClient(base_url=url, headers={"x-api-key": KEY}) as http:
+    async with httpx.AsyncClient(
+        base_url=url, headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+    ) as http:
         again = (await http.get(f"{BATCHES}/{ended}")).json()
         assert again["results_url"].startswith(url)
         assert {**again, "results_url": None} == {**before, "results_url": None}
