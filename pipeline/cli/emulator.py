@@ -16,6 +16,8 @@ from ..api._schema import KNOWN_MODELS
 from ..emulator._config import (
     DEFAULT_BATCH_SECONDS,
     DEFAULT_EXPIRY_SECONDS,
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    DEFAULT_KEEP_ALIVE_SECONDS,
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_BATCH_REQUESTS,
     DEFAULT_RETENTION_SECONDS,
@@ -150,6 +152,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "known to accept, documented and later)",
     )
     add(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT_SECONDS,
+        help="seconds a connection may take to send a request's headers before it is "
+        "closed (default: %(default)s)",
+    )
+    add(
+        "--keep-alive",
+        type=int,
+        default=DEFAULT_KEEP_ALIVE_SECONDS,
+        help="seconds an idle keep-alive connection stays open (default: %(default)s)",
+    )
+    add(
         "--allow-field",
         action="append",
         default=[],
@@ -188,6 +203,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         ),
         workspaces=dict(args.workspace),
         clock=ManualClock() if args.manual_clock else None,
+        header_timeout_seconds=args.header_timeout,
+        keep_alive_seconds=args.keep_alive,
     )
 
 

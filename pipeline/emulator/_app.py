@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote
 import anyio
 import msgspec
 
-from pipeline.api._schema import check_params, decode_error_message, without_fields
+from pipeline.api._schema import check_params, decode_error_message
 from pipeline.api._types import (
     ERROR_STATUS,
     CountTokensParams,
@@ -68,7 +68,6 @@ _MODELS = "/v1/models"
 _VERSION = re.compile(rb"^\d{4}-\d{2}-\d{2}$")
 #: The media types a request body may be sent as (``Content-Type``, parameters aside).
 _JSON_TYPES = frozenset({b"application/json"})
-_STREAM = frozenset({"stream"})
 _LIFECYCLES = frozenset({"active", "deprecated", "retired"})
 #: ``GET /v1/models`` without a ``lifecycle`` filter: retired models are left out
 _DEFAULT_LIFECYCLES = frozenset({"active", "deprecated"})
@@ -522,13 +521,13 @@ class EmulatorApp:
         params = _decode(_messages_decoder, body)
         self._known_model(params.model)
         stream = params.stream is True
-        if stream:  # checked, and named, as the same request without it
-            params.stream = msgspec.UNSET
-            body = without_fields(body, _STREAM)[0]
+        params.stream = msgspec.UNSET  # checked as the same request without it
         problem = check_params(params, models=None, raw=body)
         if problem is not None:
             raise _error("invalid_request_error", problem)
-        message = respond(params, body, service_tier="standard")
+        # Named by the params as decoded (not the bytes sent): a streamed call and a
+        # plain one answer the very same message.
+        message = respond(params, _encoder.encode(params), service_tier="standard")
         if not stream:
             return self._ok(message)
         headers = [

@@ -17,6 +17,8 @@ from pipeline.api._schema import KNOWN_MODELS, without_fields
 __all__ = (
     "DEFAULT_BATCH_SECONDS",
     "DEFAULT_EXPIRY_SECONDS",
+    "DEFAULT_HEADER_TIMEOUT_SECONDS",
+    "DEFAULT_KEEP_ALIVE_SECONDS",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_BATCH_REQUESTS",
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -33,6 +35,13 @@ DEFAULT_BATCH_SECONDS = 1.0
 DEFAULT_EXPIRY_SECONDS = 24 * 3600.0
 DEFAULT_RETENTION_SECONDS = 29 * 24 * 3600.0
 DEFAULT_SLOW_SECONDS = 0.5
+#: How long a connection may take to send a request's headers (from connecting, or
+#: from the first byte of a later request) before the server closes it.
+DEFAULT_HEADER_TIMEOUT_SECONDS = 20.0
+#: How long an idle keep-alive connection stays open (uvicorn's ``timeout_keep_alive``);
+#: long enough that a polling client's pooled connections are not closed under it
+#: between polls (uvicorn's default is 5 s).
+DEFAULT_KEEP_ALIVE_SECONDS = 75
 #: The start of a ManualClock: a fixed instant, so timestamps in tests are stable.
 DEFAULT_MANUAL_START = 1_750_000_000.0
 
@@ -117,6 +126,12 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     allow_fields: frozenset[str] = frozenset()
     workspaces: Mapping[str, str] = {}
     clock: Callable[[], float] | None = None
+    #: a connection that has not sent a request's headers this long after connecting
+    #: (or after the first byte of a later request) is closed: slow clients cannot
+    #: hold sockets forever
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    #: an idle keep-alive connection is closed after this many seconds
+    keep_alive_seconds: int = DEFAULT_KEEP_ALIVE_SECONDS
 
     def __post_init__(self) -> None:
         if self.max_batch_requests < 1:
@@ -125,9 +140,11 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("max_batch_bytes and max_message_bytes must be >= 1")
         for name in ("batch_seconds", "cancel_seconds", "slow_seconds", "retry_after_seconds"):
             _non_negative(name, getattr(self, name))
-        for name in ("expiry_seconds", "retention_seconds"):
+        for name in ("expiry_seconds", "retention_seconds", "header_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.keep_alive_seconds < 1:
+            raise ValueError(f"keep_alive_seconds must be >= 1, got {self.keep_alive_seconds!r}")
         for name in ("request_error_rate", "fault_rate", "slow_rate", "cut_rate"):
             _rate(name, getattr(self, name))
 

@@ -19,6 +19,7 @@ import anyio.abc
 from ._app import CutConnection, EmulatorApp
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
@@ -29,7 +30,6 @@ __all__ = ("DEFAULT_BACKLOG", "Server", "bind", "serve")
 #: A normal listen backlog (Python's default of 5 resets connections under load).
 DEFAULT_BACKLOG = 2048
 _START_TIMEOUT = 30.0
-_KEEP_ALIVE_SECONDS = 75
 
 
 class _DropCutTracebacks(logging.Filter):
@@ -44,6 +44,52 @@ def _install_log_filter() -> None:
     logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _DropCutTracebacks) for f in logger.filters):
         logger.addFilter(_DropCutTracebacks())
+
+
+def _protocol(header_timeout: float) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with a deadline on the request head.
+
+    uvicorn closes an idle keep-alive connection (``timeout_keep_alive``) but sets no
+    limit on a connection that has sent no request yet, or only part of its headers
+    (its keep-alive timer stops at the first byte): a few such clients would hold
+    their sockets forever. This adds that one timer, and nothing else.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderDeadlineProtocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(header_timeout, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -80,16 +126,14 @@ class Server:
         self.url = url_of(sock)
         config = uvicorn.Config(
             app,
-            http="httptools",
+            http=_protocol(app.config.header_timeout_seconds),
             lifespan="off",
             access_log=False,
             log_config=None,
             log_level="warning",
             backlog=DEFAULT_BACKLOG,
             timeout_graceful_shutdown=2,
-            # Long enough that a polling client's pooled connections are not closed
-            # under it between polls (uvicorn's default is 5 s).
-            timeout_keep_alive=_KEEP_ALIVE_SECONDS,
+            timeout_keep_alive=app.config.keep_alive_seconds,
         )
         _install_log_filter()
         self._server = uvicorn.Server(config)
