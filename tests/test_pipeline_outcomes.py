@@ -81,10 +81,10 @@ async def test_a_request_the_service_refuses_is_a_final_counted_outcome(tmp_path
     got = results(tmp_path / "out.jsonl")
     assert got == {
         **{f"ok-{i}": "succeeded" for i in range(6)},
-        **{f"opus-{i}": "errored:invalid_request_error" for i in range(3)},
+        **{f"opus-{i}": "errored:not_found_error" for i in range(3)},
     }
     assert submissions == dict.fromkeys(ids, 1)  # not retried: retrying cannot help
-    assert stats.outcomes == {"succeeded": 6, "errored:invalid_request_error": 3}
+    assert stats.outcomes == {"succeeded": 6, "errored:not_found_error": 3}
 
 
 async def run_with_a_cancel(

@@ -42,6 +42,8 @@ from ._types import (
     Message,
     MessageBatch,
     MessageBatchList,
+    ModelInfo,
+    ModelList,
     ResultLine,
     TokenCount,
 )
@@ -68,6 +70,8 @@ _BATCH_LIST = msgspec.json.Decoder(MessageBatchList)
 _DELETED = msgspec.json.Decoder(DeletedMessageBatch)
 _MESSAGE = msgspec.json.Decoder(Message)
 _TOKENS = msgspec.json.Decoder(TokenCount)
+_MODEL_LIST = msgspec.json.Decoder(ModelList)
+_MODEL_INFO = msgspec.json.Decoder(ModelInfo)
 #: Decodes one result line (``results()``); shared by every download.
 RESULT_LINE_DECODER = msgspec.json.Decoder(ResultLine)
 
@@ -315,6 +319,24 @@ class Client:
         """POST /v1/messages/count_tokens with already-encoded params; input tokens."""
         count = await self._call("POST", "/v1/messages/count_tokens", _TOKENS, content=params)
         return count.input_tokens
+
+    # -- models --------------------------------------------------------------------
+
+    async def list_models(self) -> list[ModelInfo]:
+        """``GET /v1/models``, every page: the models the service offers (active and
+        deprecated), newest first."""
+        models: list[ModelInfo] = []
+        query: dict[str, str | int] = {"limit": 1000}
+        while True:
+            page = await self._call("GET", "/v1/models", _MODEL_LIST, params=query)
+            models += page.data
+            if not page.has_more or not page.data or page.last_id is None:
+                return models
+            query = {"limit": 1000, "after_id": page.last_id}
+
+    async def get_model(self, model: str) -> ModelInfo:
+        """``GET /v1/models/{model}``: one model, an alias resolved to the model it names."""
+        return await self._call("GET", f"/v1/models/{quote(model, safe='')}", _MODEL_INFO)
 
     # -- internals -----------------------------------------------------------------
 

@@ -35,6 +35,13 @@ move at the dry run's rate. So once one model, set of fields and block kinds has
 with ``MAX_TOOL_SETS`` tool sets, every further tool set of it shares one more shape
 (its tool definitions were each checked by the local schema).
 
+Before its first sample, a shape's model is looked up in the service's own list
+(``GET /v1/models``, one call per job, then ``GET /v1/models/{name}`` once per name
+the list does not hold, for aliases) when the client can ask for it: a model the
+service does not offer, or has retired, fails the sample with a ``not_found_error``
+naming it, without a call for the request, and the policy above decides for its shape.
+A service without that list is not asked again.
+
 Measured input tokens replace the sample's approximation (``Entry.input_tokens``,
 ``Entry.cost_usd``), and calibrate the estimate of the shape's later entries (scaled
 by the measured / approximated ratio of its samples).
@@ -56,7 +63,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 import msgspec
 
-from .._errors import APIStatusError, DryRunAbortedError
+from .._errors import APIError, APIStatusError, DryRunAbortedError
 from .._pricing import DEFAULT_PRICES, PriceTable
 from ..api._schema import approx_input_tokens, reshaped, signature_tools
 from ._dryrun_calls import (
@@ -78,7 +85,7 @@ if TYPE_CHECKING:
     from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
     from .._config import PipelineConfig
-    from ..api._types import Message
+    from ..api._types import Message, ModelInfo
 
 __all__ = (
     "DEFAULT_MAX_HELD",
@@ -88,6 +95,7 @@ __all__ = (
     "DryRunMeter",
     "DryRunStatistics",
     "MAX_TOOL_SETS",
+    "ModelsClient",
     "count_tokens_body",
     "dry_run",
     "messages_body",
@@ -109,6 +117,15 @@ class DryRunClient(Protocol):
     async def count_tokens(self, params: bytes) -> int: ...
 
     async def create_message(self, params: bytes) -> Message: ...
+
+
+class ModelsClient(Protocol):
+    """What a ``DryRunClient`` may also have: the stage then checks models against the
+    service's list (``pipeline.api.Client`` has it)."""
+
+    async def list_models(self) -> list[ModelInfo]: ...
+
+    async def get_model(self, model: str) -> ModelInfo: ...
 
 
 class DryRunStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -241,6 +258,11 @@ class _DryRun:
         self._send: ObjectSendStream[list[Item]] | None = None
         #: the checkpoint cap last sent downstream
         self._cap = Watermark()
+        has_models = hasattr(client, "list_models") and hasattr(client, "get_model")
+        self._models_client: ModelsClient | None = client if has_models else None  # type: ignore[assignment]
+        #: model name -> None (offered) or why not; filled from the service's list
+        self._models: dict[str, RejectError | None] | None = None
+        self._models_lock = anyio.Lock()
 
     async def run(
         self, receive: ObjectReceiveStream[list[Item]], send: ObjectSendStream[list[Item]]
@@ -466,8 +488,45 @@ class _DryRun:
     def _skip(self, shape: _Shape) -> bool:
         return shape.failure is not None and self._policy_for(shape) == "reject-shape"
 
+    async def _model_problem(self, model: str) -> RejectError | None:
+        """Why the service does not offer ``model`` (None: it does, or it cannot tell)."""
+        client = self._models_client
+        if client is None:
+            return None
+        async with self._models_lock:
+            if self._models is None:
+                try:
+                    offered = await client.list_models()
+                except APIError as exc:  # no such list here: the samples will tell
+                    logger.warning("dry run: GET /v1/models failed, models not checked: %s", exc)
+                    self._models_client = None
+                    return None
+                self._models = dict.fromkeys([m.id for m in offered if m.lifecycle != "retired"])
+            if model not in self._models:
+                self._models[model] = await self._look_up(client, model)
+            return self._models[model]
+
+    @staticmethod
+    async def _look_up(client: ModelsClient, model: str) -> RejectError | None:
+        """A name the list does not hold: an alias, retired, or unknown."""
+        try:
+            info = await client.get_model(model)
+        except APIStatusError as exc:
+            if exc.status_code != 404:
+                return None
+            return RejectError(
+                "not_found_error", f"model: {model} is not a model of the service (GET /v1/models)"
+            )
+        if info.lifecycle == "retired":
+            return RejectError("not_found_error", f"model: {model} is retired (GET /v1/models)")
+        return None
+
     async def _check(self, shape: _Shape, entry: Entry) -> RejectError | None:
         """One dry-run call: None when the service accepted the request."""
+        unknown = await self._model_problem(entry.model)
+        if unknown is not None:
+            self._meter.samples_failed += 1
+            return unknown
         try:
             if self._mode == "messages":
                 body = messages_body(entry.raw)

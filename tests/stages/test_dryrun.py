@@ -674,10 +674,11 @@ async def test_count_tokens_mode_catches_what_the_emulator_rejects(tmp_path: Any
     assert entries_of(out, "A")[0].input_tokens > 0
     rejects = [i for i in out if isinstance(i, Reject)]
     assert [r.line for r in rejects] == [3, 4, 5]
-    assert rejects[0].error.type == "invalid_request_error"
+    # the model is not in the deployment's GET /v1/models: not found, with no sample call
+    assert rejects[0].error.type == "not_found_error"
     assert "claude-3-opus-20240229" in rejects[0].error.message
     assert rejects[1].error.message.startswith("dry run of this request's shape failed on line 3")
-    assert meter.statistics().count_tokens_calls == 2
+    assert meter.statistics().count_tokens_calls == 1
 
 
 async def test_downstream_closing_stops_the_stage_cleanly() -> None:
