@@ -164,7 +164,8 @@ DEFAULT_PRICES = PriceTable(
         "claude-opus-5-5": Price(2.00, 10.00),  # $4 / $20
         "claude-fable-5-1": Price(5.00, 25.00),  # $10 / $50
         # not priced here: claude-haiku-5-5 (a tiered price, "from $0.10 / $0.50"),
-        # claude-fable-5 and claude-mythos-5(-1) (no price stated): give them with --price
+        # claude-fable-5, claude-fable-5-2, claude-mythos-5(-1, -2) and claude-mythos-preview
+        # (no price stated): give them with --price
     }
 )
 

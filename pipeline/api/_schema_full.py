@@ -92,7 +92,8 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
 
 #: Every model id the service is known to accept: the documented batch models, and the
 #: later ids and aliases Anthropic's docs name (the models overview and each model's
-#: page, as of 2026-11). The emulator accepts these by default, so a job written for
+#: page, as of 2026-11), and every name of the SDK's ``Model`` literal (2.17; a test
+#: fails when the installed SDK names one this set lacks). The emulator accepts these by default, so a job written for
 #: today's models runs on it while a misspelt name is still refused; the local check
 #: accepts any name unless told otherwise (``PipelineConfig.models``).
 KNOWN_MODELS: frozenset[str] = DEFAULT_MODELS | frozenset(

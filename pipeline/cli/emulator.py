@@ -42,7 +42,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "emulator",
         help="serve the local emulator of the Message Batches API",
-        description="Serve a local emulator of the Messages and Message Batches APIs. "
+        description="Serve a local emulator of the Messages (plain and streamed, with "
+        "thinking), Message Batches and Models APIs. "
         "Once ready it prints one line: 'emulator listening on http://HOST:PORT'.",
     )
     add = p.add_argument

@@ -1,4 +1,4 @@
-"""A local emulator of the Messages and Message Batches APIs.
+"""A local emulator of the Messages (plain and streamed), Message Batches and Models APIs.
 
 An ASGI app (``create_app``) served on loopback by uvicorn (``serve``, or
 ``python -m pipeline emulator``). It enforces the service's limits, validation,

@@ -2,7 +2,10 @@
 
 No web framework: the few routes are matched by hand, bodies are drained with a
 byte limit (the service's 413 comes only after the whole body was read, see
-API_CONTRACT.md section 13), and every answer carries a ``request-id`` header.
+API_CONTRACT.md section 13), and every answer carries a ``request-id`` header. What
+the headers alone decide (no API key, no ``anthropic-version``, a body that is not
+JSON) is answered before the body is read. A streamed Messages answer is sent as
+server-sent events (``_stream``); the models are the catalogue's (``_catalog``).
 Errors use the service's envelope (``pipeline.api._types.error_body``) and the
 status of its type (``ERROR_STATUS``).
 """
