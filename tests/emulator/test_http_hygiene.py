@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import pytest
 
-from pipeline.testing import EmulatorConfig, serve_emulator
+from pipeline.testing import EmulatorConfig, serve_emulator, start_emulator_process
 
 from .conftest import VERSION, asgi_client, params
 
@@ -190,3 +190,15 @@ async def test_a_malformed_anthropic_version_is_refused(
         assert answer.status_code == 400
         assert "anthropic-version" in answer.json()["error"]["message"]
         assert (await client.get("/v1/models", headers={"anthropic-version": VERSION})).is_success
+
+
+async def test_the_command_line_sets_the_timeouts() -> None:
+    with start_emulator_process("--header-timeout", "0.5", "--keep-alive", "1") as url:
+        idle = await connect(url)
+        async with idle:
+            assert await closed_by_server(idle)
+        used = await connect(url)
+        async with used:
+            await used.send(b"GET /_emulator/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await status_of(used))[0] == 200
+            assert await closed_by_server(used)
