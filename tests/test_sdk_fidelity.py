@@ -6,6 +6,7 @@ Each test holds on the newest SDK and on the oldest the test extra allows.
 
 from __future__ import annotations
 
+import json
 import typing
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,29 @@ async def raw_events(sdk: anthropic.AsyncAnthropic, **params: Any) -> list[Any]:
     return [event async for event in stream]
 
 
+def assembled(events: list[Any]) -> list[dict[str, Any]]:
+    """The content blocks the events of ``create(stream=True)`` add up to, put together
+    here by hand (independently of the SDK's accumulator)."""
+    blocks: list[dict[str, Any]] = []
+    partial: dict[int, str] = {}
+    for event in events:
+        if event.type == "content_block_start":
+            blocks.append(event.content_block.model_dump(exclude_none=True))
+        elif event.type == "content_block_delta":
+            block, delta = blocks[event.index], event.delta
+            if delta.type == "text_delta":
+                block["text"] += delta.text
+            elif delta.type == "thinking_delta":
+                block["thinking"] += delta.thinking
+            elif delta.type == "signature_delta":
+                block["signature"] = delta.signature
+            elif delta.type == "input_json_delta":
+                partial[event.index] = partial.get(event.index, "") + delta.partial_json
+        elif event.type == "content_block_stop" and event.index in partial:
+            blocks[event.index]["input"] = json.loads(partial[event.index])
+    return blocks
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -126,6 +150,7 @@ async def test_a_streamed_message_assembles_to_the_plain_one(
     starts = [e.content_block.type for e in events if e.type == "content_block_start"]
     assert starts == [b.type for b in plain.content]
     assert kinds.count("content_block_stop") == len(plain.content)
+    assert assembled(events) == dump(plain)["content"]
     deltas = {e.delta.type for e in events if e.type == "content_block_delta"}
     expected = {"text": {"text_delta"}, "tool_use": {"input_json_delta"}}
     expected["thinking"] = {"thinking_delta", "signature_delta"}
@@ -171,6 +196,24 @@ async def test_thinking_opens_the_answer_and_counts_within_the_budget(
         model=MODEL, max_tokens=2000, messages=follow, thinking=budget
     )
     assert later.content[0].type == "thinking"
+
+
+async def test_omitted_thinking_is_signed_and_counted_but_empty(
+    sdk: anthropic.AsyncAnthropic,
+) -> None:
+    shown = await sdk.messages.create(
+        model=MODEL, max_tokens=2000, messages=ASK, thinking={"type": "adaptive"}
+    )
+    omitted = await sdk.messages.create(
+        model=MODEL,
+        max_tokens=2000,
+        messages=ASK,
+        thinking={"type": "adaptive", "display": "omitted"},
+    )
+    assert omitted.content[0].type == "thinking"
+    assert omitted.content[0].thinking == ""
+    assert omitted.content[0].signature
+    assert omitted.usage.output_tokens == shown.usage.output_tokens
 
 
 async def test_adaptive_thinking_stays_within_max_tokens(sdk: anthropic.AsyncAnthropic) -> None:
