@@ -93,6 +93,13 @@ async def raw_events(sdk: anthropic.AsyncAnthropic, **params: Any) -> list[Any]:
     return [event async for event in stream]
 
 
+async def stream_text(sdk: anthropic.AsyncAnthropic, received: list[str], **params: Any) -> None:
+    """``messages.stream()``'s text, into ``received`` as it comes (the stream may break)."""
+    async with sdk.messages.stream(**params) as stream:
+        async for text in stream.text_stream:
+            received.append(text)  # noqa: PERF401 (kept piece by piece, before an error)
+
+
 def assembled(events: list[Any]) -> list[dict[str, Any]]:
     """The content blocks the events of ``create(stream=True)`` add up to, put together
     here by hand (independently of the SDK's accumulator)."""
@@ -155,6 +162,19 @@ async def test_a_streamed_message_assembles_to_the_plain_one(
     expected = {"text": {"text_delta"}, "tool_use": {"input_json_delta"}}
     expected["thinking"] = {"thinking_delta", "signature_delta"}
     assert deltas == set().union(*(expected[b.type] for b in plain.content))
+
+
+async def test_a_stream_broken_off_by_an_error_event_raises_in_the_sdk() -> None:
+    async with (
+        serve_emulator(EmulatorConfig(stream_error_rate=1.0)) as emu,
+        anthropic.AsyncAnthropic(api_key=KEY, base_url=emu.url, max_retries=0) as sdk,
+    ):
+        plain = await sdk.messages.create(model=MODEL, max_tokens=200, messages=ASK)
+        received: list[str] = []
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await stream_text(sdk, received, model=MODEL, max_tokens=200, messages=ASK)
+    assert caught.value.body["error"]["type"] == "overloaded_error"
+    assert "".join(received) == plain.content[0].text  # the first block came whole
 
 
 async def test_the_stream_helpers_see_text_and_tool_input_as_they_arrive(

@@ -132,6 +132,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=0.0,
         help="fraction of results downloads dropped in the middle of the body (default: %(default)s)",
     )
+    add(
+        "--stream-error-rate",
+        type=float,
+        default=0.0,
+        help="fraction of streamed Messages answers broken off by an 'error' event "
+        "(overloaded_error) after their first content block (default: %(default)s)",
+    )
     add("--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)")
     add(
         "--workspace",
@@ -197,6 +204,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         slow_rate=args.slow_rate,
         slow_seconds=args.slow_seconds,
         cut_rate=args.cut_rate,
+        stream_error_rate=args.stream_error_rate,
         seed=args.seed,
         models=models,
         allow_fields=frozenset(

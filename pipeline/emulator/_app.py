@@ -43,7 +43,7 @@ from ._config import EmulatorConfig, ManualClock
 from ._model import count_input_tokens, respond
 from ._store import NESTED_TOO_DEEPLY, CreateError, Store
 from ._stream import CONTENT_TYPE as SSE_CONTENT_TYPE
-from ._stream import message_events
+from ._stream import error_event, message_events
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -72,6 +72,7 @@ _VERSION = re.compile(rb"^\d{4}-\d{2}-\d{2}$")
 #: The media types a request body may be sent as (``Content-Type``, parameters aside).
 _JSON_TYPES = frozenset({b"application/json"})
 _LIFECYCLES = frozenset({"active", "deprecated", "retired"})
+_STREAM_FAULT = "Overloaded (injected by the emulator)"
 #: ``GET /v1/models`` without a ``lifecycle`` filter: retired models are left out
 _DEFAULT_LIFECYCLES = frozenset({"active", "deprecated"})
 
@@ -192,6 +193,7 @@ class EmulatorApp:
         self._fault_rng = random.Random(f"{seed}:fault")
         self._slow_rng = random.Random(f"{seed}:slow")
         self._cut_rng = random.Random(f"{seed}:cut")
+        self._stream_rng = random.Random(f"{seed}:stream")
         self._req_prefix = secrets.token_hex(6)
         self._req_counter = itertools.count(1)
         self._workspaces = dict(self.config.workspaces)
@@ -539,8 +541,16 @@ class EmulatorApp:
             (b"request-id", request_id.encode()),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        rate = self.config.stream_error_rate
+        broken = bool(rate) and self._stream_rng.random() < rate
         for event in message_events(message):
             await send({"type": "http.response.body", "body": event, "more_body": True})
+            if broken and event.startswith(b"event: content_block_stop"):
+                why = error_body("overloaded_error", _STREAM_FAULT, request_id)
+                await send(
+                    {"type": "http.response.body", "body": error_event(why), "more_body": True}
+                )
+                break
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
 

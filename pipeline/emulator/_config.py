@@ -117,6 +117,9 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     slow_seconds: float = DEFAULT_SLOW_SECONDS
     #: fraction of results downloads cut off in the middle of the body
     cut_rate: float = 0.0
+    #: fraction of streamed Messages answers that break off with an ``error`` event
+    #: (``overloaded_error``) after their first content block, as the service's do
+    stream_error_rate: float = 0.0
     #: the ``retry-after`` a 429 carries, in seconds
     retry_after_seconds: float = 0.0
     seed: int = 0
@@ -145,7 +148,13 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{name} must be > 0")
         if self.keep_alive_seconds < 1:
             raise ValueError(f"keep_alive_seconds must be >= 1, got {self.keep_alive_seconds!r}")
-        for name in ("request_error_rate", "fault_rate", "slow_rate", "cut_rate"):
+        for name in (
+            "request_error_rate",
+            "fault_rate",
+            "slow_rate",
+            "cut_rate",
+            "stream_error_rate",
+        ):
             _rate(name, getattr(self, name))
 
     def now(self) -> float:

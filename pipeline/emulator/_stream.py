@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from pipeline.api._types import Message
 
-__all__ = ("CONTENT_TYPE", "message_events")
+__all__ = ("CONTENT_TYPE", "error_event", "message_events")
 
 CONTENT_TYPE = b"text/event-stream; charset=utf-8"
 #: characters of text (or of a tool's input JSON) per delta event
@@ -76,6 +76,11 @@ def _block_events(index: int, block: dict[str, Any]) -> Iterator[bytes]:
             "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
         )
     yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def error_event(body: bytes) -> bytes:
+    """The ``error`` event that breaks off a stream; ``body`` is the error envelope."""
+    return b"event: error\ndata: " + body + b"\n\n"
 
 
 def message_events(message: Message) -> Iterator[bytes]:
