@@ -29,6 +29,8 @@ Rules checked beyond the Struct types (each one is a rule of the real service):
   ``null`` is no breakpoint), and no ``ttl: "1h"`` breakpoint after a 5-minute one (an
   absent ``ttl`` is 5 minutes) in the order the service reads them: tools, system,
   messages;
+* structured outputs: ``output_config.format`` (or ``output_format``) holds a JSON schema
+  of the subset the service takes (``_json_schema``);
 * extended thinking: ``budget_tokens < max_tokens``, no forced tool use, temperature
   only 1, no ``top_k``, ``top_p`` within 0.95..1.
 """
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol, get_args
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from ._json_schema import check_output_format
 from ._types import (
     Base64ImageSource,
     BatchRequest,
@@ -294,6 +297,10 @@ def _check(
     # or system blocks to hold one, there is nothing to walk.
     if tally.breakpoints or params.tools or type(system) is list:
         problem = _check_cache_control(params.tools or (), system, params.messages)
+        if problem is not None:
+            return problem
+    if params.output_config is not UNSET or params.output_format is not UNSET:
+        problem = check_output_format(params)
         if problem is not None:
             return problem
     if params.stop_sequences is not UNSET:

@@ -287,7 +287,7 @@ class EmulatorApp:
     ) -> _Answer | None:
         method, path = request.method, request.path
         if path == "/v1/messages" and method == "POST":
-            return self._messages(request)
+            return self._messages(request, workspace)
         if path == "/v1/messages/count_tokens" and method == "POST":
             return self._count_tokens(request)
         if path == _BATCHES:
@@ -444,7 +444,7 @@ class EmulatorApp:
 
     # ----------------------------------------------------------------- messages
 
-    def _messages(self, request: _Request) -> _Answer:
+    def _messages(self, request: _Request, workspace: str) -> _Answer:
         body = self.config.without_allowed(request.body)
         try:
             params = _messages_decoder.decode(body)
@@ -457,7 +457,10 @@ class EmulatorApp:
         problem = check_params(params, models=self.config.models, raw=body)
         if problem is not None:
             raise _error("invalid_request_error", problem)
-        return self._ok(respond(params, body, service_tier="standard"))
+        cached = None
+        if b'"cache_control"' in body:
+            cached = self.state.cache.usage(params, workspace, self.config.now())
+        return self._ok(respond(params, body, service_tier="standard", cached=cached))
 
     def _count_tokens(self, request: _Request) -> _Answer:
         body = self.config.without_allowed(request.body)

@@ -47,6 +47,7 @@ from pipeline.api._types import (
 )
 
 from ._batch import BatchRecord, BodyView, LaxBody, Timeline, rfc3339
+from ._cache import PromptCache
 from ._disk import (
     BODY,
     META,
@@ -167,6 +168,8 @@ class Store(Timeline):
         self._nonce = secrets.token_hex(8)
         self._staged = 0
         self.stats = Stats()
+        #: the prompt cache, shared by batches and Messages calls (``_cache``)
+        self.cache = PromptCache()
         # Bodies of the latest batches, still in memory (see ``create``); None when
         # the body is on disk already (durable).
         self._held: dict[str, tuple[BatchRecord, bytes | None]] = {}
@@ -474,6 +477,8 @@ class Store(Timeline):
         path = self._path(record.id, RESULTS)
         tmp = path.with_name(path.name + TMP)
         process = self._process
+        # request i is processed at created + batch_seconds * (i + 1) / N (``_batch``)
+        step = self.config.batch_seconds / max(1, len(entries))
         lines: list[bytes] = []
         size = 0
         try:
@@ -482,7 +487,9 @@ class Store(Timeline):
                     for index in order[start : start + _YIELD_EVERY]:
                         entry = entries[index]
                         if index < processed:
-                            line = process(record, entry, counts)
+                            line = process(
+                                record, entry, counts, record.created + step * (index + 1)
+                            )
                         else:
                             line = b'{"custom_id":"' + entry.custom_id.encode() + tail
                         lines.append(line)
@@ -511,10 +518,10 @@ class Store(Timeline):
         self.stats.results_generated += len(entries)
 
     def _process(
-        self, record: BatchRecord, entry: LaxEntry | EntryView, counts: RequestCounts
+        self, record: BatchRecord, entry: LaxEntry | EntryView, counts: RequestCounts, at: float
     ) -> bytes:
-        """The results line of one processed request: its params are strictly decoded
-        and checked here, once, as the service does after the create."""
+        """The results line of one processed request (at time ``at``): its params are
+        strictly decoded and checked here, once, as the service does after the create."""
         cid = entry.custom_id
         raw: bytes | msgspec.Raw = entry.params
         if self.config.allow_fields:
@@ -540,9 +547,12 @@ class Store(Timeline):
             )
         counts.succeeded += 1
         raw = entry.params
-        line = result_line(cid, params, raw)
+        cached = None
+        if b'"cache_control"' in bytes(raw):  # few requests: the cache walks their blocks
+            cached = self.cache.usage(params, record.workspace, at)
+        line = result_line(cid, params, raw) if cached is None else None
         if line is None:
-            message = respond(params, raw)
+            message = respond(params, raw, cached=cached)
             line = _line_encoder.encode(ResultLine(cid, SucceededResult(message))) + b"\n"
         return line
 
