@@ -57,6 +57,10 @@ _FORMATS: dict[str, str] = {
     "iri-reference": "/{w}",
     "ipv4": "192.0.2.17",
     "ipv6": "2001:db8::17",
+    # pydantic's own (the SDK moves them into the description)
+    "ipvanyaddress": "192.0.2.17",
+    "ipvanyinterface": "192.0.2.17/24",
+    "ipvanynetwork": "192.0.2.0/24",
     "json-pointer": "/{w}",
     "regex": "^{w}$",
 }
@@ -73,6 +77,7 @@ _HINT_KEYS = (
     "minItems",
     "maxItems",
     "format",
+    "const",  # SDKs before 2.17 moved it there too
 )
 _HINT = re.compile(r"(?:(?<=\{)|(?<=, ))(" + "|".join(_HINT_KEYS) + r"): ")
 
@@ -145,7 +150,7 @@ class _Generator:
             return schema["const"]
         enum = schema.get("enum")
         if isinstance(enum, list) and enum:
-            return enum[0] if deep else enum[self.pick(len(enum), depth)]
+            return enum[0] if deep else enum[self.pick(len(enum), self.budget)]
         if isinstance(schema.get("allOf"), list):
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for part in schema["allOf"]:
@@ -157,9 +162,10 @@ class _Generator:
             branches = schema.get(key)
             if isinstance(branches, list) and branches:
                 rest = {k: v for k, v in schema.items() if k != key}
-                chosen = self.branch(branches, deep, depth)
+                chosen = self.branch(branches, deep, self.budget)
                 return self.value(_merge(rest, chosen) if rest else chosen, depth)
-        return self.typed(schema, _kind(schema, deep, self.pick(7, depth)), depth, deep)
+        # the budget left numbers the values: siblings differ
+        return self.typed(schema, _kind(schema, deep, self.pick(7, self.budget)), depth, deep)
 
     def branch(self, branches: list[Any], deep: bool, salt: int) -> Any:
         """A branch of an ``anyOf``: any at the top, the shortest way out when deep."""
@@ -172,14 +178,15 @@ class _Generator:
             return self.object(schema, depth, deep)
         if kind == "array":
             return self.array(schema, depth, deep)
+        salt = self.budget
         if kind == "string":
-            return self.string(schema, depth)
+            return self.string(schema, salt)
         if kind == "integer":
-            return _integer(schema, self.pick(97, depth))
+            return _integer(schema, self.pick(97, salt))
         if kind == "number":
-            return _number(schema, self.pick(97, depth))
+            return _number(schema, self.pick(97, salt))
         if kind == "boolean":
-            return self.pick(2, depth) == 0
+            return self.pick(2, salt) == 0
         return None
 
     def object(self, schema: Mapping[str, Any], depth: int, deep: bool) -> dict[str, Any]:
@@ -251,13 +258,22 @@ def _with_hints(schema: Mapping[str, Any]) -> Mapping[str, Any]:
     for i, match in enumerate(matches):
         end = matches[i + 1].start() - 2 if i + 1 < len(matches) else len(description) - 1
         hints[match.group(1)] = _hint_value(match.group(1), description[match.end() : end])
-    added = {k: v for k, v in hints.items() if k not in schema and v is not None}
+    added = {k: v for k, v in hints.items() if k not in schema and (v is not None or k == "const")}
     return {**schema, **added} if added else schema
 
 
 def _hint_value(key: str, text: str) -> Any:
     if key in ("pattern", "format"):
         return text
+    if key == "const":
+        python = {"True": True, "False": False, "None": None}
+        if text in python:
+            return python[text]
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return int(number) if number.is_integer() and "." not in text else number
     try:
         number = float(text)
     except ValueError:
