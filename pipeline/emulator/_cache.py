@@ -20,9 +20,10 @@ The model of the service's prompt caching (the prompt-caching page):
 Tokens are the fake model's (about one per four bytes of the blocks' JSON, the
 ``cache_control`` fields left out so that moving a breakpoint does not change a
 prefix). Time is the emulator's clock; a batch's requests are seen at their
-processing times (``_batch``), in the order of its results file. The cache holds
+processing times (``_batch``), in the order of its results file: of N requests of a
+batch that share a new prefix, one writes it and N - 1 read it. The cache holds
 16-byte digests of prefixes, not prefixes, and at most ``max_entries`` of them
-(least recently used go first), so it stays small however many requests pass.
+(least recently used go first; ``EmulatorConfig.prompt_cache_entries``), so it stays small however many requests pass.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import msgspec
 from msgspec import UNSET
 
 __all__ = (
-    "DEFAULT_CACHE_ENTRIES",
     "MIN_CACHEABLE_TOKENS",
     "MIN_CACHEABLE_TOKENS_HAIKU",
     "CacheUsage",
@@ -43,8 +43,6 @@ __all__ = (
     "min_cacheable_tokens",
 )
 
-#: prefixes the cache remembers (about 100 bytes each)
-DEFAULT_CACHE_ENTRIES = 100_000
 MIN_CACHEABLE_TOKENS = 1024
 MIN_CACHEABLE_TOKENS_HAIKU = 2048
 _TTL = {"5m": 300.0, "1h": 3600.0}
@@ -109,12 +107,12 @@ def _breakpoints(params: Any, workspace: str) -> list[tuple[int, str, bytes]]:
 
 
 class PromptCache:
-    """Prefix digests per workspace and model, with their times; bounded LRU."""
+    """Prefix digests per workspace and model, with their expiry; a bounded LRU."""
 
-    def __init__(self, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+    def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        #: digest -> [first written at, expires at]
-        self._entries: collections.OrderedDict[bytes, list[float]] = collections.OrderedDict()
+        #: digest -> when it expires
+        self._entries: collections.OrderedDict[bytes, float] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -130,35 +128,25 @@ class PromptCache:
         entries = self._entries
         hit = -1
         for k in range(len(marks) - 1, -1, -1):
-            entry = entries.get(marks[k][2])
-            if entry is not None and entry[0] <= now < entry[1]:
+            if now < entries.get(marks[k][2], now):
                 hit = k
                 break
         read = marks[hit][0] // 4 if hit >= 0 else 0
-        if hit >= 0:
-            entry = entries[marks[hit][2]]
-            entry[1] = max(entry[1], now + _TTL[marks[hit][1]])
-            entries.move_to_end(marks[hit][2])
+        if hit >= 0:  # a read renews the TTL
+            self._put(marks[hit][2], now + _TTL[marks[hit][1]])
         written = {"5m": 0, "1h": 0}
         done = read
         for size, ttl, digest in marks[hit + 1 :]:
             tokens = size // 4
             written[ttl] += tokens - done
             done = tokens
-            self._write(digest, now, _TTL[ttl])
+            self._put(digest, now + _TTL[ttl])
         return CacheUsage(read, written["5m"], written["1h"])
 
-    def _write(self, digest: bytes, now: float, ttl: float) -> None:
+    def _put(self, digest: bytes, expires: float) -> None:
         entries = self._entries
-        entry = entries.get(digest)
-        if entry is None:
-            entries[digest] = [now, now + ttl]
-            if len(entries) > self.max_entries:
-                entries.popitem(last=False)
-            return
-        # Seen at a later time already (a batch is processed lazily, out of time order)
-        # or expired: it exists from now on.
-        if now < entry[0] or now >= entry[1]:
-            entry[0] = now
-        entry[1] = max(entry[1], now + ttl) if now < entry[1] else now + ttl
+        # A batch is processed lazily, not in time order: an entry never expires sooner.
+        entries[digest] = max(expires, entries.get(digest, expires))
         entries.move_to_end(digest)
+        if len(entries) > self.max_entries:
+            entries.popitem(last=False)

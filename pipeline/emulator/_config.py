@@ -20,6 +20,7 @@ __all__ = (
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_BATCH_REQUESTS",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PROMPT_CACHE_ENTRIES",
     "DEFAULT_RETENTION_SECONDS",
     "DEFAULT_SLOW_SECONDS",
     "EmulatorConfig",
@@ -33,6 +34,8 @@ DEFAULT_BATCH_SECONDS = 1.0
 DEFAULT_EXPIRY_SECONDS = 24 * 3600.0
 DEFAULT_RETENTION_SECONDS = 29 * 24 * 3600.0
 DEFAULT_SLOW_SECONDS = 0.5
+#: Prompt-cache prefixes remembered (a 16-byte digest and two times each, ~150 bytes)
+DEFAULT_PROMPT_CACHE_ENTRIES = 100_000
 #: The start of a ManualClock: a fixed instant, so timestamps in tests are stable.
 DEFAULT_MANUAL_START = 1_750_000_000.0
 
@@ -117,6 +120,8 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     allow_fields: frozenset[str] = frozenset()
     workspaces: Mapping[str, str] = {}
     clock: Callable[[], float] | None = None
+    #: prefixes the prompt cache remembers, least recently used dropped first
+    prompt_cache_entries: int = DEFAULT_PROMPT_CACHE_ENTRIES
 
     def __post_init__(self) -> None:
         if self.max_batch_requests < 1:
@@ -130,6 +135,8 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{name} must be > 0")
         for name in ("request_error_rate", "fault_rate", "slow_rate", "cut_rate"):
             _rate(name, getattr(self, name))
+        if self.prompt_cache_entries < 0:
+            raise ValueError("prompt_cache_entries must be >= 0")
 
     def now(self) -> float:
         """The current time by the configured clock."""

@@ -169,7 +169,7 @@ class Store(Timeline):
         self._staged = 0
         self.stats = Stats()
         #: the prompt cache, shared by batches and Messages calls (``_cache``)
-        self.cache = PromptCache()
+        self.cache = PromptCache(config.prompt_cache_entries)
         # Bodies of the latest batches, still in memory (see ``create``); None when
         # the body is on disk already (durable).
         self._held: dict[str, tuple[BatchRecord, bytes | None]] = {}
