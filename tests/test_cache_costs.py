@@ -42,14 +42,17 @@ def entry(cid: str, model: str, text: str, ttl: str | None) -> dict[str, Any]:
     }
 
 
-async def test_the_summary_prices_cache_writes_and_reads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", [True, False])  # results from the body on disk or in memory
+async def test_the_summary_prices_cache_writes_and_reads(tmp_path: Path, durable: bool) -> None:
     lines = [entry(f"a{i}", MODEL, POLICY, None) for i in range(4)]  # 1 write, 3 reads
     lines += [entry(f"b{i}", MODEL, GLOSSARY, "1h") for i in range(2)]  # 1h: 1 write, 1 read
     lines += [entry(f"c{i}", OTHER, POLICY, None) for i in range(3)]  # another model
     lines.append(entry("d0", MODEL, "Be brief.", None))  # too short to be cached
     (tmp_path / "in.jsonl").write_bytes(b"\n".join(map(msgspec.json.encode, lines)) + b"\n")
     async with (
-        serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "emu") as emu,
+        serve_emulator(
+            EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "emu" if durable else None
+        ) as emu,
         Client(api_key="test-key", base_url=emu.url) as client,
     ):
         pipeline = Pipeline(
