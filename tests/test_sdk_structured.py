@@ -336,6 +336,26 @@ async def test_a_schema_the_service_refuses_is_refused(
     assert reason in str(caught.value)
 
 
+async def test_a_strict_tool_takes_the_structured_outputs_schema_rules(
+    sdk: anthropic.AsyncAnthropic,
+) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 3}}}
+    tool: dict[str, Any] = {"name": "record", "input_schema": schema}
+    for strict, refused in ((True, True), (False, False)):
+        call = sdk.messages.create(
+            model=MODEL,
+            max_tokens=256,
+            messages=[{"role": "user", "content": "x"}],
+            tools=[{**tool, "strict": strict}],  # type: ignore[list-item]
+            tool_choice={"type": "any"},
+        )
+        if refused:
+            with pytest.raises(anthropic.BadRequestError, match=r"tools\[0\]\.input_schema\."):
+                await call
+        else:
+            valid((await call).content[0].input, schema)  # type: ignore[union-attr]
+
+
 async def test_the_beta_output_format_field_is_served(sdk: anthropic.AsyncAnthropic) -> None:
     message = await sdk.messages.create(
         model=MODEL,
