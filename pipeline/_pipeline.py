@@ -226,7 +226,10 @@ class Pipeline(_JobResources, _StageWiring):
             batches_submitted=p.batches_submitted,
             batches_in_flight=max(0, p.batches_in_flight),
             outcomes=dict(p.outcomes),
-            usage={m: ModelUsage(int(u[0]), int(u[1]), u[2]) for m, u in p.usage.items()},
+            usage={
+                m: ModelUsage(int(u[0]), int(u[1]), u[2], *map(int, u[3:]))
+                for m, u in p.usage.items()
+            },
             estimated_cost_usd=p.estimated_cost_usd,
             actual_cost_usd=p.actual_cost_usd,
             unpriced_models=tuple(sorted(p.unpriced)),

@@ -18,6 +18,7 @@ import msgspec
 
 __all__ = (
     "CACHE_READ_FACTOR",
+    "CACHE_WRITE_1H_FACTOR",
     "CACHE_WRITE_FACTOR",
     "DEFAULT_PRICES",
     "Price",
@@ -27,8 +28,10 @@ __all__ = (
 )
 
 _MILLION = 1_000_000
-#: Prompt-cache writes cost 1.25x the input price, cache reads 0.1x (batch discount stacks).
+#: Prompt-cache writes cost 1.25x the input price with the 5-minute TTL, 2x with the
+#: 1-hour TTL; cache reads 0.1x (the batch discount stacks: these multiply batch prices).
 CACHE_WRITE_FACTOR = 1.25
+CACHE_WRITE_1H_FACTOR = 2.0
 CACHE_READ_FACTOR = 0.1
 
 
@@ -109,14 +112,21 @@ class PriceTable(Mapping[str, Price]):
         *,
         cache_creation_input_tokens: int = 0,
         cache_read_input_tokens: int = 0,
+        cache_creation_1h_input_tokens: int = 0,
     ) -> float:
-        """The cost of actual usage, as a result's ``usage`` reports it."""
+        """The cost of actual usage, as a result's ``usage`` reports it.
+
+        ``cache_creation_input_tokens`` is every cache write, of which
+        ``cache_creation_1h_input_tokens`` (``usage.cache_creation``'s
+        ``ephemeral_1h_input_tokens``) were written with the 1-hour TTL."""
         price = self._prices.get(model)
         if price is None:
             return 0.0
+        hour = min(cache_creation_1h_input_tokens, cache_creation_input_tokens)
         inputs = (
             input_tokens
-            + cache_creation_input_tokens * CACHE_WRITE_FACTOR
+            + (cache_creation_input_tokens - hour) * CACHE_WRITE_FACTOR
+            + hour * CACHE_WRITE_1H_FACTOR
             + cache_read_input_tokens * CACHE_READ_FACTOR
         )
         return (inputs * price.input + output_tokens * price.output) / _MILLION
@@ -195,6 +205,7 @@ def cost_usd(
     *,
     cache_creation_input_tokens: int = 0,
     cache_read_input_tokens: int = 0,
+    cache_creation_1h_input_tokens: int = 0,
     prices: PriceTable = DEFAULT_PRICES,
 ) -> float:
     """Batch cost of actual usage; 0 for a model ``prices`` does not know."""
@@ -204,4 +215,5 @@ def cost_usd(
         output_tokens,
         cache_creation_input_tokens=cache_creation_input_tokens,
         cache_read_input_tokens=cache_read_input_tokens,
+        cache_creation_1h_input_tokens=cache_creation_1h_input_tokens,
     )

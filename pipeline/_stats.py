@@ -9,11 +9,17 @@ __all__ = ("ModelUsage", "PipelineStatistics")
 
 
 class ModelUsage(msgspec.Struct, frozen=True):
-    """Tokens and cost of the results of one model."""
+    """Tokens and cost of the results of one model. ``input_tokens`` are the plain
+    input tokens; the prompt cache's are apart (priced differently: ``cost_usd``
+    counts them at their own prices)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    #: input tokens written to the prompt cache (both TTLs)
+    cache_creation_input_tokens: int = 0
+    #: input tokens read from the prompt cache
+    cache_read_input_tokens: int = 0
 
 
 class PipelineStatistics(msgspec.Struct, frozen=True, kw_only=True):

@@ -104,10 +104,16 @@ def summary_rows(
             )
         )
     for model, usage in sorted(stats.usage.items()):
+        cached = ""
+        if usage.cache_creation_input_tokens or usage.cache_read_input_tokens:
+            cached = (
+                f" · cache {usage.cache_creation_input_tokens:,} written"
+                f" / {usage.cache_read_input_tokens:,} read"
+            )
         rows.append(
             (
                 "tokens",
-                f"{model}: {usage.input_tokens:,} in / {usage.output_tokens:,} out"
+                f"{model}: {usage.input_tokens:,} in / {usage.output_tokens:,} out{cached}"
                 f" · {format_cost(usage.cost_usd)}",
             )
         )
@@ -118,6 +124,7 @@ def summary_rows(
             "cost",
             f"actual {format_cost(stats.actual_cost_usd)} · estimated "
             f"{format_cost(stats.estimated_cost_usd)} (batch prices: 50% of standard"
+            + ("; cache writes 1.25x input (1 h TTL: 2x), reads 0.1x" if _cached(stats) else "")
             + ("; this run" if _written_before(stats) else "")
             + ")",
         )
@@ -154,6 +161,13 @@ def _outcomes_text(stats: PipelineStatistics, main: dict[str, int], errored: str
     if earlier:  # a resumed job: the state file keeps no count per outcome
         text += f" (results of this run; {earlier:,} written by earlier runs)"
     return text
+
+
+def _cached(stats: PipelineStatistics) -> bool:
+    """Whether any result read or wrote the prompt cache."""
+    return any(
+        u.cache_creation_input_tokens or u.cache_read_input_tokens for u in stats.usage.values()
+    )
 
 
 def _written_before(stats: PipelineStatistics) -> int:
@@ -221,7 +235,12 @@ def log_summary(stats: PipelineStatistics, *, output: str | None, rejects: str |
             "outcomes": outcomes,
             "errors": errors,
             "usage": {
-                model: {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}
+                model: {
+                    "input_tokens": u.input_tokens,
+                    "output_tokens": u.output_tokens,
+                    "cache_creation_input_tokens": u.cache_creation_input_tokens,
+                    "cache_read_input_tokens": u.cache_read_input_tokens,
+                }
                 for model, u in stats.usage.items()
             },
             "estimated_cost_usd": stats.estimated_cost_usd,

@@ -123,6 +123,17 @@ def assembled(events: list[Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+SCHEMA_FORMAT = {
+    "type": "json_schema",
+    "schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    },
+}
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -138,6 +149,15 @@ def assembled(events: list[Any]) -> list[dict[str, Any]]:
             id="thinking",
         ),
         pytest.param({"thinking": {"type": "adaptive"}}, id="adaptive"),
+        pytest.param({"output_config": {"format": SCHEMA_FORMAT}}, id="structured"),
+        pytest.param(
+            {
+                "max_tokens": 4096,
+                "output_config": {"format": SCHEMA_FORMAT},
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+            },
+            id="structured_thinking",
+        ),
     ],
 )
 async def test_a_streamed_message_assembles_to_the_plain_one(
@@ -162,6 +182,11 @@ async def test_a_streamed_message_assembles_to_the_plain_one(
     expected = {"text": {"text_delta"}, "tool_use": {"input_json_delta"}}
     expected["thinking"] = {"thinking_delta", "signature_delta"}
     assert deltas == set().union(*(expected[b.type] for b in plain.content))
+    if "output_config" in extra:  # the streamed text is the same JSON, valid for its schema
+        answer = json.loads(plain.content[-1].text)
+        assert set(answer) == {"city", "days"}
+        assert isinstance(answer["city"], str)
+        assert isinstance(answer["days"], int)
 
 
 async def test_a_stream_broken_off_by_an_error_event_raises_in_the_sdk() -> None:

@@ -29,6 +29,9 @@ Rules checked beyond the Struct types (each one is a rule of the real service):
   ``null`` is no breakpoint), and no ``ttl: "1h"`` breakpoint after a 5-minute one (an
   absent ``ttl`` is 5 minutes) in the order the service reads them: tools, system,
   messages;
+* structured outputs: ``output_config.format`` (or ``output_format``) holds a JSON schema
+  of the subset the service takes (``_json_schema``), as does a ``strict: true`` tool's
+  ``input_schema``;
 * extended thinking: ``budget_tokens < max_tokens``, no forced tool use, temperature
   only 1, no ``top_k``, ``top_p`` within 0.95..1.
 """
@@ -41,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol, get_args
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from ._json_schema import check_output_format, check_schema
 from ._types import (
     Base64ImageSource,
     BatchRequest,
@@ -300,6 +304,10 @@ def _check(
         problem = _check_cache_control(params.tools or (), system, params.messages)
         if problem is not None:
             return problem
+    if params.output_config is not UNSET or params.output_format is not UNSET:
+        problem = check_output_format(params)
+        if problem is not None:
+            return problem
     if params.stop_sequences is not UNSET:
         for i, stop in enumerate(params.stop_sequences):
             if not stop or stop.isspace():
@@ -507,7 +515,8 @@ _tool_fields_decoder = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
 
 def _custom_tool_fields(raw_tools: bytes | msgspec.Raw, tools: list[Tool]) -> str | None:
     """``tools[i]: unknown field `x``` for the first custom tool with a field its type
-    does not define (``raw_tools`` is the JSON ``tools`` was decoded from)."""
+    does not define (``raw_tools`` is the JSON ``tools`` was decoded from); and for a
+    ``strict: true`` tool, what structured outputs refuse in its ``input_schema``."""
     for i, (fields, tool) in enumerate(
         zip(_tool_fields_decoder.decode(raw_tools), tools, strict=True)
     ):
@@ -515,6 +524,11 @@ def _custom_tool_fields(raw_tools: bytes | msgspec.Raw, tools: list[Tool]) -> st
             for name in fields:
                 if name not in _CUSTOM_TOOL_FIELDS:
                     return f"tools[{i}]: unknown field `{name}`"
+            strict = fields.get("strict")
+            if strict is not None and bytes(strict) == b"true":
+                problem = check_schema(tool.input_schema, f"tools[{i}].input_schema")
+                if problem is not None:
+                    return problem
     return None
 
 

@@ -26,6 +26,7 @@ __all__ = (
     "BatchCreateBody",
     "BatchRequest",
     "CacheControl",
+    "CacheCreation",
     "CanceledResult",
     "ContentBlockSource",
     "CountTokensParams",
@@ -435,12 +436,20 @@ class MessageBatchList(Struct):
     last_id: str | None = None
 
 
+class CacheCreation(Struct):
+    """The prompt-cache writes of a ``Usage``, by TTL."""
+
+    ephemeral_1h_input_tokens: int = 0
+    ephemeral_5m_input_tokens: int = 0
+
+
 class Usage(Struct, omit_defaults=True):
     input_tokens: int
     output_tokens: int
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     service_tier: Literal["standard", "priority", "batch"] | None = None
+    cache_creation: CacheCreation | None = None
 
 
 class Message(Struct, kw_only=True):

@@ -361,7 +361,7 @@ class EmulatorApp:
     ) -> _Answer | None:
         method, path = request.method, request.path
         if path == "/v1/messages" and method == "POST":
-            return await self._messages(request, send, request_id)
+            return await self._messages(request, workspace, send, request_id)
         if path == "/v1/messages/count_tokens" and method == "POST":
             return self._count_tokens(request)
         if path == _MODELS and method == "GET":
@@ -526,7 +526,9 @@ class EmulatorApp:
 
     # ----------------------------------------------------------------- messages
 
-    async def _messages(self, request: _Request, send: Send, request_id: str) -> _Answer | None:
+    async def _messages(
+        self, request: _Request, workspace: str, send: Send, request_id: str
+    ) -> _Answer | None:
         body = self.config.without_allowed(request.body)
         params = _decode(_messages_decoder, body)
         self._known_model(params.model)
@@ -535,9 +537,12 @@ class EmulatorApp:
         problem = check_params(params, models=None, raw=body)
         if problem is not None:
             raise _error("invalid_request_error", problem)
+        cached = None
+        if b'"cache_control"' in body:
+            cached = self.state.cache.usage(params, workspace, self.config.now())
         # Named by the params as decoded (not the bytes sent): a streamed call and a
         # plain one answer the very same message.
-        message = respond(params, _encoder.encode(params), service_tier="standard")
+        message = respond(params, _encoder.encode(params), service_tier="standard", cached=cached)
         if not stream:
             return self._ok(message)
         headers = [

@@ -22,6 +22,7 @@ __all__ = (
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_BATCH_REQUESTS",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PROMPT_CACHE_ENTRIES",
     "DEFAULT_RETENTION_SECONDS",
     "DEFAULT_SLOW_SECONDS",
     "EmulatorConfig",
@@ -42,6 +43,8 @@ DEFAULT_HEADER_TIMEOUT_SECONDS = 20.0
 #: long enough that a polling client's pooled connections are not closed under it
 #: between polls (uvicorn's default is 5 s).
 DEFAULT_KEEP_ALIVE_SECONDS = 75
+#: Prompt-cache prefixes remembered (a 16-byte digest and two times each, ~150 bytes)
+DEFAULT_PROMPT_CACHE_ENTRIES = 100_000
 #: The start of a ManualClock: a fixed instant, so timestamps in tests are stable.
 DEFAULT_MANUAL_START = 1_750_000_000.0
 
@@ -135,6 +138,8 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
     #: an idle keep-alive connection is closed after this many seconds
     keep_alive_seconds: int = DEFAULT_KEEP_ALIVE_SECONDS
+    #: prefixes the prompt cache remembers, least recently used dropped first
+    prompt_cache_entries: int = DEFAULT_PROMPT_CACHE_ENTRIES
 
     def __post_init__(self) -> None:
         if self.max_batch_requests < 1:
@@ -156,6 +161,8 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
             "stream_error_rate",
         ):
             _rate(name, getattr(self, name))
+        if self.prompt_cache_entries < 0:
+            raise ValueError("prompt_cache_entries must be >= 0")
 
     def now(self) -> float:
         """The current time by the configured clock."""

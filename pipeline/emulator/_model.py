@@ -4,10 +4,13 @@ The text is a handful of words picked by a hash of the last user message, so a
 test can compute the expected answer (``reply_text``); usage counts about one token per four bytes
 of input and one per output word. ``max_tokens`` truncates (``stop_reason``
 ``max_tokens``), a stop sequence found in the text stops there, and a
-``tool_choice`` that forces a tool gives a ``tool_use`` block whose input is built
-from the tool's ``input_schema``. With thinking ``enabled`` or ``adaptive`` the answer
-opens with a ``thinking`` block (words of its own, and a signature), whose tokens count
-in ``output_tokens`` within ``budget_tokens`` and ``max_tokens``.
+``tool_choice`` that forces a tool gives a ``tool_use`` block whose input is valid
+for the tool's ``input_schema``, and a structured-output request
+(``output_config.format``) gets JSON text valid for its schema (``_structured``).
+With thinking ``enabled`` or ``adaptive`` the answer opens with a ``thinking`` block
+(words of its own, and a signature), whose tokens count in ``output_tokens`` within
+``budget_tokens`` and ``max_tokens``. The prompt cache's part of the usage comes from
+``_cache``.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from pipeline.api._types import (
+    CacheCreation,
     Message,
     MessageParam,
     TextBlockParam,
@@ -31,6 +35,11 @@ from pipeline.api._types import (
     ToolResultBlockParam,
     Usage,
 )
+
+from ._structured import instance, output_schema
+
+if TYPE_CHECKING:
+    from ._cache import CacheUsage
 
 __all__ = ("count_input_tokens", "last_user_text", "reply_text", "respond", "result_line")
 
@@ -58,7 +67,6 @@ _encoder = msgspec.json.Encoder()
 _UNSET = msgspec.UNSET
 #: ``thinking`` types that make the model think before it answers
 _THINKING_ON = (ThinkingEnabled, ThinkingAdaptive)
-_MAX_SCHEMA_DEPTH = 8
 
 
 def _block_text(block: object) -> str:
@@ -99,30 +107,6 @@ def count_input_tokens(messages: object, system: object, tools: object) -> int:
     if tools is not msgspec.UNSET:
         size += len(_encoder.encode(tools))
     return size // 4 + 1
-
-
-def _schema_value(schema: Any, depth: int = 0) -> Any:
-    """A value that satisfies a (simple) JSON schema: required properties filled."""
-    if not isinstance(schema, dict) or depth > _MAX_SCHEMA_DEPTH:
-        return "value"
-    for key in ("const", "default"):
-        if key in schema:
-            return schema[key]
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object" or (kind is None and "properties" in schema):
-        props = schema.get("properties") or {}
-        required = schema.get("required") or []
-        return {name: _schema_value(props.get(name), depth + 1) for name in required}
-    if kind == "array":
-        if schema.get("minItems", 0) > 0:
-            return [_schema_value(schema.get("items"), depth + 1)] * schema["minItems"]
-        return []
-    simple: dict[str, Any] = {"integer": 1, "number": 1.5, "boolean": True, "null": None}
-    return simple.get(kind, "value") if isinstance(kind, str) else "value"
 
 
 def _forced_tool(params: Any) -> Tool | None:
@@ -181,9 +165,28 @@ def _thinking(params: Any, digest: str) -> tuple[dict[str, Any] | None, int]:
     return {"type": "thinking", "thinking": text, "signature": signature}, len(words)
 
 
-def respond(params: Any, raw: bytes, *, service_tier: str = "batch") -> Message:
+def _seed(params: Any) -> int:
+    """What varies a structured answer: the prompt's hash, as for the words."""
+    return zlib.crc32(last_user_text(params.messages).encode())
+
+
+def _json_answer(params: Any, schema: dict[str, Any]) -> tuple[str, str, None, int]:
+    """(text, stop_reason, stop_sequence, output_tokens) of an answer in JSON valid
+    for ``schema``; ``max_tokens`` cuts it short (``stop_reason`` ``max_tokens``), as
+    the service's answer would be."""
+    text = _encoder.encode(instance(schema, _seed(params))).decode()
+    output = len(text) // 4 + 1
+    if output > params.max_tokens:
+        return text[: params.max_tokens * 4], "max_tokens", None, params.max_tokens
+    return text, "end_turn", None, output
+
+
+def respond(
+    params: Any, raw: bytes, *, service_tier: str = "batch", cached: CacheUsage | None = None
+) -> Message:
     """The model's answer to ``params`` (a ``MessageCreateParams``); ``raw`` is the
-    encoded params, hashed into the message id."""
+    encoded params, hashed into the message id. ``cached``: the part of the input the
+    prompt cache read and wrote (``PromptCache.usage``), else none of it."""
     digest = _digest(raw)
     input_tokens = count_input_tokens(params.messages, params.system, params.tools)
     tool = _forced_tool(params)
@@ -192,7 +195,8 @@ def respond(params: Any, raw: bytes, *, service_tier: str = "batch") -> Message:
     thinking, thought = _thinking(params, digest)
     room = params.max_tokens - thought  # what the thinking left of max_tokens
     if tool is not None:
-        value = _schema_value(tool.input_schema if tool.input_schema is not msgspec.UNSET else {})
+        given = tool.input_schema
+        value = instance(given if given is not msgspec.UNSET else {}, _seed(params))
         block = {"type": "tool_use", "id": f"toolu_{digest}", "name": tool.name, "input": value}
         content = [block]
         output = min(room, len(_encoder.encode(value)) // 4 + 8)
@@ -201,12 +205,22 @@ def respond(params: Any, raw: bytes, *, service_tier: str = "batch") -> Message:
         content, stop_reason, stop_sequence, output = [], "max_tokens", None, 0
     else:
         answering = msgspec.structs.replace(params, max_tokens=room) if thought else params
-        text, stop_reason, stop_sequence, output = _text_answer(answering)
+        wanted = output_schema(params)
+        if wanted is not None:
+            text, stop_reason, stop_sequence, output = _json_answer(answering, wanted)
+        else:
+            text, stop_reason, stop_sequence, output = _text_answer(answering)
         content = [{"type": "text", "text": text, "citations": None}]
     if thinking is not None:
         content.insert(0, thinking)
         output += thought
     usage = Usage(input_tokens, output, 0, 0, service_tier)  # type: ignore[arg-type]
+    if cached is not None:
+        written = cached.written_5m + cached.written_1h
+        usage.input_tokens = max(0, input_tokens - cached.read - written)
+        usage.cache_read_input_tokens = cached.read
+        usage.cache_creation_input_tokens = written
+        usage.cache_creation = CacheCreation(cached.written_1h, cached.written_5m)
     return Message(
         id=f"msg_{digest}",
         model=params.model,
@@ -254,6 +268,8 @@ def result_line(custom_id: str, params: Any, raw: bytes) -> bytes | None:
     if params.tool_choice is not unset and _forced_tool(params) is not None:
         return None
     if params.thinking is not unset and isinstance(params.thinking, _THINKING_ON):
+        return None
+    if params.output_config is not unset or params.output_format is not unset:
         return None
     # Counted first: encoding the messages caches their UTF-8 form, which the prompt's
     # hash then reuses.

@@ -47,6 +47,7 @@ from pipeline.api._types import (
 )
 
 from ._batch import BatchRecord, BodyView, LaxBody, Timeline, rfc3339
+from ._cache import PromptCache
 from ._catalog import Catalog
 from ._disk import (
     BODY,
@@ -173,6 +174,8 @@ class Store(Timeline):
         self._nonce = secrets.token_hex(8)
         self._staged = 0
         self.stats = Stats()
+        #: the prompt cache, shared by batches and Messages calls (``_cache``)
+        self.cache = PromptCache(config.prompt_cache_entries)
         # Bodies of the latest batches, still in memory (see ``create``); None when
         # the body is on disk already (durable).
         self._held: dict[str, tuple[BatchRecord, bytes | None]] = {}
@@ -464,9 +467,10 @@ class Store(Timeline):
     async def _generate(self, record: BatchRecord) -> None:
         assert record.body_path is not None
         entries: list[LaxEntry] | list[EntryView]
+        body: bytes | None = None
         if record.held is not None:
             entries, record.held = record.held, None
-            self._held.pop(record.id, None)
+            body = self._held.pop(record.id, (None, None))[1]
         else:
             body = await anyio.to_thread.run_sync(record.body_path.read_bytes)
             # The body passed the create's checks: the lax view (no id pattern) is enough.
@@ -484,6 +488,10 @@ class Store(Timeline):
         path = self._path(record.id, RESULTS)
         tmp = path.with_name(path.name + TMP)
         process = self._process
+        # request i is processed at created + batch_seconds * (i + 1) / N (``_batch``);
+        # a body with no cache_control at all (one search of it) skips the cache per entry
+        step = self.config.batch_seconds / max(1, len(entries))
+        cache = body is None or b'"cache_control"' in body
         lines: list[bytes] = []
         size = 0
         try:
@@ -492,7 +500,8 @@ class Store(Timeline):
                     for index in order[start : start + _YIELD_EVERY]:
                         entry = entries[index]
                         if index < processed:
-                            line = process(record, entry, counts)
+                            at = record.created + step * (index + 1) if cache else None
+                            line = process(record, entry, counts, at)
                         else:
                             line = b'{"custom_id":"' + entry.custom_id.encode() + tail
                         lines.append(line)
@@ -521,10 +530,15 @@ class Store(Timeline):
         self.stats.results_generated += len(entries)
 
     def _process(
-        self, record: BatchRecord, entry: LaxEntry | EntryView, counts: RequestCounts
+        self,
+        record: BatchRecord,
+        entry: LaxEntry | EntryView,
+        counts: RequestCounts,
+        at: float | None,
     ) -> bytes:
-        """The results line of one processed request: its params are strictly decoded
-        and checked here, once, as the service does after the create."""
+        """The results line of one processed request (at time ``at``; None when the
+        batch has no prompt-cache breakpoint): its params are strictly decoded and
+        checked here, once, as the service does after the create."""
         cid = entry.custom_id
         raw: bytes | msgspec.Raw = entry.params
         if self.config.allow_fields:
@@ -556,9 +570,12 @@ class Store(Timeline):
             )
         counts.succeeded += 1
         raw = entry.params
-        line = result_line(cid, params, raw)
+        cached = None
+        if at is not None and b'"cache_control"' in bytes(raw):  # the cache walks its blocks
+            cached = self.cache.usage(params, record.workspace, at)
+        line = result_line(cid, params, raw) if cached is None else None
         if line is None:
-            message = respond(params, raw)
+            message = respond(params, raw, cached=cached)
             line = _line_encoder.encode(ResultLine(cid, SucceededResult(message))) + b"\n"
         return line
 

@@ -192,7 +192,7 @@ class Progress:
         self.source_done = False
         self.stopping = False
         self.outcomes: dict[str, int] = {}
-        #: model -> [input tokens, output tokens, cost]
+        #: model -> [input tokens, output tokens, cost, cache writes, cache reads]
         self.usage: dict[str, list[float]] = {}
         self.estimated_cost_usd = 0.0
         self.actual_cost_usd = 0.0

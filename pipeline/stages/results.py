@@ -63,11 +63,16 @@ COMMIT_LINES = 4096
 # Scalars and one another only (no cycle is possible): not tracked by the cyclic GC.
 
 
+class _CacheCreation(msgspec.Struct, gc=False):
+    ephemeral_1h_input_tokens: int = 0
+
+
 class _Usage(msgspec.Struct, gc=False):
     input_tokens: int = 0
     output_tokens: int = 0
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    cache_creation: _CacheCreation | None = None
 
 
 class _Message(msgspec.Struct, gc=False):
@@ -371,12 +376,14 @@ class _Tally:
             message = result.message
             if message.model != model:
                 model = message.model
-                sums = tokens.get(model) or tokens.setdefault(model, [0, 0, 0, 0])
+                sums = tokens.get(model) or tokens.setdefault(model, [0, 0, 0, 0, 0])
             usage = message.usage
             sums[0] += usage.input_tokens
             sums[1] += usage.output_tokens
             if usage.cache_creation_input_tokens:
                 sums[2] += usage.cache_creation_input_tokens
+                if usage.cache_creation is not None:  # else all at the 5-minute TTL
+                    sums[4] += usage.cache_creation.ephemeral_1h_input_tokens
             if usage.cache_read_input_tokens:
                 sums[3] += usage.cache_read_input_tokens
         succeeded = len(views) - len(dropped) - len(others)
@@ -398,7 +405,7 @@ class _Tally:
     def add_to(self, progress: Progress, prices: PriceTable = DEFAULT_PRICES) -> None:
         for key, n in self.outcomes.items():
             progress.outcome(key, n)
-        for model, (inputs, outputs, cache_write, cache_read) in self.tokens.items():
+        for model, (inputs, outputs, cache_write, cache_read, write_1h) in self.tokens.items():
             if model not in prices:
                 progress.unpriced.add(model)
             cost = prices.cost_usd(
@@ -407,11 +414,14 @@ class _Tally:
                 outputs,
                 cache_creation_input_tokens=cache_write,
                 cache_read_input_tokens=cache_read,
+                cache_creation_1h_input_tokens=write_1h,
             )
-            totals = progress.usage.setdefault(model, [0, 0, 0.0])
+            totals = progress.usage.setdefault(model, [0, 0, 0.0, 0, 0])
             totals[0] += inputs
             totals[1] += outputs
             totals[2] += cost
+            totals[3] += cache_write
+            totals[4] += cache_read
             progress.actual_cost_usd += cost
 
 
