@@ -3,8 +3,6 @@ status (also read-only, without the job's lock, for ``pipeline status``)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +13,10 @@ import msgspec
 
 from .._errors import LedgerError
 from ._base import BatchRecord, JobSpec, JobStatus, ResumeState, SinkPosition
+from ._files import ledger_error, lock_held
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Sequence
 
 __all__ = (
@@ -243,27 +243,12 @@ def _read_status_sync(path: Path) -> JobStatus:
         conn.execute("BEGIN")  # one consistent snapshot
         status = job_status(conn)
         conn.execute("COMMIT")
-    except sqlite3.DatabaseError as exc:
-        raise LedgerError(str(path), f"not a usable pipeline state file ({exc})") from exc
+    except sqlite3.Error as exc:
+        raise ledger_error(path, exc, opening=True) from exc
     finally:
         conn.close()
-    status.worker_running = _lock_held(path)
+    status.worker_running = lock_held(path)
     return status
-
-
-def _lock_held(path: Path) -> bool:
-    """Whether a worker holds the job's lock (probed without blocking, never held)."""
-    try:
-        fd = os.open(f"{path}.lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 async def read_status(path: str | os.PathLike[str]) -> JobStatus:
