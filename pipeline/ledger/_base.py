@@ -146,6 +146,11 @@ class ResumeState(msgspec.Struct, kw_only=True):
     spooled: int = 0
     #: the estimated cost of every request claimed so far (what a budget counts)
     estimated_cost_usd: float = 0.0
+    #: (added) with ``pending_intents`` sent: when a worker of this job first opened
+    #: it after the last of those sends, so when their connections were gone at the
+    #: latest; kept over later restarts (``reconcile``'s ``since``). None: unknown
+    #: (then the time of this open is safe)
+    takeover_at: float | None = None
 
 
 class JobStatus(msgspec.Struct, kw_only=True):

@@ -199,6 +199,7 @@ class SQLiteLedger:
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             state = resume_state(conn, fresh)
+            state.takeover_at = _takeover(conn, state)
         except sqlite3.Error as exc:
             conn.close()
             self._lock.release()
@@ -579,6 +580,20 @@ class SQLiteLedger:
     async def status(self) -> JobStatus:
         """Progress counters and the batches in flight."""
         return await self._run(job_status)
+
+
+def _takeover(conn: sqlite3.Connection, state: ResumeState) -> float | None:
+    """``ResumeState.takeover_at``: the first open after the last unknown-outcome
+    send, recorded in ``meta`` (one autocommit statement) and kept by later opens."""
+    sends = [i.sent_at for i in state.pending_intents if i.sent_at is not None]
+    if not sends:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'takeover_at'").fetchone()
+    if row is not None and float(row[0]) >= max(sends):
+        return float(row[0])
+    now = time.time()
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('takeover_at', ?)", (now,))
+    return now
 
 
 def _job_change(stored: JobSpec, job: JobSpec) -> str:
