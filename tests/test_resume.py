@@ -403,3 +403,24 @@ async def test_an_unwritable_state_file_on_resume_is_one_line_and_exit_1(
     assert "make the file and its directory writable" in reason
     finish(emulator, tmp_path, api_key="frozen")
     await assert_exactly_once(emulator, tmp_path, ids)
+
+
+async def test_a_finished_job_whose_output_was_cut_short_says_so(
+    emulator: str, tmp_path: Path
+) -> None:
+    """The output of a finished job cut short by hand: a re-run is not 'already
+    finished, exit 0' but one line naming the output file, exit 1, nothing changed."""
+    write_input(tmp_path / "in.jsonl", 50, prefix="cut")
+    finish(emulator, tmp_path, api_key="cut")
+    out = tmp_path / "out.jsonl"
+    whole = out.read_bytes()
+    out.write_bytes(whole[: len(whole) // 2])
+    worker = start_worker(emulator, tmp_path, api_key="cut")
+    _, err = worker.communicate(timeout=30)
+    text = err.decode()
+    assert worker.returncode == 1, text
+    assert "already finished" not in text
+    reason = text.strip().splitlines()[-1]
+    assert reason.startswith(f"pipeline run: failed: file {out}: is {len(whole) // 2:,} bytes, ")
+    assert f"shorter than the {len(whole):,} bytes the job's state file says" in reason
+    assert out.read_bytes() == whole[: len(whole) // 2]
