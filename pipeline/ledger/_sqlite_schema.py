@@ -217,21 +217,33 @@ def meta_value(c: sqlite3.Connection, key: str) -> Any:
     return row[0]
 
 
+_NOT_STATE = (
+    "is an SQLite database but not a pipeline state file; give --state the job's state "
+    "file, or a new path for a new job"
+)
+
+
 def check_meta(c: sqlite3.Connection, tables: set[str], path: str) -> None:
     if "meta" not in tables:
-        raise LedgerError(path, "is an SQLite database but not a pipeline state file")
+        raise LedgerError(path, _NOT_STATE)
     app = c.execute("SELECT value FROM meta WHERE key = 'app'").fetchone()
     if app is None or app[0] != APP_TAG:
-        raise LedgerError(path, "is an SQLite database but not a pipeline state file")
+        raise LedgerError(path, _NOT_STATE)
     version = meta_value(c, "schema_version")
     if version != SCHEMA_VERSION:
         raise LedgerError(
             path,
-            f"has schema version {version}; this pipeline reads version {SCHEMA_VERSION}",
+            f"has schema version {version}; this pipeline reads version {SCHEMA_VERSION}: "
+            "finish the job with the pipeline release that started it, or remove the "
+            "state file to start the job over",
         )
     if tables != TABLES:
         missing = ", ".join(sorted(TABLES - tables)) or "none"
-        raise LedgerError(path, f"is damaged: tables missing: {missing}")
+        raise LedgerError(
+            path,
+            f"is damaged: tables missing: {missing}; restore it from a backup, or remove "
+            "it (and its -wal file) to start the job over",
+        )
 
 
 def _read_status_sync(path: Path) -> JobStatus:
