@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_status(status, now))
         if checked:
-            sys.stdout.write("integrity    ok (SQLite's full check)\n")
+            sys.stdout.write("integrity  ok (SQLite's full check)\n")
     return EXIT_OK
 
 

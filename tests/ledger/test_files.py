@@ -417,7 +417,7 @@ async def test_status_check_of_a_sound_state_says_ok(
     await led.open(JOB)
     await led.claim([entry(1)], [], checkpoint=100, line=1)
     assert await status_command("--state", str(state_path), "--check") == 0  # beside a worker
-    assert "integrity    ok" in capsys.readouterr().out
+    assert "integrity  ok (SQLite's full check)" in capsys.readouterr().out
     await led.aclose()
     assert await status_command("--state", str(state_path), "--check", "--json") == 0
     assert msgspec.json.decode(capsys.readouterr().out)["integrity"] == "ok"
