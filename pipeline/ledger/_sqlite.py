@@ -211,11 +211,6 @@ class SQLiteLedger:
         self._conn = conn
         return state
 
-    async def check(self) -> list[str]:
-        """What SQLite's full ``integrity_check`` finds wrong with the open state
-        file (empty: nothing); for ``pipeline status --check``."""
-        return await self._run(lambda c: integrity_problems(c, full=True))
-
     def _check_or_create(self, conn: sqlite3.Connection, job: JobSpec | None) -> bool:
         """True when the file was fresh (and is now created for ``job``)."""
         tables = table_names(conn)
