@@ -387,7 +387,7 @@ async def test_an_unwritable_state_file_on_resume_is_one_line_and_exit_1(
     """A read-only (or immutable) state file on resume: one line that names the
     file and says what to do, exit 1, no traceback; made writable again, the job
     resumes and finishes, every result once."""
-    ids, _ = write_input(tmp_path / "in.jsonl", 300, prefix="frozen")
+    ids, _ = write_input(tmp_path / "in.jsonl", 200, prefix="frozen")
     worker = start_worker(emulator, tmp_path, api_key="frozen")
     await wait_for(tmp_path, worker, created)
     worker.kill()
@@ -410,7 +410,7 @@ async def test_a_finished_job_whose_output_was_cut_short_says_so(
 ) -> None:
     """The output of a finished job cut short by hand: a re-run is not 'already
     finished, exit 0' but one line naming the output file, exit 1, nothing changed."""
-    write_input(tmp_path / "in.jsonl", 50, prefix="cut")
+    write_input(tmp_path / "in.jsonl", 20, prefix="cut")
     finish(emulator, tmp_path, api_key="cut")
     out = tmp_path / "out.jsonl"
     whole = out.read_bytes()
