@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--check",
         action="store_true",
         help="also run SQLite's full integrity check of the state file (reads all of "
-        "it: about a second per million requests); exit 1 if it finds damage",
+        "it: seconds per million requests); exit 1 if it finds damage",
     )
     parser.set_defaults(func=main)
 
