@@ -187,11 +187,13 @@ class InputError(PipelineError):
 
 
 class LedgerError(PipelineError):
-    """The state file is corrupt, belongs to another job, or is in use."""
+    """The state file is corrupt, belongs to another job, or is in use; or a file
+    the job wrote disagrees with it (``what``: which file ``path`` is)."""
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str, *, what: str = "state file") -> None:
         self.path = path
-        super().__init__(f"state file {path}: {reason}")
+        self.what = what
+        super().__init__(f"{what} {path}: {reason}")
 
 
 class BatchNotFoundError(PipelineError):

@@ -345,7 +345,7 @@ class Pipeline(_JobResources, _StageWiring):
         if resume.fresh:
             self._check_overwrite()
         if resume.finished and not self.open_ended:
-            await self._already_finished(ledger)
+            await self._already_finished(ledger, resume)
             return
         client = await self._open_client(stack)
         sink, rejects_sink = await self._open_sinks(stack, resume)

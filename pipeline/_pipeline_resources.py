@@ -130,8 +130,15 @@ class _JobResources:
                     "overwrite=True) to replace it, or remove it"
                 )
 
-    async def _already_finished(self, ledger: Ledger) -> None:
-        """A re-run of a finished job: its counts from the ledger, and a warning."""
+    async def _already_finished(self, ledger: Ledger, resume: ResumeState) -> None:
+        """A re-run of a finished job: its files checked against the ledger (one cut
+        short is an error), its counts from the ledger, and a warning."""
+        for path, position in (
+            (self._output_path, resume.output),
+            (self._rejects_path, resume.rejects),
+        ):
+            if path is not None:
+                await JsonlSink(path).check(position)
         status = await ledger.status()
         p = self._progress
         p.read, p.rejected, p.submitted = status.read, status.rejected, status.submitted

@@ -1,10 +1,11 @@
 """The run proper, once the ledger, the client and the sinks are open: the resume
 step, then the stages wired over bounded streams in one task group.
 
-Resume settles what an earlier run left behind: creates of unknown outcome are
-reconciled with the service (adopted, or released to the spool), and every batch
-in flight is polled again, its requests counted against the capacity before
-anything new is sent.
+Resume settles what an earlier run left behind: every batch in flight is polled
+again, its requests counted against the capacity before anything new is sent, and
+creates of unknown outcome are reconciled with the service (adopted, or released
+to the spool) by a task beside the stages (``settle_pending``), which holds new
+creates back until then while everything else goes on.
 
 Wiring: validate, then the optional stages (``dry_run``, ``spend_guard``), then the
 chunker, submitter, poller and results, with the retry feeder sending the spool
@@ -28,7 +29,7 @@ import anyio
 
 from ._errors import PipelineError, StageError
 from ._pricing import DEFAULT_PRICES
-from .ledger._reconcile import reconcile, reconciler
+from .ledger._reconcile import reconciler, settle_pending
 from .stages._items import SubmittedBatch
 from .stages.chunker import chunker
 from .stages.poller import poller
@@ -89,8 +90,8 @@ class _StageWiring:
     async def _resume(
         self, resume: ResumeState, ledger: Ledger, client: Client
     ) -> list[tuple[BatchRecord, int]]:
-        """Settle creates of unknown outcome; the batches to poll again, each with
-        the requests it still owes."""
+        """Counters from the ledger; the batches to poll again, each with the
+        requests it still owes."""
         p = self._progress
         #: what earlier runs claimed, by estimate: a budget holds for the whole job
         self._spent_before = resume.estimated_cost_usd
@@ -102,17 +103,7 @@ class _StageWiring:
         p.written = resume.output.count
         p.read = p.accounted_line = resume.source_line
         batches = [(b, b.request_count - b.results_written) for b in resume.batches]
-        if resume.pending_intents:
-            report = await reconcile(
-                ledger, client, resume.pending_intents, sleep=self._settle_sleep
-            )
-            by_id = {i.local_id: i for i in resume.pending_intents}
-            batches += [(record, record.request_count) for record in report.adopted]
-            p.spooled += sum(by_id[i].request_count for i in report.released)
-            self._announce(
-                f"pipeline: reconciled {len(by_id)} batch create(s) of unknown outcome: "
-                f"{len(report.adopted)} found at the service, {len(report.released)} to send again"
-            )
+        # creates of unknown outcome are settled beside the stages (``settle_pending``)
         if batches:
             self._announce(f"pipeline: resuming; {len(batches)} batch(es) in flight polled again")
         for record, owed in batches:
@@ -169,6 +160,21 @@ class _StageWiring:
         send_sub, recv_sub = _stream(_RECORD_BUFFER)
         send_ended, recv_ended = _stream(_RECORD_BUFFER)
         rejects_done = anyio.Event()
+        if resume.pending_intents:  # settled beside the stages; new creates wait
+            send_adopted = send_sub.clone()
+            ends.append(send_adopted)
+            settle = settle_pending(
+                resume.pending_intents,
+                send_adopted,
+                ledger=ledger,
+                client=client,
+                capacity=self._capacity,
+                progress=p,
+                since=resume.takeover_at,
+                announce=self._announce,
+                sleep=self._settle_sleep,
+            )
+            stages.append(("reconcile", settle))
         stages += [
             ("chunker", chunker(recv_checked, send_chunks, config=config, progress=p)),
             (
@@ -370,8 +376,9 @@ class _StageWiring:
             await self._stop.wait()
 
     async def _settle_sleep(self, seconds: float) -> None:
-        """A reconcile's wait for a create to show up at the service (up to a
-        minute): a ``stop()`` ends it with ``_Stopped``, the intent stays pending."""
+        """A reconcile's wait until the service's list is authoritative (seconds
+        after the takeover): a ``stop()`` ends it with ``_Stopped``, the intent
+        stays pending."""
         await self._sleep(seconds)
         if self._stop.is_set():
             raise _Stopped

@@ -139,3 +139,83 @@ async def test_a_watched_file_stays_taken_until_the_ledger_holds_all_its_lines(
                 pipeline.stop()
         assert [p.name for p in inbox.iterdir()] == ["a.jsonl.done"]
         assert_exactly_once(emu.submissions(), out, rejects)
+
+
+class GatedClient(Client):
+    """A real client whose count_tokens for one model waits for ``gate``."""
+
+    def __init__(self, *, hold_model: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hold_model = hold_model
+        self.holding = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def count_tokens(self, params: bytes) -> int:
+        if self.hold_model.encode() in params:
+            self.holding.set()
+            await self.gate.wait()
+        return await super().count_tokens(params)
+
+
+#: line 1 "dup" in the shape held; lines 2-21 a checked shape; line 22 copies line 1's
+#: custom_id in the checked shape
+DUP_LINES = [line("dup", SONNET)] + [line(f"ok-{i:02d}", HAIKU) for i in range(20)]
+DUP_LINES.append(line("dup", HAIKU))
+
+
+def dup_rejects(rejects: Path) -> list[tuple[int, str]]:
+    found = [msgspec.json.decode(x) for x in rejects.read_bytes().splitlines()]
+    return [(r["line"], r["error"]["message"]) for r in found]
+
+
+def dup_models(out: Path) -> list[str]:
+    lines = [msgspec.json.decode(x) for x in out.read_bytes().splitlines()]
+    return [x["result"]["message"]["model"] for x in lines if x["custom_id"] == "dup"]
+
+
+async def test_the_first_line_wins_a_custom_id_whose_shape_is_still_checked(
+    tmp_path: Path,
+) -> None:
+    """Line 1's shape is held for its dry run while line 22, a later copy of its
+    custom_id in a shape already checked, comes by: line 1 is still the one sent, and
+    line 22 is the duplicate, naming line 1."""
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(DUP_LINES) + b"\n")
+    paths = (tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "rejects.jsonl")
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
+        client = GatedClient(hold_model=SONNET, api_key="k", base_url=emu.url)
+        async with client:
+            pipeline = Pipeline(*paths, config=CONFIG, client=client)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pipeline.run)
+                with anyio.fail_after(20):
+                    await client.holding.wait()
+                    while pipeline.statistics().written < 20:  # the checked shape went by
+                        await anyio.sleep(0.01)
+                client.gate.set()
+        assert pipeline.statistics().finished
+        sent = emu.submissions()
+    assert sent["dup"] == 1
+    assert dup_rejects(paths[2]) == [(22, "custom_id 'dup' already used on line 1")]
+    assert dup_models(paths[1]) == [SONNET]
+
+
+async def test_the_first_line_wins_a_custom_id_after_a_crash_while_it_was_held(
+    tmp_path: Path,
+) -> None:
+    """The same, with a crash while line 1 is held and a restart: line 1 is sent, line
+    22 is the duplicate (before, line 22 had been sent and line 1 was rejected as
+    'already used on line 22')."""
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(DUP_LINES) + b"\n")
+    paths = (tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "rejects.jsonl")
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
+        held = HeldClient(hold_model=SONNET, api_key="k", base_url=emu.url)
+        async with held:
+            await crash_while_held(Pipeline(*paths, config=CONFIG, client=held), held)
+        async with Client(api_key="k", base_url=emu.url) as client:
+            with anyio.fail_after(20):
+                stats = await Pipeline(*paths, config=CONFIG, client=client).run()
+        assert stats.finished
+        sent = emu.submissions()
+    assert sent["dup"] == 1
+    assert dup_rejects(paths[2]) == [(22, "custom_id 'dup' already used on line 1")]
+    assert dup_models(paths[1]) == [SONNET]

@@ -6,6 +6,9 @@ process, in a workspace of its own (its own API key)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -333,3 +336,91 @@ async def test_a_batch_of_another_job_adopted_by_mistake_loses_no_request(
     sent = await submissions(emulator)
     # the emulator fails a few requests for the retries to re-send (max 3 attempts)
     assert all(1 <= sent.get(cid, 0) <= 3 for cid in ids)
+
+
+async def test_a_second_worker_through_a_symlinked_state_is_refused(
+    emulator: str, tmp_path: Path
+) -> None:
+    """Two `pipeline run` processes on one job, the second given a symlink to the
+    state file as --state: it is refused (exit 1, one line) and the first finishes
+    with every result written once."""
+    ids, _ = write_input(tmp_path / "in.jsonl", 300, prefix="link")
+    (tmp_path / "link.state").symlink_to(tmp_path / "job.state")
+    first = start_worker(emulator, tmp_path, api_key="symlink")
+    await wait_for(tmp_path, first, created)
+    second = start_worker(
+        emulator, tmp_path, "--state", str(tmp_path / "link.state"), api_key="symlink"
+    )
+    _, err = second.communicate(timeout=30)
+    assert second.returncode == 1, err.decode()
+    reason = err.decode().strip().splitlines()[-1]
+    assert reason.startswith("pipeline run: failed: state file"), reason
+    assert "in use by another process" in reason
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err.decode()
+    await assert_exactly_once(emulator, tmp_path, ids)
+
+
+@contextlib.contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """``path`` cannot be written by this user while inside: read-only, or for root
+    (who writes read-only files) immutable (``chattr +i``)."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(0o644)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)]).returncode != 0:
+        pytest.skip("root, and the file system cannot make a file immutable")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+async def test_an_unwritable_state_file_on_resume_is_one_line_and_exit_1(
+    emulator: str, tmp_path: Path
+) -> None:
+    """A read-only (or immutable) state file on resume: one line that names the
+    file and says what to do, exit 1, no traceback; made writable again, the job
+    resumes and finishes, every result once."""
+    ids, _ = write_input(tmp_path / "in.jsonl", 200, prefix="frozen")
+    worker = start_worker(emulator, tmp_path, api_key="frozen")
+    await wait_for(tmp_path, worker, created)
+    worker.kill()
+    worker.communicate(timeout=30)
+    with unwritable(tmp_path / "job.state"):
+        again = start_worker(emulator, tmp_path, api_key="frozen")
+        _, err = again.communicate(timeout=30)
+    text = err.decode()
+    assert again.returncode == 1, text
+    assert "Traceback" not in text
+    reason = text.strip().splitlines()[-1]
+    assert reason.startswith(f"pipeline run: failed: state file {tmp_path / 'job.state'}: ")
+    assert "make the file and its directory writable" in reason
+    finish(emulator, tmp_path, api_key="frozen")
+    await assert_exactly_once(emulator, tmp_path, ids)
+
+
+async def test_a_finished_job_whose_output_was_cut_short_says_so(
+    emulator: str, tmp_path: Path
+) -> None:
+    """The output of a finished job cut short by hand: a re-run is not 'already
+    finished, exit 0' but one line naming the output file, exit 1, nothing changed."""
+    write_input(tmp_path / "in.jsonl", 20, prefix="cut")
+    finish(emulator, tmp_path, api_key="cut")
+    out = tmp_path / "out.jsonl"
+    whole = out.read_bytes()
+    out.write_bytes(whole[: len(whole) // 2])
+    worker = start_worker(emulator, tmp_path, api_key="cut")
+    _, err = worker.communicate(timeout=30)
+    text = err.decode()
+    assert worker.returncode == 1, text
+    assert "already finished" not in text
+    reason = text.strip().splitlines()[-1]
+    assert reason.startswith(f"pipeline run: failed: file {out}: is {len(whole) // 2:,} bytes, ")
+    assert f"shorter than the {len(whole):,} bytes the job's state file says" in reason
+    assert out.read_bytes() == whole[: len(whole) // 2]

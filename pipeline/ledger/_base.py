@@ -22,6 +22,20 @@ The protocol of a batch, and what a crash between any two steps leaves behind:
    position, results written, retryable requests spooled; ``done=True`` on the
    last one marks the batch collected.
 
+Duplicate custom_ids: the first line wins, always. The first entry claimed with a
+custom_id holds it for the whole job: every later entry with that custom_id, in the
+same claim or a later one, in this run or after any number of restarts, while the
+holder is claimed, sent, collected, spooled for a retry or refused by the service,
+is a duplicate, recorded as a reject whose message names the holder's line
+(``custom_id 'X' already used on line N``). Only the holder's own line comes back
+unrejected: read again after a restart (``skipped``), or as its retry from the
+spool. A line rejected before it was claimed (invalid, or refused by the dry run)
+holds nothing. The runner claims every custom_id's entries in input order (no
+stage lets an entry overtake an earlier one of its custom_id: the dry run holds a
+later copy behind a held entry), so "first claimed" is "first in the input"; a
+backend keeps this rule whatever its layout, and ``tests/ledger`` checks it
+through this interface.
+
 What the runner must keep to for crash safety: a sink fsyncs its file before
 its ``commit_results`` / ``commit_rejects``, and truncates it back to the
 ``ResumeState`` position on start; ``reconcile`` settles every pending intent
@@ -132,6 +146,11 @@ class ResumeState(msgspec.Struct, kw_only=True):
     spooled: int = 0
     #: the estimated cost of every request claimed so far (what a budget counts)
     estimated_cost_usd: float = 0.0
+    #: (added) with ``pending_intents`` sent: when a worker of this job first opened
+    #: it after the last of those sends, so when their connections were gone at the
+    #: latest; kept over later restarts (``reconcile``'s ``since``). None: unknown
+    #: (then the time of this open is safe)
+    takeover_at: float | None = None
 
 
 class JobStatus(msgspec.Struct, kw_only=True):
@@ -174,9 +193,10 @@ class Ledger(Protocol):
         """Record a batch intent with its entries (retries, ``attempt > 1``, move back
         from the spool), the rejects before them, and the source checkpoint (byte
         offset ``checkpoint`` after input line ``line``). Entries whose custom_id the
-        job already holds are returned as duplicates and recorded as rejects, unless
-        the job holds it from the same source line (read again after a restart):
-        those come back as ``skipped``. Recording a reject is idempotent. The
+        job already holds, or an earlier entry of this claim carries, are returned as
+        duplicates and recorded as rejects naming the holder's line (the first line
+        wins: see the module docstring), unless the job holds it from the same
+        source line (read again after a restart): those come back as ``skipped``. Recording a reject is idempotent. The
         entries' ``cost_usd`` adds to the job's ``estimated_cost_usd``."""
         ...
 

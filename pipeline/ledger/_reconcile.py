@@ -6,14 +6,24 @@ the POST and the commit, or the answer never came. Sending it again could pay fo
 it twice, so on restart the workspace's batches are listed (newest first, back to
 just before the earliest such send) and matched by request count and creation
 time. Exactly one candidate not already in the ledger: it is adopted (polled like
-any other). None, once the send is ``settle`` seconds old: the create did not
-happen, the requests are released to the spool and sent again. More than one
-candidate: ``AmbiguousCreateError``, which lists them and says how to decide.
-Intents never sent (``record_sending`` not reached) are released at once.
+any other). More than one candidate: ``AmbiguousCreateError``, which lists them
+and says how to decide. Intents never sent (``record_sending`` not reached) are
+released at once.
 
-The caller must make sure the connection that sent the create is gone (the
-process restarted, or the client gave up on it): after that the service can only
-finish creates it has fully received, which takes it well under ``settle``.
+When is "not listed" certain to mean "not created"? Once the connection that sent
+the create is gone (``since``: the worker that sent it died before this one took
+the job's lock, or this client gave up on it), the service can only finish a
+create it had fully received by then, and lists it within moments. So the list is
+authoritative ``settle`` seconds (``DEFAULT_SETTLE_SECONDS``, 10) after
+``max(sent_at, since)``: then the intent is released to the spool and sent again.
+Until then, the list is asked again at that time. ``since`` is the ledger's
+``ResumeState.takeover_at``, which stays the same over any number of restarts, so
+a worker killed again and again still gets there (before, each start waited a
+minute from the send, and a crash loop never settled anything).
+
+``settle_pending`` runs this beside the job's stages on resume: batches in flight
+are polled and collected, the input is read and checked meanwhile; only new
+creates wait (a create of the same size sent now would make the match ambiguous).
 """
 
 from __future__ import annotations
@@ -27,13 +37,17 @@ import anyio
 import msgspec
 
 from .._errors import LedgerError
+from ..stages._items import SubmittedBatch
 from ._base import BatchRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
+
+    from anyio.abc import ObjectSendStream
 
     from ..api import Client
     from ..api._types import MessageBatch
+    from ..stages._protocol import Capacity, Progress
     from ._base import Ledger
 
 __all__ = (
@@ -44,6 +58,7 @@ __all__ = (
     "ReconcileReport",
     "reconcile",
     "reconciler",
+    "settle_pending",
 )
 
 #: How far the service's clock may be behind ours, in seconds.
@@ -51,10 +66,12 @@ DEFAULT_CLOCK_SKEW = 60.0
 #: How long after ``sent_at`` the service may stamp the batch's ``created_at``
 #: (the upload of a large body, plus the skew).
 DEFAULT_MAX_LATENCY = 660.0
-#: How old a send must be before "not listed" means "not created"; the
-#: environment variable ``PIPELINE_RECONCILE_SETTLE_SECONDS`` overrides it (tests
-#: against a local emulator, where a create is processed in milliseconds).
-DEFAULT_SETTLE_SECONDS = 60.0
+#: How long after a create's connection is gone (and after its send) "not listed"
+#: means "not created": the time the service may take to list a create it had
+#: fully received. The environment variable ``PIPELINE_RECONCILE_SETTLE_SECONDS``
+#: overrides it (tests against a local emulator, where a create is processed in
+#: milliseconds).
+DEFAULT_SETTLE_SECONDS = 10.0
 _SETTLE_ENV = "PIPELINE_RECONCILE_SETTLE_SECONDS"
 
 
@@ -111,6 +128,7 @@ async def reconcile(
     intents: list[BatchRecord],
     *,
     settle: float | None = None,
+    since: float | None = None,
     clock_skew: float = DEFAULT_CLOCK_SKEW,
     max_latency: float = DEFAULT_MAX_LATENCY,
     clock: Callable[[], float] = time.time,
@@ -118,9 +136,13 @@ async def reconcile(
 ) -> ReconcileReport:
     """Settle every intent in ``intents`` (``ResumeState.pending_intents``): adopt
     the batch its create made, or release it; raise ``AmbiguousCreateError`` when
-    that cannot be decided. Waits (``sleep``) while a recent send has no match;
-    ``settle`` defaults to ``DEFAULT_SETTLE_SECONDS`` (see there)."""
+    that cannot be decided. ``since``: when the connections that sent them were
+    gone at the latest (``ResumeState.takeover_at``; default: now). An intent with
+    no match is released once ``settle`` seconds (default ``DEFAULT_SETTLE_SECONDS``)
+    have passed since ``max(sent_at, since)``; until then the list is asked again
+    at that time (``sleep`` waits, ``clock`` tells the time: both injectable)."""
     settle = _default_settle() if settle is None else settle
+    since = clock() if since is None else since
     report = ReconcileReport()
     pending: list[BatchRecord] = []
     for intent in intents:
@@ -139,15 +161,20 @@ async def reconcile(
                 await ledger.record_created(intent.local_id, ids[0])
                 adopted = msgspec.structs.replace(intent, batch_id=ids[0], state="created")
                 report.adopted.append(adopted)
-            elif listed_at - (intent.sent_at or 0.0) >= settle:
+            elif listed_at >= _certain_at(intent, since, settle):
                 await ledger.release(intent.local_id)
                 report.released.append(intent.local_id)
             else:
                 waiting.append(intent)
         pending = waiting
         if pending:
-            await sleep(max(0.0, min(i.sent_at or 0.0 for i in pending) + settle - clock()))
+            await sleep(max(0.0, min(_certain_at(i, since, settle) for i in pending) - clock()))
     return report
+
+
+def _certain_at(intent: BatchRecord, since: float, settle: float) -> float:
+    """When the service's list is authoritative for ``intent``'s create."""
+    return max(intent.sent_at or 0.0, since) + settle
 
 
 def _decide(
@@ -239,3 +266,55 @@ def reconciler(
         return report.adopted[0].batch_id if report.adopted else None
 
     return reconcile_one
+
+
+def settle_pending(
+    intents: list[BatchRecord],
+    send: ObjectSendStream[list[SubmittedBatch]],
+    *,
+    ledger: Ledger,
+    client: Client,
+    capacity: Capacity,
+    progress: Progress,
+    since: float | None,
+    announce: Callable[[str], None],
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> Coroutine[None, None, None]:
+    """Reconcile the creates of unknown outcome a restart found, beside the stages.
+
+    At once (before the stages start): their requests count as outstanding (the job
+    is not done while they are unsettled) and the capacity is held full, so no new
+    create is sent until they are settled (a create of the same size would make the
+    match ambiguous); everything else goes on. The coroutine returned settles them:
+    adopted batches go to the poller on ``send`` (a clone of the submitter's stream),
+    released requests to the spool (the retry feeder sends them again), then the
+    capacity is freed. ``AmbiguousCreateError`` fails the job, as on a start."""
+    gate = max(capacity.limit, 1)
+    capacity.force(gate)
+    progress.outstanding += sum(i.request_count for i in intents)
+    progress.changed()
+
+    async def settle() -> None:
+        async with send:
+            report = await reconcile(ledger, client, intents, since=since, sleep=sleep)
+            by_id = {i.local_id: i for i in intents}
+            for record in report.adopted:
+                n = record.request_count
+                progress.in_flight += n
+                progress.batches_in_flight += 1
+                capacity.force(n)
+                sent_at = record.sent_at if record.sent_at is not None else time.time()
+                await send.send(
+                    [SubmittedBatch(record.local_id, record.batch_id or "", n, sent_at, True)]
+                )
+            released = sum(by_id[i].request_count for i in report.released)
+            progress.outstanding -= released
+            progress.spooled += released
+            capacity.release(gate)
+            progress.changed()
+            announce(
+                f"pipeline: reconciled {len(by_id)} batch create(s) of unknown outcome: "
+                f"{len(report.adopted)} found at the service, {len(report.released)} to send again"
+            )
+
+    return settle()

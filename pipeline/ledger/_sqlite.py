@@ -22,9 +22,11 @@ their own files before ``commit_results`` / ``commit_rejects``.
 
 Identity and exclusion. The ``meta`` table holds the schema version and the
 ``JobSpec``; ``open`` refuses a file of another job, a file that is not SQLite or
-not a pipeline state, and a state another process holds (an exclusive ``flock`` on
-``PATH.lock``, released by the kernel when the holder dies). ``read_status`` reads
-a state file without the lock, read-only, while a worker runs.
+not a pipeline state, a damaged one (``PRAGMA quick_check``), and a state another
+process holds, however it is named (an exclusive ``flock`` on the state file itself,
+released by the kernel when the holder dies: ``_files.JobLock``). ``read_status``
+reads a state file without the lock, read-only, while a worker runs. Every SQLite
+error leaves as a one-line ``LedgerError`` naming the file and what to do.
 
 Memory. Nothing in Python grows with the job: duplicates are found by looking the
 claimed custom_ids up in the ``requests`` table (one ``json_each`` join per claim),
@@ -40,8 +42,6 @@ when the batch is collected.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -53,6 +53,7 @@ import anyio.to_thread
 from .._errors import LedgerError, UsageError
 from ..stages._items import Reject, RejectError
 from ._base import SpoolItem
+from ._files import JobLock, damaged, integrity_problems, ledger_error
 from ._sqlite_schema import (
     APP_TAG,
     SCHEMA,
@@ -83,6 +84,7 @@ from ._sqlite_tx import (
 )
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable, Sequence
 
     from ..stages._items import Entry
@@ -120,7 +122,7 @@ class SQLiteLedger:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
+        self._lock = JobLock(self.path)
         self._mutex = anyio.Lock()
         #: the written ids of the batch ``unwritten`` was asked about last
         self._written: WrittenIds | None = None
@@ -154,7 +156,10 @@ class SQLiteLedger:
             conn = self._conn
             if conn is None:
                 raise UsageError(f"{self!r} is not open")
-            return await anyio.to_thread.run_sync(tx, conn)
+            try:
+                return await anyio.to_thread.run_sync(tx, conn)
+            except sqlite3.Error as exc:
+                raise ledger_error(self.path, exc) from exc
 
     def _fail(self, reason: str) -> LedgerError:
         return LedgerError(str(self.path), reason)
@@ -179,50 +184,32 @@ class SQLiteLedger:
             return await anyio.to_thread.run_sync(self._open_sync, None)
 
     def _open_sync(self, job: JobSpec | None) -> ResumeState:
-        self._take_lock()
+        self._lock.acquire()
         try:
             conn = connect(self.path, readonly=False)
         except BaseException:
-            self._release_lock()
+            self._lock.release()
             raise
         try:
             fresh = self._check_or_create(conn, job)
+            if not fresh and (problems := integrity_problems(conn)):
+                raise self._fail(damaged(problems))
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             state = resume_state(conn, fresh)
-        except sqlite3.DatabaseError as exc:
+            state.takeover_at = _takeover(conn, state)
+        except sqlite3.Error as exc:
             conn.close()
-            self._release_lock()
-            raise self._fail(f"not a usable pipeline state file ({exc})") from exc
+            self._lock.release()
+            raise ledger_error(self.path, exc, opening=True) from exc
         except BaseException:
             conn.close()
-            self._release_lock()
+            self._lock.release()
             raise
         self._conn = conn
         return state
-
-    def _take_lock(self) -> None:
-        lock_path = f"{self.path}.lock"
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise self._fail(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise self._fail(
-                "in use by another process (a worker of this job is running); "
-                "stop it first, or use `pipeline status` to watch it"
-            ) from None
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor drops the flock
-            self._lock_fd = None
 
     def _check_or_create(self, conn: sqlite3.Connection, job: JobSpec | None) -> bool:
         """True when the file was fresh (and is now created for ``job``)."""
@@ -257,7 +244,7 @@ class SQLiteLedger:
             conn, self._conn = self._conn, None
             if conn is not None:
                 await anyio.to_thread.run_sync(conn.close)
-            self._release_lock()
+            await anyio.to_thread.run_sync(self._lock.release)
 
     async def __aenter__(self) -> SQLiteLedger:
         return self
@@ -588,6 +575,20 @@ class SQLiteLedger:
     async def status(self) -> JobStatus:
         """Progress counters and the batches in flight."""
         return await self._run(job_status)
+
+
+def _takeover(conn: sqlite3.Connection, state: ResumeState) -> float | None:
+    """``ResumeState.takeover_at``: the first open after the last unknown-outcome
+    send, recorded in ``meta`` (one autocommit statement) and kept by later opens."""
+    sends = [i.sent_at for i in state.pending_intents if i.sent_at is not None]
+    if not sends:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'takeover_at'").fetchone()
+    if row is not None and float(row[0]) >= max(sends):
+        return float(row[0])
+    now = time.time()
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('takeover_at', ?)", (now,))
+    return now
 
 
 def _job_change(stored: JobSpec, job: JobSpec) -> str:

@@ -3,8 +3,6 @@ status (also read-only, without the job's lock, for ``pipeline status``)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +13,10 @@ import msgspec
 
 from .._errors import LedgerError
 from ._base import BatchRecord, JobSpec, JobStatus, ResumeState, SinkPosition
+from ._files import ledger_error, lock_held
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Sequence
 
 __all__ = (
@@ -217,21 +217,33 @@ def meta_value(c: sqlite3.Connection, key: str) -> Any:
     return row[0]
 
 
+_NOT_STATE = (
+    "is an SQLite database but not a pipeline state file; give --state the job's state "
+    "file, or a new path for a new job"
+)
+
+
 def check_meta(c: sqlite3.Connection, tables: set[str], path: str) -> None:
     if "meta" not in tables:
-        raise LedgerError(path, "is an SQLite database but not a pipeline state file")
+        raise LedgerError(path, _NOT_STATE)
     app = c.execute("SELECT value FROM meta WHERE key = 'app'").fetchone()
     if app is None or app[0] != APP_TAG:
-        raise LedgerError(path, "is an SQLite database but not a pipeline state file")
+        raise LedgerError(path, _NOT_STATE)
     version = meta_value(c, "schema_version")
     if version != SCHEMA_VERSION:
         raise LedgerError(
             path,
-            f"has schema version {version}; this pipeline reads version {SCHEMA_VERSION}",
+            f"has schema version {version}; this pipeline reads version {SCHEMA_VERSION}: "
+            "finish the job with the pipeline release that started it, or remove the "
+            "state file to start the job over",
         )
     if tables != TABLES:
         missing = ", ".join(sorted(TABLES - tables)) or "none"
-        raise LedgerError(path, f"is damaged: tables missing: {missing}")
+        raise LedgerError(
+            path,
+            f"is damaged: tables missing: {missing}; restore it from a backup, or remove "
+            "it (and its -wal file) to start the job over",
+        )
 
 
 def _read_status_sync(path: Path) -> JobStatus:
@@ -243,27 +255,12 @@ def _read_status_sync(path: Path) -> JobStatus:
         conn.execute("BEGIN")  # one consistent snapshot
         status = job_status(conn)
         conn.execute("COMMIT")
-    except sqlite3.DatabaseError as exc:
-        raise LedgerError(str(path), f"not a usable pipeline state file ({exc})") from exc
+    except sqlite3.Error as exc:
+        raise ledger_error(path, exc, opening=True) from exc
     finally:
         conn.close()
-    status.worker_running = _lock_held(path)
+    status.worker_running = lock_held(path)
     return status
-
-
-def _lock_held(path: Path) -> bool:
-    """Whether a worker holds the job's lock (probed without blocking, never held)."""
-    try:
-        fd = os.open(f"{path}.lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 async def read_status(path: str | os.PathLike[str]) -> JobStatus:

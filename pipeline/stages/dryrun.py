@@ -48,7 +48,10 @@ by the measured / approximated ratio of its samples).
 
 Order: entries of one shape leave in the order they came; entries of a held shape
 may leave after later entries of other shapes, and after Rejects and non-final
-Flush markers. A final Flush (the source ended) waits until every held shape is
+Flush markers. Entries of one custom_id never overtake one another: an entry whose
+custom_id a held entry carries waits behind it (and counts as held), and leaves
+right after it, so the ledger sees every custom_id's lines in input order and the
+first line wins a duplicate custom_id whatever the checks' timing (``Ledger.claim``). A final Flush (the source ended) waits until every held shape is
 released. Held entries are bounded by ``max_held``: when full, the stage stops
 reading (backpressure), and shapes still collecting samples are judged on the
 samples already taken.
@@ -251,6 +254,9 @@ class _DryRun:
         self._tool_sets: dict[str, int] = {}
         self._tool_sets_passed: dict[str, int] = {}
         self._pending: set[_Shape] = set()
+        #: custom_id of each held entry -> the later entries of that custom_id, which
+        #: wait behind it (bounded by ``max_held``, as they count as held)
+        self._blocked: dict[str, list[Entry]] = {}
         self._lock = anyio.Lock()
         self._changed = anyio.Event()
         self._failure: BaseException | None = None
@@ -295,13 +301,15 @@ class _DryRun:
     async def _take(self, items: list[Item]) -> None:
         out: list[Item] = []
         shapes, judge, pending = self._shapes, self._judge, _Status.PENDING
+        blocked = self._blocked
         for item in items:
             if type(item) is Entry:
-                shape = shapes.get(item.signature)
-                if shape is not None and shape.status is not pending:
-                    out.append(judge(shape, item))  # the common case: a judged shape
-                    continue
-                # its shape is new or pending here: it would be held
+                if not blocked or item.custom_id not in blocked:
+                    shape = shapes.get(item.signature)
+                    if shape is not None and shape.status is not pending:
+                        out.append(judge(shape, item))  # the common case: a judged shape
+                        continue
+                # its shape is new or pending, or its custom_id is held: it would be held
                 if self._meter.held >= self._max_held:
                     out = await self._emit(out)
                     await self._wait_room()
@@ -346,7 +354,13 @@ class _DryRun:
         return [cap, *out]
 
     def _admit(self, entry: Entry) -> Item | None:
-        """The entry to forward now, or None when it is held for its shape's verdict."""
+        """The entry to forward now, or None when it is held for its shape's verdict
+        or behind a held entry of its custom_id."""
+        followers = self._blocked.get(entry.custom_id)
+        if followers is not None:
+            followers.append(entry)
+            self._meter.held += 1
+            return None
         shape = self._shapes.get(entry.signature)
         if shape is None:
             key, base = self._new_key(entry.signature)
@@ -359,6 +373,7 @@ class _DryRun:
         if shape.status is not _Status.PENDING:
             return self._judge(shape, entry)
         self._meter.held += 1
+        self._blocked[entry.custom_id] = []
         if shape.open and len(shape.samples) < self._samples:
             shape.samples.append(entry)
             shape.outcomes.append(_WAITING)
@@ -580,18 +595,36 @@ class _DryRun:
                     self._tool_sets_passed[shape.base] = passed + 1
             else:
                 self._meter.shapes_failed += 1
-            out: list[Item] = [
-                entry
-                if outcome is None
-                else Reject(entry.line, entry.custom_id, outcome, entry.end)
-                for entry, outcome in zip(shape.samples, shape.outcomes, strict=True)
-            ]
-            out.extend(self._judge(shape, entry) for entry in shape.held)
+            released = len(shape.samples) + len(shape.held)
+            out: list[Item] = []
+            for entry, outcome in zip(shape.samples, shape.outcomes, strict=True):
+                out.append(
+                    entry
+                    if outcome is None
+                    else Reject(entry.line, entry.custom_id, outcome, entry.end)
+                )
+                self._unblock(entry, out)
+            for entry in shape.held:
+                out.append(self._judge(shape, entry))
+                self._unblock(entry, out)
             shape.samples, shape.outcomes, shape.held = [], [], []
             if out:
                 await self._send.send(self._capped(out))
-        self._meter.held -= len(out)
+        self._meter.held -= released
         self._notify()
+
+    def _unblock(self, entry: Entry, out: list[Item]) -> None:
+        """``entry`` leaves: the later entries of its custom_id that waited behind it
+        follow it in ``out``, each judged, or held again (its own shape is pending, or
+        an earlier one of them was held so)."""
+        followers = self._blocked.pop(entry.custom_id, None)
+        if not followers:
+            return
+        self._meter.held -= len(followers)
+        for follower in followers:
+            ready = self._admit(follower)
+            if ready is not None:
+                out.append(ready)
 
 
 def _approx(entry: Entry) -> int:

@@ -104,13 +104,29 @@ class JsonlSink:
         with open(self.path, "ab") as handle:
             size = handle.seek(0, os.SEEK_END)
             if size < offset:
-                raise LedgerError(
-                    str(self.path),
-                    f"is {size} bytes, shorter than the {offset} bytes the job committed "
-                    "(was it truncated or replaced?)",
-                )
+                raise self._cut_short(size, offset)
             if size > offset:
                 handle.truncate(offset)
+
+    async def check(self, position: SinkPosition) -> None:
+        """Raise ``LedgerError`` when the file is shorter than ``position`` (cut short
+        or replaced since it was written); nothing is changed. For a finished job's
+        re-run, which opens no sink."""
+        try:
+            size = (await anyio.Path(self.path).stat()).st_size
+        except FileNotFoundError:
+            size = 0
+        if size < position.offset:
+            raise self._cut_short(size, position.offset)
+
+    def _cut_short(self, size: int, offset: int) -> LedgerError:
+        return LedgerError(
+            str(self.path),
+            f"is {size:,} bytes, shorter than the {offset:,} bytes the job's state file "
+            "says were written to it (was it cut short or replaced?); restore it, or remove "
+            "the state file and run the job again with --overwrite",
+            what="file",
+        )
 
     async def write(self, lines: list[bytes]) -> None:
         """Append lines; they reach the file once about a MiB is gathered, or on

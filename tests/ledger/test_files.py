@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from pipeline._errors import LedgerError
+from pipeline.cli import main
 from pipeline.ledger import JobSpec, SQLiteLedger, read_status
 
 from .conftest import JOB, entry
@@ -135,7 +136,7 @@ async def test_a_damaged_state_is_refused(state_path: Path) -> None:
 
 
 async def test_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(LedgerError, match="lock file"):
+    with pytest.raises(LedgerError, match="its directory .* does not exist"):
         await SQLiteLedger(tmp_path / "nope" / "job.state").open(JOB)
 
 
@@ -258,3 +259,158 @@ async def test_status_reads_while_a_writer_commits(state_path: Path) -> None:
         assert (await read_status(state_path)).read == 1000
     finally:
         await led.aclose()
+
+
+async def test_a_second_process_is_refused_however_it_names_the_state(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker per job: the lock is the state file's own, so another name for it
+    (a symlink passed as --state, a hard link, a relative path) reaches the same
+    lock, and removing a lock file beside it (there is none now) lets no second
+    worker in."""
+    code = f"""
+        import anyio, sys
+        from pipeline.ledger import SQLiteLedger
+        from tests.ledger.conftest import JOB
+        async def main():
+            led = SQLiteLedger({str(state_path)!r})
+            await led.open(JOB)
+            print("open", flush=True)
+            sys.stdin.readline()
+            await led.aclose()
+        anyio.run(main)
+    """
+    link, hard = state_path.with_name("link.state"), state_path.with_name("hard.state")
+    link.symlink_to(state_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=os.getcwd(),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"open\n"
+        os.link(state_path, hard)
+        for lock in state_path.parent.glob("*.lock"):  # what beat the old lock
+            lock.unlink()
+        monkeypatch.chdir(state_path.parent)
+        for name in (link, hard, type(state_path)(state_path.name), state_path):
+            with pytest.raises(LedgerError, match="in use by another process"):
+                await SQLiteLedger(name).open(JOB)
+            assert (await read_status(name)).worker_running, name
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.stdout.close()  # type: ignore[union-attr]
+    led = SQLiteLedger(link)  # the holder is gone: its lock with it
+    await led.open(JOB)
+    await led.aclose()
+
+
+async def test_a_second_ledger_in_one_process_is_refused_by_any_name(state_path: Path) -> None:
+    """In one process too (without disturbing the holder's own SQLite locks: the
+    holder goes on writing after the refusal)."""
+    link = state_path.with_name("link.state")
+    link.symlink_to(state_path)
+    first = SQLiteLedger(state_path)
+    await first.open(JOB)
+    with pytest.raises(LedgerError, match="in use by another process"):
+        await SQLiteLedger(link).open(JOB)
+    assert (await read_status(link)).worker_running
+    await first.claim([entry(1)], [], checkpoint=100, line=1)
+    await first.aclose()
+    assert not (await read_status(link)).worker_running
+    second = SQLiteLedger(link)
+    assert not (await second.open(JOB)).fresh
+    await second.aclose()
+
+
+def test_an_sqlite_error_mid_job_is_one_line_naming_the_file(state_path: Path) -> None:
+    """A write the file system refuses in the middle of a job (here: the file size
+    limit, as a full disk would) is a ``LedgerError``: one line naming the state
+    file and what to do, the whole claim rolled back."""
+    code = f"""
+        import anyio, resource, signal
+        from pipeline import LedgerError
+        from pipeline.ledger import SQLiteLedger
+        from tests.ledger.conftest import JOB, entry
+        async def main():
+            led = SQLiteLedger({str(state_path)!r})
+            await led.open(JOB)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+            n = 0
+            try:
+                while n < 10**6:
+                    await led.claim([entry(i) for i in range(n + 1, n + 2001)], [],
+                                    checkpoint=(n + 2000) * 100, line=n + 2000)
+                    n += 2000
+            except LedgerError as exc:
+                print(n, type(exc.__cause__).__name__, exc, sep="\\n")
+            await led.aclose()
+        anyio.run(main)
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        cwd=os.getcwd(),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    claimed, cause, message = done.stdout.decode().splitlines()
+    assert cause == "OperationalError"
+    assert message.startswith(f"state file {state_path}: cannot be read or written (")
+    assert "check the disk (full?" in message
+    assert message.endswith("then run the same command again to resume")
+    with sqlite3.connect(state_path) as conn:  # whole claims only
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == int(claimed)
+
+
+async def status_command(*args: str) -> int:
+    """``pipeline status ARGS`` (the command runs its own event loop: in a thread)."""
+    return await anyio.to_thread.run_sync(main, ["status", *args])
+
+
+async def test_a_damaged_page_is_found_at_open_and_by_status_check(
+    state_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A page of the requests zeroed on disk (not one that opening reads): the open
+    refuses the file at once, in one line, instead of a claim meeting the damage in
+    the middle of the job; ``pipeline status --check`` finds it too (exit 1)."""
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    for n in range(0, 20_000, 2_000):
+        es = [entry(i, cid=f"request-{i:08d}-" + "x" * 40) for i in range(n + 1, n + 2001)]
+        await led.claim(es, [], checkpoint=(n + 2000) * 100, line=n + 2000)
+    await led.aclose()
+    page = 65536
+    pages = state_path.stat().st_size // page
+    assert pages > 20
+    with state_path.open("r+b") as f:
+        f.seek((pages - 3) * page)
+        f.write(bytes(page))
+    assert await status_command("--state", str(state_path)) == 0  # reads no damaged page
+    capsys.readouterr()
+    with pytest.raises(LedgerError, match="is damaged") as info:
+        await SQLiteLedger(state_path).open(JOB)
+    assert "\n" not in str(info.value)
+    assert str(info.value).endswith("remove it (and its -wal file) to start the job over")
+    assert await status_command("--state", str(state_path), "--check") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pipeline status: state file {state_path}: is damaged (")
+    assert len(err.splitlines()) == 1
+
+
+async def test_status_check_of_a_sound_state_says_ok(
+    state_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    await led.claim([entry(1)], [], checkpoint=100, line=1)
+    assert await status_command("--state", str(state_path), "--check") == 0  # beside a worker
+    assert "integrity  ok (SQLite's full check)" in capsys.readouterr().out
+    await led.aclose()
+    assert await status_command("--state", str(state_path), "--check", "--json") == 0
+    assert msgspec.json.decode(capsys.readouterr().out)["integrity"] == "ok"

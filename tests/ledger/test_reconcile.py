@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -10,10 +11,11 @@ import pytest
 from pipeline.api import MessageBatch, RequestCounts
 from pipeline.ledger import AmbiguousCreateError, SQLiteLedger, reconcile, reconciler
 
-from .conftest import entry
+from .conftest import JOB, entry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
 T0 = 1_800_000_000.0  # "now" of the fake world
 
@@ -107,13 +109,14 @@ async def test_no_match_after_settling_releases_to_the_spool(ledger: SQLiteLedge
         client,  # type: ignore[arg-type]
         intents,
         settle=30.0,
+        since=T0 - 2,  # the sender's connection was gone by then (a restart)
         clock=clock,
         sleep=clock.sleep,
     )
     assert report.adopted == []
     assert sorted(report.released) == sorted([local, never_sent])
-    assert client.listings == 2  # listed again once the send was old enough
-    assert clock.now == T0 - 5 + 30.0
+    assert client.listings == 2  # listed again once the list was authoritative
+    assert clock.now == T0 - 2 + 30.0
     assert [s.custom_id for s in await ledger.take_spool(10)] == ["req-9", "req-1", "req-2"]
     assert (await ledger.status()).batches == []
 
@@ -185,3 +188,66 @@ async def test_reconciler_callback_for_the_submitter(ledger: SQLiteLedger) -> No
     none = reconciler(ledger, FakeClient([]), clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
     assert await none(gone, 1, 100, T0 - 100) is None
     assert [s.custom_id for s in await ledger.take_spool(10)] == ["req-4"]
+
+
+async def test_a_restart_long_after_the_send_waits_only_the_margin(ledger: SQLiteLedger) -> None:
+    """The send was an hour ago; this worker took over now: the list is authoritative
+    ``DEFAULT_SETTLE_SECONDS`` (10 s) after the takeover, not a minute after every
+    start."""
+    local = await sent_intent(ledger, 1, 2, T0 - 3600)
+    clock = Clock(T0)
+    client = FakeClient([])
+    report = await reconcile(
+        ledger,
+        client,  # type: ignore[arg-type]
+        (await ledger.status()).batches,
+        since=T0,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert report.released == [local]
+    assert clock.now == T0 + 10.0
+    assert client.listings == 2
+
+
+async def test_a_crash_loop_still_settles_the_create(state_path: Path) -> None:
+    """A worker killed again and again, each start shorter than the margin: the
+    ledger keeps the first takeover's time over restarts, so once the margin has
+    passed since then, a start settles the create with one listing and no wait
+    (before: every start waited a minute from the send, and none got there)."""
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)
+    local = await sent_intent(led, 1, 2, time.time() - 1)
+    await led.aclose()
+    takeovers = []
+    for _ in range(3):  # three restarts, each killed before settling anything
+        led = SQLiteLedger(state_path)
+        resume = await led.open(JOB)
+        assert [i.local_id for i in resume.pending_intents] == [local]
+        takeovers.append(resume.takeover_at)
+        await led.aclose()
+    first = takeovers[0]
+    assert first is not None
+    assert takeovers == [first] * 3
+    led = SQLiteLedger(state_path)
+    resume = await led.open(JOB)
+    clock = Clock(first + 10.5)  # this start comes 10.5 s after the first takeover
+
+    async def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"waited {seconds} s")
+
+    report = await reconcile(
+        led,
+        FakeClient([]),  # type: ignore[arg-type]
+        resume.pending_intents,
+        since=resume.takeover_at,
+        clock=clock,
+        sleep=no_sleep,
+    )
+    assert report.released == [local]
+    assert [s.custom_id for s in await led.take_spool(10)] == ["req-1", "req-2"]
+    await led.aclose()
+    led = SQLiteLedger(state_path)  # settled: nothing pending, no takeover to keep
+    resume = await led.open(JOB)
+    assert (resume.pending_intents, resume.takeover_at) == ([], None)
+    await led.aclose()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pipeline import LedgerError
 from pipeline._errors import UsageError
 from pipeline.ledger import SinkPosition, SQLiteLedger, _sqlite_tx, read_status
 
@@ -71,8 +72,9 @@ async def test_a_claim_that_would_insert_a_known_id_fails_and_changes_nothing(
     # counts what it inserted instead. Blind the lookup to see that count hold.
     await ledger.claim([entry(1), entry(2)], [], checkpoint=200, line=2)
     monkeypatch.setattr(_sqlite_tx, "_SELECT_KNOWN", "SELECT 1, 2, 3 WHERE ? IS NULL")
-    with pytest.raises(sqlite3.IntegrityError, match="inserted 1 of 2 new requests"):
+    with pytest.raises(LedgerError, match="inserted 1 of 2 new requests") as info:
         await ledger.claim([entry(3), entry(4, cid="req-1")], [], checkpoint=400, line=4)
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
     status = await ledger.status()
     assert [b.request_count for b in status.batches] == [2]
     assert (status.read, status.source_offset) == (2, 200)

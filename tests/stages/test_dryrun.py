@@ -723,3 +723,44 @@ async def test_a_job_with_a_wrong_base_url_fails_instead_of_finishing(tmp_path: 
     assert "--base-url" in str(error)
     rejects = tmp_path / "out.rejects.jsonl"
     assert not rejects.exists() or rejects.read_bytes() == b""
+
+
+async def test_a_later_copy_of_a_held_custom_id_never_overtakes_it() -> None:
+    """First line wins a duplicate custom_id: line 1 waits for its shape's check,
+    line 2 carries the same custom_id in a shape already checked. Line 2 waits behind
+    line 1 and leaves right after it (so the ledger sees line 1 first and rejects
+    line 2 as its duplicate), while other entries of the checked shape flow past."""
+    client = FakeClient(VirtualClock())
+    gate = client.gates["B"] = anyio.Event()
+    send_in, recv_in = anyio.create_memory_object_stream[list[Item]](10)
+    send_out, recv_out = anyio.create_memory_object_stream[list[Item]](10)
+    meter = DryRunMeter()
+    stage = partial(
+        dry_run,
+        recv_in,
+        send_out,
+        client=client,
+        config=PipelineConfig(dry_run_rate=1000),
+        clock=client.clock,
+        sleep=client.clock.sleep,
+        meter=meter,
+    )
+    first, copy, third = make_entry(1, "B"), make_entry(2, "A"), make_entry(4, "C")
+    first.custom_id = copy.custom_id = third.custom_id = "dup"
+    async with anyio.create_task_group() as tg, send_in, recv_out:
+        tg.start_soon(stage)
+        await send_in.send([make_entry(0, "A")])
+        assert [i.line for i in unmarked(await recv_out.receive())] == [0]  # A checked
+        await send_in.send([first, copy, make_entry(3, "A"), third])
+        got = unmarked(await recv_out.receive())  # while B's check hangs on the gate
+        assert [i.line for i in got] == [3]
+        assert meter.statistics().held == 3  # line 1, and lines 2 and 4 behind it
+        gate.set()
+        # line 4's shape C is new: it is checked in turn, still behind line 2
+        released = unmarked(await recv_out.receive())
+        released += unmarked(await recv_out.receive())
+        assert [(i.line, i.custom_id) for i in released] == [(1, "dup"), (2, "dup"), (4, "dup")]
+        await send_in.aclose()
+        with pytest.raises(anyio.EndOfStream):
+            await recv_out.receive()
+    assert meter.statistics().held == 0

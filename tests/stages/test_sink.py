@@ -47,9 +47,12 @@ async def test_jsonl_sink_refuses_a_file_shorter_than_its_commit(tmp_path: Path)
     path = tmp_path / "out.jsonl"
     path.write_bytes(b"short\n")
     sink = JsonlSink(path)
-    with pytest.raises(LedgerError, match="shorter than"):
+    with pytest.raises(LedgerError, match="shorter than") as info:
         await sink.open(SinkPosition(100, 5))
     assert path.read_bytes() == b"short\n"  # nothing overwritten
+    # it names the file that is short (not as a "state file"), and what to do
+    assert str(info.value).startswith(f"file {path}: is 6 bytes, shorter than the 100 bytes")
+    assert str(info.value).endswith("remove the state file and run the job again with --overwrite")
 
 
 async def test_jsonl_sink_takes_blocks_and_lines_alike(tmp_path: Path) -> None:
