@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING
 import anyio
 import httpx
 import msgspec
+import pytest
 
-from pipeline import Client, JobMonitor, Pipeline
+from pipeline import APIStatusError, Client, JobMonitor, Pipeline
 from pipeline.testing import EmulatorConfig, serve_emulator
 
 from ._ops import BAD_LINES, CONFIG, KEY, quick, samples, total, value, write_input
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from pipeline import PipelineStatistics
@@ -59,7 +61,7 @@ async def test_metrics_agree_with_the_summary_during_and_after_a_job_with_faults
 ) -> None:
     ids = write_input(tmp_path / "in.jsonl", 120)
     emu_config = EmulatorConfig(
-        batch_seconds=0.2, fault_rate=0.15, cut_rate=0.3, request_error_rate=0.1, seed=5
+        batch_seconds=0.25, fault_rate=0.15, cut_rate=0.3, request_error_rate=0.1, seed=5
     )
     scrapes: list[dict] = []  # type: ignore[type-arg]
     readies: list[int] = []
@@ -135,3 +137,48 @@ async def test_metrics_agree_with_the_summary_during_and_after_a_job_with_faults
         code="200",
     )
     assert creates == batches
+
+
+async def test_readyz_turns_503_when_the_api_refuses_the_key_and_says_why(tmp_path: Path) -> None:
+    release = anyio.Event()
+
+    async def entries() -> AsyncIterator[bytes]:
+        await release.wait()  # the job waits for input: ready, and idle
+        for line in []:
+            yield line
+
+    emu_config = EmulatorConfig(workspaces={KEY: "ours"})
+    async with (
+        serve_emulator(emu_config, data_dir=tmp_path / "emu") as emu,
+        Client(
+            api_key=KEY, base_url=emu.url, extra_headers={"anthropic-workspace-id": "theirs"}
+        ) as client,
+    ):
+        pipeline = Pipeline(entries(), tmp_path / "out.jsonl", config=CONFIG, client=client)
+        monitor = JobMonitor(pipeline)
+        async with monitor.serve() as url, httpx.AsyncClient(base_url=url) as http:
+            async with pipeline:
+                with anyio.fail_after(10):
+                    while (await http.get("/readyz")).status_code != 200:
+                        pass  # the ledger opens as the run starts
+                with pytest.raises(APIStatusError) as refused:
+                    await client.list_batches_page()  # a call of the job's client
+                assert refused.value.status_code == 403
+                ready = await http.get("/readyz")
+                assert ready.status_code == 503
+                assert "403" in ready.text
+                assert (await http.get("/healthz")).status_code == 200  # up, all the same
+                parsed = samples((await http.get("/metrics")).text)
+                release.set()
+                await pipeline.wait()
+    assert (
+        value(
+            parsed,
+            "pipeline_api_requests_total",
+            method="GET",
+            route="/v1/messages/batches",
+            code="403",
+        )
+        == 1
+    )
+    assert KEY not in ready.text
