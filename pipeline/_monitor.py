@@ -150,6 +150,10 @@ class JobMonitor:
         self._collector: Collector | None = None
         self._registry: CollectorRegistry | None = None
         self._refreshed = self._sampled = -math.inf
+        if self.observer is not None:
+            # the histograms observe from the start, not from the first scrape
+            with contextlib.suppress(ImportError):  # no metrics extra: the page only
+                self.collector()
 
     def __repr__(self) -> str:
         return f"JobMonitor(name={self.name!r}, source={self.source!r})"

@@ -73,7 +73,7 @@ function drawOutcomes(s) {
     rows.push(tr);
     if (key === "errored") {
       for (const [t, c] of Object.entries(errors).sort((a, b) => b[1] - a[1])) {
-        rows.push(row([["  " + t, "muted"], [n(c), "num"]]));
+        rows.push(row([[t, "sub"], [n(c), "num"]]));
       }
     }
   }
@@ -92,7 +92,7 @@ function drawTokens(s) {
   }
   body.replaceChildren(...models.map((m) => {
     const u = s.usage[m];
-    return row([[m], [n(u.input_tokens), "num"], [n(u.output_tokens), "num"],
+    return row([[m, "model"], [n(u.input_tokens), "num"], [n(u.output_tokens), "num"],
       [n(u.cache_read_input_tokens), "num"], [n(u.cache_creation_input_tokens), "num"],
       [usd(u.cost_usd), "num"]]);
   }));
