@@ -61,8 +61,11 @@ def monitor_app(monitor: JobMonitor) -> App:
             return
         if scope["type"] != "http":
             return
-        path, method = scope["path"], scope["method"]
-        if method not in ("GET", "HEAD"):
+        path, method = _local_path(scope), scope["method"]
+        if not path:  # the mount point itself: the page's links are relative to "/"
+            location = (scope.get("root_path", "") + "/").encode()
+            await _respond(send, 307, b"", _TEXT, headers=[(b"location", location)])
+        elif method not in ("GET", "HEAD"):
             await _respond(send, 405, b"only GET\n", _TEXT)
         elif path == "/metrics":
             if metrics is None:
@@ -75,6 +78,7 @@ def monitor_app(monitor: JobMonitor) -> App:
         elif path == "/healthz":
             await _respond(send, 200, b"ok\n", _TEXT)
         elif path == "/readyz":
+            await monitor.refresh()
             ok, reason = monitor.ready()
             await _respond(send, 200 if ok else 503, reason.encode() + b"\n", _TEXT)
         elif path == "/api/job":
@@ -98,12 +102,29 @@ def _metrics_app(monitor: JobMonitor) -> App | None:
     return app
 
 
+def _local_path(scope: Scope) -> str:
+    """The path within the app: without the prefix it is mounted under (ASGI's
+    ``root_path``, which some frameworks leave in ``path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path
+
+
 async def _respond(
-    send: Send, status: int, body: bytes, content_type: str, *, cache: bool = True
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    cache: bool = True,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     headers = [
         (b"content-type", content_type.encode()),
         (b"content-length", str(len(body)).encode()),
+        *(headers or ()),
     ]
     if not cache:
         headers.append((b"cache-control", b"no-store"))

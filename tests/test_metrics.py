@@ -182,3 +182,23 @@ async def test_readyz_turns_503_when_the_api_refuses_the_key_and_says_why(tmp_pa
         == 1
     )
     assert KEY not in ready.text
+
+
+async def test_the_monitor_app_mounted_under_a_prefix_serves_its_paths_there(
+    tmp_path: Path,
+) -> None:
+    monitor = JobMonitor(state=tmp_path / "none.state")  # no such job yet
+    transport = httpx.ASGITransport(app=monitor.asgi_app(), root_path="/ops")
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as http:
+        bare = await http.get("/ops")
+        page = await http.get("/ops/")
+        health = await http.get("/ops/healthz")
+        ready = await http.get("/ops/readyz")
+        script = await http.get("/ops/job.js")
+    assert (bare.status_code, bare.headers["location"]) == (307, "/ops/")
+    assert page.status_code == 200
+    assert 'src="job.js"' in page.text  # relative: found under the prefix
+    assert health.status_code == 200
+    assert ready.status_code == 503
+    assert "does not exist" in ready.text
+    assert script.headers["content-type"].startswith("text/javascript")
