@@ -10,8 +10,8 @@ starts it, a retrieve that says ``ended`` ends it (the service's ``created_at`` 
 ``ended_at`` give its turnaround), a results download read to its end collects it.
 Nothing here touches the stages, and none of it runs when nobody observes.
 
-Tracing switches itself on when OpenTelemetry is already imported (a service that
-configured it has); otherwise nothing of OpenTelemetry is imported.
+Tracing switches itself on when the service configured OpenTelemetry (imported it
+and set a tracer provider); otherwise nothing of OpenTelemetry is imported.
 """
 
 from __future__ import annotations
@@ -84,9 +84,13 @@ class BatchTrack(msgspec.Struct, kw_only=True):
 
 
 def tracing_enabled() -> bool:
-    """Whether OpenTelemetry is in use in this process (imported by the service, as
-    configuring it does); never imports it."""
-    return "opentelemetry.trace" in sys.modules
+    """Whether the service configured OpenTelemetry: it is imported and a tracer
+    provider was set (not the API's default stand-in). Never imports it."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return False
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 class JobObserver:
@@ -96,7 +100,8 @@ class JobObserver:
 
     * ``clock``: POSIX time (batch ages, turnaround of a batch with no ``ended_at``).
     * ``tracer_provider``: an OpenTelemetry ``TracerProvider`` for this job's spans;
-      by default the global one, if OpenTelemetry is imported (else no tracing).
+      by default the global one, if the service set one when a run starts (else no
+      tracing).
     """
 
     def __init__(
@@ -118,10 +123,8 @@ class JobObserver:
         self.on_download: list[Callable[[float], None]] = []
         self._client: Client | None = None
         self._tracer: Any = None
-        if tracer_provider is not None or tracing_enabled():
-            from ._tracing import JobTracer
-
-            self._tracer = JobTracer(tracer_provider)
+        if tracer_provider is not None:
+            self.trace(tracer_provider)
 
     def trace(self, tracer_provider: Any = None) -> None:
         """Make OpenTelemetry spans of the job with ``tracer_provider`` (default: the
@@ -141,6 +144,8 @@ class JobObserver:
     @contextlib.contextmanager
     def job(self, name: str, statistics: Callable[[], PipelineStatistics]) -> Iterator[None]:
         """Around one run of the job: its span, and the end of whatever is left."""
+        if self._tracer is None and tracing_enabled():
+            self.trace()
         if self._tracer is not None:
             self._tracer.job_started(name)
         error: BaseException | None = None

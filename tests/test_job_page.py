@@ -67,7 +67,7 @@ async def text(page: Page, selector: str) -> str:
 
 
 async def wait_text(page: Page, element_id: str, want: str) -> None:
-    """Wait until the element's text is ``want`` (the page redraws once a second)."""
+    """Wait until the element's text is ``want`` (the page redraws every 0.2 s)."""
     await page.wait_for_function(
         "([id, want]) => document.getElementById(id).textContent.trim() === want",
         arg=[element_id, want],
@@ -115,7 +115,7 @@ async def test_the_job_page_follows_a_running_job_and_ends_with_the_summary_coun
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 900})
-                await page.goto(url + "/")
+                await page.goto(url + "/?every=0.2")
                 await wait_text(page, "written", "0")
                 async with pipeline:
                     # the first 300 are at the service: the page lists their batches

@@ -134,3 +134,46 @@ def test_without_opentelemetry_a_monitored_job_runs_and_imports_none_of_it(tmp_p
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_spans_follow_the_provider_the_service_sets_and_none_before(tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 6, bad=False)
+    script = textwrap.dedent(
+        """
+        import sys
+        import anyio
+        from opentelemetry import trace  # imported, as the anthropic SDK does: not configured
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from pipeline import Pipeline, PipelineConfig
+
+        config = PipelineConfig(linger_seconds=0.01, poll_interval=0.01, dry_run="off")
+
+        async def job(n):
+            out = f"{sys.argv[2]}.{n}"
+            return await Pipeline(sys.argv[1], out, config=config).run()
+
+        async def main():
+            before = await job(1)
+            exporter = InMemorySpanExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            trace.set_tracer_provider(provider)  # the service configures it
+            after = await job(2)
+            jobs = [s for s in exporter.get_finished_spans() if s.name == "pipeline.job"]
+            assert before.written == 6
+            assert len(jobs) == 1, jobs  # the second run only
+            assert jobs[0].attributes["pipeline.requests.written"] == after.written == 6
+
+        anyio.run(main)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr

@@ -3,7 +3,9 @@
 // ever set as textContent.
 "use strict";
 
-const POLL_MS = 1000;
+// once a second; "?every=SECONDS" asks for another pace (0.2 at the fastest)
+const every = Number(new URLSearchParams(location.search).get("every")) || 1;
+const POLL_MS = Math.max(200, 1000 * every);
 const $ = (id) => document.getElementById(id);
 const fmt = new Intl.NumberFormat("en-US");
 const n = (x) => (x === null || x === undefined ? "–" : fmt.format(x));
