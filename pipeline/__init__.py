@@ -17,6 +17,10 @@ from ._errors import StageError as StageError
 from ._errors import UnpricedModelError as UnpricedModelError
 from ._errors import UsageError as UsageError
 from ._logging import configure_logging as configure_logging
+from ._monitor import JobMonitor as JobMonitor
+from ._monitor import JobSnapshot as JobSnapshot
+from ._monitor import serve_job as serve_job
+from ._observe import JobObserver as JobObserver
 from ._pipeline import Pipeline as Pipeline
 from ._pricing import DEFAULT_PRICES as DEFAULT_PRICES
 from ._pricing import Price as Price
@@ -49,6 +53,9 @@ __all__ = (
     "DEFAULT_PRICES",
     "DryRunAbortedError",
     "InputError",
+    "JobMonitor",
+    "JobObserver",
+    "JobSnapshot",
     "JsonlSink",
     "LedgerError",
     "ModelUsage",
@@ -73,4 +80,5 @@ __all__ = (
     "read_status",
     "render_summary",
     "run_with_progress",
+    "serve_job",
 )

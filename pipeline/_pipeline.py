@@ -38,6 +38,7 @@ import anyio
 
 from ._config import AUTH_TOKEN_ENV, BASE_URL_ENV, DEFAULT_BASE_URL, PipelineConfig
 from ._errors import UsageError
+from ._observe import JobObserver, tracing_enabled
 from ._pipeline_resources import EMULATOR_API_KEY as EMULATOR_API_KEY
 from ._pipeline_resources import EMULATOR_BATCH_SECONDS as EMULATOR_BATCH_SECONDS
 from ._pipeline_resources import EMULATOR_POLL_INTERVAL as EMULATOR_POLL_INTERVAL
@@ -186,6 +187,8 @@ class Pipeline(_JobResources, _StageWiring):
         self._client: Client | None = None
         #: bytes per read of a file source (tests make it small)
         self._source_chunk_size = DEFAULT_CHUNK_SIZE
+        #: metrics, traces, health (``observer()``); None until asked for, or traced
+        self._observer: JobObserver | None = None
 
     def __repr__(self) -> str:
         return (
@@ -226,6 +229,7 @@ class Pipeline(_JobResources, _StageWiring):
             batches_submitted=p.batches_submitted,
             batches_in_flight=max(0, p.batches_in_flight),
             outcomes=dict(p.outcomes),
+            retried=p.retried,
             usage={
                 m: ModelUsage(int(u[0]), int(u[1]), u[2], *map(int, u[3:]))
                 for m, u in p.usage.items()
@@ -251,6 +255,13 @@ class Pipeline(_JobResources, _StageWiring):
         if not p.source_done or self._stop.is_set() or self._input_cut:
             return None
         return max(0, p.read - p.rejected)
+
+    def observer(self) -> JobObserver:
+        """What watches this job's API calls and batches (for ``JobMonitor`` and
+        traces); made on first use, before the run starts."""
+        if self._observer is None:
+            self._observer = JobObserver()
+        return self._observer
 
     def stop(self, reason: str = "stop requested") -> None:
         """Stop gracefully: read no more input, send or spool the batch in hand,
@@ -339,6 +350,12 @@ class Pipeline(_JobResources, _StageWiring):
     # -- the run -------------------------------------------------------------------
 
     async def _run(self, stack: AsyncExitStack) -> None:
+        observer = self._observer
+        if observer is None and tracing_enabled():
+            observer = self.observer()
+        if observer is not None:
+            name = str(self._input_path or self._output_path or self._state_path or "")
+            stack.enter_context(observer.job(name, self.statistics))
         self._check_before_start()
         ledger = await self._open_ledger(stack)
         resume = await ledger.open(self._job_spec())
@@ -348,6 +365,8 @@ class Pipeline(_JobResources, _StageWiring):
             await self._already_finished(ledger, resume)
             return
         client = await self._open_client(stack)
+        if observer is not None:
+            observer.attach(client)
         sink, rejects_sink = await self._open_sinks(stack, resume)
         try:
             resumed = await self._resume(resume, ledger, client)

@@ -39,6 +39,9 @@ class PipelineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     written: int = 0
     #: requests waiting to be re-sent
     retrying: int = 0
+    #: requests spooled to be sent again (a retryable error, expired, no result), in
+    #: this run; each time counts
+    retried: int = 0
     batches_submitted: int = 0
     batches_in_flight: int = 0
     #: final outcomes: "succeeded", "errored:<error type>", "canceled", "expired"

@@ -37,6 +37,7 @@ from .._errors import (
 )
 from . import _retry
 from ._lines import BlockSplitter, LineSplitter, Splitter
+from ._observed import ApiObserver, ObservedAsyncClient
 from ._types import (
     DeletedMessageBatch,
     Message,
@@ -158,7 +159,7 @@ class Client:
             headers["authorization"] = f"Bearer {auth_token}"
         #: what ``_redact`` masks in text that came from outside
         self._secrets = tuple(s for s in (api_key, auth_token) if s)
-        self._http = httpx.AsyncClient(
+        self._http = ObservedAsyncClient(
             base_url=base_url,
             headers=headers,
             timeout=timeout,
@@ -191,6 +192,16 @@ class Client:
     def retries(self) -> int:
         """Retries taken so far by every call of this client (for statistics)."""
         return self._retries
+
+    def add_observer(self, observer: ApiObserver) -> None:
+        """Tell ``observer`` about every HTTP request this client sends from now on
+        (metrics, traces, health: see ``pipeline.api._observed``)."""
+        self._http.observers.append(observer)
+
+    def remove_observer(self, observer: ApiObserver) -> None:
+        """Stop telling ``observer`` (a no-op if it was not added)."""
+        if observer in self._http.observers:
+            self._http.observers.remove(observer)
 
     async def __aenter__(self) -> Client:
         if self._state is not _State.UNOPENED:

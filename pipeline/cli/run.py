@@ -45,6 +45,7 @@ from .shared import (
     EXIT_USAGE,
     SignalNotice,
     Signals,
+    add_monitor_options,
     add_output_options,
     event_loop_options,
     exit_code_of_signal,
@@ -242,6 +243,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--price claude-x=1.5,7.5",
     )
     add_output_options(parser)
+    add_monitor_options(parser)
     parser.set_defaults(func=run_command)
     return parser
 

@@ -7,6 +7,7 @@ at once (the state on disk stays consistent) and the exit code is 128 + signal.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import signal
@@ -17,6 +18,7 @@ import anyio
 
 from .._config import DEFAULT_API_KEY_ENV
 from .._logging import LOG_FORMATS, configure_logging
+from .._monitor import DEFAULT_MONITOR_HOST
 from .._progress import PROGRESS_MODES, RunnablePipeline, run_with_progress
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ __all__ = (
     "SignalNotice",
     "Signals",
     "Stoppable",
+    "add_monitor_options",
     "add_output_options",
     "event_loop_options",
     "exit_code_of_signal",
@@ -92,6 +95,37 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_monitor_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--metrics-port`` and ``--metrics-host`` (metrics, health, the job page)."""
+    group = parser.add_argument_group("operating")
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics (/metrics), health checks (/healthz, /readyz) and "
+        "the live job page (/) on PORT while the job runs (metrics need "
+        "pipeline[metrics])",
+    )
+    group.add_argument(
+        "--metrics-host",
+        default=DEFAULT_MONITOR_HOST,
+        metavar="HOST",
+        help=f"the address --metrics-port listens on (default: {DEFAULT_MONITOR_HOST}; "
+        "0.0.0.0 for every interface)",
+    )
+
+
+def _monitor_serving(
+    pipeline: Stoppable, args: argparse.Namespace
+) -> contextlib.AbstractAsyncContextManager[object]:
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        return contextlib.nullcontext()
+    from .._monitor import serve_job
+
+    return serve_job(pipeline, host=args.metrics_host, port=port)  # type: ignore[arg-type]
+
+
 def setup_logging(args: argparse.Namespace) -> None:
     """Install the ``pipeline`` log handler the output options ask for (masking the
     key named by ``--api-key-env`` when the command has that option)."""
@@ -138,15 +172,19 @@ async def run_until_signalled(
     signal handler installed; its final statistics, or None when a second signal
     cancelled it (``signals`` holds what arrived)."""
     result: PipelineStatistics | None = None
-    with anyio.open_signal_receiver(*SIGNALS) as received:
-        async with anyio.create_task_group() as tg:
-            scope = anyio.CancelScope()
-            tg.start_soon(_watch, received, pipeline, scope, notice, signals)
-            with scope:
-                result = await run_with_progress(
-                    pipeline, progress=args.progress, quiet=args.quiet, log_format=args.log_format
-                )
-            tg.cancel_scope.cancel()
+    async with _monitor_serving(pipeline, args):
+        with anyio.open_signal_receiver(*SIGNALS) as received:
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
+                tg.start_soon(_watch, received, pipeline, scope, notice, signals)
+                with scope:
+                    result = await run_with_progress(
+                        pipeline,
+                        progress=args.progress,
+                        quiet=args.quiet,
+                        log_format=args.log_format,
+                    )
+                tg.cancel_scope.cancel()
     return result
 
 

@@ -1,4 +1,6 @@
-"""``python -m pipeline status --state PATH [--json]``: a job's progress from its state file.
+"""``python -m pipeline status --state PATH [--json | --serve PORT]``: a job's progress
+from its state file; ``--serve`` serves the live job page, metrics and health checks
+for it (no worker needed) until SIGINT / SIGTERM.
 
 The state is read read-only and without the job's lock, so ``status`` works while
 a worker runs. ``--adopt LOCAL_ID=BATCH_ID`` and ``--release LOCAL_ID`` settle a
@@ -8,6 +10,7 @@ batch create whose outcome reconciliation could not decide; they take the lock
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,6 +19,7 @@ import anyio
 import msgspec
 
 from .._errors import LedgerError, UsageError
+from .._monitor import DEFAULT_MONITOR_HOST
 from ..ledger import read_status
 from ..ledger._files import check_state, damaged
 from ..ledger._settle import settle_batches
@@ -40,6 +44,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("--state", required=True, metavar="PATH", help="the job's state file")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--serve",
+        type=int,
+        metavar="PORT",
+        help="serve the live job page (/), metrics (/metrics) and health checks "
+        "(/healthz, /readyz) of this job on PORT, read from its state file, until "
+        "Ctrl-C (no worker needed)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=DEFAULT_MONITOR_HOST,
+        metavar="HOST",
+        help=f"the address --serve listens on (default: {DEFAULT_MONITOR_HOST})",
+    )
     parser.add_argument(
         "--adopt",
         metavar="LOCAL_ID=BATCH_ID",
@@ -77,6 +95,9 @@ def main(args: argparse.Namespace) -> int:
         if args.adopt or args.release is not None or args.abandon is not None:
             _settle(args)
         status = anyio.run(read_status, args.state)
+        if args.serve is not None:
+            anyio.run(_serve, args)
+            return EXIT_OK
         problems = anyio.run(check_state, args.state) if args.check else []
     except (LedgerError, UsageError, ValueError) as exc:
         print(f"pipeline status: {exc}", file=sys.stderr)
@@ -96,6 +117,23 @@ def main(args: argparse.Namespace) -> int:
         if checked:
             sys.stdout.write("integrity  ok (SQLite's full check)\n")
     return EXIT_OK
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    """``--serve PORT``: the job page of the state file until SIGINT / SIGTERM."""
+    from .._monitor import JobMonitor
+
+    monitor = JobMonitor(state=args.state)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with monitor.serve(host=args.metrics_host, port=args.serve) as url:
+            print(
+                f"pipeline status: the job page of {args.state} at {url}/ (metrics: "
+                f"{url}/metrics); Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            async for _ in signals:
+                return
 
 
 def _settle(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ from .shared import (
     EXIT_USAGE,
     SignalNotice,
     Signals,
+    add_monitor_options,
     add_output_options,
     event_loop_options,
     exit_code_of_signal,
@@ -62,6 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("definition", metavar="DEFINITION.py", help="the pipeline definition file")
     add_output_options(parser)
+    add_monitor_options(parser)
     parser.set_defaults(func=main)
 
 

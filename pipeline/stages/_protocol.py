@@ -182,6 +182,8 @@ class Progress:
         self.written = 0
         self.outstanding = 0
         self.spooled = 0
+        #: requests spooled to be sent again after their result (each time counts)
+        self.retried = 0
         #: the last source line the ledger accounts for (its checkpoint: every line
         #: up to it is claimed or rejected), for sources that must know (watch)
         self.accounted_line = 0

@@ -319,6 +319,7 @@ class ResultsCollector:
         progress.written += written
         progress.outstanding -= written + spool
         progress.spooled += spool
+        progress.retried += spool
         state.resolved += written + spool
         if done:
             self._settle(state)

@@ -1,0 +1,195 @@
+"""The monitor's HTTP side: a small ASGI app (``/metrics``, ``/healthz``, ``/readyz``,
+the job page and its JSON) and the uvicorn server that runs it.
+
+``/metrics`` is ``prometheus_client``'s own ASGI app over the job's registry
+(content negotiation, OpenMetrics, gzip are its business). The page's files ship
+in the package (``pipeline/_jobpage/``) and are read once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._monitor import encode_snapshot
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+
+    from ._monitor import JobMonitor
+
+    Scope = MutableMapping[str, Any]
+    Message = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[Message]]
+    Send = Callable[[Message], Awaitable[None]]
+    App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+__all__ = ("Server", "monitor_app")
+
+logger = logging.getLogger("pipeline")
+
+_START_TIMEOUT = 30.0
+#: the page's files: URL path -> (file in pipeline/_jobpage, content type)
+_ASSETS = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/job.js": ("job.js", "text/javascript; charset=utf-8"),
+    "/job.css": ("job.css", "text/css; charset=utf-8"),
+}
+_TEXT = "text/plain; charset=utf-8"
+_NO_METRICS = b"metrics need prometheus-client: pip install 'pipeline[metrics]'\n"
+
+
+def _read_assets() -> dict[str, tuple[bytes, str]]:
+    folder = resources.files("pipeline") / "_jobpage"
+    return {path: ((folder / name).read_bytes(), kind) for path, (name, kind) in _ASSETS.items()}
+
+
+def monitor_app(monitor: JobMonitor) -> App:
+    """The ASGI app of a ``JobMonitor`` (see ``JobMonitor.asgi_app``)."""
+    assets = _read_assets()
+    metrics: App | None = None
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal metrics
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = _local_path(scope), scope["method"]
+        if not path:  # the mount point itself: the page's links are relative to "/"
+            location = (scope.get("root_path", "") + "/").encode()
+            await _respond(send, 307, b"", _TEXT, headers=[(b"location", location)])
+        elif method not in ("GET", "HEAD"):
+            await _respond(send, 405, b"only GET\n", _TEXT)
+        elif path == "/metrics":
+            if metrics is None:
+                metrics = _metrics_app(monitor)
+            await monitor.refresh()
+            if metrics is None:
+                await _respond(send, 501, _NO_METRICS, _TEXT)
+            else:
+                await metrics(scope, receive, send)
+        elif path == "/healthz":
+            await _respond(send, 200, b"ok\n", _TEXT)
+        elif path == "/readyz":
+            await monitor.refresh()
+            ok, reason = monitor.ready()
+            await _respond(send, 200 if ok else 503, reason.encode() + b"\n", _TEXT)
+        elif path == "/api/job":
+            body = encode_snapshot(await monitor.snapshot())
+            await _respond(send, 200, body, "application/json", cache=False)
+        elif path in assets:
+            body, kind = assets[path]
+            await _respond(send, 200, body, kind)
+        else:
+            await _respond(send, 404, b"not found\n", _TEXT)
+
+    return app
+
+
+def _metrics_app(monitor: JobMonitor) -> App | None:
+    try:
+        from prometheus_client import make_asgi_app
+    except ImportError:
+        return None
+    app: App = make_asgi_app(monitor.registry())
+    return app
+
+
+def _local_path(scope: Scope) -> str:
+    """The path within the app: without the prefix it is mounted under (ASGI's
+    ``root_path``, which some frameworks leave in ``path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    cache: bool = True,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or ()),
+    ]
+    if not cache:
+        headers.append((b"cache-control", b"no-store"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class Server:
+    """uvicorn serving an ASGI app on an already-bound socket, in a task."""
+
+    def __init__(self, app: App, sock: socket.socket) -> None:
+        import uvicorn
+
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        # signals are the command's business, never uvicorn's
+        self._server.capture_signals = _no_signals  # type: ignore[method-assign]
+        self._finished = anyio.Event()
+
+    async def _run(self) -> None:
+        try:
+            with anyio.CancelScope(shield=True):  # only should_exit ends it: a clean close
+                await self._server.serve(sockets=[self.sock])
+        finally:
+            self._finished.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Server]:
+        """Serve while the block runs; wait until connections are accepted."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._run)
+                try:
+                    with anyio.fail_after(_START_TIMEOUT):
+                        while not self._server.started:
+                            if self._finished.is_set():
+                                raise RuntimeError("the monitor's server exited during start-up")
+                            await anyio.sleep(0.005)
+                    yield self
+                finally:
+                    self._server.should_exit = True
+        finally:
+            self.sock.close()
+
+
+@contextlib.contextmanager
+def _no_signals() -> Iterator[None]:
+    yield
