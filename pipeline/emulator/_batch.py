@@ -136,10 +136,13 @@ class Timeline:
 
     def processed_count(self, record: BatchRecord) -> int:
         """How many requests (in index order) were processed before the cutoff."""
-        _, cutoff, _ = self._cutoff(record)
-        if self.config.batch_seconds <= 0:
-            return record.count
-        done = int((cutoff - record.created) / self.config.batch_seconds * record.count + 1e-9)
+        _, cutoff, canceled = self._cutoff(record)
+        seconds = self.config.batch_seconds
+        if seconds <= 0 or (not canceled and seconds <= self.config.expiry_seconds):
+            return record.count  # it ran its course: every request was processed
+        # ``created + seconds - created`` is not ``seconds`` in floats at epoch-sized
+        # times, hence the relative tolerance
+        done = int((cutoff - record.created) / seconds * record.count * (1 + 1e-9))
         return max(0, min(record.count, done))
 
     def status(self, record: BatchRecord, now: float) -> Status:

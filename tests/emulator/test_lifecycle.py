@@ -57,6 +57,21 @@ async def test_in_progress_until_batch_seconds(
         }
 
 
+async def test_a_batch_that_ends_on_time_processed_every_request(
+    make_app: Callable[..., EmulatorApp], clock: ManualClock
+) -> None:
+    # created + batch_seconds - created is not batch_seconds in floats at epoch-sized
+    # times: at 0.05 s that lost one request of 1,000 to "expired"
+    for seconds in (0.05, 0.2, 0.3):
+        async with asgi_client(make_app(batch_seconds=seconds)) as client:
+            bid = await create(client, batch_body(1000))
+            clock.advance(seconds)
+            batch = await get(client, bid)
+            assert batch["processing_status"] == "ended"
+            assert batch["request_counts"]["succeeded"] == 1000, seconds
+            assert batch["request_counts"]["expired"] == 0, seconds
+
+
 async def test_invalid_params_end_errored_without_failing_others(
     make_app: Callable[..., EmulatorApp],
 ) -> None:
