@@ -12,6 +12,7 @@ cannot price it, so a budget does not count it. Check ``model in prices`` (or
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 
 import msgspec
@@ -25,6 +26,7 @@ __all__ = (
     "PriceTable",
     "cost_usd",
     "estimate_cost_usd",
+    "whole_units",
 )
 
 _MILLION = 1_000_000
@@ -42,8 +44,10 @@ class Price(msgspec.Struct, frozen=True):
     output: float
 
     def __post_init__(self) -> None:
-        if self.input < 0 or self.output < 0:
-            raise ValueError(f"prices must be >= 0, got input={self.input} output={self.output}")
+        if not (0 <= self.input < math.inf and 0 <= self.output < math.inf):
+            raise ValueError(
+                f"prices must be >= 0 and finite, got input={self.input} output={self.output}"
+            )
 
 
 class PriceTable(Mapping[str, Price]):
@@ -98,11 +102,7 @@ class PriceTable(Mapping[str, Price]):
         price = self._tuples.get(model)
         if price is None:
             return 0.0
-        if input_tokens < 0:
-            input_tokens = 0
-        if max_tokens < 0:
-            max_tokens = 0
-        return (input_tokens * price[0] + max_tokens * price[1]) / _MILLION
+        return _estimate(price, input_tokens, max_tokens)
 
     def cost_usd(
         self,
@@ -124,12 +124,12 @@ class PriceTable(Mapping[str, Price]):
             return 0.0
         hour = min(cache_creation_1h_input_tokens, cache_creation_input_tokens)
         inputs = (
-            input_tokens
-            + (cache_creation_input_tokens - hour) * CACHE_WRITE_FACTOR
-            + hour * CACHE_WRITE_1H_FACTOR
-            + cache_read_input_tokens * CACHE_READ_FACTOR
+            _tokens(input_tokens)
+            + _tokens(cache_creation_input_tokens - hour) * CACHE_WRITE_FACTOR
+            + _tokens(hour) * CACHE_WRITE_1H_FACTOR
+            + _tokens(cache_read_input_tokens) * CACHE_READ_FACTOR
         )
-        return (inputs * price.input + output_tokens * price.output) / _MILLION
+        return (inputs * price.input + _tokens(output_tokens) * price.output) / _MILLION
 
 
 #: Batch prices (DESIGN.md: 50% of the standard price), USD per million tokens: the
@@ -191,11 +191,20 @@ def estimate_cost_usd(
     price = prices._tuples.get(model)  # inlined PriceTable.estimate_cost_usd (hot path)
     if price is None:
         return 0.0
-    if input_tokens < 0:
-        input_tokens = 0
-    if max_tokens < 0:
-        max_tokens = 0
-    return (input_tokens * price[0] + max_tokens * price[1]) / _MILLION
+    return _estimate(price, input_tokens, max_tokens)
+
+
+def _estimate(price: tuple[float, float], input_tokens: int, max_tokens: int) -> float:
+    return (_tokens(input_tokens) * price[0] + _tokens(max_tokens) * price[1]) / _MILLION
+
+
+def _tokens(count: int) -> int:
+    """A token count as arithmetic may take it: not below 0, and not past the largest
+    stored integer (a larger int cannot even be turned into a float: an estimate of
+    an absurd ``max_tokens`` must still be a number, not an ``OverflowError``)."""
+    if count < 0:
+        return 0
+    return count if count < _MAX_STORED_INT else _MAX_STORED_INT
 
 
 def cost_usd(
@@ -217,3 +226,18 @@ def cost_usd(
         cache_read_input_tokens=cache_read_input_tokens,
         cache_creation_1h_input_tokens=cache_creation_1h_input_tokens,
     )
+
+
+#: The largest integer SQLite stores (a signed 64-bit one).
+_MAX_STORED_INT = 2**63 - 1
+
+
+def whole_units(cost_usd: float, per_usd: int) -> int:
+    """``cost_usd`` as a whole number of ``1 / per_usd`` dollars (the ledger keeps the
+    job's estimate in billionths), clamped to what a 64-bit integer column holds: an
+    estimate, however large, never fails the write that stores it (an overflowing
+    estimate is past any budget anyway). NaN counts as 0."""
+    units = cost_usd * per_usd
+    if not units > 0:  # also NaN
+        return 0
+    return _MAX_STORED_INT if units >= _MAX_STORED_INT else round(units)

@@ -31,7 +31,10 @@ from ._schema_full import (
     DEFAULT_MODELS,
     IMAGE_TOKENS,
     KNOWN_MODELS,
+    MAX_JSON_DEPTH,
+    MAX_TOKENS_LIMIT,
     MODEL_MAX_OUTPUT_TOKENS,
+    TOO_DEEP,
     Checked,
     SchemaError,
     _check_cache_control,
@@ -42,9 +45,12 @@ from ._schema_full import (
     approx_input_tokens,
     check_params,
     decode_error_message,
+    json_depth,
+    leading_custom_id,
     reshaped,
     signature,
     signature_tools,
+    too_deep,
     without_fields,
 )
 from ._types import Metadata, Temperature, TextBlockParam, Tool, TopK, TopP
@@ -56,16 +62,22 @@ __all__ = (
     "DEFAULT_MODELS",
     "IMAGE_TOKENS",
     "KNOWN_MODELS",
+    "MAX_JSON_DEPTH",
+    "MAX_TOKENS_LIMIT",
     "MODEL_MAX_OUTPUT_TOKENS",
+    "TOO_DEEP",
     "Checked",
     "SchemaError",
     "approx_input_tokens",
     "check_entry",
     "check_params",
     "decode_error_message",
+    "json_depth",
+    "leading_custom_id",
     "reshaped",
     "signature",
     "signature_tools",
+    "too_deep",
     "without_fields",
 )
 
@@ -88,8 +100,11 @@ def check_entry(
     """
     try:
         entry = _fast_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # (a line nested too deep to decode: the full path measures it before decoding)
         return _check_entry_full(raw, models, max_output_tokens)
+    # The fast Structs nest 7 levels at most; only ``tools`` (kept raw) may go deeper,
+    # and ``_fast_tools`` sends a tools value too deep for MAX_JSON_DEPTH on.
     # Every test below either passes or sends the entry down the full path; none
     # can accept what the full path rejects. The decode has made sure already that
     # the messages and their contents are not empty.
@@ -103,8 +118,8 @@ def check_entry(
     ):
         return _check_entry_full(raw, models, max_output_tokens)
     max_tokens = params.max_tokens
-    cap = max_output_tokens.get(model)
-    if cap is not None and max_tokens > cap:
+    cap = max_output_tokens.get(model, MAX_TOKENS_LIMIT)
+    if max_tokens > cap or max_tokens > MAX_TOKENS_LIMIT:
         return _check_entry_full(raw, models, max_output_tokens)
     kinds = 0
     marked = False  # a block with a cache_control (explicit null included)
@@ -265,8 +280,12 @@ _FAST_SIGNATURES: dict[tuple[object, ...], tuple[str, str]] = {}
 def _fast_tools(key: bytes) -> tuple[tuple[str, ...], list[Tool] | None] | None:
     """Decode and check a ``tools`` value once; remember the verdict."""
     try:
+        # the line holds tools two levels down (entry, params): too deep for the line
+        # goes to the full path, which says so
+        if too_deep(key, MAX_JSON_DEPTH - 2) is not None:
+            raise RecursionError
         tools = _tools_decoder.decode(key)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         known = None
     else:
         problem = _check_tool_list(tools, UNSET) or _custom_tool_fields(key, tools)

@@ -11,7 +11,10 @@ the rule, e.g. ``params.messages[2].content[0].type: unknown block type "imagee"
 
 Rules checked beyond the Struct types (each one is a rule of the real service):
 
-* ``model`` is one the deployment knows; ``max_tokens`` within the model's output cap;
+* the line nests arrays and objects at most ``MAX_JSON_DEPTH`` levels deep (checked
+  before any decode, which would otherwise recurse into a deeper line);
+* ``model`` is one the deployment knows; ``max_tokens`` within the model's output cap,
+  and within a signed 32-bit integer (``MAX_TOKENS_LIMIT``) for a model without one;
 * ``messages`` non-empty; every message has content (the final assistant message may be
   empty); text blocks hold non-whitespace text; a final assistant message does not end
   in whitespace;
@@ -38,6 +41,7 @@ Rules checked beyond the Struct types (each one is a rule of the real service):
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import TYPE_CHECKING, Any, Protocol, get_args
 
@@ -70,12 +74,18 @@ __all__ = (
     "DEFAULT_MODELS",
     "IMAGE_TOKENS",
     "KNOWN_MODELS",
+    "MAX_JSON_DEPTH",
+    "MAX_TOKENS_LIMIT",
     "MODEL_MAX_OUTPUT_TOKENS",
+    "TOO_DEEP",
     "Checked",
     "SchemaError",
     "approx_input_tokens",
     "check_params",
     "decode_error_message",
+    "json_depth",
+    "leading_custom_id",
+    "too_deep",
     "reshaped",
     "signature",
     "signature_tools",
@@ -144,6 +154,25 @@ MODEL_MAX_OUTPUT_TOKENS: Mapping[str, int] = {
     "claude-3-haiku-20240307": 4096,
     "claude-3-opus-20240229": 4096,
 }
+
+#: The largest ``max_tokens`` of a model whose own cap is not in
+#: ``MODEL_MAX_OUTPUT_TOKENS``: the API's integers are signed 32-bit ones, and the
+#: service refuses a larger value (so does this check, before any cost is estimated
+#: from it).
+MAX_TOKENS_LIMIT = 2**31 - 1
+
+#: The deepest nesting of JSON arrays and objects a request line may have (the line's
+#: own object is level 1). The service refuses deeply nested bodies (2,000 levels:
+#: seen) and answers a batch create that holds such a request with a 400 for the
+#: whole batch; its exact limit is not documented. Common server-side JSON parsers
+#: stop at 128 (serde_json) to 200 (pydantic's jiter) levels per body, and a batch body
+#: adds 2 levels around each request, so a line deeper than 100 levels is refused here,
+#: as ``invalid_json``, before anything decodes it (a decode recurses once per level:
+#: Python's recursion limit, 1,000 frames by default, would end the job). No real
+#: request comes near: a tool schema 20 levels deep is rare.
+MAX_JSON_DEPTH = 100
+#: How the message of a line nested deeper than ``MAX_JSON_DEPTH`` starts.
+TOO_DEEP = "not valid JSON: arrays and objects nested"
 
 #: Input tokens counted per base64 image by ``approx_input_tokens`` (the service's
 #: cost of an image of ~1.15 megapixels, the largest it keeps unscaled).
@@ -225,10 +254,15 @@ def _check_entry_full(
     raw: bytes, models: frozenset[str] | None, max_output_tokens: Mapping[str, int]
 ) -> Checked | SchemaError:
     """``check_entry`` through the full strict decode: every shape, exact reasons."""
+    deep = too_deep(raw)
+    if deep is not None:
+        return deep
     try:
         entry = _entry_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         return SchemaError(_salvage_custom_id(raw), decode_error_message(exc))
+    except RecursionError:  # not deeper than MAX_JSON_DEPTH: a stack already this deep
+        return _deep(raw, json_depth(raw))
     except UnicodeDecodeError as exc:  # msgspec < 0.23 lets a string's bad UTF-8 through
         return SchemaError(_salvage_custom_id(raw), f"not valid JSON: invalid UTF-8: {exc}")
     params = entry.params
@@ -282,6 +316,11 @@ def _check(
     cap = max_output_tokens.get(model)
     if cap is not None and params.max_tokens > cap:
         return f"max_tokens: {params.max_tokens} > {cap}, the maximum for {model}"
+    if params.max_tokens > MAX_TOKENS_LIMIT:
+        return (
+            f"max_tokens: {params.max_tokens} > {MAX_TOKENS_LIMIT}, the largest the service "
+            "accepts (a signed 32-bit integer; each model's own cap is lower)"
+        )
     if params.stream is True:
         return "stream: streaming is not supported in batches (must be false or absent)"
     if not params.messages:
@@ -697,7 +736,7 @@ def without_fields(
         return text, []
     try:
         value = _object_decoder.decode(text)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return text, []
     target = value.get(inside) if inside is not None else value
     if not isinstance(target, dict):
@@ -714,7 +753,107 @@ def _salvage_custom_id(raw: bytes) -> str | None:
     custom_id as proof that the line is a JSON object)."""
     try:
         value = _object_decoder.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     cid = value.get("custom_id")
     return cid if isinstance(cid, str) else None
+
+
+# ------------------------------------------------------------------------ nesting
+
+_BRACKETS = b"[]{}"
+#: from this length on, a line's brackets are found one by one (``_openers_at_most``)
+_LONG_LINE = 1 << 16
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(_BRACKETS)))
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(_BRACKETS + b'"')))
+#: ``{}`` -> ``[]``: only the nesting counts, not its kind
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
+#: ``[`` -> +1, ``]`` -> -1 (as signed bytes)
+_STEPS = bytes.maketrans(b"[]", b"\x01\xff")
+#: the escapes that matter to finding where strings end: ``\\`` and ``\"``
+_QUOTE_ESCAPES = re.compile(rb'\\[\\"]')
+_LEADING_ID = re.compile(rb'\s*\{\s*"custom_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
+
+
+def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> SchemaError | None:
+    """The reject of a JSON text nested deeper than ``limit`` levels, else None.
+
+    Safe on any input (no recursion), and cheap on the common line: one pass counts
+    its brackets, and a line with ``limit`` openers or fewer cannot be deeper.
+    """
+    if _openers_at_most(raw, limit):
+        return None
+    depth = json_depth(raw, stop=limit)
+    return _deep(raw, depth) if depth > limit else None
+
+
+def _openers_at_most(raw: bytes, limit: int) -> bool:
+    """Whether ``raw`` holds ``limit`` ``[`` and ``{`` or fewer (then it cannot nest
+    deeper). A long line (a base64 image, say) has few: they are found one by one
+    (``find`` is a ``memchr``), not by a pass of Python's slower byte counting."""
+    if len(raw) < _LONG_LINE:
+        brackets = raw.translate(None, _NOT_BRACKETS)
+        return len(brackets) <= limit or brackets.count(b"[") + brackets.count(b"{") <= limit
+    find, seen = raw.find, 0
+    for opener in b"[{":
+        at = find(opener)
+        while at >= 0:
+            seen += 1
+            if seen > limit:
+                return False
+            at = find(opener, at + 1)
+    return True
+
+
+def _deep(raw: bytes, depth: int) -> SchemaError:
+    return SchemaError(
+        leading_custom_id(raw),
+        f"{TOO_DEEP} {depth:,} levels deep; a request line may nest them "
+        f"{MAX_JSON_DEPTH} levels at most (the service refuses deeply nested requests, "
+        "with the whole batch that holds one)",
+    )
+
+
+def leading_custom_id(raw: bytes) -> str | None:
+    """The custom_id of a line that opens with a valid one (``{"custom_id": "..."``):
+    all that can be told of a line no decoder may read."""
+    match = _LEADING_ID.match(raw)
+    return match.group(1).decode() if match else None
+
+
+def json_depth(raw: bytes, *, stop: int | None = None) -> int:
+    """How deep the JSON text ``raw`` nests arrays and objects (brackets in strings do
+    not count); of malformed text, how deep what is there goes. Iterative and made of
+    whole-bytes operations (a few passes over the text, one per level), so any line is
+    safe to measure. With ``stop``, a depth within ``stop`` may be given as any number
+    up to ``stop`` (only a deeper one is exact).
+    """
+    if b"\\" in raw:
+        raw = _QUOTE_ESCAPES.sub(b"", raw)
+    marks = raw.translate(_ONE_KIND, _NOT_MARKS)
+    # Strings without brackets are "" here, and removing "" pairs left to right takes
+    # each such string whole: when no quote is left, no string held a bracket.
+    nesting = marks.replace(b'""', b"")
+    if b'"' in nesting:
+        nesting = b"".join(marks.split(b'"')[::2])
+    if stop is not None and b"[" * (stop + 1) in nesting:
+        return _deepest(nesting)
+    # Each pass takes out the innermost pairs: a balanced nesting is gone after as many
+    # passes as it is deep. Told where to stop, it stops as soon as what is left is too
+    # short to go past it (its depth is then not needed).
+    level = 0
+    while nesting and (stop is None or level <= stop):
+        if stop is not None and level + len(nesting) // 2 <= stop:
+            return level + len(nesting) // 2  # at most: within ``stop``
+        shorter = nesting.replace(b"[]", b"")
+        if len(shorter) == len(nesting):
+            break  # unbalanced (malformed): measure what is left below
+        nesting = shorter
+        level += 1
+    return level if not nesting else _deepest(nesting) + level
+
+
+def _deepest(nesting: bytes) -> int:
+    """The highest running level of a sequence of ``[`` and ``]``."""
+    steps = memoryview(nesting.translate(_STEPS)).cast("b")
+    return max(0, max(itertools.accumulate(steps), default=0))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .._errors import UsageError
+from .._pricing import whole_units
 from ._base import ClaimResult
 from ._sqlite_schema import NANO_PER_USD
 
@@ -103,7 +104,7 @@ def _claim(
             c.executemany(_UNSPOOL, [(e.custom_id,) for e in retries])
         local_id = _new_intent(c, len(fresh) + len(retries), 0, -1)
         cost = sum([e.cost_usd for e in fresh]) + sum([e.cost_usd for e in retries])
-        _bump(c, "estimated_nano_usd", round(cost * NANO_PER_USD))
+        _bump(c, "estimated_nano_usd", whole_units(cost, NANO_PER_USD))  # never overflows
         first = _max_row(c) + 1
         _insert_requests(c, fresh + retries, local_id, in_key_order=in_key_order)
         c.execute(

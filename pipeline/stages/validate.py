@@ -1,7 +1,8 @@
 """Validate (the local part): each input line decoded once, checked against the wire
 schema, and passed on as its exact original bytes, or turned into a reject.
 
-Rejected here: malformed JSON (``invalid_json``), a missing or malformed custom_id
+Rejected here: malformed JSON and a line nested deeper than
+``pipeline.api._schema.MAX_JSON_DEPTH`` levels (``invalid_json``), a missing or malformed custom_id
 (``invalid_custom_id``), a line that is not a JSON object, params that fail the schema
 (``pipeline.api._schema.check_entry``) and an entry an iterable source could not
 encode (``invalid_request_error``), an entry too large for any batch
@@ -20,6 +21,7 @@ from .._config import DEFAULT_MAX_BATCH_BYTES
 from .._pricing import DEFAULT_PRICES, PriceTable
 from ..api._schema import (
     DEFAULT_MODELS,
+    TOO_DEEP,
     Checked,
     SchemaError,
     check_entry,
@@ -201,6 +203,8 @@ def _end(raw: RawLine) -> int:
 def _classify(data: bytes, error: SchemaError) -> RejectError:
     """The reject's error type: not JSON at all, not an entry object, a bad custom_id,
     or a schema failure."""
+    if error.message.startswith(TOO_DEEP):  # no decoder may read the line
+        return RejectError("invalid_json", error.message)
     # A custom_id was read only from a JSON object (the strict decode or the salvage
     # decode of the whole line): no need to decode the line again to know it is one.
     if error.custom_id is None:
