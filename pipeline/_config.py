@@ -9,6 +9,7 @@ requests / 256 MB (``SERVICE_MAX_BATCH_REQUESTS`` / ``SERVICE_MAX_BATCH_BYTES``)
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -35,6 +36,8 @@ __all__ = (
     "DryRunMode",
     "DryRunPolicy",
     "PipelineConfig",
+    "base_url_problem",
+    "secret_problem",
 )
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -164,3 +167,73 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"allow_fields must be field names, got {sorted(self.allow_fields)}")
         if not self.api_key_env:
             raise ValueError("api_key_env must name an environment variable")
+
+
+def secret_problem(value: str) -> str | None:
+    """What makes ``value`` unusable as an API key or bearer token, in words that show
+    none of it; None when it is usable. A key goes into an HTTP header as written, so
+    it must be printable ASCII without spaces: a trailing ``\\r`` (a ``.env`` file with
+    Windows line ends) or ``\\n``, a space, or a character pasted from a formatted
+    document would otherwise fail every request, with the key in the error."""
+    if not value:
+        return "is empty"
+    if value.isascii() and value.isprintable() and " " not in value:
+        return None
+    size = len(value)
+    for i, char in enumerate(value):
+        if "!" <= char <= "~":
+            continue
+        where = (
+            "ends with"
+            if i == size - 1
+            else "starts with"
+            if i == 0
+            else f"has, at character {i + 1} of {size},"
+        )
+        if char == "\r":
+            return (
+                f"{where} a carriage return (\\r), as a value read from a file with "
+                "Windows (CRLF) line ends has: remove it"
+            )
+        if char == "\n":
+            return f"{where} a line feed (\\n): remove it"
+        if char.isspace():
+            return f"{where} whitespace: remove it"
+        if not char.isascii():
+            return (
+                f"{where} a non-ASCII character (keys are ASCII: was it copied from a "
+                "formatted document?)"
+            )
+        return f"{where} a control character: remove it"
+    return None  # pragma: no cover - every character was printable ASCII
+
+
+def base_url_problem(url: str) -> str | None:
+    """What makes ``url`` unusable as the API's base URL, in words that show only its
+    scheme, host and path (a query could hold a token); None when it is usable: an
+    absolute ``http://`` or ``https://`` URL with a host, and no query or fragment
+    (request paths are appended to it, so a query would be lost or misplaced)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    host = parts.netloc.rpartition("@")[2]  # without any credentials
+    shown = f"{parts.scheme}://{host}{parts.path}"
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return "is not a URL: it holds spaces or characters a URL cannot hold"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return (
+            "is not an absolute http:// or https:// URL (e.g. https://api.anthropic.com, "
+            "or a gateway's http://127.0.0.1:8080)"
+        )
+    if parts.query or url.endswith("?"):
+        return f"has a query string (not shown): give {shown} without it"
+    if parts.fragment or url.endswith("#"):
+        return f"has a fragment (#...): give {shown} without it"
+    if parts.username is not None or parts.password is not None:
+        return (
+            f"holds credentials before its host (not shown): give {shown} and the key "
+            "in its own variable"
+        )
+    return None

@@ -11,8 +11,9 @@ fields through ``extra=`` (``batch_id``, ``request_count``, ``counts``, ...)::
 JSON object per line, fields as keys: what a worker under a supervisor wants).
 Its ``RedactingFilter`` masks anything shaped like an Anthropic key
 (``sk-ant-...``) and every configured secret (the key read from the
-environment) in messages, arguments, fields and tracebacks, so no handler ever
-sees a key, whatever a caller or a library put into a record.
+environment), in every form it may be printed in (escaped, as bytes, JSON-escaped,
+percent-encoded: ``secret_forms``), in messages, arguments, fields and tracebacks,
+so no handler ever sees a key, whatever a caller or a library put into a record.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Literal, TextIO
+from urllib.parse import quote, quote_plus
 
 import msgspec
 
@@ -43,6 +45,7 @@ __all__ = (
     "configure_logging",
     "extra_fields",
     "redact",
+    "secret_forms",
 )
 
 LogFormat = Literal["text", "json"]
@@ -62,26 +65,57 @@ _STANDARD_ATTRS = frozenset(
 _json_encoder = msgspec.json.Encoder(enc_hook=repr)
 
 
+#: Runs of characters a header value may hold (printable ASCII but space): what is
+#: left of a secret in any escaped form of it.
+_PLAIN_RUNS = re.compile(r"[\x21-\x7e]+")
+
+
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """Every form in which ``secret`` may be printed, longest first: as it is, escaped
+    as ``repr`` escapes a str and bytes, as JSON escapes it, percent-encoded, and each
+    run of 8 or more plain characters in it (what shows of a key with a stray ``\\r``
+    or a non-ASCII character whatever the escaping). Empty for a secret shorter than
+    ``MIN_SECRET_LENGTH`` (masking it would mask ordinary words)."""
+    if len(secret) < MIN_SECRET_LENGTH:
+        return ()
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        repr(secret.encode("utf-8", "surrogatepass"))[2:-1],
+        _json_encoder.encode(secret).decode()[1:-1],
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        *_PLAIN_RUNS.findall(secret),
+    }
+    return tuple(sorted((f for f in forms if len(f) >= MIN_SECRET_LENGTH), key=len, reverse=True))
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every key-shaped substring and every given secret masked."""
-    for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, _MASK)
+    """``text`` with every key-shaped substring and every given secret masked, in each
+    of its printed forms (``secret_forms``)."""
+    return _mask(text, tuple(f for secret in secrets for f in secret_forms(secret)))
+
+
+def _mask(text: str, forms: tuple[str, ...]) -> str:
+    """``text`` with each of ``forms`` (longest first) and anything key-shaped masked."""
+    for form in forms:
+        if form in text:
+            text = text.replace(form, _MASK)
     if "sk-ant-" in text:
         text = _KEY_PATTERN.sub(_MASK, text)
     return text
 
 
-def _redact_value(value: object, secrets: tuple[str, ...]) -> object:
+def _redact_value(value: object, forms: tuple[str, ...]) -> object:
     if isinstance(value, str):
-        return redact(value, secrets)
+        return _mask(value, forms)
     if isinstance(value, dict):
-        return {k: _redact_value(v, secrets) for k, v in value.items()}
+        return {k: _redact_value(v, forms) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_redact_value(v, secrets) for v in value]
+        return [_redact_value(v, forms) for v in value]
     if isinstance(value, bool | int | float) or value is None:
         return value
-    return redact(repr(value), secrets)
+    return _mask(repr(value), forms)
 
 
 #: Set ``extra={"_fields_in_message": True, ...}`` when the message already says
@@ -105,26 +139,28 @@ class RedactingFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self._secrets: tuple[str, ...] = ()
+        #: every printed form of every secret, longest first
+        self._forms: tuple[str, ...] = ()
         for secret in secrets:
             self.add_secret(secret)
 
     def add_secret(self, secret: str | None) -> None:
-        """Also mask this exact value (e.g. the configured API key)."""
-        if secret and len(secret) >= MIN_SECRET_LENGTH and secret not in self._secrets:
-            self._secrets = (*self._secrets, secret)
+        """Also mask this value (e.g. the configured API key), in each printed form."""
+        if secret:
+            forms = {*self._forms, *secret_forms(secret)}
+            self._forms = tuple(sorted(forms, key=len, reverse=True))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = self._secrets
-        record.msg = redact(record.getMessage(), secrets)
+        secrets = self._forms
+        record.msg = _mask(record.getMessage(), secrets)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text, secrets)
+            record.exc_text = _mask(record.exc_text, secrets)
             record.exc_info = None
         if record.stack_info:
-            record.stack_info = redact(record.stack_info, secrets)
+            record.stack_info = _mask(record.stack_info, secrets)
         for key, value in extra_fields(record).items():
             setattr(record, key, _redact_value(value, secrets))
         return True

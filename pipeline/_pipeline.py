@@ -45,7 +45,7 @@ from ._pipeline_resources import EMULATOR_POLL_INTERVAL as EMULATOR_POLL_INTERVA
 from ._pipeline_resources import _freeze_heap, _JobResources, _thaw_heap
 from ._pipeline_wiring import _collapse, _StageWiring, _Stopped
 from ._stats import ModelUsage, PipelineStatistics
-from .api._client import Client
+from .api._client import Client, check_base_url, check_secret
 from .stages._protocol import Capacity, Progress, SourceStage
 from .stages.sink import ResultSink
 from .stages.source import DEFAULT_CHUNK_SIZE
@@ -157,6 +157,9 @@ class Pipeline(_JobResources, _StageWiring):
             state = self._output_path.with_name(self._output_path.name + ".state")
         self._state_path = Path(state) if state is not None else None
         self._check_paths()
+        # a key or URL that cannot work is refused now, not in the middle of a run
+        check_secret(api_key, "the API key (api_key)")
+        check_base_url(base_url, "the base URL (base_url, --base-url)")
         self._ledger_given = ledger
         self._client_given = client
         self._api_key = api_key

@@ -28,6 +28,7 @@ import anyio
 
 from ._config import DEFAULT_POLL_INTERVAL, PipelineConfig
 from ._errors import UsageError
+from .api._client import check_environment
 from .api._schema import KNOWN_MODELS
 from .ledger._base import JobSpec
 from .stages.sink import CallbackSink, JsonlSink, ResultSink, rejects_callback
@@ -63,6 +64,9 @@ class _JobResources:
     _rejects_callback: Callable[[RejectLine], Awaitable[object]] | None
     _state_path: Path | None
     _ledger_given: Ledger | None
+    _client_given: Any
+    _api_key: str | None
+    _base_url: str | None
     _emulator_dir: str | os.PathLike[str] | None
     _prices: PriceTable | None
     _announce: Callable[[str], None]
@@ -94,6 +98,10 @@ class _JobResources:
     def _check_before_start(self) -> None:
         """What can be refused before anything is opened (the command line calls it
         before it shows any progress; the run calls it again)."""
+        if self._client_given is None:  # the key, token and URL the run would take
+            check_environment(
+                self.config.api_key_env, api_key=self._api_key, base_url=self._base_url
+            )
         self._check_files()
         state = self._state_path
         if self._ledger_given is None and state is not None and not state.exists():

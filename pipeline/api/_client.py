@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import gc
 import logging
+import os
 import random
 import time
 from typing import TYPE_CHECKING, NoReturn, TypeVar
@@ -26,7 +27,13 @@ import anyio
 import httpx
 import msgspec
 
-from .._config import DEFAULT_BASE_URL
+from .._config import (
+    AUTH_TOKEN_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    base_url_problem,
+    secret_problem,
+)
 from .._errors import (
     APIConnectionError,
     APIError,
@@ -35,6 +42,7 @@ from .._errors import (
     UsageError,
     status_error_class,
 )
+from .._logging import secret_forms
 from . import _retry
 from ._lines import BlockSplitter, LineSplitter, Splitter
 from ._observed import ApiObserver, ObservedAsyncClient
@@ -53,7 +61,14 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
     from types import TracebackType
 
-__all__ = ("DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "Client")
+__all__ = (
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "Client",
+    "check_base_url",
+    "check_environment",
+    "check_secret",
+)
 
 DEFAULT_MAX_RETRIES = 4
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
@@ -148,6 +163,9 @@ class Client:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        check_secret(api_key, "the API key (api_key)")
+        check_secret(auth_token, "the bearer token (auth_token)")
+        check_base_url(str(base_url), "the base URL (base_url)")
         headers = {"anthropic-version": ANTHROPIC_VERSION, "accept": "application/json"}
         if beta:
             headers["anthropic-beta"] = BATCHES_BETA
@@ -157,8 +175,10 @@ class Client:
             headers["x-api-key"] = api_key
         if auth_token is not None:
             headers["authorization"] = f"Bearer {auth_token}"
-        #: what ``_redact`` masks in text that came from outside
-        self._secrets = tuple(s for s in (api_key, auth_token) if s)
+        #: what ``_redact`` masks in text that came from outside: each printed form of
+        #: the key and token (escaped, as bytes, JSON-escaped...), longest first
+        forms = {f for secret in (api_key, auth_token) if secret for f in secret_forms(secret)}
+        self._secrets = tuple(sorted(forms, key=len, reverse=True))
         self._http = ObservedAsyncClient(
             base_url=base_url,
             headers=headers,
@@ -578,6 +598,44 @@ class Client:
             # Close the download now, not when the inner generator is collected.
             with anyio.CancelScope(shield=True):
                 await chunks.aclose()
+
+
+def check_secret(value: str | None, name: str) -> None:
+    """``UsageError`` when ``value`` (an API key or bearer token; None: not given) cannot
+    be sent as written, saying what is wrong with it and showing none of it. ``name``
+    says where it came from (``the API key in ANTHROPIC_API_KEY``)."""
+    if value is None:
+        return
+    problem = secret_problem(value)
+    if problem is not None:
+        raise UsageError(f"{name} {problem} (the value is not shown)")
+
+
+def check_base_url(value: str | None, name: str) -> None:
+    """``UsageError`` when ``value`` (None: not given) is not a usable base URL of the
+    API (see ``pipeline._config.base_url_problem``)."""
+    if value is None:
+        return
+    problem = base_url_problem(value)
+    if problem is not None:
+        raise UsageError(f"{name} {problem}")
+
+
+def check_environment(
+    api_key_env: str, *, api_key: str | None = None, base_url: str | None = None
+) -> None:
+    """Check what a pipeline would take from the environment, as it would take it (a
+    key in ``api_key_env`` unless ``api_key`` is given, else a bearer token in
+    ``ANTHROPIC_AUTH_TOKEN``; a base URL in ``ANTHROPIC_BASE_URL`` unless ``base_url``
+    is given), before anything starts: ``UsageError`` naming the variable."""
+    if api_key is None:
+        key = os.environ.get(api_key_env) or None
+        check_secret(key, f"the API key in {api_key_env}")
+        if key is None:
+            token = os.environ.get(AUTH_TOKEN_ENV) or None
+            check_secret(token, f"the bearer token in {AUTH_TOKEN_ENV}")
+    if base_url is None:
+        check_base_url(os.environ.get(BASE_URL_ENV) or None, f"the base URL in {BASE_URL_ENV}")
 
 
 def _batch_path(batch_id: str) -> str:

@@ -329,8 +329,7 @@ def run_command(args: argparse.Namespace) -> int:
             args.input,
             args.output,
             args.rejects,
-            config=config,
-            api_key=api_key,
+            config=config,  # the key: from config.api_key_env, checked as it is read
             base_url=args.base_url,
             state=args.state,
             announce=announce,
