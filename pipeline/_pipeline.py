@@ -361,7 +361,8 @@ class Pipeline(_JobResources, _StageWiring):
             stack.enter_context(observer.job(name, self.statistics))
         self._check_before_start()
         ledger = await self._open_ledger(stack)
-        resume = await ledger.open(self._job_spec())
+        # the input's fingerprint reads all of it: not on the event loop
+        resume = await ledger.open(await anyio.to_thread.run_sync(self._job_spec))
         if resume.fresh:
             self._check_overwrite()
         if resume.finished and not self.open_ended:

@@ -95,6 +95,7 @@ class _StageWiring:
         p = self._progress
         #: what earlier runs claimed, by estimate: a budget holds for the whole job
         self._spent_before = resume.estimated_cost_usd
+        p.estimated_cost_usd = resume.estimated_cost_usd  # the job's, not this run's
         # A source that cannot replay its input numbers on from the highest line the
         # job holds, not from the checkpoint (claims may stand past a held entry).
         self._number_from = await ledger.last_line() if self.open_ended else resume.source_line

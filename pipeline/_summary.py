@@ -119,13 +119,18 @@ def summary_rows(
         )
     if not stats.usage:
         rows.append(("tokens", "none (no succeeded results)"))
+    # the actual cost is of the results this run collected; the estimate is the job's
+    # (the ledger keeps it across runs, as ``status`` shows it)
+    resumed = _written_before(stats)
     rows.append(
         (
             "cost",
-            f"actual {format_cost(stats.actual_cost_usd)} · estimated "
-            f"{format_cost(stats.estimated_cost_usd)} (batch prices: 50% of standard"
+            f"actual {format_cost(stats.actual_cost_usd)}"
+            + (" this run" if resumed else "")
+            + f" · estimated {format_cost(stats.estimated_cost_usd)}"
+            + (" for the whole job" if resumed else "")
+            + " (batch prices: 50% of standard"
             + ("; cache writes 1.25x input (1 h TTL: 2x), reads 0.1x" if _cached(stats) else "")
-            + ("; this run" if _written_before(stats) else "")
             + ")",
         )
     )

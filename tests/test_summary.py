@@ -68,7 +68,7 @@ def test_a_resumed_job_says_which_counts_are_of_this_run() -> None:
     text = render_summary(resumed)
     assert "succeeded 990" in text
     assert "(results of this run; 500 written by earlier runs)" in text
-    assert "(batch prices: 50% of standard; this run)" in text
+    assert "actual $0.0596 this run · estimated $0.0700 for the whole job" in text
     assert "earlier runs" not in render_summary(STATS)
 
 
