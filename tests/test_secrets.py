@@ -13,10 +13,11 @@ import sys
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, quote_plus
 
+import httpx
 import msgspec
 import pytest
 
-from pipeline import Client, Pipeline, UsageError, configure_logging
+from pipeline import APIStatusError, Client, Pipeline, UsageError, configure_logging
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -177,3 +178,21 @@ async def test_an_unusable_base_url_is_refused_by_the_python_api(
         await pipeline.run()
     assert not (tmp_path / "out.jsonl.state").exists()
     assert "PASSWORD42" not in str(given.value)
+
+
+async def test_the_client_masks_a_key_an_answer_echoes_in_any_form(tmp_path: Path) -> None:
+    # A gateway that echoes the key it was sent, escaped its own way, in an error.
+    secret = "GATEWAY/SECRET+42=="
+    echoed = " ".join(sorted(printed_forms(secret)))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.headers["x-api-key"] == secret
+        body = {"type": "error", "error": {"type": "invalid_request_error", "message": echoed}}
+        return httpx.Response(400, json=body)
+
+    client = Client(api_key=secret, base_url=NOWHERE, transport=httpx.MockTransport(answer))
+    async with client:
+        with pytest.raises(APIStatusError) as raised:
+            await client.retrieve_batch("msgbatch_1")
+    assert "invalid_request_error" in str(raised.value)
+    assert leaks(secret, [str(raised.value), repr(raised.value)], tmp_path) == []
