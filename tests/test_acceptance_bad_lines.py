@@ -1,7 +1,8 @@
 """Issue 14's acceptance: a job mixing every kind of bad line with 10,000 good ones,
 run as a user runs it (``python -m pipeline run`` on the embedded emulator), finishes
 with exit 0; every good request comes out exactly once, every bad line is in the
-rejects file once with its line number, and memory stays bounded."""
+rejects file once with its line number, and memory stays bounded. A duplicate
+custom_id keeps its first line, whatever the shapes of its copies."""
 
 from __future__ import annotations
 
@@ -126,6 +127,16 @@ def test_a_job_of_every_bad_line_and_10000_good_ones_finishes_with_each_once(
             expected_rejects[len(lines)] = ("invalid_request_error", cid, "already used")
         if i % 3000 == 0:
             lines.append(b"   ")  # blank lines are skipped, not rejected
+        if i in (4200, 6100):
+            # a duplicate across shapes: the first copy is of a new shape (held for its
+            # dry run) and the later one of the checked shape, or the other way round
+            cid = f"shape-{i}"
+            new_shape = entry(cid, system="a shape of its own")
+            lines.append(new_shape if i == 4200 else entry(cid))
+            first_lines[cid] = len(lines)
+            lines.append(entry(cid) if i == 4200 else new_shape)
+            duplicates.append(cid)
+            expected_rejects[len(lines)] = ("invalid_request_error", cid, "already used")
     for data, kind, cid, words in bad:
         lines.append(data)
         expected_rejects[len(lines)] = (kind, cid, words)
@@ -142,7 +153,8 @@ def test_a_job_of_every_bad_line_and_10000_good_ones_finishes_with_each_once(
         msgspec.json.decode(x) for x in (tmp_path / "results.jsonl").read_bytes().splitlines()
     ]
     counts = Counter(r["custom_id"] for r in results)
-    assert counts == Counter(f"g-{i:05d}" for i in range(GOOD))  # each good one, once
+    good = [f"g-{i:05d}" for i in range(GOOD)] + ["shape-4200", "shape-6100"]
+    assert counts == Counter(good)  # each good one, once
     assert {r["result"]["type"] for r in results} == {"succeeded"}
 
     rejects = [
