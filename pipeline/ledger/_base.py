@@ -44,6 +44,14 @@ match ambiguous); a batch downloaded again after a restart writes only what
 ``unwritten`` still lists (the ``written_ids`` of earlier commits are done);
 ``mark_finished`` only when the source is exhausted, the spool empty and every
 batch collected.
+
+Canceling a job (``pipeline cancel``): ``request_cancel`` records the intent
+first (idempotent; another process may record it while a worker holds the job,
+see ``ledger._cancel.request_cancel``), then the batches in flight are canceled
+at the service and collected, their canceled requests held by ``commit_results``
+(``canceled=``) rather than written or spooled, and ``mark_canceled`` ends it.
+A crash anywhere in between leaves the intent: the next run (or cancel) of the
+job completes the cancel. ``resume_canceled`` sends the held requests again.
 """
 
 from __future__ import annotations
@@ -69,6 +77,8 @@ __all__ = (
 )
 
 BatchState = Literal["intent", "sending", "created", "ended", "collected", "rejected"]
+#: A job's cancel: asked for (to be completed by whoever runs the job next), or done.
+CancelState = Literal["requested", "canceled"]
 
 
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,6 +161,10 @@ class ResumeState(msgspec.Struct, kw_only=True):
     #: latest; kept over later restarts (``reconcile``'s ``since``). None: unknown
     #: (then the time of this open is safe)
     takeover_at: float | None = None
+    #: (added) the job's cancel: None, "requested" (complete it) or "canceled"
+    cancel: CancelState | None = None
+    #: (added) requests held as canceled by the job's cancel (``resume_canceled``)
+    canceled: int = 0
 
 
 class JobStatus(msgspec.Struct, kw_only=True):
@@ -176,6 +190,10 @@ class JobStatus(msgspec.Struct, kw_only=True):
     output: SinkPosition = SinkPosition()
     #: the estimated cost of every request claimed so far
     estimated_cost_usd: float = 0.0
+    #: the job's cancel: None, "requested" (under way) or "canceled"
+    cancel: CancelState | None = None
+    #: requests held as canceled by the job's cancel
+    canceled: int = 0
 
 
 class Ledger(Protocol):
@@ -233,9 +251,13 @@ class Ledger(Protocol):
         done: bool = False,
         written_ids: Sequence[str] = (),
         durable: bool = False,
+        canceled: Sequence[str] = (),
     ) -> int:
         """The sink's durable position after writing ``written`` more lines of this
-        batch; ``spool``: custom_ids to re-send (their attempt is incremented).
+        batch; ``spool``: custom_ids to re-send (their attempt is incremented);
+        ``canceled`` (added): custom_ids whose result was ``canceled`` by the job's
+        cancel, held as canceled (neither written nor spooled) until
+        ``resume_canceled``.
         ``written_ids`` (added, optional): the custom_ids of the lines written, so
         that after a crash ``unwritten`` tells a re-download what is still owed.
         With ``done``, a request of the batch that got no result line at all (the
@@ -279,3 +301,29 @@ class Ledger(Protocol):
         ...
 
     async def status(self) -> JobStatus: ...
+
+    async def request_cancel(self) -> None:
+        """(added) Record that the job is to be canceled: nothing more is submitted,
+        and whoever runs the job (this run, the next, or ``pipeline cancel``) cancels
+        its batches at the service, collects them and calls ``mark_canceled``. The
+        intent is recorded before anything is canceled, so that a crash in the
+        middle of a cancel is completed later. Idempotent; no-op on a job that
+        finished or is canceled already."""
+        ...
+
+    async def cancel_requested(self) -> bool:
+        """(added) Whether a cancel of the job was asked for and not completed yet
+        (by another process too: a running job checks it at each poll)."""
+        ...
+
+    async def mark_canceled(self) -> int:
+        """(added) The cancel is complete: no batch of the job is in flight any more.
+        A re-run says the job was canceled instead of going on. How many requests
+        are held as canceled."""
+        ...
+
+    async def resume_canceled(self) -> int:
+        """(added) Undo a completed cancel on purpose: the requests held as canceled
+        are spooled (same attempt: the cancel was not their failure) and the job
+        goes on like any unfinished job. How many were spooled."""
+        ...

@@ -52,12 +52,14 @@ import anyio.to_thread
 
 from .._errors import LedgerError, UsageError
 from ..stages._items import Reject, RejectError
+from . import _cancel
 from ._base import SpoolItem
 from ._files import JobLock, damaged, integrity_problems, ledger_error
 from ._sqlite_schema import (
     APP_TAG,
     SCHEMA,
     SCHEMA_VERSION,
+    cancel_state,
     check_meta,
     connect,
     decode_job,
@@ -413,9 +415,11 @@ class SQLiteLedger:
         done: bool = False,
         written_ids: Sequence[str] = (),
         durable: bool = False,
+        canceled: Sequence[str] = (),
     ) -> int:
         """The output sink's durable position after ``written`` more lines of this
-        batch; ``spool``: custom_ids to re-send (attempt + 1); ``written_ids``
+        batch; ``spool``: custom_ids to re-send (attempt + 1); ``canceled``: held as
+        canceled by the job's cancel (``_cancel.hold_canceled``); ``written_ids``
         (optional): the custom_ids of the lines written, so that ``unwritten`` can
         tell a re-download what is left; ``done``: the batch is collected, and what
         it claimed but got no result line for is spooled (their number is returned);
@@ -448,6 +452,8 @@ class SQLiteLedger:
                     "IN (SELECT value FROM json_each(?)) AND local_id = ? AND state = 'claimed'",
                     (c_spool, local_id),
                 )
+            if canceled:
+                _cancel.hold_canceled(c, local_id, canceled)
             return _settle_batch(c, local_id) if done else 0
 
         return await self._run(tx, fsync=durable)
@@ -575,6 +581,24 @@ class SQLiteLedger:
     async def status(self) -> JobStatus:
         """Progress counters and the batches in flight."""
         return await self._run(job_status)
+
+    # -- a job's cancel (see ``_cancel``) ------------------------------------------
+
+    async def request_cancel(self) -> None:
+        """Record the intent to cancel the job (idempotent; see ``Ledger``)."""
+        await self._run(_cancel.request_cancel_tx, fsync=True)
+
+    async def cancel_requested(self) -> bool:
+        """Whether a cancel was asked for (by any process) and is not complete."""
+        return await self._run(lambda c: cancel_state(c) == "requested")
+
+    async def mark_canceled(self) -> int:
+        """The cancel is complete; how many requests are held as canceled."""
+        return await self._run(_cancel.mark_canceled, fsync=True)
+
+    async def resume_canceled(self) -> int:
+        """Spool the requests held as canceled and clear the cancel; how many."""
+        return await self._run(_cancel.resume_canceled)
 
 
 def _takeover(conn: sqlite3.Connection, state: ResumeState) -> float | None:

@@ -19,11 +19,15 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
 
+    from ._base import CancelState
+
 __all__ = (
     "APP_TAG",
+    "CANCEL_KEY",
     "SCHEMA",
     "SCHEMA_VERSION",
     "TABLES",
+    "cancel_state",
     "check_meta",
     "connect",
     "decode_job",
@@ -39,11 +43,15 @@ SCHEMA_VERSION = 2
 #: the estimated spend is kept as an integer number of billionths of a dollar
 NANO_PER_USD = 1_000_000_000
 APP_TAG = "pipeline-ledger"
+#: The ``meta`` row of a job's cancel (absent: none): "requested", then "canceled".
+#: A row, not a table, so state files made before cancel existed read as they are.
+CANCEL_KEY = "cancel"
 
 SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- state: claimed (in batch local_id), spooled (waiting in spool to be re-sent),
--- rejected (its batch was refused). What a batch has written to the output is not
+-- rejected (its batch was refused), canceled (its result was canceled by the
+-- job's cancel: held until ``resume_canceled`` spools it). What a batch has written to the output is not
 -- marked per row (an UPDATE per result line): see ``written`` below.
 -- attempt: that of the current submission; for a spooled request, of the next.
 -- loc: the JSON array [line, offset, length]: its source line, and where to read
@@ -161,7 +169,22 @@ def resume_state(c: sqlite3.Connection, fresh: bool) -> ResumeState:
         pending_intents=_batches(c, ("intent", "sending")),
         spooled=_scalar(c, "SELECT count(*) FROM spool"),
         estimated_cost_usd=_estimated_usd(c),
+        cancel=cancel_state(c),
+        canceled=_canceled_count(c),
     )
+
+
+def cancel_state(c: sqlite3.Connection) -> CancelState | None:
+    """The job's cancel, from its ``meta`` row (None: no cancel)."""
+    row = c.execute("SELECT value FROM meta WHERE key = ?", (CANCEL_KEY,)).fetchone()
+    return None if row is None else row[0]  # type: ignore[no-any-return]
+
+
+def _canceled_count(c: sqlite3.Connection) -> int:
+    """Requests held as canceled (a scan, so only for a job that has a cancel)."""
+    if cancel_state(c) is None:
+        return 0
+    return int(_scalar(c, "SELECT count(*) FROM requests WHERE state = 'canceled'"))
 
 
 def _estimated_usd(c: sqlite3.Connection) -> float:
@@ -187,6 +210,8 @@ def job_status(c: sqlite3.Connection) -> JobStatus:
             *c.execute("SELECT offset, count FROM sinks WHERE name = 'output'").fetchone()
         ),
         estimated_cost_usd=_estimated_usd(c),
+        cancel=cancel_state(c),
+        canceled=_canceled_count(c),
     )
 
 
