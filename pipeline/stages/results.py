@@ -12,7 +12,9 @@ are matched by custom_id only.
 Routing: ``succeeded`` and final errors (``invalid_request_error`` and any other
 non-retryable type) go to the output; ``api_error``, ``overloaded_error`` and
 ``expired`` are re-sent while attempts are left (``max_attempts``), then go to the
-output as they are; ``canceled`` follows ``config.canceled``.
+output as they are; ``canceled`` follows ``config.canceled``, except while the job
+is being canceled (``canceling`` is set): then a canceled request is held in the
+ledger as canceled, neither written nor re-sent (``resume_canceled`` sends it).
 
 A broken download is re-opened and what this batch already delivered is skipped
 (a set of custom_ids bounded by the batch's size). A batch partly written before a
@@ -131,8 +133,11 @@ class ResultsCollector:
         progress: Progress,
         resumed: dict[int, int] | None = None,
         prices: PriceTable = DEFAULT_PRICES,
+        canceling: anyio.Event | None = None,
     ) -> None:
         self.client = client
+        #: set while the job is being canceled: canceled results are held, not written
+        self.canceling = canceling
         #: prices the actual cost of succeeded results
         self.prices = prices
         self.ledger = ledger
@@ -216,7 +221,7 @@ class ResultsCollector:
             tally.add_to(self.progress, self.prices)
             if views:
                 await self._write(state, block if lines is None else lines, len(views))
-        if len(state.written_ids) + len(state.spool) >= COMMIT_LINES:
+        if len(state.written_ids) + len(state.spool) + len(state.canceled) >= COMMIT_LINES:
             await self._commit(state, done=False)
 
     async def _route_some(
@@ -242,6 +247,12 @@ class ResultsCollector:
         else:
             retried = [(lines[i], views[i]) for i in retry]
             final = [line for i, line in enumerate(lines) if i not in skipped]
+        if retried and self._holding():  # the job's cancel: canceled ones are held
+            held_now = [(ln, v) for ln, v in retried if isinstance(v.result, _Canceled)]
+            retried = [(ln, v) for ln, v in retried if not isinstance(v.result, _Canceled)]
+            for _, view in held_now:
+                state.canceled.append(view.custom_id)
+                tally.other(view.result)
         if retried:
             attempts = await self.ledger.attempts([v.custom_id for _, v in retried])
             for line, view in retried:
@@ -277,8 +288,12 @@ class ResultsCollector:
         if isinstance(result, _Expired):
             return True
         if isinstance(result, _Canceled):
-            return self.config.canceled == "retry"
+            return self._holding() or self.config.canceled == "retry"
         return False
+
+    def _holding(self) -> bool:
+        """Whether the job is being canceled (canceled results are held)."""
+        return self.canceling is not None and self.canceling.is_set()
 
     async def _write(self, state: _BatchState, lines: bytes | list[bytes], count: int) -> None:
         """Write ``count`` lines, given as a list or as a block (``split_block``)."""
@@ -296,6 +311,7 @@ class ResultsCollector:
     async def _commit(self, state: _BatchState, *, done: bool) -> None:
         position = await self.sink.commit()
         written, spool = len(state.written_ids), len(state.spool)
+        held = len(state.canceled)
         missing = await self.ledger.commit_results(
             state.batch.local_id,
             output=position,
@@ -305,6 +321,7 @@ class ResultsCollector:
             written_ids=state.written_ids,
             # the batch is deleted right after: its collection must not be lost
             durable=done and self.config.delete_ended,
+            canceled=state.canceled,
         )
         if missing:
             logger.error(
@@ -314,13 +331,13 @@ class ResultsCollector:
             )
             spool += missing
         state.total_written += written
-        state.written_ids, state.spool = [], []
+        state.written_ids, state.spool, state.canceled = [], [], []
         progress = self.progress
         progress.written += written
-        progress.outstanding -= written + spool
+        progress.outstanding -= written + spool + held
         progress.spooled += spool
         progress.retried += spool
-        state.resolved += written + spool
+        state.resolved += written + spool + held
         if done:
             self._settle(state)
         progress.changed()
@@ -427,13 +444,23 @@ class _Tally:
 
 
 class _BatchState:
-    __slots__ = ("batch", "handled", "resolved", "spool", "total_written", "written_ids")
+    __slots__ = (
+        "batch",
+        "canceled",
+        "handled",
+        "resolved",
+        "spool",
+        "total_written",
+        "written_ids",
+    )
 
     def __init__(self, batch: EndedBatch) -> None:
         self.batch = batch
         self.handled: set[str] = set()
         self.written_ids: list[str] = []
         self.spool: list[str] = []
+        #: held as canceled by the job's cancel
+        self.canceled: list[str] = []
         self.total_written = 0
         self.resolved = 0
 
@@ -488,8 +515,10 @@ async def results(
     progress: Progress,
     resumed: dict[int, int] | None = None,
     prices: PriceTable = DEFAULT_PRICES,
+    canceling: anyio.Event | None = None,
 ) -> None:
-    """Collect every ended batch, one after the other, into ``sink``."""
+    """Collect every ended batch, one after the other, into ``sink``; while
+    ``canceling`` is set, canceled results are held in the ledger (a job cancel)."""
     collector = ResultsCollector(
         client=client,
         ledger=ledger,
@@ -499,6 +528,7 @@ async def results(
         progress=progress,
         resumed=resumed,
         prices=prices,
+        canceling=canceling,
     )
     async with receive:
         async for batch in receive:
