@@ -16,6 +16,7 @@ import msgspec
 __all__ = (
     "DEFAULT_API_KEY_ENV",
     "DEFAULT_BASE_URL",
+    "DEFAULT_BUDGET_ACTION",
     "DEFAULT_BUFFER_SIZE",
     "DEFAULT_CHUNK_BUFFER",
     "DEFAULT_DRY_RUN",
@@ -32,6 +33,7 @@ __all__ = (
     "DEFAULT_POLL_INTERVAL",
     "SERVICE_MAX_BATCH_BYTES",
     "SERVICE_MAX_BATCH_REQUESTS",
+    "BudgetAction",
     "CanceledPolicy",
     "DryRunMode",
     "DryRunPolicy",
@@ -82,6 +84,10 @@ DEFAULT_MAX_CREATE_BACKOFF = 60.0
 DryRunMode = Literal["off", "count-tokens", "messages"]
 DryRunPolicy = Literal["reject-shape", "continue", "abort"]
 CanceledPolicy = Literal["retry", "final"]
+#: What reaching ``budget_usd`` does: stop submitting (the job stays resumable) or
+#: cancel the job (its batches in flight too; see ``Pipeline.cancel``).
+BudgetAction = Literal["stop", "cancel"]
+DEFAULT_BUDGET_ACTION: BudgetAction = "stop"
 
 DEFAULT_DRY_RUN: DryRunMode = "count-tokens"
 DEFAULT_DRY_RUN_POLICY: DryRunPolicy = "reject-shape"
@@ -107,6 +113,9 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     dry_run_policy: DryRunPolicy = DEFAULT_DRY_RUN_POLICY
     dry_run_rate: float = DEFAULT_DRY_RUN_RATE
     budget_usd: float | None = None
+    #: at the budget: "stop" submitting (resumable: raise the budget and re-run) or
+    #: "cancel" the job, its batches in flight included (``Pipeline.cancel``)
+    budget_action: BudgetAction = DEFAULT_BUDGET_ACTION
     delete_ended: bool = False
     #: chunks waiting between the chunker and the submitter (see DEFAULT_CHUNK_BUFFER)
     chunk_buffer: int = DEFAULT_CHUNK_BUFFER
@@ -158,6 +167,10 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"dry_run_rate must be > 0, got {self.dry_run_rate}")
         if self.budget_usd is not None and self.budget_usd < 0:
             raise ValueError(f"budget_usd must be >= 0, got {self.budget_usd}")
+        if self.budget_action not in ("stop", "cancel"):
+            raise ValueError(
+                f"budget_action must be 'stop' or 'cancel', got {self.budget_action!r}"
+            )
         if self.models is not None and (not self.models or not all(self.models)):
             raise ValueError(
                 f"models must name at least one model (or be None to accept any), "

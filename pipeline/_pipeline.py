@@ -21,6 +21,12 @@ collected on the next start; ``run()`` returns with ``stopped_reason`` set).
 Cancelling the task that runs ``run()`` is immediate, and the state on disk stays
 consistent (every ledger step is one transaction; sinks are truncated back to their
 last commit on the next start).
+
+Canceling the job (``await pipeline.cancel()``, ``pipeline cancel`` from another
+process, or the budget with ``budget_action="cancel"``) is another thing: it stops
+the job as ``stop()`` does, then cancels its batches at the service, collects them
+and marks the job canceled (``_cancel.JobCancel``); a re-run says so instead of
+resubmitting, unless ``resume_canceled=True``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
+from ._cancel import JobCancel
 from ._config import AUTH_TOKEN_ENV, BASE_URL_ENV, DEFAULT_BASE_URL, PipelineConfig
 from ._errors import UsageError
 from ._observe import JobObserver, tracing_enabled
@@ -57,7 +64,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from ._pricing import PriceTable
-    from .ledger._base import Ledger
+    from .ledger._base import Ledger, ResumeState
     from .stages._items import RejectLine
 
 __all__ = ("Pipeline",)
@@ -91,7 +98,9 @@ class Pipeline(_JobResources, _StageWiring):
     None otherwise: rejects are then only counted and kept in the state file.
     ``state``: the ledger's SQLite file (default ``<output>.state``); ``ledger``
     replaces it with any ``Ledger``. A new job refuses to overwrite a non-empty
-    output or rejects file unless ``overwrite=True``.
+    output or rejects file unless ``overwrite=True``. A job that was canceled
+    (``cancel()``) runs again only with ``resume_canceled=True``, which sends its
+    canceled requests again and goes on.
 
     The service, as ``pipeline run`` picks it: ``client`` if given; else the key is
     ``api_key``, or the environment variable ``config.api_key_env``
@@ -102,7 +111,8 @@ class Pipeline(_JobResources, _StageWiring):
     the dry run's estimates and the spend guard.
 
     Run it with ``await pipeline.run()``, or ``async with pipeline:`` (and ``await
-    pipeline.wait()``); watch it with ``statistics()``; ``stop()`` it.
+    pipeline.wait()``); watch it with ``statistics()``; ``stop()`` it, or
+    ``cancel()`` its job.
     """
 
     #: True for sources that never run dry for good (a queue, a watched directory):
@@ -126,6 +136,7 @@ class Pipeline(_JobResources, _StageWiring):
         announce: Callable[[str], None] | None = None,
         prices: PriceTable | None = None,
         overwrite: bool = False,
+        resume_canceled: bool = False,
     ) -> None:
         self.config = config if config is not None else PipelineConfig()
         if not isinstance(source, str | os.PathLike | Iterable | AsyncIterable) and not callable(
@@ -192,6 +203,17 @@ class Pipeline(_JobResources, _StageWiring):
         self._source_chunk_size = DEFAULT_CHUNK_SIZE
         #: metrics, traces, health (``observer()``); None until asked for, or traced
         self._observer: JobObserver | None = None
+        #: a canceled job is run again only when this is True (``--resume-canceled``):
+        #: its canceled requests are sent again
+        self.resume_canceled = resume_canceled
+        #: the job is to be canceled (``cancel()``, a recorded request, the budget)
+        self._cancel_wanted = False
+        #: ``run()`` is only to complete a cancel (``cancel()`` on a job not running)
+        self._cancel_only = False
+        self._job_cancel: JobCancel | None = None
+        self._cancel_reason = "job canceled"
+        self._canceled = False
+        self._ended = anyio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -245,6 +267,7 @@ class Pipeline(_JobResources, _StageWiring):
             total=self._total(),
             finished=self._finished,
             stopped_reason=self._stopped_reason,
+            canceled=self._canceled,
         )
 
     def _total(self) -> int | None:
@@ -277,6 +300,37 @@ class Pipeline(_JobResources, _StageWiring):
         self._capacity.interrupt()
         self._progress.changed()
 
+    async def cancel(self) -> PipelineStatistics:
+        """Cancel the job: submit nothing more, cancel its batches in flight at the
+        service, write what they finished (their canceled requests are held as
+        canceled, not written nor re-sent) and mark the job canceled, so that a
+        re-run says so instead of resubmitting (``resume_canceled=True`` sends the
+        canceled requests again). On a running pipeline it stops the run and waits
+        for it to end; on one not started it opens the job's state, completes the
+        cancel and returns (as ``pipeline cancel`` does). Crash-safe and idempotent:
+        the intent is recorded in the ledger first, and whoever runs the job next
+        completes a cancel cut short. The final statistics (``canceled`` is True)."""
+        if self._state is _State.RUNNING:
+            self._begin_cancel("job canceled (Pipeline.cancel)")
+            await self._ended.wait()
+            return self.statistics()
+        if self._state is _State.CLOSED:
+            raise UsageError(
+                "this Pipeline's run has ended; build a new one with the same state to "
+                "cancel its job"
+            )
+        self._cancel_only = True
+        return await self.run()
+
+    def _begin_cancel(self, reason: str) -> None:
+        """The job is to be canceled: stop as ``stop()`` does, and from now on hold
+        canceled results; the run completes the cancel once its stages end."""
+        self._cancel_wanted = True
+        self._cancel_reason = reason
+        if self._job_cancel is not None:
+            self._job_cancel.canceling.set()
+        self.stop(reason)
+
     # -- running ---------------------------------------------------------------------
 
     async def run(self) -> PipelineStatistics:
@@ -296,6 +350,7 @@ class Pipeline(_JobResources, _StageWiring):
             _thaw_heap()
             self._elapsed = time.monotonic() - self._started
             self._state = _State.CLOSED
+            self._ended.set()
         stats = self.statistics()
         self._result = stats
         return stats
@@ -359,12 +414,15 @@ class Pipeline(_JobResources, _StageWiring):
         if observer is not None:
             name = str(self._input_path or self._output_path or self._state_path or "")
             stack.enter_context(observer.job(name, self.statistics))
-        self._check_before_start()
+        if not self._cancel_only:
+            self._check_before_start()
         ledger = await self._open_ledger(stack)
-        # the input's fingerprint reads all of it: not on the event loop
-        resume = await ledger.open(await anyio.to_thread.run_sync(self._job_spec))
+        resume = await self._open_job(ledger)
         if resume.fresh:
             self._check_overwrite()
+        if resume.cancel == "canceled" and (self._cancel_only or not self.resume_canceled):
+            await self._already_canceled(ledger)
+            return
         if resume.finished and not self.open_ended:
             await self._already_finished(ledger, resume)
             return
@@ -372,11 +430,59 @@ class Pipeline(_JobResources, _StageWiring):
         if observer is not None:
             observer.attach(client)
         sink, rejects_sink = await self._open_sinks(stack, resume)
+        self._job_cancel = JobCancel(
+            ledger=ledger,
+            client=client,
+            config=self.config,
+            progress=self._progress,
+            prices=self._price_table(),
+        )
+        if self._cancel_only or self._cancel_wanted or resume.cancel == "requested":
+            # a cancel asked for now, or one a crash cut short: complete it first
+            await self._complete_cancel(sink, resumed_cancel=resume.cancel == "requested")
+            return
+        if resume.cancel == "canceled":  # resume_canceled: send them again on purpose
+            again = await ledger.resume_canceled()
+            resume.spooled += again
+            self._announce(f"pipeline: job was canceled; {again:,} canceled request(s) sent again")
         try:
             resumed = await self._resume(resume, ledger, client)
         except _Stopped:
-            return  # stopped while settling a create of unknown outcome: next start
-        await self._run_stages(client, ledger, sink, rejects_sink, resume, resumed)
+            if not self._cancel_wanted:
+                return  # stopped while settling a create of unknown outcome: next start
+        else:
+            await self._run_stages(client, ledger, sink, rejects_sink, resume, resumed)
+        if self._cancel_wanted:
+            await self._complete_cancel(sink)
+
+    async def _open_job(self, ledger: Ledger) -> ResumeState:
+        """Open the job's state; to cancel a job, whatever job the state holds (its
+        input is not read: it may have changed or be gone)."""
+        open_existing = getattr(ledger, "open_existing", None)
+        if self._cancel_only and self._ledger_given is None and open_existing is not None:
+            resume: ResumeState = await open_existing()
+            return resume
+        # the input's fingerprint reads all of it: not on the event loop
+        return await ledger.open(await anyio.to_thread.run_sync(self._job_spec))
+
+    async def _complete_cancel(self, sink: ResultSink, *, resumed_cancel: bool = False) -> None:
+        """Complete the job's cancel (``JobCancel.complete``) and say what it left."""
+        job_cancel = self._job_cancel
+        assert job_cancel is not None
+        self._cancel_wanted = True
+        job_cancel.canceling.set()
+        self.stop(self._cancel_reason)
+        held = await job_cancel.complete(sink)
+        self._canceled = True
+        again = "re-run with --resume-canceled (Python: resume_canceled=True) to send them again"
+        if resumed_cancel and self.resume_canceled and not self._cancel_only:
+            again = "this run completed a cancel cut short; re-run with --resume-canceled now"
+        self._stopped_reason = f"{self._cancel_reason}: {held:,} request(s) canceled; {again}"
+        logger.warning(
+            "%s",
+            self._stopped_reason,
+            extra={"batches_canceled": job_cancel.batches_canceled, "canceled": held},
+        )
 
     # -- resources -----------------------------------------------------------------
 

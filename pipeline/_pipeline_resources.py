@@ -73,6 +73,9 @@ class _JobResources:
     _overwrite: bool
     _progress: Progress
     _finished: bool
+    _canceled: bool
+    _cancel_only: bool
+    _stopped_reason: str | None
 
     def _check_paths(self) -> None:
         """The files a job writes are neither its input nor one another (``--overwrite``
@@ -154,11 +157,31 @@ class _JobResources:
         p.estimated_cost_usd = status.estimated_cost_usd
         p.source_done = True
         self._finished = True
+        if self._cancel_only:
+            logger.warning("this job already finished; nothing to cancel")
+            return
         logger.warning(
             "this job already finished; nothing to do (state %s). Remove the state file "
             "to run it again (with --overwrite / overwrite=True to replace its output).",
             self._state_path or "in the ledger",
         )
+
+    async def _already_canceled(self, ledger: Ledger) -> None:
+        """A re-run of a canceled job: its counts from the ledger, and why it stops."""
+        status = await ledger.status()
+        p = self._progress
+        p.read, p.rejected, p.submitted = status.read, status.rejected, status.submitted
+        p.ended, p.written, p.spooled = status.ended, status.written, status.spooled
+        if status.canceled:
+            p.outcome("canceled", status.canceled)
+        self._canceled = True
+        self._stopped_reason = (
+            f"this job was canceled: {status.canceled:,} request(s) canceled, "
+            f"{status.spooled:,} waiting to be re-sent, input read to line {status.read:,}; "
+            "nothing was sent. Re-run with --resume-canceled (Python: resume_canceled=True) "
+            "to send them and go on"
+        )
+        logger.warning("%s", self._stopped_reason)
 
     async def _start_emulator(self, stack: AsyncExitStack) -> str:
         from .emulator import EmulatorConfig

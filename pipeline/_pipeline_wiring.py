@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine
     from pathlib import Path
 
+    from ._cancel import JobCancel
     from ._config import PipelineConfig
     from ._errors import BudgetExceededError
     from ._pipeline import Source
@@ -86,6 +87,9 @@ class _StageWiring:
     _dry_run_meter: Any
     _spent_before: float
     _number_from: int
+    _job_cancel: JobCancel | None
+
+    def _begin_cancel(self, reason: str) -> None: ...
 
     async def _resume(
         self, resume: ResumeState, ledger: Ledger, client: Client
@@ -225,6 +229,7 @@ class _StageWiring:
                     progress=p,
                     resumed={r.local_id: owed for r, owed in resumed},
                     prices=self._price_table(),
+                    canceling=self._job_cancel.canceling if self._job_cancel else None,
                 ),
             ),
             (
@@ -241,12 +246,16 @@ class _StageWiring:
             position=resume.rejects,
             done=rejects_done,
         )
+        watch_scope = anyio.CancelScope()
+        watch = self._watch_cancel(watch_scope)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._guard, "rejects", writer)
+                tg.start_soon(self._guard, "cancel", watch)
                 async with anyio.create_task_group() as main:
                     for name, coro in stages:
                         main.start_soon(self._guard, name, coro)
+                watch_scope.cancel()
                 rejects_done.set()
                 p.rejects_recorded.set()
         except BaseExceptionGroup as group:
@@ -255,7 +264,7 @@ class _StageWiring:
             # A stage cancelled before its first step (another failed at once) never
             # entered its ``async with``: close its coroutine and the stream ends it
             # would have closed (both idempotent), or they leak until the GC warns.
-            for coro in [writer, *(c for _, c in stages)]:
+            for coro in [writer, watch, *(c for _, c in stages)]:
                 coro.close()
             for end in ends:
                 end.close()
@@ -266,6 +275,16 @@ class _StageWiring:
                 await ledger.mark_finished()
             self._finished = True
             self._warn_if_input_grew()
+
+    async def _watch_cancel(self, scope: anyio.CancelScope) -> None:
+        """The hook by which a running job learns of a cancel: ``JobCancel.watch``
+        checks the ledger once per poll interval (another process may record one:
+        ``pipeline cancel``); cancelled (``scope``) once the stages end."""
+        with scope:
+            if self._job_cancel is not None:
+                await self._job_cancel.watch(
+                    lambda: self._begin_cancel("job canceled (pipeline cancel)")
+                )
 
     def _warn_if_input_grew(self) -> None:
         """Lines appended to the input after it was read to its end are not sent:
@@ -362,6 +381,8 @@ class _StageWiring:
     def _budget_reached(self, exc: BudgetExceededError) -> None:
         logger.warning("%s", exc)
         self._cut_input(str(exc))
+        if self.config.budget_action == "cancel":  # and cancel what is in flight too
+            self._begin_cancel(f"{exc} (budget action: cancel)")
 
     def _cut_input(self, reason: str) -> None:
         """Submit nothing more (the spend guard ended its stream) but collect every

@@ -58,5 +58,8 @@ class PipelineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     #: requests known to be in the job, when the source can tell (else None)
     total: int | None = None
     finished: bool = False
-    #: why the job stopped early (budget reached, signal), else None
+    #: why the job stopped early (budget reached, signal, canceled), else None
     stopped_reason: str | None = None
+    #: the job is canceled (``Pipeline.cancel()``, ``pipeline cancel``, the budget's
+    #: cancel action): a re-run sends nothing unless ``resume_canceled=True``
+    canceled: bool = False
