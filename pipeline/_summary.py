@@ -72,6 +72,8 @@ def outcome_counts(stats: PipelineStatistics) -> tuple[dict[str, int], dict[str,
 
 def _headline(stats: PipelineStatistics) -> str:
     took = format_duration(stats.elapsed_seconds)
+    if stats.canceled:
+        return f"Job canceled ({stats.stopped_reason}) after {took}"
     if stats.stopped_reason:
         return f"Job stopped ({stats.stopped_reason}) after {took}"
     if stats.finished:

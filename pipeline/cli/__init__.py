@@ -1,7 +1,7 @@
 """The ``pipeline`` command line: one sub-command per module, imported lazily so
 that start-up stays fast (the emulator's server stack loads only for ``emulator``).
 
-Each sub-command module (``run``, ``worker``, ``status``, ``emulator``) exposes
+Each sub-command module (``run``, ``worker``, ``status``, ``emulator``, ``cancel``) exposes
 ``add_parser(subparsers)``, which registers the sub-command and sets ``func``
 (taking the parsed namespace, returning an exit code); what they share (exit
 codes, the output options, the signal handler of ``run`` and ``worker``) is in
@@ -27,6 +27,7 @@ _COMMANDS = {
     "emulator": "pipeline.cli.emulator",
     "status": "pipeline.cli.status",
     "worker": "pipeline.cli.worker",
+    "cancel": "pipeline.cli.cancel",
 }
 
 _HELP = {
@@ -34,6 +35,7 @@ _HELP = {
     "emulator": "serve the local emulator of the Message Batches API",
     "status": "show the progress of a job from its state file",
     "worker": "run a Python pipeline definition as a long-lived worker",
+    "cancel": "cancel a job: its batches at the service too, and mark it canceled",
 }
 
 

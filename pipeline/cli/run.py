@@ -7,7 +7,8 @@ stderr.
 
 Exit status: 0 when the job finished (errored results are outcomes, not failures);
 3 when it ended unfinished but resumable (the budget was reached, or a SIGTERM /
-SIGINT stopped it gracefully), with a one-line reason; 1 with a one-line reason
+SIGINT stopped it gracefully), with a one-line reason; 4 when the job is canceled
+(``pipeline cancel``, ``--budget-action cancel``) or a re-run found it canceled; 1 with a one-line reason
 when it failed (an API, state file or file system error); 2 for bad options or input
 (see the README); 128 + signal number when
 a second signal cut it short (the state on disk stays consistent: re-running the
@@ -39,12 +40,14 @@ from .._config import (
     PipelineConfig,
 )
 from .shared import (
+    EXIT_CANCELED,
     EXIT_FAILED,
     EXIT_NOT_FINISHED,
     EXIT_OK,
     EXIT_USAGE,
     SignalNotice,
     Signals,
+    add_cancel_options,
     add_monitor_options,
     add_output_options,
     event_loop_options,
@@ -80,7 +83,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "budget was reached, or a first SIGTERM/SIGINT stopped it gracefully), with the "
             "reason on stderr; 1 it failed, with a one-line reason; 2 bad options, a "
             "--api-key-env variable that is not set, or an output a new job would "
-            "overwrite without --overwrite; 128 + signal when a second signal cut it short."
+            "overwrite without --overwrite; 4 the job is canceled (by `pipeline cancel` or "
+            "--budget-action cancel), or a re-run found it canceled (--resume-canceled sends "
+            "its canceled requests again); 128 + signal when a second signal cut it short."
         ),
     )
     parser.add_argument("input", metavar="INPUT.jsonl", help="the batch requests, one per line")
@@ -242,6 +247,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the built-in table lacks or prices differently (repeatable), e.g. "
         "--price claude-x=1.5,7.5",
     )
+    add_cancel_options(parser)
     add_output_options(parser)
     add_monitor_options(parser)
     parser.set_defaults(func=run_command)
@@ -267,6 +273,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         dry_run_policy=args.dry_run_policy,
         dry_run_rate=args.dry_run_rate,
         budget_usd=args.budget_usd,
+        budget_action=args.budget_action or "stop",
         delete_ended=args.delete_ended,
         models=args.models,
         allow_fields=frozenset().union(*args.allow_field),
@@ -334,6 +341,7 @@ def run_command(args: argparse.Namespace) -> int:
             state=args.state,
             announce=announce,
             overwrite=args.overwrite,
+            resume_canceled=args.resume_canceled,
             prices=DEFAULT_PRICES.with_prices(dict(args.price)) if args.price else None,
         )
         # the run checks again; here a missing input or directory is said before
@@ -362,6 +370,9 @@ def run_command(args: argparse.Namespace) -> int:
         return signals.exit_code or exit_code_of_signal(signal.SIGINT)
     if stats.finished:
         return EXIT_OK
+    if stats.canceled:
+        _report(args, logging.WARNING, stats.stopped_reason or "the job is canceled")
+        return EXIT_CANCELED
     reason = stats.stopped_reason or "the run ended with requests left"
     if "re-run" not in reason:
         reason += "; re-run the same command to resume"

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .._stats import PipelineStatistics
 
 __all__ = (
+    "EXIT_CANCELED",
     "EXIT_FAILED",
     "EXIT_NOT_FINISHED",
     "EXIT_OK",
@@ -36,6 +37,7 @@ __all__ = (
     "SignalNotice",
     "Signals",
     "Stoppable",
+    "add_cancel_options",
     "add_monitor_options",
     "add_output_options",
     "event_loop_options",
@@ -52,6 +54,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: ``run`` ended unfinished but resumable (the budget, a graceful stop).
 EXIT_NOT_FINISHED = 3
+#: The job is canceled (``pipeline cancel``, ``--budget-action cancel``), or a re-run
+#: found it canceled: ``run`` / ``worker`` send nothing more until ``--resume-canceled``.
+EXIT_CANCELED = 4
 
 #: The signals that stop ``run`` and ``worker``: the first gracefully, a second at once.
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -92,6 +97,24 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="live: a display redrawn in place; plain: a log line every 10 s; off; "
         "auto (default): live when stderr is a terminal, else plain",
+    )
+
+
+def add_cancel_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--resume-canceled`` and ``--budget-action`` to ``run`` and ``worker``."""
+    group = parser.add_argument_group("cancel")
+    group.add_argument(
+        "--resume-canceled",
+        action="store_true",
+        help="run a canceled job again: send its canceled requests again, on purpose, and "
+        "go on (without it, a canceled job sends nothing and exits 4)",
+    )
+    group.add_argument(
+        "--budget-action",
+        choices=("stop", "cancel"),
+        default=None,
+        help="at --budget-usd: stop submitting (default; resumable, exit 3) or cancel the "
+        "job, its batches in flight at the service too (exit 4)",
     )
 
 

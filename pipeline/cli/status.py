@@ -177,6 +177,17 @@ def format_status(status: JobStatus, now: float) -> str:
         lines.append(f"job        {job.input_path or '<iterable>'} -> {job.output_path}{rejects}")
     if status.finished:
         state = "finished: every request has its result in the output"
+    elif status.cancel == "canceled":
+        state = (
+            f"canceled: {status.canceled:,} request(s) canceled (re-run with "
+            "--resume-canceled to send them again)"
+        )
+    elif status.cancel == "requested":
+        state = "canceling: " + (
+            "the worker is canceling it"
+            if status.worker_running
+            else "cut short; `pipeline cancel --state` (or a re-run) completes it"
+        )
     elif status.worker_running:
         state = "running (a worker holds the state)"
     else:
@@ -190,6 +201,7 @@ def format_status(status: JobStatus, now: float) -> str:
         f"ended      {status.ended:,}",
         f"written    {status.written:,} ({status.output.offset:,} bytes durable in the output)",
         f"spooled    {status.spooled:,} (waiting to be re-sent)",
+        *([f"canceled   {status.canceled:,} (held by the job's cancel)"] if status.cancel else []),
         f"in flight  {len(status.batches):,} batches, {in_flight:,} requests",
         f"estimated  ${status.estimated_cost_usd:,.4f} for the requests sent so far (what "
         "--budget-usd counts: input plus max_tokens of output, at batch prices)",

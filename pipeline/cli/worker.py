@@ -8,11 +8,13 @@ import signal
 from typing import TYPE_CHECKING
 
 from .shared import (
+    EXIT_CANCELED,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     SignalNotice,
     Signals,
+    add_cancel_options,
     add_monitor_options,
     add_output_options,
     event_loop_options,
@@ -40,6 +42,12 @@ SIGTERM / SIGINT: stop reading input, submit or spool what is in hand, flush
 the sinks, commit, exit 0 (batches at the service are collected on the next
 start). A second signal exits at once (exit 128 + signal), still consistent
 on disk.
+
+`pipeline cancel --state S` from another shell cancels the job: the worker
+notices it within a poll interval, cancels its batches at the service,
+collects what they finished, marks the job canceled and exits 4. Started
+again on a canceled job, it sends nothing and exits 4, unless
+--resume-canceled.
 """
 
 #: ``worker``'s notices of the first and the second signal.
@@ -62,6 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("definition", metavar="DEFINITION.py", help="the pipeline definition file")
+    add_cancel_options(parser)
     add_output_options(parser)
     add_monitor_options(parser)
     parser.set_defaults(func=main)
@@ -93,7 +102,20 @@ async def run_definition(args: argparse.Namespace) -> int:
 
     namespace = load_definition(args.definition)
     pipeline = await resolve_pipeline(namespace, path=str(args.definition))
+    _apply_cancel_options(pipeline, args)
     return await run_worker(pipeline, args=args)
+
+
+def _apply_cancel_options(pipeline: object, args: argparse.Namespace) -> None:
+    """``--resume-canceled`` and ``--budget-action`` on the definition's pipeline."""
+    import msgspec
+
+    if getattr(args, "resume_canceled", False) and hasattr(pipeline, "resume_canceled"):
+        pipeline.resume_canceled = True
+    action = getattr(args, "budget_action", None)
+    config = getattr(pipeline, "config", None)
+    if action is not None and config is not None:
+        pipeline.config = msgspec.structs.replace(config, budget_action=action)  # type: ignore[attr-defined]
 
 
 async def run_worker(pipeline: StoppablePipeline, *, args: argparse.Namespace) -> int:
@@ -104,6 +126,9 @@ async def run_worker(pipeline: StoppablePipeline, *, args: argparse.Namespace) -
     if signals.exit_code is not None:
         return signals.exit_code
     stats = pipeline.statistics()
+    if stats.canceled:
+        logger.warning("worker done: %s", stats.stopped_reason, extra={"written": stats.written})
+        return EXIT_CANCELED
     logger.info(
         "worker done: %d written, %d in flight left for the next start",
         stats.written,
