@@ -1,0 +1,148 @@
+"""Canceling a job from Python (``await pipeline.cancel()``): the acceptance test of
+issue 18's first item, and the budget's cancel action.
+
+The emulator runs on a ``ManualClock``: its batches take 60 s of emulator time, so
+they stay ``in_progress`` until the test moves the clock (no sleeps: the test waits
+on conditions, bounded)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import anyio
+
+from pipeline import Pipeline, PipelineConfig
+from pipeline.ledger import read_status
+from pipeline.testing import EmulatorConfig, ManualClock, serve_emulator
+
+from ._cancel_helpers import SECRET_KEY, batch_statuses, output_outcomes, wait_for, write_input
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    from pipeline.testing import EmulatorHandle
+
+REQUESTS = 50_000
+BATCH = 10_000
+
+
+def _pipeline(tmp: Path, url: str, **kwargs: object) -> Pipeline:
+    config = PipelineConfig(
+        dry_run="off",
+        poll_interval=0.05,
+        linger_seconds=0.05,
+        **kwargs.pop("config", {}),  # type: ignore[arg-type]
+    )
+    return Pipeline(
+        tmp / "in.jsonl",
+        tmp / "out.jsonl",
+        state=tmp / "job.state",
+        api_key=SECRET_KEY,
+        base_url=url,
+        config=config,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def _all_canceling_or_ended(url: str, count: int) -> bool:
+    batches = await batch_statuses(url)
+    return len(batches) == count and all(
+        b.processing_status in ("canceling", "ended") for b in batches
+    )
+
+
+async def test_cancel_a_50k_job_then_rerun_then_resume_canceled(tmp_path: Path) -> None:
+    ids = write_input(tmp_path / "in.jsonl", REQUESTS)
+    clock = ManualClock()
+    emu_config = EmulatorConfig(batch_seconds=60, clock=clock)
+    async with serve_emulator(emu_config) as emu:
+        pipeline = _pipeline(tmp_path, emu.url)
+        async with pipeline:
+            await wait_for(_submitted(pipeline, REQUESTS), timeout=60, what="every batch created")
+            emu.advance(6)  # a tenth of each 60 s batch is processed, the rest not yet
+            canceled_at = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                seen: list[float] = []
+
+                async def watch() -> None:
+                    await wait_for(lambda: _all_canceling_or_ended(emu.url, 5), timeout=60)
+                    seen.append(time.monotonic() - canceled_at)
+
+                tg.start_soon(watch)
+                stats = await pipeline.cancel()
+        # within 5 s of the cancel, no batch of the job is still in progress
+        assert seen
+        assert seen[0] <= 5.0, seen
+        assert stats.canceled
+        assert not stats.finished
+        assert stats.outcomes == {"succeeded": BATCH // 10 * 5, "canceled": REQUESTS // 10 * 9}
+        assert "canceled" in (stats.stopped_reason or "")
+        outcomes = output_outcomes(tmp_path / "out.jsonl")
+        assert Counter(outcomes.values()) == {"succeeded": REQUESTS // 10}
+        for batch in await batch_statuses(emu.url):
+            assert batch.processing_status == "ended"
+            assert batch.request_counts.canceled == BATCH // 10 * 9
+        state = await read_status(tmp_path / "job.state")
+        assert (state.cancel, state.canceled, state.batches) == ("canceled", 45_000, [])
+
+        # a re-run says the job is canceled and sends nothing
+        again = await _pipeline(tmp_path, emu.url).run()
+        assert again.canceled
+        assert again.outcomes == {"canceled": 45_000}
+        assert "resume-canceled" in (again.stopped_reason or "")
+        assert Counter(emu.submissions().values()) == {1: REQUESTS}
+
+        # --resume-canceled sends the canceled requests again and finishes the job once
+        await _resume(tmp_path, emu)
+        # sent again exactly once: the succeeded ones once in all, the canceled twice
+        assert Counter(emu.submissions().values()) == {1: 5_000, 2: 45_000}
+    outcomes = output_outcomes(tmp_path / "out.jsonl")
+    assert sorted(outcomes) == ids
+    assert set(outcomes.values()) == {"succeeded"}
+    assert (await read_status(tmp_path / "job.state")).finished
+
+
+async def _resume(tmp: Path, emu: EmulatorHandle) -> None:
+    resumed = _pipeline(tmp, emu.url, resume_canceled=True)
+    async with resumed:
+        await wait_for(
+            lambda: _emulator_holds(emu, 95_000), timeout=60, what="the canceled sent again"
+        )
+        emu.advance(61)
+        stats = await resumed.wait()
+    assert stats.finished
+    assert not stats.canceled
+    assert stats.outcomes == {"succeeded": 45_000}
+
+
+async def _emulator_holds(emu: EmulatorHandle, total: int) -> bool:
+    return sum(emu.submissions().values()) >= total
+
+
+def _submitted(pipeline: Pipeline, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        stats = pipeline.statistics()
+        return stats.submitted >= n and stats.batches_in_flight == n // BATCH
+
+    return check
+
+
+async def test_budget_action_cancel_cancels_the_batches_in_flight(tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 2_000)
+    async with serve_emulator(EmulatorConfig(batch_seconds=60, clock=ManualClock())) as emu:
+        # about 500 requests' worth: the budget is reached with batches in flight
+        config = {"budget_usd": 0.003, "budget_action": "cancel", "max_batch_requests": 100}
+        stats = await _pipeline(tmp_path, emu.url, config=config).run()
+        batches = await batch_statuses(emu.url)
+    assert stats.canceled
+    assert "budget" in (stats.stopped_reason or "")
+    assert 0 < stats.submitted < 2_000
+    # nothing was processed (the clock never moved): every request sent is canceled
+    assert stats.outcomes == {"canceled": stats.submitted}
+    assert batches
+    assert all(b.processing_status == "ended" for b in batches)
+    assert sum(b.request_counts.canceled for b in batches) == stats.submitted
+    assert (tmp_path / "out.jsonl").read_bytes() == b""
