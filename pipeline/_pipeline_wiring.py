@@ -194,6 +194,7 @@ class _StageWiring:
                     progress=p,
                     reconcile=reconciler(ledger, client, sleep=self._settle_sleep),
                     sleep=self._sleep,
+                    canceling=self._job_cancel.canceling if self._job_cancel else None,
                 ),
             ),
             (

@@ -16,6 +16,7 @@ import anyio
 import httpx
 import msgspec
 
+from pipeline import LedgerError
 from pipeline.ledger import read_status
 
 if TYPE_CHECKING:
@@ -104,8 +105,11 @@ async def wait_for(
 
 
 async def status(state: Path) -> JobStatus | None:
-    """The job's status, None while there is no state file yet."""
-    return await read_status(state) if state.exists() else None
+    """The job's status, None while there is no (complete) state file yet."""
+    try:
+        return await read_status(state)
+    except LedgerError:
+        return None
 
 
 def command(*args: str, key: str = SECRET_KEY) -> subprocess.Popen[str]:

@@ -12,7 +12,8 @@ refused for now (429, 5xx, 408/409, no connection), still refused after the
 client's own retries, certainly made no batch: the submitter backs off
 (exponentially, capped at ``max_create_backoff``) and tries again, so a
 long-lived worker rides out an outage; a graceful stop during the wait spools the
-requests for the next start.
+requests for the next start. Once the job is being canceled (``canceling`` set),
+nothing more is created: a claimed chunk is released to the spool instead.
 
 Memory: the submitter holds one chunk at a time, and lets go of it (entries and
 body) as soon as its create is recorded; the body is rebuilt for each try rather
@@ -100,7 +101,10 @@ class Submitter:
         clock: Callable[[], float] = time.time,
         reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        canceling: anyio.Event | None = None,
     ) -> None:
+        #: set once the job is being canceled: create nothing more
+        self.canceling = canceling
         #: ``reconcile(local_id, request_count, body_bytes, sent_at)``: the id of the
         #: batch an unknown-outcome create made, or None when it certainly made none
         #: (the reconciler then released the intent to the spool)
@@ -159,6 +163,10 @@ class Submitter:
     async def send(self, local_id: int, entries: list[Entry]) -> list[SubmittedBatch]:
         """Send one claimed intent (and the halves of it after a 413)."""
         n = len(entries)
+        if self.canceling is not None and self.canceling.is_set():
+            await self.ledger.release(local_id)  # the job is being canceled: send nothing
+            self._spooled(n)
+            return []
         if not await self.capacity.acquire(n):
             # stopping and the service is full: spool it for the next start
             await self.ledger.release(local_id)
@@ -299,9 +307,11 @@ async def submitter(
     clock: Callable[[], float] = time.time,
     reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    canceling: anyio.Event | None = None,
 ) -> None:
     """Create a batch per chunk and send it on to the poller. ``sleep`` is the
-    back-off wait after a create refused for now (inject a virtual one in tests)."""
+    back-off wait after a create refused for now (inject a virtual one in tests);
+    once ``canceling`` is set (the job is being canceled), nothing more is created."""
     state = Submitter(
         client=client,
         ledger=ledger,
@@ -311,6 +321,7 @@ async def submitter(
         clock=clock,
         reconcile=reconcile,
         sleep=sleep,
+        canceling=canceling,
     )
     async with receive, send:
         async for chunk in receive:
