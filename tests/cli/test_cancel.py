@@ -63,10 +63,10 @@ async def _all_submitted(tmp: Path) -> bool:
     return st is not None and st.submitted == REQUESTS
 
 
-async def _job_in_flight(tmp: Path, url: str) -> subprocess.Popen[str]:
+async def _job_in_flight(tmp: Path, url: str, *extra: str) -> subprocess.Popen[str]:
     """A worker running the job with every batch created (none processed yet)."""
     write_input(tmp / "in.jsonl", REQUESTS)
-    worker = _run(tmp, url)
+    worker = _run(tmp, url, *extra)
     await wait_for(lambda: _all_submitted(tmp), what="every batch created")
     await advance(url, 6)  # a tenth of each batch is processed, the rest not yet
     return worker
@@ -115,7 +115,7 @@ async def test_cancel_with_no_worker_running_then_rerun_sends_nothing(
 
 
 async def test_cancel_a_running_worker_from_another_process(tmp_path: Path, emulator: str) -> None:
-    worker = await _job_in_flight(tmp_path, emulator)
+    worker = await _job_in_flight(tmp_path, emulator, "--progress", "plain")
     cancel = _cancel(tmp_path, emulator)  # not refused: the worker holds the job's lock
     await wait_for(lambda: _every_batch(emulator, "canceling"), what="batches canceling")
     await advance(emulator, 31)
@@ -123,6 +123,7 @@ async def test_cancel_a_running_worker_from_another_process(tmp_path: Path, emul
     code, printed = finish(cancel)
     assert worker_code == 4, worker_printed  # the worker noticed, completed it, exited 4
     assert "job canceled (pipeline cancel): 540 request(s) canceled" in worker_printed
+    assert "succeeded 60 · errored 0 · canceled 540" in worker_printed  # its summary
     assert code == 0, printed
     assert "canceled by its worker" in printed
     await _assert_canceled(tmp_path, emulator)
