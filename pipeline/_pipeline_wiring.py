@@ -282,7 +282,10 @@ class _StageWiring:
         checks the ledger once per poll interval (another process may record one:
         ``pipeline cancel``); cancelled (``scope``) once the stages end."""
         with scope:
-            if self._job_cancel is not None:
+            # a ledger written before cancel existed: no cancel from another process
+            if self._job_cancel is not None and hasattr(
+                self._job_cancel.ledger, "cancel_requested"
+            ):
                 await self._job_cancel.watch(
                     lambda: self._begin_cancel("job canceled (pipeline cancel)")
                 )

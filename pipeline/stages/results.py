@@ -312,6 +312,9 @@ class ResultsCollector:
         position = await self.sink.commit()
         written, spool = len(state.written_ids), len(state.spool)
         held = len(state.canceled)
+        # ``canceled`` only when there are some: a ledger written before cancel existed
+        # (without the keyword) works on for every job that is not canceled
+        extra = {"canceled": state.canceled} if held else {}
         missing = await self.ledger.commit_results(
             state.batch.local_id,
             output=position,
@@ -321,7 +324,7 @@ class ResultsCollector:
             written_ids=state.written_ids,
             # the batch is deleted right after: its collection must not be lost
             durable=done and self.config.delete_ended,
-            canceled=state.canceled,
+            **extra,
         )
         if missing:
             logger.error(
