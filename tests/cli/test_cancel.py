@@ -203,3 +203,33 @@ async def _cancel_under_way(tmp: Path, url: str) -> bool:
         return False
     batches = await batch_statuses(url)
     return len(batches) == len(st.batches) and await _every_batch(url, "canceling")
+
+
+async def test_worker_on_a_canceled_job_exits_4_until_resume_canceled(
+    tmp_path: Path, emulator: str
+) -> None:
+    write_input(tmp_path / "in.jsonl", REQUESTS)
+    # a budget of $0 with the cancel action: canceled before anything is sent
+    code, printed = finish(
+        _run(tmp_path, emulator, "--budget-usd", "0", "--budget-action", "cancel")
+    )
+    assert code == 4, printed
+    definition = tmp_path / "job.py"
+    definition.write_text(
+        "import os\n"
+        "from pipeline import Pipeline, PipelineConfig\n"
+        f"pipeline = Pipeline({str(tmp_path / 'in.jsonl')!r}, {str(tmp_path / 'out.jsonl')!r},\n"
+        f"    state={str(tmp_path / 'job.state')!r}, base_url={emulator!r},\n"
+        "    config=PipelineConfig(dry_run='off', poll_interval=0.05, linger_seconds=0.02,\n"
+        f"        max_batch_requests={BATCH}))\n"
+    )
+    code, printed = finish(command("worker", str(definition), "--progress", "off"))
+    assert code == 4, printed
+    assert "this job was canceled" in printed
+    assert await submissions(emulator) == {}
+    worker = command("worker", str(definition), "--progress", "off", "--resume-canceled")
+    await wait_for(lambda: _submitted(tmp_path, REQUESTS), what="the job sent")
+    await advance(emulator, 61)
+    code, printed = finish(worker)
+    assert code == 0, printed
+    assert Counter(output_outcomes(tmp_path / "out.jsonl").values()) == {"succeeded": REQUESTS}
