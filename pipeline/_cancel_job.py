@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 import msgspec
 
+from ._config import DEFAULT_API_KEY_ENV, PipelineConfig
 from ._stats import PipelineStatistics
 from .ledger import JobStatus, read_status, request_cancel
 
@@ -52,14 +53,15 @@ class CancelOutcome(msgspec.Struct, frozen=True, kw_only=True):
 async def cancel_job(
     state: str | os.PathLike[str],
     *,
-    api_key: str | None = None,
+    api_key_env: str = DEFAULT_API_KEY_ENV,
     base_url: str | None = None,
     announce: Callable[[str], None] | None = None,
     wait_interval: float = DEFAULT_WAIT_INTERVAL,
 ) -> CancelOutcome:
     """Cancel the job whose state file is ``state`` (see the module docstring).
-    ``api_key`` / ``base_url``: the service, as for ``Pipeline`` (defaults: the
-    environment, else the embedded emulator). ``LedgerError`` when the state file
+    ``api_key_env`` / ``base_url``: the service, as for ``Pipeline`` (defaults:
+    the key in ``ANTHROPIC_API_KEY``, the URL in ``ANTHROPIC_BASE_URL``, else the
+    embedded emulator). ``LedgerError`` when the state file
     is missing or not a pipeline's; API errors as a run raises them (the intent
     stays recorded: running the cancel again, or the job, completes it)."""
     status = await read_status(state)
@@ -85,7 +87,7 @@ async def cancel_job(
         job.output_path,
         job.rejects_path,
         state=state,
-        api_key=api_key,
+        config=PipelineConfig(api_key_env=api_key_env),  # the key: read and checked there
         base_url=base_url,
         announce=announce,
     )

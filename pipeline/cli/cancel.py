@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     import anyio
 
     from .._cancel_job import cancel_job
-    from .._errors import LedgerError, PipelineError
+    from .._errors import LedgerError, PipelineError, UsageError
     from .._logging import announce
     from .shared import setup_logging
 
@@ -95,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
 
     async def cancel() -> CancelOutcome:
         return await cancel_job(
-            args.state, api_key=api_key, base_url=args.base_url, announce=announce
+            args.state, api_key_env=args.api_key_env, base_url=args.base_url, announce=announce
         )
 
     try:
@@ -106,6 +106,9 @@ def main(args: argparse.Namespace) -> int:
     except LedgerError as exc:
         _report(args, logging.ERROR, f"failed: {_one_line(exc)}")
         return EXIT_FAILED
+    except (UsageError, ValueError) as exc:  # e.g. an unusable key or base URL
+        _report(args, logging.ERROR, _one_line(exc))
+        return EXIT_USAGE
     except (PipelineError, OSError) as exc:
         _report(args, logging.ERROR, f"failed: {_one_line(exc)}; {_RECORDED}")
         return EXIT_FAILED
