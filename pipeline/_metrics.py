@@ -114,6 +114,11 @@ class JobCollector(Collector):
             "Batches seen ended at the service",
             observer.batches_ended if observer is not None else 0,
         )
+        yield _counter(
+            "pipeline_batches_canceled",
+            "Batches whose cancel the service accepted (pipeline cancel, a budget cancel)",
+            observer.batches_canceled if observer is not None else 0,
+        )
         yield _gauge(
             "pipeline_batches_in_flight",
             "Batches created and not collected yet",

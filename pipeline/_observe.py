@@ -113,6 +113,8 @@ class JobObserver:
         #: batches created (or resumed) and not collected yet, by batch id
         self.batches: dict[str, BatchTrack] = {}
         self.batches_ended = 0
+        #: batches the service accepted a cancel of (``POST .../cancel`` answered 200)
+        self.batches_canceled = 0
         self.batches_collected = 0
         #: the last API call was refused as unauthenticated / forbidden: what it was
         self.auth_error: str | None = None
@@ -197,6 +199,8 @@ class JobObserver:
             self.auth_error = f"{status} to {call.method} {call.route}"
             return
         self.auth_error = None
+        if response.is_success and call.tail == "/cancel":
+            self.batches_canceled += 1
         if not response.is_success or call.tail is not None:
             return
         if call.route.startswith("/v1/messages/batches") and call.method in ("GET", "POST"):

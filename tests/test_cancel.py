@@ -13,12 +13,14 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
+from prometheus_client import CollectorRegistry, generate_latest
 
-from pipeline import Pipeline, PipelineConfig
+from pipeline import JobMonitor, Pipeline, PipelineConfig
 from pipeline.ledger import read_status
 from pipeline.testing import EmulatorConfig, ManualClock, serve_emulator
 
 from ._cancel_helpers import SECRET_KEY, batch_statuses, output_outcomes, wait_for, write_input
+from ._ops import samples, value
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -27,6 +29,14 @@ if TYPE_CHECKING:
     from pipeline.testing import EmulatorHandle
 
 REQUESTS = 50_000
+
+
+def _Registry(collector: object) -> CollectorRegistry:  # noqa: N802
+    registry = CollectorRegistry()
+    registry.register(collector)  # type: ignore[arg-type]
+    return registry
+
+
 BATCH = 10_000
 
 
@@ -61,6 +71,7 @@ async def test_cancel_a_50k_job_then_rerun_then_resume_canceled(tmp_path: Path) 
     emu_config = EmulatorConfig(batch_seconds=60, clock=clock)
     async with serve_emulator(emu_config) as emu:
         pipeline = _pipeline(tmp_path, emu.url)
+        metrics = JobMonitor(pipeline).collector()
         async with pipeline:
             await wait_for(_submitted(pipeline, REQUESTS), timeout=60, what="every batch created")
             emu.advance(6)  # a tenth of each 60 s batch is processed, the rest not yet
@@ -81,6 +92,8 @@ async def test_cancel_a_50k_job_then_rerun_then_resume_canceled(tmp_path: Path) 
         assert not stats.finished
         assert stats.outcomes == {"succeeded": BATCH // 10 * 5, "canceled": REQUESTS // 10 * 9}
         assert "canceled" in (stats.stopped_reason or "")
+        canceled = samples(generate_latest(_Registry(metrics)).decode())
+        assert value(canceled, "pipeline_batches_canceled_total") == REQUESTS // BATCH
         outcomes = output_outcomes(tmp_path / "out.jsonl")
         assert Counter(outcomes.values()) == {"succeeded": REQUESTS // 10}
         for batch in await batch_statuses(emu.url):
