@@ -42,30 +42,32 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
-from ._cancel import JobCancel
-from ._config import AUTH_TOKEN_ENV, BASE_URL_ENV, DEFAULT_BASE_URL, PipelineConfig
+from ._config import DEFAULT_BASE_URL, PipelineConfig
 from ._errors import UsageError
+from ._job import EMULATOR_API_KEY as EMULATOR_API_KEY
+from ._job import EMULATOR_BATCH_SECONDS as EMULATOR_BATCH_SECONDS
+from ._job import EMULATOR_POLL_INTERVAL as EMULATOR_POLL_INTERVAL
+from ._job import JobFiles, JobResources, _freeze_heap, _thaw_heap
 from ._observe import JobObserver, tracing_enabled
-from ._pipeline_resources import EMULATOR_API_KEY as EMULATOR_API_KEY
-from ._pipeline_resources import EMULATOR_BATCH_SECONDS as EMULATOR_BATCH_SECONDS
-from ._pipeline_resources import EMULATOR_POLL_INTERVAL as EMULATOR_POLL_INTERVAL
-from ._pipeline_resources import _freeze_heap, _JobResources, _thaw_heap
-from ._pipeline_wiring import _collapse, _StageWiring, _Stopped
+from ._run import JobRun, RunState, collapse
 from ._stats import ModelUsage, PipelineStatistics
-from .api._client import Client, check_base_url, check_secret
-from .stages._protocol import Capacity, Progress, SourceStage
+from .api._client import check_base_url, check_environment, check_secret
+from .stages._compose import StageSpec, compose
+from .stages._protocol import SourceStage
 from .stages.sink import ResultSink
 from .stages.source import DEFAULT_CHUNK_SIZE
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Sequence
     from types import TracebackType
 
     from anyio.abc import TaskGroup
 
     from ._pricing import PriceTable
-    from .ledger._base import Ledger, ResumeState
+    from .api._client import Client
+    from .ledger._base import Ledger
     from .stages._items import RejectLine
+    from .stages._protocol import Progress
 
 __all__ = ("Pipeline",)
 
@@ -83,7 +85,7 @@ Output = str | os.PathLike[str] | Callable[[Any], "Awaitable[object]"] | ResultS
 Rejects = str | os.PathLike[str] | Callable[["RejectLine"], "Awaitable[object]"]
 
 
-class Pipeline(_JobResources, _StageWiring):
+class Pipeline:
     """One job: requests from ``source`` through the Message Batches API, results to
     ``output``, and every input that cannot be sent to ``rejects``.
 
@@ -110,9 +112,18 @@ class Pipeline(_JobResources, _StageWiring):
     record on the ``pipeline`` logger). ``prices`` replaces ``DEFAULT_PRICES`` for
     the dry run's estimates and the spend guard.
 
+    ``stages``: the job's composition (``pipeline.stages``): user stages alone
+    (``build_requests``, ``on_records``, ``on_requests``, ``process_results``) are
+    inserted into the standard chain; a list that names standard stages
+    (``pipeline.stages.VALIDATE``, ...) is the whole chain. Checked here, before
+    anything runs: a stage that does not take what the one before it gives is a
+    ``UsageError`` naming both.
+
     Run it with ``await pipeline.run()``, or ``async with pipeline:`` (and ``await
     pipeline.wait()``); watch it with ``statistics()``; ``stop()`` it, or
-    ``cancel()`` its job.
+    ``cancel()`` its job. The pipeline
+    owns its life cycle only; a ``JobFiles``, a ``JobResources`` and, per run, a
+    ``JobRun`` do the work.
     """
 
     #: True for sources that never run dry for good (a queue, a watched directory):
@@ -136,6 +147,7 @@ class Pipeline(_JobResources, _StageWiring):
         announce: Callable[[str], None] | None = None,
         prices: PriceTable | None = None,
         overwrite: bool = False,
+        stages: Sequence[StageSpec] | None = None,
         resume_canceled: bool = False,
     ) -> None:
         self.config = config if config is not None else PipelineConfig()
@@ -166,8 +178,14 @@ class Pipeline(_JobResources, _StageWiring):
                     "state= (the job's state file) is required when output is not a file"
                 )
             state = self._output_path.with_name(self._output_path.name + ".state")
-        self._state_path = Path(state) if state is not None else None
-        self._check_paths()
+        self._files = JobFiles(
+            input=self._input_path,
+            output=self._output_path,
+            rejects=self._rejects_path,
+            state=Path(state) if state is not None else None,
+            ledger_given=ledger is not None,
+            overwrite=overwrite,
+        )
         # a key or URL that cannot work is refused now, not in the middle of a run
         check_secret(api_key, "the API key (api_key)")
         check_base_url(base_url, "the base URL (base_url, --base-url)")
@@ -178,27 +196,25 @@ class Pipeline(_JobResources, _StageWiring):
         self._emulator_dir = emulator_dir
         self._announce = announce if announce is not None else _log_notice
         self._prices = prices
-        self._overwrite = overwrite
+        self._plan = compose(
+            stages,
+            dry_run=self.config.dry_run != "off",
+            spend_guard=self.config.budget_usd is not None,
+            records=isinstance(source, Iterable | AsyncIterable)
+            and not isinstance(source, str | bytes),
+        )
+        if self._plan.spend_guard and self.config.budget_usd is None:
+            raise UsageError("the spend_guard stage needs a budget: PipelineConfig(budget_usd=...)")
+        self._run_state = RunState(self.config)
         self._state = _State.UNOPENED
-        self._progress = Progress()
-        self._capacity = Capacity(self.config.max_in_flight)
-        self._stop = anyio.Event()
-        self._stopped_reason: str | None = None
-        #: the input was cut short (budget reached): upstream streams break by design
-        self._input_cut = False
         self._started = 0.0
         self._elapsed = 0.0
-        self._finished = False
-        self._dry_run_meter: Any = None
-        self._spent_before = 0.0
-        self._number_from = 0
         self._result: PipelineStatistics | None = None
         self._tg: TaskGroup | None = None
         self._done = anyio.Event()
         self._error: BaseException | None = None
         #: ``wait()`` raised ``_error`` to its caller: ``__aexit__`` does not again
         self._error_raised = False
-        self._client: Client | None = None
         #: bytes per read of a file source (tests make it small)
         self._source_chunk_size = DEFAULT_CHUNK_SIZE
         #: metrics, traces, health (``observer()``); None until asked for, or traced
@@ -206,13 +222,6 @@ class Pipeline(_JobResources, _StageWiring):
         #: a canceled job is run again only when this is True (``--resume-canceled``):
         #: its canceled requests are sent again
         self.resume_canceled = resume_canceled
-        #: the job is to be canceled (``cancel()``, a recorded request, the budget)
-        self._cancel_wanted = False
-        #: ``run()`` is only to complete a cancel (``cancel()`` on a job not running)
-        self._cancel_only = False
-        self._job_cancel: JobCancel | None = None
-        self._cancel_reason = "job canceled"
-        self._canceled = False
         self._ended = anyio.Event()
 
     def __repr__(self) -> str:
@@ -232,17 +241,31 @@ class Pipeline(_JobResources, _StageWiring):
 
     @property
     def state_path(self) -> Path | None:
-        return self._state_path
+        return self._files.state
+
+    @property
+    def _progress(self) -> Progress:
+        """The live counters (``JobCounters``), for subclasses."""
+        return self._run_state.counters
+
+    def _check_before_start(self) -> None:
+        """What can be refused before anything is opened (the command line's check)."""
+        if self._client_given is None:  # the key, token and URL the run would take
+            check_environment(
+                self.config.api_key_env, api_key=self._api_key, base_url=self._base_url
+            )
+        self._files.check_before_start()
 
     def statistics(self) -> PipelineStatistics:
         """A snapshot of the job's progress (cheap; safe to call any time)."""
-        p = self._progress
+        state = self._run_state
+        p = state.counters
         elapsed = self._elapsed
         if self._state is _State.RUNNING:
             elapsed = time.monotonic() - self._started
         dry_run_calls = 0
-        if self._dry_run_meter is not None:
-            dry_run_calls = self._dry_run_meter.statistics().calls
+        if state.dry_run_meter is not None:
+            dry_run_calls = state.dry_run_meter.statistics().calls
         return PipelineStatistics(
             read=p.read,
             rejected=p.rejected,
@@ -264,10 +287,11 @@ class Pipeline(_JobResources, _StageWiring):
             unpriced_models=tuple(sorted(p.unpriced)),
             dry_run_calls=dry_run_calls,
             elapsed_seconds=elapsed,
+            filtered=state.held.filtered if state.held is not None else 0,
             total=self._total(),
-            finished=self._finished,
-            stopped_reason=self._stopped_reason,
-            canceled=self._canceled,
+            finished=state.finished,
+            stopped_reason=state.stopped_reason,
+            canceled=state.canceled,
         )
 
     def _total(self) -> int | None:
@@ -275,12 +299,14 @@ class Pipeline(_JobResources, _StageWiring):
         read and checked, so ``read - rejected``; later rejects, such as duplicates
         found at submission, lower it). None while reading, or when the input was
         cut short by a stop or the budget."""
-        p = self._progress
+        state = self._run_state
+        p = state.counters
         if p.total is not None:
             return p.total
-        if not p.source_done or self._stop.is_set() or self._input_cut:
+        if not p.source_done or state.stop.is_set() or state.input_cut:
             return None
-        return max(0, p.read - p.rejected)
+        filtered = state.held.filtered if state.held is not None else 0
+        return max(0, p.read - p.rejected - filtered)
 
     def observer(self) -> JobObserver:
         """What watches this job's API calls and batches (for ``JobMonitor`` and
@@ -292,13 +318,7 @@ class Pipeline(_JobResources, _StageWiring):
     def stop(self, reason: str = "stop requested") -> None:
         """Stop gracefully: read no more input, send or spool the batch in hand,
         flush and commit; batches at the service are collected on the next start."""
-        if self._stop.is_set():
-            return
-        self._stopped_reason = reason
-        self._progress.stopping = True
-        self._stop.set()
-        self._capacity.interrupt()
-        self._progress.changed()
+        self._run_state.request_stop(reason)
 
     async def cancel(self) -> PipelineStatistics:
         """Cancel the job: submit nothing more, cancel its batches in flight at the
@@ -311,7 +331,7 @@ class Pipeline(_JobResources, _StageWiring):
         the intent is recorded in the ledger first, and whoever runs the job next
         completes a cancel cut short. The final statistics (``canceled`` is True)."""
         if self._state is _State.RUNNING:
-            self._begin_cancel("job canceled (Pipeline.cancel)")
+            self._run_state.begin_cancel("job canceled (Pipeline.cancel)")
             await self._ended.wait()
             return self.statistics()
         if self._state is _State.CLOSED:
@@ -319,17 +339,8 @@ class Pipeline(_JobResources, _StageWiring):
                 "this Pipeline's run has ended; build a new one with the same state to "
                 "cancel its job"
             )
-        self._cancel_only = True
+        self._run_state.cancel_only = True
         return await self.run()
-
-    def _begin_cancel(self, reason: str) -> None:
-        """The job is to be canceled: stop as ``stop()`` does, and from now on hold
-        canceled results; the run completes the cancel once its stages end."""
-        self._cancel_wanted = True
-        self._cancel_reason = reason
-        if self._job_cancel is not None:
-            self._job_cancel.canceling.set()
-        self.stop(reason)
 
     # -- running ---------------------------------------------------------------------
 
@@ -345,7 +356,7 @@ class Pipeline(_JobResources, _StageWiring):
                 await self._run(stack)
         except BaseExceptionGroup as group:
             # the embedded emulator's task group wraps a stage failure once more
-            raise _collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
+            raise collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
         finally:
             _thaw_heap()
             self._elapsed = time.monotonic() - self._started
@@ -376,7 +387,7 @@ class Pipeline(_JobResources, _StageWiring):
         try:
             suppressed = await self._tg.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
-            raise _collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
+            raise collapse(group)  # noqa: B904 (keeps the StageError's own __cause__)
         if exc is None and self._error is not None and not self._error_raised:
             self._error_raised = True
             raise self._error
@@ -408,103 +419,43 @@ class Pipeline(_JobResources, _StageWiring):
     # -- the run -------------------------------------------------------------------
 
     async def _run(self, stack: AsyncExitStack) -> None:
+        """One run: its resources and its ``JobRun`` (subclasses add to ``stack``)."""
         observer = self._observer
         if observer is None and tracing_enabled():
             observer = self.observer()
         if observer is not None:
-            name = str(self._input_path or self._output_path or self._state_path or "")
+            files = self._files
+            name = str(files.input or files.output or files.state or "")
             stack.enter_context(observer.job(name, self.statistics))
-        if not self._cancel_only:
-            self._check_before_start()
-        ledger = await self._open_ledger(stack)
-        resume = await self._open_job(ledger)
-        if resume.fresh:
-            self._check_overwrite()
-        if resume.cancel == "canceled" and (self._cancel_only or not self.resume_canceled):
-            await self._already_canceled(ledger)
-            return
-        if resume.finished and not self.open_ended:
-            await self._already_finished(ledger, resume)
-            return
-        client = await self._open_client(stack)
-        if observer is not None:
-            observer.attach(client)
-        sink, rejects_sink = await self._open_sinks(stack, resume)
-        self._job_cancel = JobCancel(
-            ledger=ledger,
-            client=client,
+        resources = JobResources(
+            files=self._files,
             config=self.config,
-            progress=self._progress,
-            prices=self._price_table(),
+            ledger=self._ledger_given,
+            client=self._client_given,
+            api_key=self._api_key,
+            base_url=self._base_url,
+            default_base_url=DEFAULT_BASE_URL,
+            emulator_dir=self._emulator_dir,
+            announce=self._announce,
+            prices=self._prices,
+            output=self._output,
+            rejects_callback=self._rejects_callback,
         )
-        if self._cancel_only or self._cancel_wanted or resume.cancel == "requested":
-            # a cancel asked for now, or one a crash cut short: complete it first
-            await self._complete_cancel(sink, resumed_cancel=resume.cancel == "requested")
-            return
-        if resume.cancel == "canceled":  # resume_canceled: send them again on purpose
-            again = await ledger.resume_canceled()
-            resume.spooled += again
-            self._announce(f"pipeline: job was canceled; {again:,} canceled request(s) sent again")
-        try:
-            resumed = await self._resume(resume, ledger, client)
-        except _Stopped:
-            if not self._cancel_wanted:
-                return  # stopped while settling a create of unknown outcome: next start
-        else:
-            await self._run_stages(client, ledger, sink, rejects_sink, resume, resumed)
-        if self._cancel_wanted:
-            await self._complete_cancel(sink)
-
-    async def _open_job(self, ledger: Ledger) -> ResumeState:
-        """Open the job's state; to cancel a job, whatever job the state holds (its
-        input is not read: it may have changed or be gone)."""
-        open_existing = getattr(ledger, "open_existing", None)
-        if self._cancel_only and self._ledger_given is None and open_existing is not None:
-            resume: ResumeState = await open_existing()
-            return resume
-        # the input's fingerprint reads all of it: not on the event loop
-        return await ledger.open(await anyio.to_thread.run_sync(self._job_spec))
-
-    async def _complete_cancel(self, sink: ResultSink, *, resumed_cancel: bool = False) -> None:
-        """Complete the job's cancel (``JobCancel.complete``) and say what it left."""
-        job_cancel = self._job_cancel
-        assert job_cancel is not None
-        self._cancel_wanted = True
-        job_cancel.canceling.set()
-        self.stop(self._cancel_reason)
-        held = await job_cancel.complete(sink)
-        self._canceled = True
-        again = "re-run with --resume-canceled (Python: resume_canceled=True) to send them again"
-        if resumed_cancel and self.resume_canceled and not self._cancel_only:
-            again = "this run completed a cancel cut short; re-run with --resume-canceled now"
-        self._stopped_reason = f"{self._cancel_reason}: {held:,} request(s) canceled; {again}"
-        logger.warning(
-            "%s",
-            self._stopped_reason,
-            extra={"batches_canceled": job_cancel.batches_canceled, "canceled": held},
+        run = JobRun(
+            state=self._run_state,
+            files=self._files,
+            resources=resources,
+            plan=self._plan,
+            source=self._source,
+            open_ended=self.open_ended,
+            prices=self._prices,
+            announce=self._announce,
+            source_chunk_size=self._source_chunk_size,
+            observer=observer,
+            resume_canceled=self.resume_canceled,
         )
-
-    # -- resources -----------------------------------------------------------------
-
-    # It stays here, not with the other resources: tests point this module's
-    # DEFAULT_BASE_URL at a local service.
-    async def _open_client(self, stack: AsyncExitStack) -> Client:
-        if self._client_given is not None:
-            self._client = self._client_given
-            return self._client
-        api_key, base_url, token = self._api_key, self._base_url, None
-        if api_key is None:  # as the command line does: the key from the environment
-            api_key = os.environ.get(self.config.api_key_env) or None
-        if api_key is None:  # as the SDK does: a bearer token instead (some gateways)
-            token = os.environ.get(AUTH_TOKEN_ENV) or None
-        if base_url is None:  # as the SDK does: a gateway named in the environment
-            base_url = os.environ.get(BASE_URL_ENV) or None
-        if api_key is None and token is None and base_url is None:
-            base_url = await self._start_emulator(stack)
-            api_key = EMULATOR_API_KEY
-        client = Client(api_key=api_key, auth_token=token, base_url=base_url or DEFAULT_BASE_URL)
-        self._client = await stack.enter_async_context(client)
-        return self._client
+        await run.run(stack)
+        self.config = resources.config
 
 
 def _log_notice(message: str) -> None:

@@ -42,6 +42,8 @@ class PipelineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     #: requests spooled to be sent again (a retryable error, expired, no result), in
     #: this run; each time counts
     retried: int = 0
+    #: items user stages dropped in this run (a filter's ``None``), never sent
+    filtered: int = 0
     batches_submitted: int = 0
     batches_in_flight: int = 0
     #: final outcomes: "succeeded", "errored:<error type>", "canceled", "expired"

@@ -21,6 +21,7 @@ import typing
 from pipeline.emulator._app import EmulatorApp
 from pipeline.emulator._config import EmulatorConfig, ManualClock
 from pipeline.emulator._disk import read_submissions
+from pipeline.emulator._model import reply_text
 
 if typing.TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -34,6 +35,7 @@ __all__ = (
     "EmulatorHandle",
     "ManualClock",
     "read_submissions",
+    "reply_text",
     "serve_emulator",
     "start_emulator_process",
 )

@@ -534,7 +534,7 @@ async def test_a_compressed_input_is_one_usage_error_not_a_reject_per_line(
 def test_a_jsonl_file_whose_first_line_is_garbage_is_not_taken_for_compressed(
     tmp_path: Path,
 ) -> None:
-    from pipeline._pipeline_resources import _check_input
+    from pipeline._job import _check_input
 
     (tmp_path / "in.jsonl").write_bytes(b"BZh9 not bzip2\n" + b"PK but text\n")
     _check_input(tmp_path / "in.jsonl")  # its lines are the validate stage's to reject

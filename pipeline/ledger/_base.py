@@ -287,6 +287,14 @@ class Ledger(Protocol):
         claimed); ``after`` (added): the ``seq`` of the last item already taken."""
         ...
 
+    async def requests(self, custom_ids: Sequence[str]) -> list[SpoolItem]:
+        """(added) The stored request of each of ``custom_ids`` the job holds, in no
+        particular order: its bytes (``raw``: a request a builder or another user
+        stage made, or one from an iterable) or where they are in the input file
+        (``offset``, ``length``). What a result processor joins each result with;
+        ``seq`` is 0."""
+        ...
+
     async def attempts(self, custom_ids: Sequence[str]) -> dict[str, int]:
         """The attempt number of each custom_id's last submission."""
         ...

@@ -531,6 +531,24 @@ class SQLiteLedger:
 
         return await self._run(tx)
 
+    async def requests(self, custom_ids: Sequence[str]) -> list[SpoolItem]:
+        """The stored request of each of ``custom_ids`` (see ``Ledger.requests``)."""
+        ids = _encode(list(custom_ids))
+
+        def tx(c: sqlite3.Connection) -> list[SpoolItem]:
+            rows = c.execute(
+                "SELECT r.custom_id, r.loc, r.attempt, r.raw FROM json_each(?) AS j "
+                "JOIN requests AS r ON r.custom_id = j.value",
+                (ids,),
+            )
+            items = []
+            for cid, loc, attempt, raw in rows:
+                line, offset, length = _decode_loc(loc)
+                items.append(SpoolItem(cid, line, attempt, offset, length, raw))
+            return items
+
+        return await self._run(tx)
+
     async def attempts(self, custom_ids: Sequence[str]) -> dict[str, int]:
         """The attempt number recorded for each custom_id: that of its current
         submission, or for a spooled request, of its next one."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from .._config import PipelineConfig
     from ._protocol import Progress
+    from ._user import HeldLines
 
 __all__ = ("Packer", "chunker")
 
@@ -33,8 +34,10 @@ class Packer:
     """Sync and I/O-free: ``add(items)`` returns the chunks that are full,
     ``flush()`` the partial one. Tracks the source position the chunks stand at."""
 
-    def __init__(self, *, max_requests: int, max_bytes: int) -> None:
+    def __init__(self, *, max_requests: int, max_bytes: int, held: HeldLines | None = None) -> None:
         self.max_requests = max_requests
+        #: items user stages hold (None: no user stage on the request side)
+        self.held = held
         self.max_bytes = max_bytes
         self.entries: list[Entry] = []
         self.rejects: list[Reject] = []
@@ -61,7 +64,12 @@ class Packer:
         # (this loop runs per request): they go back to self before any other call
         checkpoint, last_line = self.checkpoint, self.line
         entries, size, added = self.entries, self.size, 0
+        held = self.held
         for item in items:
+            if held is not None and (
+                type(item) is Reject or (type(item) is Entry and item.attempt == 1)
+            ):
+                held.resolve(item.line)
             if type(item) is Entry:
                 added += 1
                 grow = len(item.raw) + (1 if entries else 0)
@@ -124,6 +132,12 @@ class Packer:
             checkpoint = self.cap_end
         if self.cap_line is not None and self.cap_line < line:
             line = self.cap_line
+        if self.held is not None:
+            cap_end, cap_line = self.held.cap()
+            if cap_end is not None and cap_end < checkpoint:
+                checkpoint = cap_end
+            if cap_line is not None and cap_line < line:
+                line = cap_line
         chunk = Chunk(self.entries, self.rejects, checkpoint, line, self.size)
         self.entries, self.rejects, self.size = [], [], ENVELOPE_BYTES
         return chunk
@@ -142,6 +156,7 @@ async def chunker(
     *,
     config: PipelineConfig,
     progress: Progress | None = None,
+    held: HeldLines | None = None,
     clock: Callable[[], float] = anyio.current_time,
     timeout: Callable[[float], anyio.CancelScope] = anyio.move_on_after,
 ) -> None:
@@ -149,9 +164,12 @@ async def chunker(
     ``linger_seconds`` after the first entry of a partial chunk arrived.
 
     ``clock`` and ``timeout`` are injected so tests run the linger in virtual time.
-    A final ``Flush`` (the source is done) is reported to ``progress``.
+    A final ``Flush`` (the source is done) is reported to ``progress``. ``held``:
+    the items user stages hold (``HeldLines``): no checkpoint passes one of them.
     """
-    packer = Packer(max_requests=config.max_batch_requests, max_bytes=config.max_batch_bytes)
+    packer = Packer(
+        max_requests=config.max_batch_requests, max_bytes=config.max_batch_bytes, held=held
+    )
     deadline: float | None = None
     async with receive, send:
         while True:

@@ -40,7 +40,7 @@ from ._items import RawLine
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from anyio.abc import ObjectSendStream
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -269,6 +269,7 @@ async def iterable_source(
     skip: int = 0,
     batch: int = 1000,
     stop: anyio.Event | None = None,
+    make: Callable[[int, Any], Any] | None = None,
 ) -> None:
     """Send the entries of a sync or async iterable (dicts, Structs or encoded
     bytes), numbered from 1, with offset -1. The first ``skip`` items (already
@@ -279,12 +280,14 @@ async def iterable_source(
     at once (in lists of up to ``batch`` while it produces faster than the pipeline
     takes). ``stop`` ends the source between items, and interrupts an async
     iterable that is waiting for its next item (it is closed; what it produced
-    before is sent)."""
+    before is sent). ``make(line, item)`` makes what is sent of each item (default:
+    its ``RawLine``; a source of records for a request builder sends ``Record``s)."""
+    make = make or entry_line
     async with send:
         if isinstance(items, AsyncIterable):
-            await _async_items(send, items, skip, batch, stop)
+            await _async_items(send, items, skip, batch, stop, make)
         else:
-            await _sync_items(send, items, skip, batch, stop)
+            await _sync_items(send, items, skip, batch, stop, make)
 
 
 async def _sync_items(
@@ -293,6 +296,7 @@ async def _sync_items(
     skip: int,
     batch: int,
     stop: anyio.Event | None,
+    make: Callable[[int, Any], Any],
 ) -> None:
     pending: list[RawLine] = []
     line = 0
@@ -300,7 +304,7 @@ async def _sync_items(
         line += 1
         if line <= skip:
             continue
-        pending.append(entry_line(line, item))
+        pending.append(make(line, item))
         if len(pending) >= batch:
             await send.send(pending)
             pending = []
@@ -316,6 +320,7 @@ async def _async_items(
     skip: int,
     batch: int,
     stop: anyio.Event | None,
+    make: Callable[[int, Any], Any],
 ) -> None:
     """The async iterator runs in a task of its own (``_pump``), handing items over
     a bounded stream without a checkpoint per item; this task sends whatever has
@@ -330,7 +335,7 @@ async def _async_items(
             tg.start_soon(_pump, item_send, items, skip, pump_scope)
             if stop is not None:
                 tg.start_soon(_cancel_on, stop, pump_scope)
-            await _collect(send, item_receive, skip, batch)
+            await _collect(send, item_receive, skip, batch, make)
             tg.cancel_scope.cancel()  # the stop watcher
 
 
@@ -370,6 +375,7 @@ async def _collect(
     receive: MemoryObjectReceiveStream[Any],
     line: int,
     batch: int,
+    make: Callable[[int, Any], Any],
 ) -> None:
     async with receive:
         while True:
@@ -382,6 +388,6 @@ async def _collect(
                     items.append(receive.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-            chunk = [entry_line(line + i, item) for i, item in enumerate(items, 1)]
+            chunk = [make(line + i, item) for i, item in enumerate(items, 1)]
             line += len(items)
             await send.send(chunk)

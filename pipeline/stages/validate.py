@@ -264,8 +264,8 @@ async def validate(
     first = _FirstLines()
     async with receive, send:
         async for lines in receive:
-            if progress is not None and lines:
-                progress.read = lines[-1].line
+            if progress is not None and lines and lines[-1].line > progress.read:
+                progress.read = lines[-1].line  # a user stage before may reorder
             items = validator.check(lines)
             if not first.done:
                 first.look(items)

@@ -1,16 +1,14 @@
-"""What a job opens before its stages run, and checks on the way: the ledger, the
-embedded emulator, the output and rejects sinks, and the job's spec (its paths and
-a fingerprint of its input, so a state file refuses another input).
+"""The job's files and what a run opens: ``JobFiles`` (the paths a job reads and
+writes, their checks, the fingerprint of the input, the ``JobSpec``) and
+``JobResources`` (the ledger, the client, the embedded emulator, the output and
+rejects sinks, opened on the run's ``AsyncExitStack`` and closed in reverse order
+when the run ends; the ledger's close is shielded, so a cancelled run still closes
+its state file).
 
 A new job refuses to wipe an output or rejects file that holds data unless told
-to; a re-run of a finished job only reports its counts. Everything opened goes on
-the run's ``AsyncExitStack`` and is closed in reverse order when the run ends; the
-ledger's close is shielded, so a cancelled run still closes its state file.
+to. Both are built with explicit arguments by ``Pipeline``; neither knows it.
 
 Also here: freezing the heap for the length of a run (see ``_freeze_heap``).
-
-``_JobResources`` is a mixin of ``Pipeline``: it holds no state of its own and
-reads the attributes that ``Pipeline.__init__`` sets, declared below for mypy.
 """
 
 from __future__ import annotations
@@ -25,10 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 
-from ._config import DEFAULT_POLL_INTERVAL, PipelineConfig
+from ._config import (
+    AUTH_TOKEN_ENV,
+    BASE_URL_ENV,
+    DEFAULT_POLL_INTERVAL,
+    PipelineConfig,
+)
 from ._errors import UsageError
-from .api._client import check_environment
+from .api._client import Client, check_environment
 from .api._schema import KNOWN_MODELS
 from .ledger._base import JobSpec
 from .stages.sink import CallbackSink, JsonlSink, ResultSink, rejects_callback
@@ -37,11 +41,11 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from contextlib import AsyncExitStack
 
-    from ._pipeline import Output
     from ._pricing import PriceTable
     from .ledger._base import Ledger, ResumeState
     from .stages._items import RejectLine
-    from .stages._protocol import Progress
+
+__all__ = ("JobFiles", "JobResources")
 
 logger = logging.getLogger("pipeline")
 
@@ -53,39 +57,38 @@ EMULATOR_BATCH_SECONDS = 0.2
 EMULATOR_POLL_INTERVAL = 0.1
 
 
-class _JobResources:
-    """The part of ``Pipeline`` that opens and checks what a run works on."""
+class JobFiles:
+    """The files of one job: ``input`` (None for other sources), ``output`` and
+    ``rejects`` (None when they are callbacks), ``state`` (None with a given
+    ledger). Checks them and makes the job's ``JobSpec``."""
 
-    config: PipelineConfig
-    _output: Output
-    _input_path: Path | None
-    _output_path: Path | None
-    _rejects_path: Path | None
-    _rejects_callback: Callable[[RejectLine], Awaitable[object]] | None
-    _state_path: Path | None
-    _ledger_given: Ledger | None
-    _client_given: Any
-    _api_key: str | None
-    _base_url: str | None
-    _emulator_dir: str | os.PathLike[str] | None
-    _prices: PriceTable | None
-    _announce: Callable[[str], None]
-    _overwrite: bool
-    _progress: Progress
-    _finished: bool
-    _canceled: bool
-    _cancel_only: bool
-    _stopped_reason: str | None
+    def __init__(
+        self,
+        *,
+        input: Path | None,
+        output: Path | None,
+        rejects: Path | None,
+        state: Path | None,
+        ledger_given: bool,
+        overwrite: bool,
+    ) -> None:
+        self.input = input
+        self.output = output
+        self.rejects = rejects
+        self.state = state
+        self.ledger_given = ledger_given
+        self.overwrite = overwrite
+        self.check_paths()
 
-    def _check_paths(self) -> None:
+    def check_paths(self) -> None:
         """The files a job writes are neither its input nor one another (``--overwrite``
         on an output that is the input would wipe the requests before reading them)."""
         seen: list[tuple[str, Path, str]] = []
         for what, path in (
-            ("input", self._input_path),
-            ("output", self._output_path),
-            ("rejects", self._rejects_path),
-            ("state", self._state_path),
+            ("input", self.input),
+            ("output", self.output),
+            ("rejects", self.rejects),
+            ("state", self.state),
         ):
             if path is None:
                 continue
@@ -98,29 +101,25 @@ class _JobResources:
                     )
             seen.append((what, path, real))
 
-    def _check_before_start(self) -> None:
+    def check_before_start(self) -> None:
         """What can be refused before anything is opened (the command line calls it
         before it shows any progress; the run calls it again)."""
-        if self._client_given is None:  # the key, token and URL the run would take
-            check_environment(
-                self.config.api_key_env, api_key=self._api_key, base_url=self._base_url
-            )
-        self._check_files()
-        state = self._state_path
-        if self._ledger_given is None and state is not None and not state.exists():
-            self._check_overwrite()  # a new job: a re-run checks again once the state is open
+        self.check_files()
+        state = self.state
+        if not self.ledger_given and state is not None and not state.exists():
+            self.check_overwrite()  # a new job: a re-run checks again once the state is open
 
-    def _check_files(self) -> None:
+    def check_files(self) -> None:
         """The input is a file that can be read again (to resume), and the files a
         job writes go into directories that exist. At run time: a service may make
         them after building the pipeline; the command line checks before it shows
         any progress."""
-        if self._input_path is not None:
-            _check_input(self._input_path)
+        if self.input is not None:
+            _check_input(self.input)
         for what, path in (
-            ("output", self._output_path),
-            ("rejects", self._rejects_path),
-            ("state", self._state_path),
+            ("output", self.output),
+            ("rejects", self.rejects),
+            ("state", self.state),
         ):
             if path is not None and not path.parent.is_dir():
                 raise UsageError(
@@ -128,68 +127,127 @@ class _JobResources:
                     f"{path.parent} does not exist"
                 )
 
-    def _check_overwrite(self) -> None:
+    def check_overwrite(self) -> None:
         """A new job starts its output and rejects files empty: refuse to wipe one
         that holds data, unless told to."""
-        if self._overwrite:
+        if self.overwrite:
             return
-        for what, path in (("output", self._output_path), ("rejects", self._rejects_path)):
+        for what, path in (("output", self.output), ("rejects", self.rejects)):
             if path is not None and path.is_file() and path.stat().st_size > 0:
                 raise UsageError(
                     f"{what} file {path} is not empty and this is a new job (no state in "
-                    f"{self._state_path or 'the ledger'}): pass --overwrite (Python: "
+                    f"{self.state or 'the ledger'}): pass --overwrite (Python: "
                     "overwrite=True) to replace it, or remove it"
                 )
 
-    async def _already_finished(self, ledger: Ledger, resume: ResumeState) -> None:
-        """A re-run of a finished job: its files checked against the ledger (one cut
-        short is an error), its counts from the ledger, and a warning."""
-        for path, position in (
-            (self._output_path, resume.output),
-            (self._rejects_path, resume.rejects),
-        ):
-            if path is not None:
-                await JsonlSink(path).check(position)
-        status = await ledger.status()
-        p = self._progress
-        p.read, p.rejected, p.submitted = status.read, status.rejected, status.submitted
-        p.ended, p.written = status.ended, status.written
-        p.estimated_cost_usd = status.estimated_cost_usd
-        p.source_done = True
-        self._finished = True
-        if self._cancel_only:
-            logger.warning("this job already finished; nothing to cancel")
-            return
-        logger.warning(
-            "this job already finished; nothing to do (state %s). Remove the state file "
-            "to run it again (with --overwrite / overwrite=True to replace its output).",
-            self._state_path or "in the ledger",
+    def spec(self) -> JobSpec:
+        """What identifies the job (a state file refuses another input)."""
+        fingerprint = None
+        if self.input is not None:
+            fingerprint = _fingerprint(self.input)
+        return JobSpec(
+            input_path=str(self.input.absolute()) if self.input else None,
+            input_fingerprint=fingerprint,
+            output_path=str(self.output.absolute()) if self.output else None,
+            rejects_path=str(self.rejects.absolute()) if self.rejects else None,
         )
 
-    async def _already_canceled(self, ledger: Ledger) -> None:
-        """A re-run of a canceled job: its counts from the ledger, and why it stops."""
-        status = await ledger.status()
-        p = self._progress
-        p.read, p.rejected, p.submitted = status.read, status.rejected, status.submitted
-        p.ended, p.written, p.spooled = status.ended, status.written, status.spooled
-        if status.canceled:
-            p.outcome("canceled", status.canceled)
-        self._canceled = True
-        self._stopped_reason = (
-            f"this job was canceled: {status.canceled:,} request(s) canceled, "
-            f"{status.spooled:,} waiting to be re-sent, input read to line {status.read:,}; "
-            "nothing was sent. Re-run with --resume-canceled (Python: resume_canceled=True) "
-            "to send them and go on"
+
+class JobResources:
+    """What a run opens, each on the run's ``stack``: ``ledger``, ``client``,
+    ``sink`` and ``rejects_sink``. Built per run with explicit arguments:
+
+    **Parameters:**
+
+    * **files** - the job's ``JobFiles``.
+    * **config** - the job's configuration; ``config`` after ``open_client`` is the
+      one to run with (the embedded emulator polls faster).
+    * **ledger** / **client** - given ones, used as they are.
+    * **api_key** / **base_url** - the service (see ``Pipeline``).
+    * **emulator_dir** - where the embedded emulator keeps its data.
+    * **announce** - where notices go.
+    * **prices** - the job's price table, if not the default.
+    * **output** - the job's output (a path, a callback or a ``ResultSink``).
+    * **rejects_callback** - an async callback for rejects, if any.
+    """
+
+    def __init__(
+        self,
+        *,
+        files: JobFiles,
+        config: PipelineConfig,
+        ledger: Ledger | None,
+        client: Client | None,
+        api_key: str | None,
+        base_url: str | None,
+        default_base_url: str,
+        emulator_dir: str | os.PathLike[str] | None,
+        announce: Callable[[str], None],
+        prices: PriceTable | None,
+        output: Any,
+        rejects_callback: Callable[[RejectLine], Awaitable[object]] | None,
+    ) -> None:
+        self.files = files
+        self.config = config
+        self._ledger_given = ledger
+        self._client_given = client
+        self._api_key = api_key
+        self._base_url = base_url
+        self._default_base_url = default_base_url
+        self._emulator_dir = emulator_dir
+        self._announce = announce
+        self._prices = prices
+        self._output = output
+        self._rejects_callback = rejects_callback
+        self.client: Client | None = None
+
+    def check_service(self) -> None:
+        """The key, token and URL the run would take can work (unless a client is
+        given): refused before anything is opened."""
+        if self._client_given is None:
+            check_environment(
+                self.config.api_key_env, api_key=self._api_key, base_url=self._base_url
+            )
+
+    async def open_ledger(self, stack: AsyncExitStack) -> Ledger:
+        if self._ledger_given is not None:
+            ledger = self._ledger_given
+        else:
+            from .ledger._sqlite import SQLiteLedger
+
+            assert self.files.state is not None
+            ledger = SQLiteLedger(self.files.state)
+        stack.push_async_callback(_shielded(ledger.aclose))
+        return ledger
+
+    async def open_client(self, stack: AsyncExitStack) -> Client:
+        if self._client_given is not None:
+            self.client = self._client_given
+            return self.client
+        api_key, base_url, token = self._api_key, self._base_url, None
+        if api_key is None:  # as the command line does: the key from the environment
+            api_key = os.environ.get(self.config.api_key_env) or None
+        if api_key is None:  # as the SDK does: a bearer token instead (some gateways)
+            token = os.environ.get(AUTH_TOKEN_ENV) or None
+        if base_url is None:  # as the SDK does: a gateway named in the environment
+            base_url = os.environ.get(BASE_URL_ENV) or None
+        if api_key is None and token is None and base_url is None:
+            base_url = await self._start_emulator(stack)
+            api_key = EMULATOR_API_KEY
+        client = Client(
+            api_key=api_key, auth_token=token, base_url=base_url or self._default_base_url
         )
-        logger.warning("%s", self._stopped_reason)
+        self.client = await stack.enter_async_context(client)
+        return self.client
 
     async def _start_emulator(self, stack: AsyncExitStack) -> str:
         from .emulator import EmulatorConfig
         from .testing import serve_emulator
 
+        state = self.files.state
         data_dir = Path(self._emulator_dir) if self._emulator_dir is not None else None
-        if data_dir is None and self._state_path is not None:
-            data_dir = self._state_path.with_name(self._state_path.name + ".emulator")
+        if data_dir is None and state is not None:
+            data_dir = state.with_name(state.name + ".emulator")
         # the models the service is known to accept, and any this job names or prices
         # itself (a model newer than this package, given with --models or --price)
         models = KNOWN_MODELS | frozenset(self._prices or ()) | (self.config.models or set())
@@ -207,47 +265,33 @@ class _JobResources:
         )
         return handle.url
 
-    async def _open_ledger(self, stack: AsyncExitStack) -> Ledger:
-        if self._ledger_given is not None:
-            ledger = self._ledger_given
-        else:
-            from .ledger._sqlite import SQLiteLedger
-
-            assert self._state_path is not None
-            ledger = SQLiteLedger(self._state_path)
-        stack.push_async_callback(_shielded(ledger.aclose))
-        return ledger
-
-    def _output_sink(self) -> ResultSink:
+    def _output_sink(self, *, outputs: bool) -> ResultSink:
         output = self._output
         if isinstance(output, str | os.PathLike):
             return JsonlSink(output)
         if hasattr(output, "commit") and hasattr(output, "write"):
-            return output  # type: ignore[return-value]
-        return CallbackSink(output)  # type: ignore[arg-type]
+            return output  # type: ignore[no-any-return]
+        if outputs:  # a result processor's outputs: the callback gets them as JSON values
+            return CallbackSink(output, decoder=msgspec.json.Decoder())
+        return CallbackSink(output)
 
-    def _job_spec(self) -> JobSpec:
-        fingerprint = None
-        if self._input_path is not None:
-            fingerprint = _fingerprint(self._input_path)
-        return JobSpec(
-            input_path=str(self._input_path.absolute()) if self._input_path else None,
-            input_fingerprint=fingerprint,
-            output_path=str(self._output_path.absolute()) if self._output_path else None,
-            rejects_path=str(self._rejects_path.absolute()) if self._rejects_path else None,
-        )
-
-    async def _open_sinks(
-        self, stack: AsyncExitStack, resume: ResumeState
+    async def open_sinks(
+        self,
+        stack: AsyncExitStack,
+        resume: ResumeState,
+        *,
+        wrap: Callable[[ResultSink], ResultSink] | None = None,
     ) -> tuple[ResultSink, ResultSink | None]:
-        """The output sink and the rejects sink (if any), each truncated back to
-        its last commit."""
-        sink = self._output_sink()
+        """The output sink (through ``wrap``: a result processor) and the rejects
+        sink (if any), each truncated back to its last commit."""
+        sink = self._output_sink(outputs=wrap is not None)
+        if wrap is not None:
+            sink = wrap(sink)
         await sink.open(resume.output)
         stack.push_async_callback(sink.aclose)
         rejects_sink: ResultSink | None = None
-        if self._rejects_path is not None:
-            rejects_sink = JsonlSink(self._rejects_path)
+        if self.files.rejects is not None:
+            rejects_sink = JsonlSink(self.files.rejects)
         elif self._rejects_callback is not None:
             rejects_sink = rejects_callback(self._rejects_callback)
         if rejects_sink is not None:
@@ -338,8 +382,6 @@ def _fingerprint(path: Path) -> str:
 
 
 def _with(config: PipelineConfig, **changes: Any) -> PipelineConfig:
-    import msgspec
-
     return msgspec.structs.replace(config, **changes)
 
 
