@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
     from ._pricing import PriceTable
     from .api._client import Client
-    from .ledger._base import Ledger
+    from .ledger._base import JobSpec, Ledger
     from .stages._items import RejectLine
     from .stages._protocol import Progress
 
@@ -247,6 +247,11 @@ class Pipeline:
     def _progress(self) -> Progress:
         """The live counters (``JobCounters``), for subclasses."""
         return self._run_state.counters
+
+    def job_spec(self) -> JobSpec:
+        """What identifies this job in its ledger (its files and the input's
+        fingerprint): what ``Ledger.open`` is given."""
+        return self._files.spec()
 
     def _check_before_start(self) -> None:
         """What can be refused before anything is opened (the command line's check)."""

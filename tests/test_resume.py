@@ -303,7 +303,7 @@ async def test_a_batch_of_another_job_adopted_by_mistake_loses_no_request(
         tmp_path / "out.jsonl",
         tmp_path / "rejects.jsonl",
         state=tmp_path / "job.state",
-    )._job_spec()
+    ).job_spec()
     ledger = SQLiteLedger(tmp_path / "job.state")
     await ledger.open(spec)
     entries, offset = [], 0

@@ -149,7 +149,7 @@ async def test_a_queue_numbers_on_past_every_line_the_job_holds(tmp_path: Path) 
     state = tmp_path / "s.db"
     send, receive = anyio.create_memory_object_stream[Any](1)
     with send, receive:  # the job's identity, as the pipeline below will check it
-        spec = QueuePipeline(receive, print, state=state)._job_spec()
+        spec = QueuePipeline(receive, print, state=state).job_spec()
     ledger = SQLiteLedger(state)
     await ledger.open(spec)
     raw = msgspec.json.encode(entry("old-9"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import httpx
@@ -15,6 +16,7 @@ from pipeline._errors import LedgerError
 from pipeline.ledger import JobStatus, read_status
 
 if TYPE_CHECKING:
+    import random
     from pathlib import Path
 
 
@@ -118,3 +120,59 @@ async def submissions(url: str) -> dict[str, int]:
         answer.raise_for_status()
         counts: dict[str, int] = answer.json()
         return counts
+
+
+def start_definition(
+    url: str, definition: Path, *, api_key: str = "resume-test-key"
+) -> subprocess.Popen[bytes]:
+    """``pipeline worker DEFINITION`` against the emulator at ``url`` (the definition
+    takes the service from the environment, as the SDK does)."""
+    command = [sys.executable, "-m", "pipeline", "worker", str(definition), "--quiet"]
+    env = {
+        **os.environ,
+        "ANTHROPIC_API_KEY": api_key,
+        "ANTHROPIC_BASE_URL": url,
+        "PIPELINE_RECONCILE_SETTLE_SECONDS": "1",
+    }
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=definition.parent
+    )
+
+
+class KillTrigger:
+    """When to kill a worker, chosen by a seeded RNG: after a random time, after the
+    n-th commit of the state file, or once the output grew by a random size; never
+    letting one run write more than its share of what is left (``total`` lines in
+    the end), so the job cannot finish before the last kill."""
+
+    def __init__(
+        self, rng: random.Random, out: Path, state: Path, *, total: int, kills_left: int
+    ) -> None:
+        self.out, self.wal = out, state.with_name(state.name + "-wal")
+        data = out.read_bytes() if out.exists() else b""
+        lines = data.count(b"\n")
+        per_line = len(data) / lines if lines else 200
+        self.quota = 0.7 * per_line * (total - lines) / (kills_left + 1)
+        self.kind = rng.choice(["time", "time", "state", "output"])
+        self.seconds = rng.uniform(0.2, 0.9)
+        self.commits = rng.randint(1, 20)
+        self.grow = rng.randint(1, 40_000)
+        self.base_output = size(out)
+        self.base_wal = (0, 0)
+        self.changes = 0
+
+    def fired(self, started: float) -> bool:
+        elapsed = time.monotonic() - started
+        if elapsed > 4.0:
+            return True
+        grown = size(self.out) - self.base_output
+        if grown >= self.quota:
+            return True
+        if self.kind == "time":
+            return elapsed >= self.seconds
+        if self.kind == "output":
+            return grown >= self.grow
+        stamp = (size(self.wal), self.wal.stat().st_mtime_ns if self.wal.exists() else 0)
+        if stamp != self.base_wal:
+            self.base_wal, self.changes = stamp, self.changes + 1
+        return self.changes >= self.commits
