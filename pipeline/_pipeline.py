@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from .api._client import Client
     from .ledger._base import JobSpec, Ledger
     from .stages._items import RejectLine
-    from .stages._protocol import Progress
+    from .stages._protocol import JobCounters
 
 __all__ = ("Pipeline",)
 
@@ -244,7 +244,7 @@ class Pipeline:
         return self._files.state
 
     @property
-    def _progress(self) -> Progress:
+    def _progress(self) -> JobCounters:
         """The live counters (``JobCounters``), for subclasses."""
         return self._run_state.counters
 

@@ -35,7 +35,7 @@ from ._pricing import DEFAULT_PRICES
 from .ledger._reconcile import reconciler, settle_pending
 from .stages._items import SubmittedBatch
 from .stages._process import ProcessingSink
-from .stages._protocol import Capacity, Progress
+from .stages._protocol import Capacity, JobCounters
 from .stages._user import HeldLines, Record, UserStage
 from .stages.chunker import chunker
 from .stages.poller import poller
@@ -76,7 +76,7 @@ class RunState:
     after the run."""
 
     def __init__(self, config: PipelineConfig) -> None:
-        self.counters = Progress()
+        self.counters = JobCounters()
         self.capacity = Capacity(config.max_in_flight)
         self.stop = anyio.Event()
         self.stopped_reason: str | None = None

@@ -122,7 +122,7 @@ class WatchPipeline(Pipeline):
             directory=self.directory,
             pattern=self.pattern,
             poll_interval=self.poll_interval,
-            stop_event=stop,
+            stop=stop,
             start_line=start_line,
             taken=self._taken,
             max_line=self.config.max_batch_bytes,
@@ -144,15 +144,15 @@ async def queue_source(
     /,
     *,
     receive: MemoryObjectReceiveStream[Any],
-    stop_event: anyio.Event,
+    stop: anyio.Event,
     start_line: int = 0,
 ) -> None:
     """Send entries (dicts, Structs or encoded bytes) as they arrive on ``receive``:
     whatever is waiting goes out at once as one chunk, so a trickle is never held
-    back. Ends when ``receive`` is closed by its producers or ``stop_event`` is set."""
+    back. Ends when ``receive`` is closed by its producers or ``stop`` is set."""
     line = start_line
     async with send:
-        while not stop_event.is_set():
+        while not stop.is_set():
             items: list[Any] = []
             with anyio.move_on_after(_QUEUE_STOP_CHECK):
                 try:
@@ -199,7 +199,7 @@ class QueuePipeline(Pipeline):
     ) -> None:
         """The source stage (``SourceStage``): entries as they arrive on the queue."""
         async with self.receive:
-            await queue_source(send, receive=self.receive, stop_event=stop, start_line=start_line)
+            await queue_source(send, receive=self.receive, stop=stop, start_line=start_line)
 
 
 def load_definition(path: str | os.PathLike[str]) -> dict[str, Any]:

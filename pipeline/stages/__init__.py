@@ -35,7 +35,7 @@ from ._process import JoinedResult as JoinedResult
 from ._process import ProcessingSink as ProcessingSink
 from ._protocol import Capacity as Capacity
 from ._protocol import Chunk as Chunk
-from ._protocol import Progress as Progress
+from ._protocol import JobCounters as JobCounters
 from ._protocol import SourceStage as SourceStage
 from ._protocol import Stage as Stage
 from ._user import HeldLines as HeldLines
@@ -82,7 +82,7 @@ __all__ = (
     "Entry",
     "Flush",
     "JsonlSink",
-    "Progress",
+    "JobCounters",
     "RawLine",
     "Reject",
     "RejectError",

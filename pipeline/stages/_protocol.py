@@ -1,7 +1,7 @@
 """What the stages share: the stage shape, the chunk record, the in-flight capacity,
 and the job's live progress (what is outstanding, what is spooled).
 
-The runner creates one ``Capacity`` and one ``Progress`` per pipeline and hands them
+The runner creates one ``Capacity`` and one ``JobCounters`` per pipeline and hands them
 to the stages that need them; stages never create task groups of their own.
 """
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from ._items import RawLine
 
-__all__ = ("Capacity", "Chunk", "Progress", "SourceStage", "Stage")
+__all__ = ("Capacity", "Chunk", "JobCounters", "SourceStage", "Stage")
 
 T_in = TypeVar("T_in", contravariant=True)
 T_out = TypeVar("T_out", covariant=True)
@@ -162,7 +162,7 @@ class Capacity:
         self._changed = anyio.Event()
 
 
-class Progress:
+class JobCounters:
     """The job's live counters, shared by the stages and read by the runner.
 
     ``outstanding`` counts requests that entered the chunker and are not resolved

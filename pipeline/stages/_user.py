@@ -48,7 +48,7 @@ from .source import entry_line
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._protocol import Progress
+    from ._protocol import JobCounters
     from .validate import Validator
 
 __all__ = ("HeldLines", "Record", "UserStage")
@@ -188,7 +188,7 @@ class UserStage:
         held: HeldLines,
         register: bool,
         validator: Validator | None = None,
-        counters: Progress | None = None,
+        counters: JobCounters | None = None,
     ) -> None:
         self.fn = fn
         self.counters = counters

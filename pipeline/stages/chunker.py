@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
     from .._config import PipelineConfig
-    from ._protocol import Progress
+    from ._protocol import JobCounters
     from ._user import HeldLines
 
 __all__ = ("Packer", "chunker")
@@ -155,7 +155,7 @@ async def chunker(
     /,
     *,
     config: PipelineConfig,
-    progress: Progress | None = None,
+    progress: JobCounters | None = None,
     held: HeldLines | None = None,
     clock: Callable[[], float] = anyio.current_time,
     timeout: Callable[[float], anyio.CancelScope] = anyio.move_on_after,

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ..api._client import Client
     from ..api._types import RequestCounts
     from ..ledger._base import Ledger
-    from ._protocol import Progress
+    from ._protocol import JobCounters
 
 __all__ = ("QUICK_LOOK", "Poller", "next_interval", "poller")
 
@@ -164,7 +164,7 @@ async def poller(
     client: Client,
     ledger: Ledger,
     config: PipelineConfig,
-    progress: Progress | None = None,
+    progress: JobCounters | None = None,
     resumed: list[SubmittedBatch] | None = None,
     clock: Callable[[], float] = anyio.current_time,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
@@ -205,7 +205,7 @@ async def poller(
                 await send.send(ended)
 
 
-def _stopping(progress: Progress | None) -> bool:
+def _stopping(progress: JobCounters | None) -> bool:
     return progress is not None and progress.stopping
 
 

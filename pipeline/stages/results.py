@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ..api._types import MessageBatch
     from ..ledger._base import Ledger
     from ._items import EndedBatch
-    from ._protocol import Capacity, Progress
+    from ._protocol import Capacity, JobCounters
     from .sink import ResultSink
 
 __all__ = ("RETRYABLE_ERRORS", "ResultsCollector", "results")
@@ -130,7 +130,7 @@ class ResultsCollector:
         sink: ResultSink,
         config: PipelineConfig,
         capacity: Capacity,
-        progress: Progress,
+        progress: JobCounters,
         resumed: dict[int, int] | None = None,
         prices: PriceTable = DEFAULT_PRICES,
         canceling: anyio.Event | None = None,
@@ -423,7 +423,7 @@ class _Tally:
             key = "expired"
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
-    def add_to(self, progress: Progress, prices: PriceTable = DEFAULT_PRICES) -> None:
+    def add_to(self, progress: JobCounters, prices: PriceTable = DEFAULT_PRICES) -> None:
         for key, n in self.outcomes.items():
             progress.outcome(key, n)
         for model, (inputs, outputs, cache_write, cache_read, write_1h) in self.tokens.items():
@@ -515,7 +515,7 @@ async def results(
     sink: ResultSink,
     config: PipelineConfig,
     capacity: Capacity,
-    progress: Progress,
+    progress: JobCounters,
     resumed: dict[int, int] | None = None,
     prices: PriceTable = DEFAULT_PRICES,
     canceling: anyio.Event | None = None,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from .._config import PipelineConfig
     from ..ledger._base import Ledger, SpoolItem
-    from ._protocol import Progress
+    from ._protocol import JobCounters
 
 __all__ = ("read_back", "retry_feeder")
 
@@ -80,7 +80,7 @@ async def retry_feeder(
     *,
     ledger: Ledger,
     config: PipelineConfig,
-    progress: Progress,
+    progress: JobCounters,
     path: str | os.PathLike[str] | None = None,
 ) -> None:
     """Feed spooled requests back into the chunker until the job's cycle is done."""

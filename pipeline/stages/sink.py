@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
     from ..ledger._base import Ledger
-    from ._protocol import Progress
+    from ._protocol import JobCounters
 
 __all__ = ("CallbackSink", "JsonlSink", "ResultSink", "rejects_callback", "rejects_writer")
 
@@ -248,7 +248,7 @@ async def rejects_writer(
     *,
     ledger: Ledger,
     sink: ResultSink | None,
-    progress: Progress,
+    progress: JobCounters,
     position: SinkPosition,
     done: anyio.Event,
 ) -> None:

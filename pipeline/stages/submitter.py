@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from ..api._client import Client
     from ..ledger._base import Ledger
     from ._items import Entry
-    from ._protocol import Capacity, Chunk, Progress
+    from ._protocol import Capacity, Chunk, JobCounters
 
 __all__ = ("FIRST_CREATE_BACKOFF", "Submitter", "create_backoff", "submitter")
 
@@ -97,7 +97,7 @@ class Submitter:
         ledger: Ledger,
         config: PipelineConfig,
         capacity: Capacity,
-        progress: Progress,
+        progress: JobCounters,
         clock: Callable[[], float] = time.time,
         reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
@@ -303,7 +303,7 @@ async def submitter(
     ledger: Ledger,
     config: PipelineConfig,
     capacity: Capacity,
-    progress: Progress,
+    progress: JobCounters,
     clock: Callable[[], float] = time.time,
     reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,

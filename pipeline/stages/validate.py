@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
     from .._config import PipelineConfig
-    from ._protocol import Progress
+    from ._protocol import JobCounters
 
 __all__ = ("REJECT_TYPES", "Validator", "validate")
 
@@ -250,7 +250,7 @@ async def validate(
     *,
     config: PipelineConfig,
     models: frozenset[str] | None = DEFAULT_MODELS,
-    progress: Progress | None = None,
+    progress: JobCounters | None = None,
     prices: PriceTable = DEFAULT_PRICES,
 ) -> None:
     """Check every line; send entries and rejects in input order, then a final

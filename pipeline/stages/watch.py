@@ -147,7 +147,7 @@ class TakenFiles:
 
 
 async def _wait(
-    stop_event: anyio.Event,
+    stop: anyio.Event,
     seconds: float,
     sleep: Callable[[float], Awaitable[object]] | None,
 ) -> None:
@@ -155,7 +155,7 @@ async def _wait(
         await sleep(seconds)
         return
     with anyio.move_on_after(seconds):
-        await stop_event.wait()
+        await stop.wait()
 
 
 async def _send_file(
@@ -164,7 +164,7 @@ async def _send_file(
     *,
     start_line: int,
     chunk_size: int,
-    stop_event: anyio.Event,
+    stop: anyio.Event,
     max_line: int | None,
 ) -> int | None:
     """Send every line of ``path``; the last line number sent, or ``None`` if a
@@ -172,7 +172,7 @@ async def _send_file(
     reader = LineReader(start_line=start_line, max_line=max_line)
     async with opened(path) as handle:
         while True:
-            if stop_event.is_set():
+            if stop.is_set():
                 return None
             chunk = await handle.read(chunk_size)
             lines = reader.feed(chunk) if chunk else reader.flush()
@@ -191,7 +191,7 @@ async def watch_source(
     directory: str | os.PathLike[str],
     pattern: str = "*.jsonl",
     poll_interval: float = DEFAULT_WATCH_INTERVAL,
-    stop_event: anyio.Event,
+    stop: anyio.Event,
     sleep: Callable[[float], Awaitable[object]] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     start_line: int = 0,
@@ -199,13 +199,13 @@ async def watch_source(
     max_line: int | None = None,
 ) -> None:
     """Send the lines of every new file in ``directory`` matching ``pattern``,
-    looking again every ``poll_interval`` seconds, until ``stop_event`` is set.
+    looking again every ``poll_interval`` seconds, until ``stop`` is set.
 
     Each file is claimed (``NAME.from-N.reading``), read in ``chunk_size``
     chunks, and handed to ``taken``, which renames it ``NAME.done`` once its
     lines are accounted for (default: a ``TakenFiles()`` that does so once read).
     ``sleep`` replaces the wait between looks (tests); by default the wait ends
-    early when ``stop_event`` is set. Line numbers continue from ``start_line``;
+    early when ``stop`` is set. Line numbers continue from ``start_line``;
     a ``.reading`` file left by an earlier run keeps the numbers it had. A line
     longer than ``max_line`` bytes is skipped, not held (``source.LineReader``).
     """
@@ -215,7 +215,7 @@ async def watch_source(
     taken = taken if taken is not None else TakenFiles()
     line = start_line
     async with send:
-        while not stop_event.is_set():
+        while not stop.is_set():
             for found in pending_files(root, pattern):
                 if found in taken:  # read by this run, its lines not all accounted yet
                     continue
@@ -227,7 +227,7 @@ async def watch_source(
                     path,
                     start_line=start,
                     chunk_size=chunk_size,
-                    stop_event=stop_event,
+                    stop=stop,
                     max_line=max_line,
                 )
                 if last is None:
@@ -235,4 +235,4 @@ async def watch_source(
                 taken.add(path, start + 1, last)
                 line = max(line, last)
             taken.settle()
-            await _wait(stop_event, poll_interval, sleep)
+            await _wait(stop, poll_interval, sleep)

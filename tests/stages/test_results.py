@@ -20,7 +20,7 @@ from pipeline.api._client import Client
 from pipeline.api._lines import BlockSplitter
 from pipeline.ledger._base import SinkPosition
 from pipeline.stages._items import EndedBatch
-from pipeline.stages._protocol import Capacity, Progress
+from pipeline.stages._protocol import Capacity, JobCounters
 from pipeline.stages.results import ResultsCollector
 from pipeline.stages.sink import CallbackSink, JsonlSink, ResultSink
 from pipeline.testing import EmulatorConfig, serve_emulator
@@ -151,9 +151,9 @@ async def collect(
     ledger: ScriptedLedger | None = None,
     resumed: dict[int, int] | None = None,
     config: PipelineConfig | None = None,
-) -> tuple[Progress, ScriptedLedger]:
+) -> tuple[JobCounters, ScriptedLedger]:
     ledger = ledger or ScriptedLedger({})
-    progress = Progress()
+    progress = JobCounters()
     collector = ResultsCollector(
         client=ScriptedClient(body, chunk, block_bytes),  # type: ignore[arg-type]
         ledger=ledger,  # type: ignore[arg-type]

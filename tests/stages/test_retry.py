@@ -9,7 +9,7 @@ import pytest
 
 from pipeline._config import PipelineConfig
 from pipeline.ledger._sqlite import SQLiteLedger
-from pipeline.stages._protocol import Progress
+from pipeline.stages._protocol import JobCounters
 from pipeline.stages.retry import retry_feeder
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ async def test_a_feeder_cancelled_while_its_input_opens_still_ends_its_stream(
                 send,
                 ledger=SQLiteLedger(tmp_path / "state"),
                 config=PipelineConfig(),
-                progress=Progress(),
+                progress=JobCounters(),
                 path=tmp_path / "in.jsonl",
             )
         with pytest.raises(anyio.EndOfStream):

@@ -14,7 +14,7 @@ from pipeline._errors import LedgerError
 from pipeline.ledger._base import JobSpec, SinkPosition
 from pipeline.ledger._sqlite import SQLiteLedger
 from pipeline.stages._items import Reject, RejectError
-from pipeline.stages._protocol import Progress
+from pipeline.stages._protocol import JobCounters
 from pipeline.stages.sink import JsonlSink, rejects_writer
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ async def copy_rejects(ledger: Any, sink: JsonlSink, position: SinkPosition) -> 
     done.set()
     with anyio.fail_after(10):
         await rejects_writer(
-            ledger=ledger, sink=sink, progress=Progress(), position=position, done=done
+            ledger=ledger, sink=sink, progress=JobCounters(), position=position, done=done
         )
 
 

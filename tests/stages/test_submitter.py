@@ -26,7 +26,7 @@ from pipeline.api._client import Client
 from pipeline.api._types import MessageBatch as MessageBatchType
 from pipeline.ledger._base import ClaimResult
 from pipeline.stages._items import Entry, SubmittedBatch
-from pipeline.stages._protocol import Capacity, Chunk, Progress
+from pipeline.stages._protocol import Capacity, Chunk, JobCounters
 from pipeline.stages.submitter import submitter
 from pipeline.testing import EmulatorConfig, serve_emulator
 
@@ -219,10 +219,10 @@ def refused(status: int) -> Exception:
 
 async def submit_one(
     client: Any, *, on_sleep: Any = None, max_backoff: float = 10.0
-) -> tuple[list[SubmittedBatch], list[float], RecordingLedger, Progress]:
+) -> tuple[list[SubmittedBatch], list[float], RecordingLedger, JobCounters]:
     """One chunk of 3 entries through ``submitter`` with a virtual sleep."""
     sleeps: list[float] = []
-    progress = Progress()
+    progress = JobCounters()
     progress.outstanding = 3
 
     async def sleep(seconds: float) -> None:
@@ -273,7 +273,7 @@ async def test_a_create_refused_for_now_is_tried_again_with_capped_exponential_b
 
 
 async def test_a_stop_during_the_backoff_spools_the_requests() -> None:
-    def stop(progress: Progress) -> None:
+    def stop(progress: JobCounters) -> None:
         progress.stopping = True
 
     client = RefusingClient([refused(429)] * 10)

@@ -68,7 +68,7 @@ async def test_each_file_is_taken_once_in_order_until_stopped(tmp_path: Path) ->
                 send,
                 directory=tmp_path,
                 poll_interval=0.5,
-                stop_event=stop,
+                stop=stop,
                 sleep=poller.sleep,
                 chunk_size=4,  # lines span chunks
             )
@@ -106,9 +106,7 @@ async def test_a_stopped_source_ends_its_stream_and_a_restart_skips_done_files(
     stop = anyio.Event()
     send, receive = anyio.create_memory_object_stream[list[RawLine]](10)
     async with receive, anyio.create_task_group() as tg:
-        tg.start_soon(
-            lambda: watch_source(send, directory=tmp_path, poll_interval=60, stop_event=stop)
-        )
+        tg.start_soon(lambda: watch_source(send, directory=tmp_path, poll_interval=60, stop=stop))
         first = await receive.receive()
         assert [line.data for line in first] == [b'{"n":1}']
         stop.set()  # the default wait ends at once on stop, not after 60 s
@@ -122,7 +120,7 @@ async def test_a_stopped_source_ends_its_stream_and_a_restart_skips_done_files(
     async with receive2, anyio.create_task_group() as tg:
         tg.start_soon(
             lambda: watch_source(
-                send2, directory=tmp_path, poll_interval=60, stop_event=stop2, start_line=1
+                send2, directory=tmp_path, poll_interval=60, stop=stop2, start_line=1
             )
         )
         chunk = await receive2.receive()
@@ -133,7 +131,7 @@ async def test_a_stopped_source_ends_its_stream_and_a_restart_skips_done_files(
 async def test_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     send, receive = anyio.create_memory_object_stream[list[RawLine]](1)
     with send, receive, pytest.raises(NotADirectoryError, match="watched directory"):
-        await watch_source(send, directory=tmp_path / "nope", stop_event=anyio.Event())
+        await watch_source(send, directory=tmp_path / "nope", stop=anyio.Event())
 
 
 def test_files_claimed_by_a_crashed_run_are_taken_again_first(tmp_path: Path) -> None:
@@ -156,7 +154,7 @@ async def test_a_file_is_done_only_once_the_job_accounts_for_its_lines(tmp_path:
             lambda: watch_source(
                 send,
                 directory=tmp_path,
-                stop_event=stop,
+                stop=stop,
                 sleep=poller.sleep,
                 taken=TakenFiles(accounted=lambda: accounted[0]),
             )
@@ -186,7 +184,7 @@ async def test_a_file_read_again_after_a_crash_keeps_its_line_numbers(tmp_path: 
     async with receive, anyio.create_task_group() as tg:
         tg.start_soon(
             lambda: watch_source(
-                send, directory=tmp_path, stop_event=stop, sleep=poller.sleep, start_line=4
+                send, directory=tmp_path, stop=stop, sleep=poller.sleep, start_line=4
             )
         )
         await poller.idle.wait()
