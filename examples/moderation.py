@@ -1,23 +1,24 @@
 """Content moderation: user-generated texts classified through a tool-use schema,
-results joined back to the source rows by custom_id.
+each verdict joined with its row by a result processor.
 
 Run (no API key needed: the embedded emulator answers):
 
     python examples/moderation.py --workdir /tmp/moderation --rows 200
 
-Each comment becomes a request whose ``tool_choice`` forces the ``classify``
-tool, so every answer is structured: ``{"category": ..., "flagged": ...,
-"reason": ...}``. Results come back in any order; the custom_id (``comment-<row
-id>``) joins each to its row, and ``moderated.csv`` gets one line per comment
-with its verdict. (The emulator's fake model fills the schema with its first
-allowed values; a real model classifies.)
+A request builder (``build_requests``) makes each comment's request, whose
+``tool_choice`` forces the ``classify`` tool, so every answer is structured:
+``{"category": ..., "flagged": ..., "reason": ...}``. Results come back in any
+order; a result processor (``process_results``) gets each one joined with its
+request and its row, and writes the row with its verdict to ``results.jsonl``
+(exactly once, even across crashes); ``moderated.csv`` is that file in row order.
+(The emulator's fake model fills the schema with its first allowed values; a
+real model classifies.)
 
 Re-running the same command is safe: ``moderated.csv`` is rebuilt from
-``results.jsonl``, the job's durable output (the requests are in
-``requests.jsonl``), so a finished job gives the same CSV again without sending
-anything, and an interrupted one (Ctrl-C, a crash) is resumed first. A workdir
-holds one job: asking it for other rows is an error; ``--fresh`` discards the
-job and starts a new one.
+``results.jsonl``, the job's durable output, so a finished job gives the same CSV
+again without sending anything, and an interrupted one (Ctrl-C, a crash) is
+resumed first. A workdir holds one job (``job.json`` says how many rows): asking
+it for other rows is an error; ``--fresh`` discards the job and starts a new one.
 """
 
 from __future__ import annotations
@@ -27,13 +28,17 @@ import csv
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
 from pipeline import Pipeline, PipelineConfig, read_status
-from pipeline.api import ResultLine
+from pipeline.stages import build_requests, process_results
+
+if TYPE_CHECKING:
+    from pipeline.api import ResultLine
+    from pipeline.stages import JoinedResult
 
 MODEL = "claude-haiku-4-5"
 CATEGORIES = ["ok", "spam", "harassment", "hate", "self_harm", "other"]
@@ -58,7 +63,8 @@ SAMPLES = [
     "Does anyone know if this works on Windows?",
 ]
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(ResultLine)
+_decoder = msgspec.json.Decoder(dict[str, Any])
+FIELDS = ["id", "user", "text", "category", "flagged", "reason"]
 
 
 class WorkdirInUseError(Exception):
@@ -87,9 +93,9 @@ def request(row: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def write_requests(path: Path, rows: list[dict[str, str]]) -> None:
-    """The job's input; a file already there must hold the same requests (the job's)."""
-    data = b"".join(_encoder.encode(request(r)) + b"\n" for r in rows)
+def claim_workdir(path: Path, n: int) -> None:
+    """A workdir holds one job: ``job.json`` names its rows; another count is an error."""
+    data = _encoder.encode({"rows": n})
     if path.exists():
         if path.read_bytes() != data:
             raise WorkdirInUseError(
@@ -102,7 +108,7 @@ def write_requests(path: Path, rows: list[dict[str, str]]) -> None:
 
 def discard_job(workdir: Path) -> None:
     """``--fresh``: delete this example's files in ``workdir`` (nothing else)."""
-    for path in [*workdir.glob("results.*"), workdir / "requests.jsonl", workdir / "moderated.csv"]:
+    for path in [*workdir.glob("results.*"), workdir / "job.json", workdir / "moderated.csv"]:
         if path.is_dir():
             shutil.rmtree(path)
         else:
@@ -123,23 +129,20 @@ def verdict(line: ResultLine) -> dict[str, Any]:
     return {"category": "error", "flagged": None, "reason": reason}
 
 
-def verdicts(results: Path) -> dict[str, dict[str, Any]]:
-    """Row id -> verdict, from the results file."""
-    with results.open("rb") as handle:
-        lines = map(_decoder.decode, handle)
-        return {line.custom_id.removeprefix("comment-"): verdict(line) for line in lines}
+def moderated(joined: JoinedResult) -> dict[str, Any]:
+    """The result processor: the comment's row with its verdict."""
+    row, v = joined.record, verdict(joined.result)
+    return {**row, "category": v["category"], "flagged": v["flagged"], "reason": v["reason"]}
 
 
-def write_csv(out: Path, rows: list[dict[str, str]], found: dict[str, dict[str, Any]]) -> None:
-    """The join: each source row with its verdict, by custom_id, in row order."""
+def write_csv(out: Path, results: Path) -> None:
+    """The processed rows as a CSV, in row order."""
+    rows = [_decoder.decode(line) for line in results.read_bytes().splitlines()]
+    rows.sort(key=lambda r: int(r["id"]))
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "user", "text", "category", "flagged", "reason"])
-        for row in rows:
-            v = found.get(row["id"], {"category": "missing", "flagged": None, "reason": ""})
-            writer.writerow(
-                [row["id"], row["user"], row["text"], v["category"], v["flagged"], v["reason"]]
-            )
+        writer.writerow(FIELDS)
+        writer.writerows([r[f] for f in FIELDS] for r in rows)
 
 
 async def moderate(
@@ -150,21 +153,21 @@ async def moderate(
     workdir.mkdir(parents=True, exist_ok=True)
     if fresh:
         discard_job(workdir)
-    rows = comments(n)
-    write_requests(workdir / "requests.jsonl", rows)
+    claim_workdir(workdir / "job.json", n)
     results, state = workdir / "results.jsonl", workdir / "results.jsonl.state"
     # a finished job has all its results in results.jsonl already: nothing to run
     if not (state.exists() and (await read_status(state)).finished):
         pipeline = Pipeline(
-            workdir / "requests.jsonl",
+            comments(n),
             results,
             state=state,
+            stages=[build_requests(request), process_results(moderated)],
             config=PipelineConfig(linger_seconds=0.2),
             api_key=api_key,
         )
         await pipeline.run()  # a new job, or the interrupted one resumed
     out = workdir / "moderated.csv"
-    write_csv(out, rows, verdicts(results))
+    write_csv(out, results)
     return out
 
 

@@ -6,10 +6,12 @@ Run (no API key needed: the embedded emulator answers):
     python examples/product_descriptions.py --workdir /tmp/products --rows 500
 
 Writes ``products.csv`` (``--rows`` sample rows, unless one is there already:
-bring your own), streams its rows into requests (the CSV is never loaded whole),
-runs the job with the JSONL results file as the durable output, then joins
-``results.jsonl`` back to the rows by custom_id (``sku-<SKU>``) into
-``descriptions.csv``.
+bring your own) and runs one composed pipeline on its rows: a request builder
+(``build_requests``) makes each row's request, and a result processor
+(``process_results``) turns each result, joined with its row, into the output
+record ``{"sku", "name", "description"}``: ``results.jsonl`` holds those, exactly
+once each even across crashes. ``descriptions.csv`` is that file as a CSV, by sku.
+No script builds a request file before the job or joins the results after it.
 
 Re-running the same command is safe: an interrupted job (Ctrl-C, a crash) is
 resumed, a finished one sends nothing, and ``descriptions.csv`` is rebuilt from
@@ -32,13 +34,13 @@ import anyio
 import msgspec
 
 from pipeline import Pipeline, PipelineConfig, read_status
-from pipeline.api import ResultLine
+from pipeline.stages import build_requests, process_results
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from pipeline.stages import JoinedResult
 
 MODEL = "claude-sonnet-5-5"
-_decoder = msgspec.json.Decoder(ResultLine)
+_decoder = msgspec.json.Decoder(dict[str, str])
 KINDS = ["kettle", "backpack", "desk lamp", "running shoe", "chef knife", "water bottle"]
 
 
@@ -53,35 +55,35 @@ def write_sample_csv(path: Path, n: int) -> None:
             )
 
 
-def requests(path: Path) -> Iterator[dict[str, Any]]:
-    """One request per CSV row, read lazily."""
+def rows(path: Path) -> list[dict[str, str]]:
+    """The rows of the CSV, as a list: a list (any sequence) gives each row back to
+    the result processor with its result. (A source too large to hold can be any
+    iterable; the processor then gets ``record=None`` and uses its request.)"""
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            prompt = (
-                f"Write a two-sentence product description for {row['name']} "
-                f"({row['category']}). Features: {row['features']}."
-            )
-            yield {
-                "custom_id": f"sku-{row['sku']}",
-                "params": {
-                    "model": MODEL,
-                    "max_tokens": 300,
-                    "messages": [{"role": "user", "content": prompt}],
-                },
-            }
+        return list(csv.DictReader(handle))
 
 
-def descriptions(results: Path) -> dict[str, str]:
-    """sku -> description from the results file ("" for a request that did not
+def build(row: dict[str, str]) -> dict[str, Any]:
+    """The request builder: one request per row."""
+    prompt = (
+        f"Write a two-sentence product description for {row['name']} "
+        f"({row['category']}). Features: {row['features']}."
+    )
+    return {
+        "custom_id": f"sku-{row['sku']}",
+        "params": {
+            "model": MODEL,
+            "max_tokens": 300,
+            "messages": [{"role": "user", "content": prompt}],
+        },
+    }
+
+
+def describe(joined: JoinedResult) -> dict[str, str]:
+    """The result processor: the row's description ("" for a request that did not
     succeed: only a succeeded result carries a message)."""
-    out = {}
-    with results.open("rb") as handle:
-        for raw in handle:
-            line = _decoder.decode(raw)
-            message = getattr(line.result, "message", None)
-            text = "".join(b.get("text", "") for b in message.content) if message else ""
-            out[line.custom_id.removeprefix("sku-")] = text
-    return out
+    row = joined.record
+    return {"sku": row["sku"], "name": row["name"], "description": joined.text or ""}
 
 
 def discard_job(workdir: Path) -> None:
@@ -106,25 +108,28 @@ async def generate(
     if not products.exists():
         write_sample_csv(products, n)
     results, state = workdir / "results.jsonl", workdir / "results.jsonl.state"
+    table = rows(products)
     # a finished job has all its results in results.jsonl already: nothing to run
     if not (state.exists() and (await read_status(state)).finished):
         pipeline = Pipeline(
-            requests(products),
+            table,
             results,
             state=state,
+            stages=[build_requests(build), process_results(describe)],
             config=PipelineConfig(linger_seconds=0.2),
             api_key=api_key,
         )
         await pipeline.run()  # a new job, or the interrupted one resumed
-    texts = descriptions(results)
+    described = sorted(
+        (_decoder.decode(line) for line in results.read_bytes().splitlines()),
+        key=lambda d: d["sku"],
+    )
     out = workdir / "descriptions.csv"
-    missing = 0
-    with products.open(newline="") as src, out.open("w", newline="") as dst:
+    with out.open("w", newline="") as dst:
         writer = csv.writer(dst)
         writer.writerow(["sku", "name", "description"])
-        for row in csv.DictReader(src):
-            missing += row["sku"] not in texts
-            writer.writerow([row["sku"], row["name"], texts.get(row["sku"], "")])
+        writer.writerows([d["sku"], d["name"], d["description"]] for d in described)
+    missing = len(table) - len(described)
     if missing:
         print(
             f"{missing} rows of {products} have no result: were they added after the job "
