@@ -4,17 +4,18 @@ Run (no API key needed: the embedded emulator answers):
 
     python examples/evaluation.py --workdir /tmp/eval --cases 300
 
-Each case is one request (custom_id ``case-N``) in ``requests.jsonl``; the job
-writes one result per case to ``results.jsonl``, in any order. The cases are then
-scored by exact match, joined to their results by custom_id, never by position:
-the report counts passes, fails and errors, and ``scores.jsonl`` holds one line
-per case, in case order.
+One composed pipeline: a request builder (``build_requests``) makes each case's
+request (custom_id ``case-N``), and a result processor (``process_results``)
+scores each result, joined with its case, by exact match: ``results.jsonl``
+holds one verdict per case (in any order; exactly once, even across crashes).
+The report counts passes, fails and errors, and ``scores.jsonl`` holds the
+verdicts in case order.
 
 Re-running the same command is safe: the report and ``scores.jsonl`` are rebuilt
 from ``results.jsonl``, the job's durable output, so a finished job gives the
 same report again without sending anything, and an interrupted one (Ctrl-C, a
-crash) is resumed first. A workdir holds one job: asking it for other cases is
-an error; ``--fresh`` discards the job and starts a new one.
+crash) is resumed first. A workdir holds one job (``job.json``): asking it for
+other cases is an error; ``--fresh`` discards the job and starts a new one.
 
 About "expected": the cases are sums ("What is 17 + 25?"). A real model can answer
 them; the emulator's model is a deterministic fake that answers every prompt with
@@ -30,17 +31,21 @@ import argparse
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
 from pipeline import Pipeline, PipelineConfig, read_status
-from pipeline.api import ResultLine
+from pipeline.stages import build_requests, process_results
+
+if TYPE_CHECKING:
+    from pipeline.api import ResultLine
+    from pipeline.stages import JoinedResult
 
 MODEL = "claude-haiku-4-5"
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(ResultLine)
+_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 class WorkdirInUseError(Exception):
@@ -75,9 +80,9 @@ def request(case: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_requests(path: Path, cases: list[dict[str, Any]]) -> None:
-    """The job's input; a file already there must hold the same requests (the job's)."""
-    data = b"".join(_encoder.encode(request(c)) + b"\n" for c in cases)
+def claim_workdir(path: Path, cases: list[dict[str, Any]]) -> None:
+    """A workdir holds one job: ``job.json`` names its cases; other cases are an error."""
+    data = _encoder.encode(cases)
     if path.exists():
         if path.read_bytes() != data:
             raise WorkdirInUseError(
@@ -90,7 +95,7 @@ def write_requests(path: Path, cases: list[dict[str, Any]]) -> None:
 
 def discard_job(workdir: Path) -> None:
     """``--fresh``: delete this example's files in ``workdir`` (nothing else)."""
-    for path in [*workdir.glob("results.*"), workdir / "requests.jsonl", workdir / "scores.jsonl"]:
+    for path in [*workdir.glob("results.*"), workdir / "job.json", workdir / "scores.jsonl"]:
         if path.is_dir():
             shutil.rmtree(path)
         else:
@@ -106,25 +111,30 @@ def answer_text(line: ResultLine) -> str | None:
     return "".join(b.get("text", "") for b in message.content).strip()
 
 
-def answers(results: Path) -> dict[str, str | None]:
-    """custom_id -> the model's text (None: the request did not succeed)."""
-    with results.open("rb") as handle:
-        return {line.custom_id: answer_text(line) for line in map(_decoder.decode, handle)}
+def score(joined: JoinedResult) -> dict[str, Any]:
+    """The result processor: one case's verdict."""
+    case, text = joined.record, answer_text(joined.result)
+    expected = case["expected"]
+    verdict = "errored" if text is None else "passed" if text == expected else "failed"
+    return {"id": case["id"], "verdict": verdict, "got": text, "expected": expected}
 
 
-def score(cases: list[dict[str, Any]], got: dict[str, str | None], scores: Path) -> dict[str, int]:
-    """Write one verdict per case to ``scores``; the report. A case without a result
-    (a job stopped early) counts as errored."""
-    report = {"cases": len(cases), "passed": 0, "failed": 0, "errored": 0}
+def report(cases: list[dict[str, Any]], results: Path, scores: Path) -> dict[str, int]:
+    """The verdicts in case order to ``scores``; the report. A case without a
+    verdict (a job stopped early) counts as errored."""
+    found = {v["id"]: v for v in map(_decoder.decode, results.read_bytes().splitlines())}
+    counts = {"cases": len(cases), "passed": 0, "failed": 0, "errored": 0}
     with scores.open("wb") as out:
         for case in cases:
-            text = got.get(case["id"])
-            expected = case["expected"]
-            verdict = "errored" if text is None else "passed" if text == expected else "failed"
-            report[verdict] += 1
-            doc = {"id": case["id"], "verdict": verdict, "got": text, "expected": expected}
+            doc = found.get(case["id"]) or {
+                "id": case["id"],
+                "verdict": "errored",
+                "got": None,
+                "expected": case["expected"],
+            }
+            counts[doc["verdict"]] += 1
             out.write(_encoder.encode(doc) + b"\n")
-    return report
+    return counts
 
 
 async def evaluate(
@@ -136,19 +146,20 @@ async def evaluate(
     if fresh:
         discard_job(workdir)
     cases = make_cases(n, on_emulator=api_key is None)
-    write_requests(workdir / "requests.jsonl", cases)
+    claim_workdir(workdir / "job.json", cases)
     results, state = workdir / "results.jsonl", workdir / "results.jsonl.state"
     # a finished job has all its results in results.jsonl already: nothing to run
     if not (state.exists() and (await read_status(state)).finished):
         pipeline = Pipeline(
-            workdir / "requests.jsonl",
+            cases,
             results,
             state=state,
+            stages=[build_requests(request), process_results(score)],
             config=PipelineConfig(linger_seconds=0.2),
             api_key=api_key,
         )
         await pipeline.run()  # a new job, or the interrupted one resumed
-    return score(cases, answers(results), workdir / "scores.jsonl")
+    return report(cases, results, workdir / "scores.jsonl")
 
 
 def main() -> None:

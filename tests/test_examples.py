@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 import pipeline
-from pipeline.emulator._model import reply_text
+from pipeline.testing import reply_text
 
 if TYPE_CHECKING:
     import types
@@ -252,3 +252,43 @@ def _await_log(proc: subprocess.Popen[bytes], reached: Callable[[bytes], bool]) 
 def _written(log: bytes) -> int:
     """Result lines written, from the worker's "batch collected ... written=N" lines."""
     return sum(int(n) for n in re.findall(rb"batch collected .*written=(\d+)", log))
+
+
+def _triaged(path: Path) -> list[dict[str, Any]]:
+    return [msgspec.json.decode(line) for line in path.read_bytes().splitlines()]
+
+
+def test_composed_pipeline_runs_as_a_worker_and_again(tmp_path: Path) -> None:
+    """The header's command, as written: the worker runs the composed definition to
+    its end; run again, it sends nothing and writes nothing twice."""
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    [worker] = header_commands("composed_pipeline")
+    assert worker == "python -m pipeline worker examples/composed_pipeline.py"
+    env = {**ENV, "PIPELINE_TICKETS": "60"}
+    out = tmp_path / "examples-out" / "composed" / "triaged.jsonl"
+    for _ in range(2):
+        done = subprocess.run(
+            shlex.split(worker),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    composed = load("composed_pipeline")
+    kept = [t for t in composed.tickets(60) if t["text"]]
+    got = _triaged(out)
+    assert sorted(t["ticket"] for t in got) == [t["id"] for t in kept]
+    for t in got:
+        ticket = next(k for k in kept if k["id"] == t["ticket"])
+        assert t["priority"] == ("urgent" if ticket["urgent"] else "normal")
+        assert t["reply"] == " ".join(reply_text(ticket["text"]))
+
+
+async def test_composed_pipeline_runs_in_a_service(tmp_path: Path) -> None:
+    composed = load("composed_pipeline")
+    stats = await composed.make_pipeline(tmp_path).run()
+    assert stats.finished
+    assert stats.filtered == len([t for t in composed.tickets(200) if not t["text"]])
+    assert len(_triaged(tmp_path / "triaged.jsonl")) == 200 - stats.filtered
