@@ -17,7 +17,7 @@ from pipeline.api._client import Client
 from pipeline.ledger import JobSpec, SQLiteLedger, read_status
 from pipeline.stages._items import Entry
 from pipeline.testing import EmulatorConfig, serve_emulator
-from tests.test_pipeline import FAST, entry, run_job, write_input
+from tests._helpers import FAST, entry, run_job, write_input
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -17,7 +17,7 @@ from pipeline._worker import QueuePipeline
 from pipeline.api._client import Client
 from pipeline.ledger import read_status
 from pipeline.testing import EmulatorConfig, serve_emulator
-from tests.test_pipeline import FAST, entry, read_results, run_job, write_input
+from tests._helpers import FAST, entry, read_results, run_job, write_input
 
 if TYPE_CHECKING:
     from pathlib import Path

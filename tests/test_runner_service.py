@@ -15,7 +15,7 @@ from pipeline._config import PipelineConfig
 from pipeline._pipeline import Pipeline
 from pipeline._pricing import DEFAULT_PRICES
 from pipeline.testing import EmulatorConfig, serve_emulator
-from tests.test_pipeline import FAST, MODEL, entry, read_results, run_job
+from tests._helpers import FAST, MODEL, entry, read_results, run_job
 
 if TYPE_CHECKING:
     from pathlib import Path

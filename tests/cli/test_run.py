@@ -18,7 +18,7 @@ from pipeline._stats import PipelineStatistics
 from pipeline.cli import build_parser
 from pipeline.cli.run import build_config, format_summary
 from pipeline.testing import start_emulator_process
-from tests.test_pipeline import entry
+from tests._helpers import entry
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "requests.jsonl"
 
