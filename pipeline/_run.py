@@ -387,7 +387,7 @@ class JobRun:
         stages.append(
             (
                 "validate",
-                validate(
+                (plan.replacement("validate") or validate)(
                     recv_next,
                     send_checked,
                     config=config,
@@ -401,7 +401,8 @@ class JobRun:
         for spec in plan.after_validate:
             send_next, recv_next = _stream(size)
             if spec.standard:
-                stages.append((spec.name, self._standard_stage(spec.name)(recv_checked, send_next)))
+                stage = self._standard_stage(spec.name, spec.fn)
+                stages.append((spec.name, stage(recv_checked, send_next)))
             else:
                 stages.append((spec.name, _user(spec, recv_checked, send_next)))
             recv_checked = recv_next
@@ -431,11 +432,13 @@ class JobRun:
         stages += [
             (
                 "chunker",
-                chunker(recv_checked, send_chunks, config=config, progress=p, held=held),
+                (plan.replacement("chunker") or chunker)(
+                    recv_checked, send_chunks, config=config, progress=p, held=held
+                ),
             ),
             (
                 "submitter",
-                submitter(
+                (plan.replacement("submitter") or submitter)(
                     recv_chunks,
                     send_sub,
                     client=client,
@@ -450,7 +453,7 @@ class JobRun:
             ),
             (
                 "poller",
-                poller(
+                (plan.replacement("poller") or poller)(
                     recv_sub,
                     send_ended,
                     client=client,
@@ -471,7 +474,7 @@ class JobRun:
             ),
             (
                 "results" if plan.processor is None else plan.processor.name,
-                results(
+                (plan.replacement("results") or results)(
                     recv_ended,
                     client=client,
                     ledger=ledger,
@@ -605,12 +608,15 @@ class JobRun:
             make = Record if self.plan.builder else None
             await iterable_source(send, items=source, skip=resume.source_line, stop=stop, make=make)
 
-    def _standard_stage(self, name: str) -> Callable[[Any, Any], Coroutine[Any, Any, None]]:
-        """The dry run or the spend guard, bound to this run."""
+    def _standard_stage(
+        self, name: str, replacement: Callable[..., Any] | None
+    ) -> Callable[[Any, Any], Coroutine[Any, Any, None]]:
+        """The dry run or the spend guard (or what replaces it), bound to this run."""
         config, prices = self.config, self.prices
         if name == "dry_run":
             from .stages.dryrun import DryRunMeter, dry_run
 
+            dry_run = replacement or dry_run
             self.state.dry_run_meter = meter = DryRunMeter()
             client = self.client
             assert client is not None
@@ -624,6 +630,7 @@ class JobRun:
         assert name == "spend_guard"
         from .stages.budget import SpendMeter, spend_guard
 
+        spend_guard = replacement or spend_guard
         spend = SpendMeter()
 
         async def _guard(r: Any, s: Any) -> None:

@@ -25,6 +25,7 @@ from pipeline.stages import (
     on_records,
     on_requests,
     process_results,
+    submitter,
 )
 from pipeline.testing import EmulatorConfig, reply_text, serve_emulator
 
@@ -283,3 +284,46 @@ async def test_a_full_list_leaves_out_optional_stages_and_inserts_a_filter(
     assert ids == [p.sku for p in products(30) if not p.sku.endswith("7")]
     assert stats.dry_run_calls == 0  # left out, whatever the configuration says
     assert stats.filtered == 3
+
+
+async def test_a_standard_stage_replaced_by_another_does_its_part(tmp_path: Path) -> None:
+    chunks: list[int] = []
+
+    async def gateway_submitter(receive: Any, send: Any, /, **options: Any) -> None:
+        async def counted() -> AsyncIterator[Any]:
+            async with receive:
+                async for chunk in receive:
+                    chunks.append(len(chunk.entries))
+                    yield chunk
+
+        inner_send, inner_receive = anyio.create_memory_object_stream[Any](1)
+        async with anyio.create_task_group() as tg:
+
+            async def pump() -> None:
+                async with inner_send:
+                    async for chunk in counted():
+                        await inner_send.send(chunk)
+
+            tg.start_soon(pump)
+            await submitter(inner_receive, send, **options)
+
+    stages = [
+        VALIDATE,
+        CHUNKER,
+        SUBMITTER.replaced_by(gateway_submitter),
+        POLLER,
+        RESULTS,
+    ]
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        stats = await run(tmp_path, emu.url, [build(p) for p in products(25)], stages=stages)
+    assert sum(chunks) == 25
+    assert stats.written == 25
+
+
+def test_two_stages_of_one_name_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unique"):
+        Pipeline(
+            products(3),
+            tmp_path / "out.jsonl",
+            stages=[on_records(lambda r: r, name="x"), on_records(lambda r: r, name="x")],
+        )

@@ -91,6 +91,22 @@ class StageSpec:
     def __repr__(self) -> str:
         return f"StageSpec({self.name!r}: {self.input} -> {self.output})"
 
+    def replaced_by(self, fn: Callable[..., Any]) -> StageSpec:
+        """This standard stage done by ``fn`` instead (a submitter that talks to a
+        gateway, another chunker): the runner calls ``fn`` with the arguments it
+        gives the standard one (``pipeline.stages.submitter``'s signature for
+        ``SUBMITTER``, and so on). The source and the sink are replaced through
+        ``Pipeline(source=..., output=...)``."""
+        if not self.standard:
+            raise UsageError(f"{self.name!r} is not a standard stage: list another stage instead")
+        if self.input is None or self.output is None:
+            raise UsageError(
+                f"the {self.name} is replaced through Pipeline(source=..., output=...)"
+            )
+        spec = StageSpec(self.name, self.input, self.output, standard=True, optional=self.optional)
+        spec.fn = fn
+        return spec
+
 
 def _standard(
     name: str, input: str | None, output: str | None, *, optional: bool = False
@@ -199,6 +215,13 @@ class Plan:
     def processor(self) -> StageSpec | None:
         return self.processors[0] if self.processors else None
 
+    def replacement(self, name: str) -> Callable[..., Any] | None:
+        """The function that replaces the standard stage ``name``, if any."""
+        for spec in self.stages:
+            if spec.standard and spec.name == name:
+                return spec.fn
+        return None
+
 
 def compose(
     stages: Sequence[StageSpec] | None,
@@ -256,6 +279,9 @@ def _slot(full: list[StageSpec], spec: StageSpec) -> int:
 
 def _check(full: list[StageSpec], *, records: bool) -> None:
     names = [s.name for s in full]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise UsageError(f"stage names must be unique in a pipeline: {', '.join(twice)} (name=...)")
     for required in ("validate", *(s.name for s in _CORE)):
         if required not in names:
             raise UsageError(f"the pipeline has no {required!r} stage: every job needs one")
