@@ -30,7 +30,7 @@ import anyio
 import anyio.to_thread
 
 from ._cancel import JobCancel
-from ._errors import PipelineError, StageError
+from ._errors import PipelineError, StageError, UsageError
 from ._pricing import DEFAULT_PRICES
 from .ledger._reconcile import reconciler, settle_pending
 from .stages._items import SubmittedBatch
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from ._observe import JobObserver
     from ._pricing import PriceTable
     from .api._client import Client
-    from .ledger._base import BatchRecord, Ledger, ResumeState
+    from .ledger._base import BatchRecord, Ledger, ResumeState, SinkPosition
     from .stages._compose import Plan, StageSpec
     from .stages._protocol import SourceStage
     from .stages.sink import ResultSink
@@ -181,6 +181,7 @@ class JobRun:
         resume = await self._open_job(ledger)
         if resume.fresh:
             files.check_overwrite()
+            self._check_routes()
         if resume.cancel == "canceled" and (state.cancel_only or not self.resume_canceled):
             await self._already_canceled(ledger)
             return
@@ -192,7 +193,7 @@ class JobRun:
             self.observer.attach(client)
         self.config = resources.config
         sink, rejects_sink = await resources.open_sinks(
-            stack, resume, wrap=self._processing(ledger)
+            stack, resume, wrap=self._processing(ledger, resume.sinks)
         )
         state.job_cancel = JobCancel(
             ledger=ledger,
@@ -266,7 +267,9 @@ class JobRun:
         )
         logger.warning("%s", self.state.stopped_reason)
 
-    def _processing(self, ledger: Ledger) -> Callable[[ResultSink], ResultSink] | None:
+    def _processing(
+        self, ledger: Ledger, route_positions: dict[str, SinkPosition]
+    ) -> Callable[[ResultSink], ResultSink] | None:
         processor = self.plan.processor
         if processor is None:
             return None
@@ -275,11 +278,34 @@ class JobRun:
 
         def wrap(sink: ResultSink) -> ResultSink:
             self.state.processing = ProcessingSink(
-                sink, fn, ledger=ledger, input_path=self.files.input, records=self.source
+                sink,
+                fn,
+                ledger=ledger,
+                input_path=self.files.input,
+                records=self.source,
+                routes={
+                    name: JsonlSink(route) if isinstance(route, str | os.PathLike) else route
+                    for name, route in processor.routes.items()
+                },
+                route_positions=route_positions,
             )
             return self.state.processing
 
         return wrap
+
+    def _check_routes(self) -> None:
+        """A new job starts its routes' files empty too: refuse to wipe one."""
+        processor = self.plan.processor
+        if processor is None or self.files.overwrite:
+            return
+        for name, route in processor.routes.items():
+            if not isinstance(route, str | os.PathLike) or not os.path.isfile(route):
+                continue
+            if os.path.getsize(route) > 0:
+                raise UsageError(
+                    f"route {name!r} file {route} is not empty and this is a new job: pass "
+                    "overwrite=True to replace it, or remove it"
+                )
 
     async def _already_finished(self, ledger: Ledger, resume: ResumeState) -> None:
         """A re-run of a finished job: its files checked against the ledger (one cut

@@ -21,6 +21,7 @@ from pipeline.stages import (
     Entry,
     JoinedResult,
     Record,
+    Routed,
     build_requests,
     on_records,
     on_requests,
@@ -326,4 +327,29 @@ def test_two_stages_of_one_name_are_refused(tmp_path: Path) -> None:
             products(3),
             tmp_path / "out.jsonl",
             stages=[on_records(lambda r: r, name="x"), on_records(lambda r: r, name="x")],
+        )
+
+
+async def test_a_router_sends_some_outputs_to_a_second_sink(tmp_path: Path) -> None:
+    def route(joined: JoinedResult) -> Any:
+        out = {"sku": joined.record.sku}
+        return Routed("odd", out) if int(joined.record.sku[-1]) % 2 else out
+
+    stages = [
+        build_requests(build),
+        process_results(route, routes={"odd": tmp_path / "odd.jsonl"}),
+    ]
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        await run(tmp_path, emu.url, products(30), stages=stages)
+    even = sorted(o["sku"] for o in outputs(tmp_path / "out.jsonl"))
+    odd = sorted(o["sku"] for o in outputs(tmp_path / "odd.jsonl"))
+    assert even == [p.sku for p in products(30) if int(p.sku[-1]) % 2 == 0]
+    assert odd == [p.sku for p in products(30) if int(p.sku[-1]) % 2]
+    with pytest.raises(UsageError, match="route 'odd' file"):  # a new job keeps it
+        await run(
+            tmp_path,
+            "http://127.0.0.1:9",  # never contacted
+            products(30),
+            stages=stages,
+            output=tmp_path / "other.jsonl",
         )

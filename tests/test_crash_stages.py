@@ -3,7 +3,7 @@
 A pipeline definition (``pipeline worker def.py``) reads records from a list, drops
 some with a filter, reorders them in groups with a general stage that holds them,
 builds a request from each, and turns each result, joined with its request and
-record, into an output record of its own. The emulator (its own process) fails 5%
+record, into an output record of its own, routing every fifth to a second sink. The emulator (its own process) fails 5%
 of requests, so retries happen. After the last run: every kept record has exactly
 one output, the answer to the request the builder made from it; the emulator
 received exactly the builder's custom_ids, each as many times as the ledger's
@@ -39,7 +39,7 @@ SEED = int(os.environ.get("CRASH_SEED", "20261206"))
 
 DEFINITION = """
 from pipeline import Pipeline, PipelineConfig
-from pipeline.stages import build_requests, on_records, process_results
+from pipeline.stages import Routed, build_requests, on_records, process_results
 
 RECORDS = [{{"id": f"rec-{{i:05d}}", "topic": f"topic {{i}}"}} for i in range({records})]
 
@@ -73,18 +73,25 @@ def build(record):
 
 
 def process(joined):
-    return {{
+    out = {{
         "id": joined.record["id"],
         "prompt": joined.request["params"]["messages"][0]["content"],
         "text": joined.text,
     }}
+    # a router: every fifth record's output goes to a second sink
+    return Routed("fifths", out) if int(joined.record["id"][4:]) % 5 == 0 else out
 
 
 pipeline = Pipeline(
     RECORDS,
     "out.jsonl",
     state="job.state",
-    stages=[on_records(keep), on_records(reorder), build_requests(build), process_results(process)],
+    stages=[
+        on_records(keep),
+        on_records(reorder),
+        build_requests(build),
+        process_results(process, routes={{"fifths": "fifths.jsonl"}}),
+    ],
     config=PipelineConfig(
         max_batch_requests=40,
         max_in_flight=120,
@@ -128,7 +135,13 @@ async def test_user_stages_under_sigkill_give_each_output_once_and_pay_once(
     assert kills >= 20, f"the job finished after {kills} kills: make it longer"
     assert size(out) > 0
 
-    got = [msgspec.json.decode(line) for line in out.read_bytes().splitlines()]
+    main = [msgspec.json.decode(line) for line in out.read_bytes().splitlines()]
+    routed = [
+        msgspec.json.decode(line) for line in (tmp_path / "fifths.jsonl").read_bytes().splitlines()
+    ]
+    assert all(int(o["id"][4:]) % 5 == 0 for o in routed)
+    assert all(int(o["id"][4:]) % 5 for o in main)
+    got = main + routed
     ids = [o["id"] for o in got]
     assert len(ids) == len(set(ids)), "an output was written twice"
     assert sorted(ids) == kept, "a kept record has no output, or a filtered one has"

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import msgspec
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from ..stages._items import Entry, Reject
 
@@ -165,6 +165,8 @@ class ResumeState(msgspec.Struct, kw_only=True):
     cancel: CancelState | None = None
     #: (added) requests held as canceled by the job's cancel (``resume_canceled``)
     canceled: int = 0
+    #: (added) further named sinks (a result processor's routes): their positions
+    sinks: dict[str, SinkPosition] = {}
 
 
 class JobStatus(msgspec.Struct, kw_only=True):
@@ -252,12 +254,14 @@ class Ledger(Protocol):
         written_ids: Sequence[str] = (),
         durable: bool = False,
         canceled: Sequence[str] = (),
+        sinks: Mapping[str, SinkPosition] | None = None,
     ) -> int:
         """The sink's durable position after writing ``written`` more lines of this
         batch; ``spool``: custom_ids to re-send (their attempt is incremented);
         ``canceled`` (added): custom_ids whose result was ``canceled`` by the job's
         cancel, held as canceled (neither written nor spooled) until
-        ``resume_canceled``.
+        ``resume_canceled``; ``sinks`` (added, optional): the durable positions of
+        further named sinks (a result processor's routes), committed in the same step.
         ``written_ids`` (added, optional): the custom_ids of the lines written, so
         that after a crash ``unwritten`` tells a re-download what is still owed.
         With ``done``, a request of the batch that got no result line at all (the

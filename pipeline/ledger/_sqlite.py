@@ -87,7 +87,7 @@ from ._sqlite_tx import (
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from ..stages._items import Entry
     from ._base import ClaimResult, JobSpec, JobStatus, ResumeState, SinkPosition
@@ -416,6 +416,7 @@ class SQLiteLedger:
         written_ids: Sequence[str] = (),
         durable: bool = False,
         canceled: Sequence[str] = (),
+        sinks: Mapping[str, SinkPosition] | None = None,
     ) -> int:
         """The output sink's durable position after ``written`` more lines of this
         batch; ``spool``: custom_ids to re-send (attempt + 1); ``canceled``: held as
@@ -423,7 +424,7 @@ class SQLiteLedger:
         (optional): the custom_ids of the lines written, so that ``unwritten`` can
         tell a re-download what is left; ``done``: the batch is collected, and what
         it claimed but got no result line for is spooled (their number is returned);
-        ``durable``: fsync the commit."""
+        ``durable``: fsync the commit; ``sinks``: further named sinks' positions."""
         c_spool = _encode(list(spool)) if spool else None
         c_written = _encode(list(written_ids)).decode() if written_ids else None
 
@@ -433,6 +434,12 @@ class SQLiteLedger:
                 "UPDATE sinks SET offset = ?, count = ? WHERE name = 'output'",
                 (output.offset, output.count),
             )
+            if sinks:
+                c.executemany(
+                    "INSERT INTO sinks VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                    "SET offset = excluded.offset, count = excluded.count",
+                    [(f"route:{name}", p.offset, p.count) for name, p in sinks.items()],
+                )
             c.execute(
                 "UPDATE batches SET results_written = results_written + ? WHERE local_id = ?",
                 (written, local_id),

@@ -171,6 +171,9 @@ def resume_state(c: sqlite3.Connection, fresh: bool) -> ResumeState:
         estimated_cost_usd=_estimated_usd(c),
         cancel=cancel_state(c),
         canceled=_canceled_count(c),
+        sinks={
+            name.removeprefix("route:"): p for name, p in sinks.items() if name.startswith("route:")
+        },
     )
 
 

@@ -33,6 +33,7 @@ from ._items import RejectLine as RejectLine
 from ._items import SubmittedBatch as SubmittedBatch
 from ._process import JoinedResult as JoinedResult
 from ._process import ProcessingSink as ProcessingSink
+from ._process import Routed as Routed
 from ._protocol import Capacity as Capacity
 from ._protocol import Chunk as Chunk
 from ._protocol import JobCounters as JobCounters
@@ -69,6 +70,7 @@ __all__ = (
     "Plan",
     "ProcessingSink",
     "Record",
+    "Routed",
     "StageSpec",
     "build_requests",
     "compose",

@@ -29,7 +29,7 @@ from .._errors import UsageError
 from ._user import is_general
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = (
     "CHUNKER",
@@ -68,7 +68,7 @@ class StageSpec:
     The standard stages have no ``fn``: the runner wires them with the job's
     client, ledger and configuration."""
 
-    __slots__ = ("fn", "general", "input", "name", "optional", "output", "standard")
+    __slots__ = ("fn", "general", "input", "name", "optional", "output", "routes", "standard")
 
     def __init__(
         self,
@@ -87,6 +87,8 @@ class StageSpec:
         self.standard = standard
         self.optional = optional
         self.general = fn is not None and is_general(fn)
+        #: a result processor's further sinks, by name (paths or ``ResultSink``s)
+        self.routes: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"StageSpec({self.name!r}: {self.input} -> {self.output})"
@@ -182,13 +184,25 @@ def on_requests(fn: Callable[..., Any], *, name: str | None = None) -> StageSpec
     return StageSpec(_name(fn, name), REQUEST, REQUEST, fn)
 
 
-def process_results(fn: Callable[..., Any], *, name: str | None = None) -> StageSpec:
+def process_results(
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    routes: Mapping[str, Any] | None = None,
+) -> StageSpec:
     """A result processor: ``def process(joined) -> output | list | None`` (sync or
     async), called with each result joined with its request and record
     (``JoinedResult``); its outputs, not the result lines, go to the sink. It runs
     in the results-to-sink step, so an output is committed with the result it came
-    from: exactly once across crashes (a JSONL output)."""
-    return StageSpec(_name(fn, name), RESULT, OUTPUT, fn)
+    from: exactly once across crashes (a JSONL output).
+
+    ``routes``: further sinks by name (a JSONL path or a ``ResultSink``); an output
+    ``Routed(name, value)`` goes to that sink instead (a router: flagged results to
+    a file of their own). Their positions are committed in the same ledger step as
+    the output's, so they too hold each output once."""
+    spec = StageSpec(_name(fn, name), RESULT, OUTPUT, fn)
+    spec.routes = dict(routes or {})
+    return spec
 
 
 class Plan:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..ledger._base import Ledger, SinkPosition
     from .sink import ResultSink
 
-__all__ = ("JoinedResult", "ProcessingSink")
+__all__ = ("JoinedResult", "ProcessingSink", "Routed")
 
 _result_decoder = msgspec.json.Decoder(ResultLine)
 _any_decoder = msgspec.json.Decoder()
@@ -69,6 +69,14 @@ class JoinedResult(msgspec.Struct, frozen=True):
         )
 
 
+class Routed(msgspec.Struct, frozen=True):
+    """An output a result processor sends to one of its routes (a second sink,
+    named in ``process_results(routes=...)``) instead of the job's output."""
+
+    route: str
+    value: Any
+
+
 class ProcessingSink:
     """A ``ResultSink`` that turns result lines into the processor's outputs before
     they reach ``inner`` (see the module docstring)."""
@@ -81,8 +89,15 @@ class ProcessingSink:
         ledger: Ledger,
         input_path: str | os.PathLike[str] | None = None,
         records: Any = None,
+        routes: dict[str, ResultSink] | None = None,
+        route_positions: dict[str, SinkPosition] | None = None,
     ) -> None:
         self.inner = inner
+        #: further sinks by name, each committed with the output in one ledger step
+        self.routes = routes or {}
+        self._route_start = route_positions or {}
+        #: their durable positions after the last ``commit`` (what the ledger records)
+        self.route_positions: dict[str, SinkPosition] = {}
         self.process = process
         self.ledger = ledger
         self.input_path = input_path
@@ -103,6 +118,10 @@ class ProcessingSink:
 
     async def open(self, position: SinkPosition) -> None:
         await self.inner.open(position)
+        for name, sink in self.routes.items():
+            start = self._route_start.get(name)
+            await sink.open(start if start is not None else type(position)())
+            self.route_positions[name] = sink.position
         if self.input_path is not None:
             self._handle = await self._files.enter_async_context(opened(self.input_path))
 
@@ -112,6 +131,7 @@ class ProcessingSink:
         requests = {item.custom_id: item for item in stored}
         entries = {e.custom_id: e for e in await read_back(stored, self._handle)}
         out: list[bytes] = []
+        routed: dict[str, list[bytes]] = {}
         for result in results:
             item = requests.get(result.custom_id)
             entry = entries.get(result.custom_id)
@@ -129,22 +149,42 @@ class ProcessingSink:
             value = self.process(joined)
             if self._async or inspect.isawaitable(value):
                 value = await value
-            out += _encoded(value)
+            self._sort(value, out, routed)
         self.processed += len(results)
         self.outputs += len(out)
         if out:
             await self.inner.write(out)
+        for name, lines in routed.items():
+            await self.routes[name].write(lines)
+
+    def _sort(self, value: Any, out: list[bytes], routed: dict[str, list[bytes]]) -> None:
+        """The processor's outputs for one result, to the output or their route."""
+        if value is None:
+            return
+        for v in value if isinstance(value, list) else [value]:
+            if type(v) is Routed:
+                if v.route not in self.routes:
+                    raise KeyError(
+                        f"the processor routed an output to {v.route!r}, which is not one "
+                        f"of its routes ({', '.join(self.routes) or 'none'})"
+                    )
+                routed.setdefault(v.route, []).append(_encode_one(v.value))
+            else:
+                out.append(_encode_one(v))
 
     async def commit(self) -> SinkPosition:
+        """Make the routes and the output durable; the output's position (the
+        routes' are in ``route_positions``, committed with it by the results stage)."""
+        for name, sink in self.routes.items():
+            self.route_positions[name] = await sink.commit()
         return await self.inner.commit()
 
     async def aclose(self) -> None:
         await self._files.aclose()
+        for sink in self.routes.values():
+            await sink.aclose()
         await self.inner.aclose()
 
 
-def _encoded(value: Any) -> list[bytes]:
-    if value is None:
-        return []
-    values = value if isinstance(value, list) else [value]
-    return [v if isinstance(v, bytes) else _encoder.encode(v) for v in values]
+def _encode_one(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else _encoder.encode(value)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -314,7 +314,11 @@ class ResultsCollector:
         held = len(state.canceled)
         # ``canceled`` only when there are some: a ledger written before cancel existed
         # (without the keyword) works on for every job that is not canceled
-        extra = {"canceled": state.canceled} if held else {}
+        extra: dict[str, Any] = {"canceled": state.canceled} if held else {}
+        # a result processor's routes: their positions go in the same ledger step
+        routes = getattr(self.sink, "route_positions", None)
+        if routes:
+            extra["sinks"] = routes
         missing = await self.ledger.commit_results(
             state.batch.local_id,
             output=position,
