@@ -102,13 +102,19 @@ async def test_builder_and_processor_join_each_result_with_its_request_and_recor
     tmp_path: Path,
 ) -> None:
     items = products(60)
+    calls: list[str] = []
+
+    def counted(p: Product) -> dict[str, Any]:
+        calls.append(p.sku)
+        return build(p)
+
     emu_config = EmulatorConfig(batch_seconds=0.0, request_error_rate=0.2, seed=5)
     async with serve_emulator(emu_config, data_dir=tmp_path / "emu") as emu:
         stats = await run(
             tmp_path,
             emu.url,
             items,
-            stages=[build_requests(build), process_results(describe)],
+            stages=[build_requests(counted), process_results(describe)],
         )
         submitted = emu.submissions()
     got = outputs(tmp_path / "out.jsonl")
@@ -117,7 +123,8 @@ async def test_builder_and_processor_join_each_result_with_its_request_and_recor
     for o in got:  # the answer to what the builder built, joined with its record
         assert o["prompt"] == prompt(by_sku[o["sku"]])
         assert o["text"] == " ".join(reply_text(o["prompt"]))
-    assert max(submitted.values()) > 1  # retries happened, from the ledger's bytes
+    assert max(submitted.values()) > 1  # retries happened, from the ledger's bytes:
+    assert sorted(calls) == [p.sku for p in items]  # the builder ran once per record
     assert stats.finished
     assert stats.written == 60
 
@@ -353,3 +360,28 @@ async def test_a_router_sends_some_outputs_to_a_second_sink(tmp_path: Path) -> N
             stages=stages,
             output=tmp_path / "other.jsonl",
         )
+
+
+async def test_a_general_builder_holds_records_and_fans_out(tmp_path: Path) -> None:
+    async def pairs(receive: ObjectReceiveStream[Record], send: ObjectSendStream[Any], /) -> None:
+        held: Record | None = None
+        async with receive, send:
+            async for record in receive:
+                if held is None:
+                    held = record
+                    continue
+                for r in (record, held):  # the later one first
+                    await send.send(r.request(build(r.value)))
+                    await send.send(
+                        r.request(build(dataclasses.replace(r.value, sku=r.value.sku + "-x")))
+                    )
+                held = None
+            if held is not None:
+                await send.send(held.request(build(held.value)))
+
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        stats = await run(tmp_path, emu.url, products(21), stages=[build_requests(pairs)])
+    ids = sorted(o["custom_id"] for o in outputs(tmp_path / "out.jsonl"))
+    skus = [p.sku for p in products(21)]
+    assert ids == sorted(skus + [s + "-x" for s in skus[:20]])
+    assert stats.finished

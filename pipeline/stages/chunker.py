@@ -38,6 +38,8 @@ class Packer:
         self.max_requests = max_requests
         #: items user stages hold (None: no user stage on the request side)
         self.held = held
+        #: custom_ids the retry feeder sent (not counted in ``held``)
+        self.retry_ids: set[str] = set()
         self.max_bytes = max_bytes
         self.entries: list[Entry] = []
         self.rejects: list[Reject] = []
@@ -67,7 +69,12 @@ class Packer:
         held = self.held
         for item in items:
             if held is not None and (
-                type(item) is Reject or (type(item) is Entry and item.attempt == 1)
+                type(item) is Reject
+                or (
+                    type(item) is Entry
+                    and item.attempt == 1
+                    and item.custom_id not in self.retry_ids  # released: back from the spool
+                )
             ):
                 held.resolve(item.line)
             if type(item) is Entry:
@@ -170,6 +177,8 @@ async def chunker(
     packer = Packer(
         max_requests=config.max_batch_requests, max_bytes=config.max_batch_bytes, held=held
     )
+    if progress is not None:
+        packer.retry_ids = progress.retry_ids
     deadline: float | None = None
     async with receive, send:
         while True:
