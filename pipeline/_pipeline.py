@@ -160,7 +160,6 @@ class Pipeline:
             )
         self._source = source
         self._input_path = Path(source) if isinstance(source, str | os.PathLike) else None
-        self._input_read_to: int | None = None
         self._output = output
         self._output_path = Path(output) if isinstance(output, str | os.PathLike) else None
         self._rejects_callback: Callable[[RejectLine], Awaitable[object]] | None = None

@@ -39,6 +39,8 @@ import heapq
 import inspect
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
+import anyio.lowlevel
 import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
@@ -160,12 +162,17 @@ class _Output(ObjectSendStream[T]):
 
     async def send(self, item: T) -> None:
         edge = self._edge
+        if edge.closed:
+            raise anyio.ClosedResourceError
         edge.emit_general(item)
         if len(edge.pending) >= _SEND_BATCH:
             await edge.flush()
 
     async def aclose(self) -> None:
-        await self._edge.finish()
+        """The stage is done sending; the runner sends the rest on once the stage
+        returned (not when it fails)."""
+        self._edge.closed = True
+        await anyio.lowlevel.checkpoint()
 
 
 class UserStage:
@@ -203,7 +210,8 @@ class UserStage:
         #: lines received by a general stage and not yet seen to come out: count
         self._inside: dict[int, int] = {}
         self._final: list[Any] = []
-        self._finished = False
+        #: the stage closed its send end
+        self.closed = False
 
     # -- the run -------------------------------------------------------------------
 
@@ -211,19 +219,39 @@ class UserStage:
         """Run the stage to its end (the runner calls this as the stage's task)."""
         receive: _Input[Any] = _Input(self)
         send: _Output[Any] = _Output(self)
-        if self.general:
-            async with receive, send:
+        async with receive:
+            if self.general:
                 await self.fn(receive, send)
-            return
-        async with receive, send:
-            is_async = inspect.iscoroutinefunction(self.fn)
-            async for item in receive:
-                out = self.fn(self._value(item))
-                if is_async or inspect.isawaitable(out):
+            else:
+                await self._apply()
+        # failed or cancelled: this is not reached, so what the stage held stays
+        # counted (no checkpoint passes it), the source's end is not passed on, and
+        # the runner closes the streams
+        await self.finish()
+
+    async def _apply(self) -> None:
+        """The plain form: the function once per item, a list from upstream at a
+        time (no stream call per item)."""
+        fn, emit = self.fn, self._emit_plain
+        #: an ``async def``, or a callable seen to return an awaitable
+        is_async: bool | None = True if inspect.iscoroutinefunction(fn) else None
+        unwrap = self.kind != "request"  # records: the function gets the value
+        items: list[Any] = []
+        while True:
+            try:
+                await self.fill(items)
+            except anyio.EndOfStream:
+                return
+            while items:
+                item = items.pop()
+                out = fn(item.value if unwrap else item)
+                if is_async is None:
+                    is_async = inspect.isawaitable(out)
+                if is_async:
                     out = await out
-                self._emit_plain(item, out)
-                if len(self.pending) >= _SEND_BATCH:
-                    await self.flush()
+                emit(item, out)
+            if len(self.pending) >= _SEND_BATCH:
+                await self.flush()
 
     # -- input ---------------------------------------------------------------------
 
@@ -257,9 +285,6 @@ class UserStage:
             await self.downstream.send(around)
         mine.reverse()
         items.extend(mine)
-
-    def _value(self, item: Any) -> Any:
-        return item.value if type(item) is Record else item
 
     # -- output --------------------------------------------------------------------
 
@@ -337,11 +362,8 @@ class UserStage:
         return out
 
     async def finish(self) -> None:
-        """The stage closed its send: what it still held was dropped; then the
-        source's final ``Flush`` goes on, and the downstream end closes."""
-        if self._finished:
-            return
-        self._finished = True
+        """The stage returned: what it still held was dropped; then the source's
+        final ``Flush`` goes on, and the downstream end closes."""
         try:
             await self.flush()
             for line, n in self._inside.items():
