@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from ..api import Client
     from ..api._types import MessageBatch
-    from ..stages._protocol import Capacity, Progress
+    from ..stages._protocol import Capacity, JobCounters
     from ._base import Ledger
 
 __all__ = (
@@ -275,7 +275,7 @@ def settle_pending(
     ledger: Ledger,
     client: Client,
     capacity: Capacity,
-    progress: Progress,
+    progress: JobCounters,
     since: float | None,
     announce: Callable[[str], None],
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
