@@ -309,8 +309,9 @@ class Pipeline:
             return p.total
         if not p.source_done or state.stop.is_set() or state.input_cut:
             return None
-        filtered = state.held.filtered if state.held is not None else 0
-        return max(0, p.read - p.rejected - filtered)
+        held = state.held
+        changed = held.fanned - held.filtered if held is not None else 0
+        return max(0, p.read - p.rejected + changed)
 
     def observer(self) -> JobObserver:
         """What watches this job's API calls and batches (for ``JobMonitor`` and

@@ -148,6 +148,7 @@ async def test_async_builder_from_an_async_iterable_fans_out_and_skips(tmp_path:
     kept = [p.sku for p in products(20) if not p.sku.endswith("3")]
     assert ids == sorted(kept + [k + "-b" for k in kept])
     assert stats.filtered == 2
+    assert stats.total == stats.written == 36  # 18 records kept, two requests each
     assert stats.finished
 
 

@@ -87,7 +87,7 @@ class HeldLines:
     docstring). ``cap()`` is where a checkpoint may go: before the lowest line
     still counted."""
 
-    __slots__ = ("_count", "_heap", "_offset", "filtered")
+    __slots__ = ("_count", "_heap", "_offset", "fanned", "filtered")
 
     def __init__(self) -> None:
         self._count: dict[int, int] = {}
@@ -95,6 +95,8 @@ class HeldLines:
         self._heap: list[int] = []
         #: items user stages dropped in this run
         self.filtered = 0
+        #: items user stages made beyond one per item they took (a fan-out)
+        self.fanned = 0
 
     def __len__(self) -> int:
         return len(self._count)
@@ -300,6 +302,7 @@ class UserStage:
             return
         if len(outs) > 1:
             self.held.add(item.line, n=len(outs) - 1)
+            self.held.fanned += len(outs) - 1
         for value in outs:
             self.pending.append(self._as_item(item, value))
 
@@ -332,6 +335,7 @@ class UserStage:
             del self._inside[line]
         else:  # one more item of a line that came out already: a fan-out
             self.held.add(line, item.offset if type(item) is not Record else -1)
+            self.held.fanned += 1
         self.pending.append(item)
 
     async def flush(self) -> None:
