@@ -386,3 +386,36 @@ async def test_a_general_builder_holds_records_and_fans_out(tmp_path: Path) -> N
     skus = [p.sku for p in products(21)]
     assert ids == sorted(skus + [s + "-x" for s in skus[:20]])
     assert stats.finished
+
+
+async def test_a_general_stage_that_fails_while_holding_loses_nothing(tmp_path: Path) -> None:
+    failing = {"on": True}
+
+    async def hold_fives(
+        receive: ObjectReceiveStream[Entry], send: ObjectSendStream[Entry], /
+    ) -> None:
+        held: list[Entry] = []
+        seen = 0
+        async with receive, send:
+            async for entry in receive:
+                seen += 1
+                if failing["on"] and seen == 47:
+                    raise RuntimeError("gateway down")
+                if entry.custom_id.endswith("5"):
+                    held.append(entry)  # sent at the end, after everything else
+                else:
+                    await send.send(entry)
+            for entry in held:
+                await send.send(entry)
+
+    entries = [build(p) for p in products(60)]
+    stages = [on_requests(hold_fives)]
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        with pytest.raises(StageError, match="hold_fives"):
+            await run(tmp_path, emu.url, entries, stages=stages, state=tmp_path / "s")
+        failing["on"] = False
+        await run(tmp_path, emu.url, entries, stages=stages, state=tmp_path / "s")
+        submitted = emu.submissions()
+    ids = sorted(o["custom_id"] for o in outputs(tmp_path / "out.jsonl"))
+    assert ids == [p.sku for p in products(60)]
+    assert set(submitted.values()) == {1}
