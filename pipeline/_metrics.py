@@ -10,7 +10,7 @@ The names and labels are in the README's "Operating workers" table.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-    from ._monitor import JobMonitor
+    from ._observe import JobObserver
+    from ._stats import PipelineStatistics
 
 __all__ = ("DOWNLOAD_BUCKETS", "TURNAROUND_BUCKETS", "JobCollector", "job_registry")
 
@@ -35,6 +36,19 @@ TURNAROUND_BUCKETS = (
 )  # fmt: skip
 #: seconds to download one batch's results (up to 100,000 lines, a few hundred MB)
 DOWNLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class JobMonitor(Protocol):
+    """What the collector reads of a ``pipeline._monitor.JobMonitor`` (named here so
+    that this module, which the monitor imports late, does not import it back)."""
+
+    observer: JobObserver | None
+
+    def statistics(self) -> PipelineStatistics: ...
+
+    def rejects_by_type(self) -> dict[str, int]: ...
+
+    def oldest_batch_age(self) -> float: ...
 
 
 class JobCollector(Collector):

@@ -112,9 +112,6 @@ class JobSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     history: list[RatePoint]
 
 
-_SNAPSHOT = msgspec.json.Encoder()
-
-
 class JobMonitor:
     """Metrics, health and the live job page of one job (see the module docstring).
 
@@ -394,11 +391,6 @@ def _thin(points: list[RatePoint], most: int) -> list[RatePoint]:
     picked = [points[int(i * step)] for i in range(most - 1)]
     picked.append(points[-1])
     return picked
-
-
-def encode_snapshot(snapshot: JobSnapshot) -> bytes:
-    """The page's JSON."""
-    return _SNAPSHOT.encode(snapshot)
 
 
 @contextlib.asynccontextmanager

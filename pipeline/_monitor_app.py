@@ -11,17 +11,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-
-from ._monitor import encode_snapshot
+import msgspec
 
 if TYPE_CHECKING:
     import socket
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 
-    from ._monitor import JobMonitor
+    from prometheus_client import CollectorRegistry
 
     Scope = MutableMapping[str, Any]
     Message = MutableMapping[str, Any]
@@ -47,6 +46,27 @@ _NO_METRICS = b"metrics need prometheus-client: pip install 'pipeline[metrics]'\
 def _read_assets() -> dict[str, tuple[bytes, str]]:
     folder = resources.files("pipeline") / "_jobpage"
     return {path: ((folder / name).read_bytes(), kind) for path, (name, kind) in _ASSETS.items()}
+
+
+class JobMonitor(Protocol):
+    """What the app serves of a ``pipeline._monitor.JobMonitor`` (named here so that
+    this module, which the monitor imports late, does not import it back)."""
+
+    def registry(self) -> CollectorRegistry: ...
+
+    async def refresh(self) -> None: ...
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    async def snapshot(self) -> Any: ...
+
+
+_SNAPSHOT = msgspec.json.Encoder()
+
+
+def encode_snapshot(snapshot: Any) -> bytes:
+    """The page's JSON (a ``JobSnapshot``)."""
+    return _SNAPSHOT.encode(snapshot)
 
 
 def monitor_app(monitor: JobMonitor) -> App:

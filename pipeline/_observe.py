@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ._batch_track import BatchTrack as BatchTrack
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -63,24 +65,6 @@ class _BatchView(msgspec.Struct):
 
 
 _BATCH_VIEW = msgspec.json.Decoder(_BatchView)
-
-
-class BatchTrack(msgspec.Struct, kw_only=True):
-    """A batch of the job between its create and its collection, as the API told."""
-
-    batch_id: str
-    request_count: int
-    #: POSIX time the service created it (its ``created_at``)
-    created_at: float
-    #: ``in_progress``, ``canceling``, ``ended``
-    status: str = "in_progress"
-    #: the service's ``request_counts``: processing, succeeded, errored, canceled, expired
-    counts: dict[str, int] = {}
-    ended_at: float | None = None
-    #: first seen polled, not created, by this run (a resumed job)
-    resumed: bool = False
-    #: the tracer's span of this batch, if tracing
-    span: Any = None
 
 
 def tracing_enabled() -> bool:

@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 if TYPE_CHECKING:
     import httpx
 
-    from ._observe import BatchTrack
+    from ._batch_track import BatchTrack
     from ._stats import PipelineStatistics
 
 __all__ = ("JobTracer",)

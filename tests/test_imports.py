@@ -71,22 +71,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-#: Known cycles, to be broken, not to grow: issue 18's optional extras import their
-#: heavy modules late and those name the core's classes back (under TYPE_CHECKING, and
-#: ``_monitor_app`` imports ``encode_snapshot`` at its top). Protocols for the types
-#: named back (and ``encode_snapshot`` moved to ``_monitor_app``) would break them.
-KNOWN = [
-    ["pipeline._metrics", "pipeline._monitor", "pipeline._monitor_app"],
-    ["pipeline._observe", "pipeline._tracing"],
-]
-
-
 def test_no_module_of_pipeline_imports_one_that_depends_on_it() -> None:
     known = modules()
     graph = {name: imports(name, file, known) for name, file in known.items()}
     assert len(graph) > 50
     assert "pipeline._run" in graph["pipeline._pipeline"]  # the walk sees imports
-    assert [c for c in cycles(graph) if c not in KNOWN] == []
+    assert cycles(graph) == []
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
