@@ -24,6 +24,9 @@ needs no checkpoint markers of its own:
   lowest line still counted, so a record held, reordered or in transit is read
   again after a crash; what the ledger already holds from that line is skipped
   there, never sent twice.
+* A general stage's fan-out is counted as it comes out: it must send the items of
+  one record together (an item sent after its siblings were packed and claimed
+  past could be lost to a crash).
 * A general stage's drops are known only when it ends: until then its lowest
   dropped line holds the checkpoint back (a restart reads from there again, and
   skips what is done). Drop with a plain function where you can.
