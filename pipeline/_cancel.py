@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ._pricing import PriceTable
     from .api._client import Client
     from .ledger._base import BatchRecord, Ledger
-    from .stages._protocol import Progress
+    from .stages._protocol import JobCounters
     from .stages.sink import ResultSink
 
 __all__ = ("CANCEL_CALLS_AT_ONCE", "JobCancel")
@@ -78,7 +78,7 @@ class JobCancel:
         ledger: Ledger,
         client: Client,
         config: PipelineConfig,
-        progress: Progress,
+        progress: JobCounters,
         prices: PriceTable,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
