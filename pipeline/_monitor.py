@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import socket
 import time
 from collections import deque
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
+from ._asgi_server import AsgiServer, bind
 from ._errors import LedgerError, UsageError
 from ._stats import PipelineStatistics
 from .ledger._sqlite_report import RejectType, read_rejects
@@ -39,6 +39,7 @@ from .ledger._sqlite_schema import read_status
 
 if TYPE_CHECKING:
     import os
+    import socket
     from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 
     from prometheus_client import CollectorRegistry
@@ -332,15 +333,14 @@ class JobMonitor:
     async def serve(self, *, host: str = DEFAULT_MONITOR_HOST, port: int = 0) -> AsyncIterator[str]:
         """Serve ``asgi_app()`` on ``host:port`` (0: a free port) while the block
         runs, refreshing once a second; yields the base URL."""
-        from ._monitor_app import Server
-
-        server = Server(self.asgi_app(), _bind(host, port))
-        async with server.running(), anyio.create_task_group() as tg:
-            tg.start_soon(self._refresh_forever)
-            try:
-                yield server.url
-            finally:
-                tg.cancel_scope.cancel()
+        with contextlib.closing(_bind(host, port)) as sock:
+            server = AsgiServer(self.asgi_app(), sock, name="monitor's server")
+            async with server.running(), anyio.create_task_group() as tg:
+                tg.start_soon(self._refresh_forever)
+                try:
+                    yield server.url
+                finally:
+                    tg.cancel_scope.cancel()
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -349,17 +349,10 @@ class JobMonitor:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-        sock.listen(128)
+        return bind(host, port)
     except OSError as exc:
-        sock.close()
         raise UsageError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
-    sock.setblocking(False)
-    return sock
 
 
 def _from_status(status: JobStatus | None) -> PipelineStatistics:

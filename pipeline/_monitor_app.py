@@ -1,5 +1,5 @@
 """The monitor's HTTP side: a small ASGI app (``/metrics``, ``/healthz``, ``/readyz``,
-the job page and its JSON) and the uvicorn server that runs it.
+the job page and its JSON), served by ``_asgi_server.AsgiServer``.
 
 ``/metrics`` is ``prometheus_client``'s own ASGI app over the job's registry
 (content negotiation, OpenMetrics, gzip are its business). The page's files ship
@@ -8,17 +8,16 @@ in the package (``pipeline/_jobpage/``) and are read once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
-import anyio
 import msgspec
 
+from ._asgi_server import answer_lifespan
+
 if TYPE_CHECKING:
-    import socket
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+    from collections.abc import Awaitable, Callable, MutableMapping
 
     from prometheus_client import CollectorRegistry
 
@@ -28,11 +27,10 @@ if TYPE_CHECKING:
     Send = Callable[[Message], Awaitable[None]]
     App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-__all__ = ("Server", "monitor_app")
+__all__ = ("monitor_app",)
 
 logger = logging.getLogger("pipeline")
 
-_START_TIMEOUT = 30.0
 #: the page's files: URL path -> (file in pipeline/_jobpage, content type)
 _ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -77,7 +75,7 @@ def monitor_app(monitor: JobMonitor) -> App:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         nonlocal metrics
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -150,66 +148,3 @@ async def _respond(
         headers.append((b"cache-control", b"no-store"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-class Server:
-    """uvicorn serving an ASGI app on an already-bound socket, in a task."""
-
-    def __init__(self, app: App, sock: socket.socket) -> None:
-        import uvicorn
-
-        self.sock = sock
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            log_level="warning",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        # signals are the command's business, never uvicorn's
-        self._server.capture_signals = _no_signals  # type: ignore[method-assign]
-        self._finished = anyio.Event()
-
-    async def _run(self) -> None:
-        try:
-            with anyio.CancelScope(shield=True):  # only should_exit ends it: a clean close
-                await self._server.serve(sockets=[self.sock])
-        finally:
-            self._finished.set()
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Server]:
-        """Serve while the block runs; wait until connections are accepted."""
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._run)
-                try:
-                    with anyio.fail_after(_START_TIMEOUT):
-                        while not self._server.started:
-                            if self._finished.is_set():
-                                raise RuntimeError("the monitor's server exited during start-up")
-                            await anyio.sleep(0.005)
-                    yield self
-                finally:
-                    self._server.should_exit = True
-        finally:
-            self.sock.close()
-
-
-@contextlib.contextmanager
-def _no_signals() -> Iterator[None]:
-    yield

@@ -7,29 +7,25 @@ calling task is cancelled; ``Server`` is the building block that the test helper
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
-import socket
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
+from .._asgi_server import AsgiServer, bind
 from ._app import CutConnection, EmulatorApp
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import AsyncIterator, Callable, Iterator
+    import socket
+    from collections.abc import Callable
     from pathlib import Path
 
     from ._config import EmulatorConfig
 
-__all__ = ("DEFAULT_BACKLOG", "Server", "bind", "serve")
-
-#: A normal listen backlog (Python's default of 5 resets connections under load).
-DEFAULT_BACKLOG = 2048
-_START_TIMEOUT = 30.0
+__all__ = ("Server", "bind", "serve")
 
 
 class _DropCutTracebacks(logging.Filter):
@@ -92,98 +88,21 @@ def _protocol(header_timeout: float) -> type[asyncio.Protocol]:
     return HeaderDeadlineProtocol
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0 picks a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only then
-    # (with proto 0 every keep-alive answer waits ~40 ms for a delayed ACK).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(DEFAULT_BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
+class Server(AsgiServer):
+    """uvicorn serving an EmulatorApp on an already-bound socket, with a deadline on
+    request heads and the configured keep-alive."""
 
-
-def url_of(sock: socket.socket) -> str:
-    """``http://HOST:PORT`` of a bound socket."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class Server:
-    """uvicorn serving an EmulatorApp on an already-bound socket."""
+    app: EmulatorApp
 
     def __init__(self, app: EmulatorApp, sock: socket.socket) -> None:
-        import uvicorn
-
-        self.app = app
-        self.sock = sock
-        self.url = url_of(sock)
-        config = uvicorn.Config(
+        _install_log_filter()
+        super().__init__(
             app,
+            sock,
+            name="emulator server",
             http=_protocol(app.config.header_timeout_seconds),
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            log_level="warning",
-            backlog=DEFAULT_BACKLOG,
-            timeout_graceful_shutdown=2,
             timeout_keep_alive=app.config.keep_alive_seconds,
         )
-        _install_log_filter()
-        self._server = uvicorn.Server(config)
-        # Signals are the caller's business (serve() handles them itself), so that
-        # uvicorn never re-raises a SIGTERM before our clean-up has run.
-        self._server.capture_signals = _no_signals  # type: ignore[method-assign]
-
-        self._finished = anyio.Event()
-
-    @property
-    def started(self) -> bool:
-        """True once uvicorn accepts connections."""
-        return bool(self._server.started)
-
-    async def _run(self) -> None:
-        # Shielded: only stop() ends the server, so that it always shuts down cleanly
-        # (connections closed, socket released) even when the caller is cancelled.
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._server.serve(sockets=[self.sock])
-        finally:
-            self._finished.set()
-
-    async def wait_finished(self) -> None:
-        """Wait until uvicorn has exited (after ``stop()`` or a signal)."""
-        await self._finished.wait()
-
-    def stop(self) -> None:
-        """Ask the server to finish (it closes within about 0.1 s)."""
-        self._server.should_exit = True
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Server]:
-        """Serve in a task while the block runs; wait until connections are accepted."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._run)
-            try:
-                with anyio.fail_after(_START_TIMEOUT):
-                    while not self.started:
-                        if self._finished.is_set():
-                            raise RuntimeError("the emulator server exited during start-up")
-                        await anyio.sleep(0.002)
-                yield self
-            finally:
-                self.stop()
-
-
-@contextlib.contextmanager
-def _no_signals() -> Iterator[None]:
-    yield
 
 
 async def _stop_on_signal(
