@@ -95,7 +95,7 @@ def test_a_definition_that_raises_exits_2_with_its_traceback(tmp_path: Path) -> 
 
 DEFINITION = """
 from pipeline import PipelineConfig
-from pipeline._worker import WatchPipeline
+from pipeline import WatchPipeline
 
 pipeline = WatchPipeline(
     {inbox!r},

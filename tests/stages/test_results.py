@@ -19,8 +19,8 @@ from pipeline._pipeline import Pipeline
 from pipeline.api._client import Client
 from pipeline.api._lines import BlockSplitter
 from pipeline.ledger._base import SinkPosition
+from pipeline.stages import Capacity, JobCounters
 from pipeline.stages._items import EndedBatch
-from pipeline.stages._protocol import Capacity, JobCounters
 from pipeline.stages.results import ResultsCollector
 from pipeline.stages.sink import CallbackSink, JsonlSink, ResultSink
 from pipeline.testing import EmulatorConfig, serve_emulator

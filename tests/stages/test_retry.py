@@ -9,7 +9,7 @@ import pytest
 
 from pipeline._config import PipelineConfig
 from pipeline.ledger._sqlite import SQLiteLedger
-from pipeline.stages._protocol import JobCounters
+from pipeline.stages import JobCounters
 from pipeline.stages.retry import retry_feeder
 
 if TYPE_CHECKING:

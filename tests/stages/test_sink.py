@@ -13,8 +13,8 @@ import pytest
 from pipeline._errors import LedgerError
 from pipeline.ledger._base import JobSpec, SinkPosition
 from pipeline.ledger._sqlite import SQLiteLedger
+from pipeline.stages import JobCounters
 from pipeline.stages._items import Reject, RejectError
-from pipeline.stages._protocol import JobCounters
 from pipeline.stages.sink import JsonlSink, rejects_writer
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from pipeline._pipeline import Pipeline
 from pipeline.api._client import Client
 from pipeline.api._types import MessageBatch as MessageBatchType
 from pipeline.ledger._base import ClaimResult
+from pipeline.stages import Capacity, Chunk, JobCounters
 from pipeline.stages._items import Entry, SubmittedBatch
-from pipeline.stages._protocol import Capacity, Chunk, JobCounters
 from pipeline.stages.submitter import submitter
 from pipeline.testing import EmulatorConfig, serve_emulator
 
