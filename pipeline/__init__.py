@@ -25,6 +25,7 @@ from ._pipeline import Pipeline as Pipeline
 from ._pricing import DEFAULT_PRICES as DEFAULT_PRICES
 from ._pricing import Price as Price
 from ._pricing import PriceTable as PriceTable
+from ._pricing import cache_write_factor as cache_write_factor
 from ._pricing import cost_usd as cost_usd
 from ._pricing import estimate_cost_usd as estimate_cost_usd
 from ._progress import progress as progress
@@ -74,6 +75,7 @@ __all__ = (
     "UsageError",
     "WatchPipeline",
     "configure_logging",
+    "cache_write_factor",
     "cost_usd",
     "estimate_cost_usd",
     "progress",

@@ -24,6 +24,7 @@ __all__ = (
     "DEFAULT_PRICES",
     "Price",
     "PriceTable",
+    "cache_write_factor",
     "cost_usd",
     "estimate_cost_usd",
     "whole_units",
@@ -97,12 +98,15 @@ class PriceTable(Mapping[str, Price]):
         inline, as ``(input_tokens * rate[0] + max_tokens * rate[1]) / 1_000_000``."""
         return dict(self._tuples)
 
-    def estimate_cost_usd(self, model: str, input_tokens: int, max_tokens: int) -> float:
-        """Worst-case cost of one request: its input plus ``max_tokens`` of output."""
+    def estimate_cost_usd(
+        self, model: str, input_tokens: int, max_tokens: int, *, input_factor: float = 1.0
+    ) -> float:
+        """Worst-case cost of one request: its input (times ``input_factor``, see
+        ``cache_write_factor``) plus ``max_tokens`` of output."""
         price = self._tuples.get(model)
         if price is None:
             return 0.0
-        return _estimate(price, input_tokens, max_tokens)
+        return _estimate(price, input_tokens, max_tokens, input_factor)
 
     def cost_usd(
         self,
@@ -181,21 +185,40 @@ DEFAULT_PRICES = PriceTable(
 
 
 def estimate_cost_usd(
-    model: str, input_tokens: int, max_tokens: int, *, prices: PriceTable = DEFAULT_PRICES
+    model: str,
+    input_tokens: int,
+    max_tokens: int,
+    *,
+    prices: PriceTable = DEFAULT_PRICES,
+    input_factor: float = 1.0,
 ) -> float:
-    """Upper bound of one request's batch cost (output bounded by ``max_tokens``);
-    0 for a model ``prices`` does not know.
+    """Upper bound of one request's batch cost (output bounded by ``max_tokens``,
+    input priced ``input_factor`` times, see ``cache_write_factor``); 0 for a model
+    ``prices`` does not know.
 
     The validate stage inlines this formula with ``PriceTable.rates``
     (``tests/test_pricing.py`` holds the two to the same floats)."""
     price = prices._tuples.get(model)  # inlined PriceTable.estimate_cost_usd (hot path)
     if price is None:
         return 0.0
-    return _estimate(price, input_tokens, max_tokens)
+    return _estimate(price, input_tokens, max_tokens, input_factor)
 
 
-def _estimate(price: tuple[float, float], input_tokens: int, max_tokens: int) -> float:
-    return (_tokens(input_tokens) * price[0] + _tokens(max_tokens) * price[1]) / _MILLION
+def cache_write_factor(raw: bytes) -> float:
+    """The most a request's input can cost, in times the plain input price: a request
+    that sets ``cache_control`` may write its input to the prompt cache, at 1.25x
+    (5-minute TTL) or 2x (``"ttl": "1h"``); any other, 1x. An upper bound for the
+    estimate (the budget's fail-safe): a cache read costs less, a write no more."""
+    if b'"cache_control"' not in raw:
+        return 1.0
+    return CACHE_WRITE_1H_FACTOR if b'"1h"' in raw else CACHE_WRITE_FACTOR
+
+
+def _estimate(
+    price: tuple[float, float], input_tokens: int, max_tokens: int, input_factor: float = 1.0
+) -> float:
+    inputs = _tokens(input_tokens) * price[0] * input_factor
+    return (inputs + _tokens(max_tokens) * price[1]) / _MILLION
 
 
 def _tokens(count: int) -> int:

@@ -127,3 +127,28 @@ async def test_the_summary_prices_cache_writes_and_reads(tmp_path: Path, durable
     assert per("d") == [(0, 0)]
     assert stats.usage[MODEL].cache_read_input_tokens == 3 * policy + glossary
     assert stats.usage[MODEL].cache_creation_input_tokens == policy + glossary
+
+
+@pytest.mark.parametrize("dry_run", ["off", "on"])  # estimated from the bytes, or measured
+async def test_the_estimate_bounds_a_job_that_writes_every_prompt_to_the_cache(
+    tmp_path: Path, dry_run: str
+) -> None:
+    # every request writes its own long prefix with the 1-hour TTL (2x input) and asks
+    # for little output: priced as plain input, the estimate fell short of the cost
+    lines = [entry(f"w{i}", MODEL, f"Case {i}. " + GLOSSARY, "1h") for i in range(6)]
+    lines += [entry(f"f{i}", MODEL, f"Case {i}. " + POLICY, None) for i in range(6)]
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(map(msgspec.json.encode, lines)) + b"\n")
+    config = msgspec.structs.replace(CONFIG, dry_run=dry_run)
+    async with (
+        serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu,
+        Client(api_key="test-key", base_url=emu.url) as client,
+    ):
+        pipeline = Pipeline(
+            tmp_path / "in.jsonl", tmp_path / "out.jsonl", config=config, client=client
+        )
+        with anyio.fail_after(30):
+            stats = await pipeline.run()
+    assert stats.outcomes == {"succeeded": 12}
+    writes = stats.usage[MODEL].cache_creation_input_tokens
+    assert writes > 10 * stats.usage[MODEL].input_tokens  # the cache took nearly all input
+    assert stats.actual_cost_usd <= stats.estimated_cost_usd

@@ -204,7 +204,14 @@ def check_entry(
         if len(_FAST_SIGNATURES) >= _MAX_SIGNATURES:
             _FAST_SIGNATURES.clear()
         _FAST_SIGNATURES[shape] = found
-    return Checked(custom_id, found[1], max_tokens, found[0], len(raw) // 3 + 1)
+    return Checked(
+        custom_id,
+        found[1],
+        max_tokens,
+        found[0],
+        len(raw) // 3 + 1,
+        marked or cached_tools is not None,
+    )
 
 
 # ------------------------------------------------------------------------ fast path

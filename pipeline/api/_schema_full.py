@@ -187,6 +187,9 @@ class Checked(msgspec.Struct, gc=False):
     max_tokens: int
     signature: str
     approx_input_tokens: int
+    #: it sets a ``cache_control`` somewhere: its input may be written to the prompt
+    #: cache, which costs more than plain input (``_pricing.cache_write_factor``)
+    cache_control: bool = False
 
 
 class SchemaError(msgspec.Struct):
@@ -279,6 +282,7 @@ def _check_entry_full(
         params.max_tokens,
         _signature(params, kinds),
         approx_input_tokens(raw, images=tally.images, image_bytes=tally.image_bytes),
+        b'"cache_control"' in raw,
     )
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .._errors import BudgetExceededError, UnpricedModelError
-from .._pricing import DEFAULT_PRICES, PriceTable
+from .._pricing import DEFAULT_PRICES, PriceTable, cache_write_factor
 from ..api._schema import approx_input_tokens
 from ._items import Entry, Flush, Reject, Watermark
 
@@ -86,7 +86,12 @@ def entry_cost_usd(entry: Entry, prices: PriceTable = DEFAULT_PRICES) -> float:
         return entry.cost_usd
     if entry.input_tokens < 0:
         entry.input_tokens = approx_input_tokens(entry.raw)
-    entry.cost_usd = prices.estimate_cost_usd(entry.model, entry.input_tokens, entry.max_tokens)
+    entry.cost_usd = prices.estimate_cost_usd(
+        entry.model,
+        entry.input_tokens,
+        entry.max_tokens,
+        input_factor=cache_write_factor(entry.raw),
+    )
     return entry.cost_usd
 
 

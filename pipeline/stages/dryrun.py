@@ -67,7 +67,7 @@ import anyio
 import msgspec
 
 from .._errors import APIError, APIStatusError, DryRunAbortedError
-from .._pricing import DEFAULT_PRICES, PriceTable
+from .._pricing import DEFAULT_PRICES, PriceTable, cache_write_factor
 from ..api._schema import approx_input_tokens, reshaped, signature_tools
 from ._dryrun_calls import (
     COUNT_TOKENS_PATH,
@@ -442,7 +442,9 @@ class _DryRun:
         ):
             return  # the validate stage's estimate (default prices) still holds
         entry.input_tokens = input_tokens
-        entry.cost_usd = self._prices.estimate_cost_usd(entry.model, input_tokens, entry.max_tokens)
+        entry.cost_usd = self._prices.estimate_cost_usd(
+            entry.model, input_tokens, entry.max_tokens, input_factor=cache_write_factor(entry.raw)
+        )
 
     # -- waiting -------------------------------------------------------------------
 

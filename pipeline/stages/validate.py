@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .._config import DEFAULT_MAX_BATCH_BYTES
-from .._pricing import DEFAULT_PRICES, PriceTable
+from .._pricing import DEFAULT_PRICES, PriceTable, cache_write_factor
 from ..api._schema import (
     DEFAULT_MODELS,
     TOO_DEEP,
@@ -121,6 +121,8 @@ class Validator:
                 cost = 0.0
             else:
                 cost = (tokens * rate[0] + max_tokens * rate[1]) / _MILLION
+                if checked.cache_control:  # its input may be written to the cache
+                    cost += tokens * rate[0] * (cache_write_factor(data) - 1) / _MILLION
             offset = raw.offset
             append(
                 Entry(
