@@ -3,6 +3,8 @@
 ``python benchmarks/generate.py --requests 100000 [--seed 7] [--data-dir DIR]`` writes
 ``DIR/requests-N-sSEED.jsonl`` and a ``.meta.json`` beside it (written last, so a file
 cut short by a crash is never reused). The same N and seed always give the same bytes.
+``--ids random`` writes ``requests-N-sSEED-random.jsonl``: the same requests with 32
+random hex digits as custom_ids (what ``uuid4().hex`` gives) instead of ordered ones.
 
 Every line is ``{"custom_id": "req-00000001", "params": {...}}``. The mix is what a
 real job looks like: mostly short single-turn prompts, some long ones, system
@@ -33,6 +35,7 @@ import msgspec
 __all__ = (
     "DEFAULT_DATA_DIR",
     "DEFAULT_SEED",
+    "ID_KINDS",
     "Meta",
     "data_paths",
     "ensure",
@@ -85,9 +88,14 @@ _meta_decoder = msgspec.json.Decoder(Meta)
 _encode = msgspec.json.Encoder().encode
 
 
-def data_paths(requests: int, seed: int, data_dir: Path) -> tuple[Path, Path]:
-    """The request file and its meta file for ``requests`` lines and ``seed``."""
-    stem = f"requests-{requests}-s{seed}"
+#: custom_id kinds: ``ordered`` (``req-00000001``, ...) or ``random`` (32 hex digits,
+#: as ``uuid4().hex``, from their own generator: the rest of the file is the same bytes)
+ID_KINDS = ("ordered", "random")
+
+
+def data_paths(requests: int, seed: int, data_dir: Path, ids: str = "ordered") -> tuple[Path, Path]:
+    """The request file and its meta file for ``requests`` lines, ``seed`` and ``ids``."""
+    stem = f"requests-{requests}-s{seed}" + ("" if ids == "ordered" else f"-{ids}")
     return data_dir / f"{stem}.jsonl", data_dir / f"{stem}.meta.json"
 
 
@@ -131,9 +139,10 @@ def _params(rng: random.Random, corpus: str) -> dict[str, Any]:
     return params
 
 
-def generate(requests: int, seed: int, path: Path) -> Meta:
+def generate(requests: int, seed: int, path: Path, ids: str = "ordered") -> Meta:
     """Write ``requests`` lines to ``path`` (via a temporary file) and return the counts."""
     rng = random.Random(seed)
+    id_rng = random.Random(seed * 1_000_003 + 17) if ids == "random" else None
     corpus = _corpus(rng)
     counts = {"valid": 0, "malformed": 0, "bad_type": 0, "bad_model": 0}
     tmp = path.with_suffix(".tmp")
@@ -141,7 +150,8 @@ def generate(requests: int, seed: int, path: Path) -> Meta:
     with tmp.open("wb", buffering=1 << 20) as out:
         pending: list[bytes] = []
         for i in range(1, requests + 1):
-            line = _line(rng, corpus, i, counts)
+            cid = f"req-{i:08d}" if id_rng is None else f"{id_rng.getrandbits(128):032x}"
+            line = _line(rng, corpus, cid, counts)
             pending.append(line)
             if len(pending) >= 4096:
                 chunk = b"".join(pending)
@@ -155,7 +165,7 @@ def generate(requests: int, seed: int, path: Path) -> Meta:
     return Meta(requests=requests, seed=seed, bytes=size, **counts)
 
 
-def _line(rng: random.Random, corpus: str, i: int, counts: dict[str, int]) -> bytes:
+def _line(rng: random.Random, corpus: str, cid: str, counts: dict[str, int]) -> bytes:
     params = _params(rng, corpus)
     roll = rng.random()
     if roll < 0.01:
@@ -169,22 +179,24 @@ def _line(rng: random.Random, corpus: str, i: int, counts: dict[str, int]) -> by
     else:
         kind = "valid"
     counts[kind] += 1
-    line = _encode({"custom_id": f"req-{i:08d}", "params": params})
+    line = _encode({"custom_id": cid, "params": params})
     if kind == "malformed":
         # cut at a character boundary: the file stays valid UTF-8
         line = line[: len(line) // 2].decode("utf-8", "ignore").encode()
     return line + b"\n"
 
 
-def ensure(requests: int, seed: int = DEFAULT_SEED, data_dir: Path = DEFAULT_DATA_DIR) -> Path:
-    """The request file for ``requests`` and ``seed``, generated unless it already exists."""
-    path, meta_path = data_paths(requests, seed, data_dir)
+def ensure(
+    requests: int, seed: int = DEFAULT_SEED, data_dir: Path = DEFAULT_DATA_DIR, ids: str = "ordered"
+) -> Path:
+    """The request file for ``requests``, ``seed`` and ``ids``, generated unless it exists."""
+    path, meta_path = data_paths(requests, seed, data_dir, ids)
     if path.exists() and meta_path.exists():
         meta = _meta_decoder.decode(meta_path.read_bytes())
         if meta.bytes == path.stat().st_size:
             return path
     data_dir.mkdir(parents=True, exist_ok=True)
-    meta = generate(requests, seed, path)
+    meta = generate(requests, seed, path, ids)
     meta_path.write_bytes(_encode(meta))
     return path
 
@@ -199,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, required=True)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--ids", choices=ID_KINDS, default="ordered", help="custom_id kind")
     args = parser.parse_args(argv)
-    path = ensure(args.requests, args.seed, args.data_dir)
+    path = ensure(args.requests, args.seed, args.data_dir, args.ids)
     meta = load_meta(path)
     print(f"{path}: {meta.requests} lines, {meta.bytes / 1e6:.1f} MB, {meta.invalid} invalid")
     return 0

@@ -17,7 +17,15 @@ For each contender, one run:
    generator records how many lines of each kind it wrote); a mismatch fails loudly.
 
 Then a table is printed, and with ``--json PATH`` written as JSON with the ratios
-pipeline/SDK and pipeline/floor and the verdict on each target of issue 6.
+pipeline/SDK and pipeline/floor and the verdict on each target of issue 6. The
+client's CPU per request and rate in each tenth of the job (by the output's size,
+sampled every 0.25 s) are printed too, so a cost that grows with the job shows in
+one run, and the state file's size per request.
+
+``--ids random`` runs on the same requests with 32 random hex digits as custom_ids
+(``uuid4().hex``-like) instead of ``req-00000001``... The package run is the one
+``python -c "import pipeline"`` finds from the current directory: run from another
+tree's root to measure that tree (paired runs of a base and a head).
 
 ``--scaling`` runs the pipeline alone at 10,000, 100,000 and 1,000,000 requests and
 reports each peak RSS (the emulator's too): the flat-memory proof.
@@ -41,7 +49,14 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import DEFAULT_DATA_DIR, DEFAULT_SEED, Meta, ensure, load_meta  # noqa: E402
+from generate import (  # noqa: E402
+    DEFAULT_DATA_DIR,
+    DEFAULT_SEED,
+    ID_KINDS,
+    Meta,
+    ensure,
+    load_meta,
+)
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("pipeline", "sdk", "floor")
@@ -126,11 +141,17 @@ class Sampler(threading.Thread):
     and the CPU of each thread of the first one every ``interval / 5`` (the last
     value seen per thread: where a process's CPU goes, by thread)."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.25) -> None:
+    def __init__(
+        self, pids: dict[str, int], interval: float = 0.25, progress: Path | None = None
+    ) -> None:
         super().__init__(daemon=True)
         self.pids = pids
         self.interval = interval
         self.samples: dict[str, list[float]] = {name: [] for name in pids}
+        #: the file whose size says how far the job is (the output)
+        self.progress = progress
+        #: (wall s, client CPU s, progress file bytes) every ``interval``
+        self.timeline: list[tuple[float, float, int]] = []
         #: tid -> (user, system) ticks of the first process's threads
         self.threads: dict[int, tuple[int, int]] = {}
         self._stop_event = threading.Event()
@@ -138,11 +159,20 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         first = next(iter(self.pids.values()))
         tick = 0
+        start = time.perf_counter()
         while not self._stop_event.wait(self.interval / 5):
             self.threads.update(_thread_cpu(first))
             tick += 1
             if tick % 5:
                 continue
+            if self.progress is not None:
+                try:
+                    cpu = _proc_cpu(first)
+                    size = self.progress.stat().st_size
+                except (OSError, ValueError, IndexError):
+                    pass
+                else:
+                    self.timeline.append((time.perf_counter() - start, cpu, size))
             for name, pid in self.pids.items():
                 rss = _proc_status(pid, "VmRSS")
                 if rss:
@@ -164,6 +194,42 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+
+    def tenths(self, requests: int, cpu_total: float, wall_total: float) -> list[dict[str, float]]:
+        """Client CPU per request and rate in each tenth of the job, by the output's
+        size (its lines are about alike): the decay over the job in one run. The
+        last tenth ends at the process's end (``cpu_total``, ``wall_total``)."""
+        if not self.timeline:
+            return []
+        final = self.timeline[-1][2]
+        if final <= 0:
+            return []
+        marks = [(0.0, 0.0)]
+        for k in range(1, 10):
+            goal = final * k / 10
+            # interpolated between the two samples around the goal
+            prev = (0.0, 0.0, 0)
+            for sample in self.timeline:
+                if sample[2] >= goal:
+                    span = max(sample[2] - prev[2], 1)
+                    f = (goal - prev[2]) / span
+                    marks.append(
+                        (prev[0] + f * (sample[0] - prev[0]), prev[1] + f * (sample[1] - prev[1]))
+                    )
+                    break
+                prev = sample
+            else:
+                return []
+        marks.append((wall_total, cpu_total))
+        share = requests / 10
+        return [
+            {
+                "tenth": k + 1,
+                "cpu_us_per_request": round((b[1] - a[1]) / share * 1e6, 2),
+                "rate_per_s": round(share / max(b[0] - a[0], 1e-9), 1),
+            }
+            for k, (a, b) in enumerate(zip(marks, marks[1:], strict=False))
+        ]
 
 
 class Emulator:
@@ -325,7 +391,7 @@ def run_one(
             proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
-            sampler = Sampler({"client": proc.pid, "emulator": emulator.pid})
+            sampler = Sampler({"client": proc.pid, "emulator": emulator.pid}, progress=output)
             sampler.start()
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - start
@@ -345,7 +411,11 @@ def run_one(
         "client_thread_cpu": sampler.thread_cpu(proc.pid),
         "client_rss_samples_mb": sampler.samples["client"],
         "emulator_rss_samples_mb": sampler.samples["emulator"],
+        "tenths": sampler.tenths(meta.requests, usage.ru_utime + usage.ru_stime, wall),
     }
+    state = workdir / "state.db"
+    if state.exists():
+        extra["state_bytes_per_request"] = round(state.stat().st_size / meta.requests, 1)
     if emulator_stats:
         extra["emulator_stats"] = emulator_stats
     rejects = workdir / "rejects.jsonl"
@@ -472,6 +542,23 @@ def table(measures: list[Measure]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def tenth_lines(measures: list[Measure]) -> str:
+    """Each run's client CPU per request and rate in each tenth of the job."""
+    lines = ["client CPU µs per request (and requests/s) in each tenth of the job:"]
+    for m in measures:
+        tenths = m.extra.get("tenths")
+        if not tenths:
+            continue
+        cells = " ".join(f"{t['cpu_us_per_request']:.1f}" for t in tenths)
+        rates = " ".join(f"{t['rate_per_s'] / 1000:.0f}k" for t in tenths)
+        last_first = tenths[-1]["cpu_us_per_request"] / max(tenths[0]["cpu_us_per_request"], 1e-9)
+        lines.append(f"  {m.contender} {m.requests:,}: {cells}  (last/first {last_first:.2f})")
+        lines.append(f"  {' ' * len(m.contender)} {' ' * len(f'{m.requests:,}')}  {rates}")
+        if "state_bytes_per_request" in m.extra:
+            lines.append(f"  state file: {m.extra['state_bytes_per_request']} bytes per request")
+    return "\n".join(lines)
+
+
 def thread_lines(measures: list[Measure]) -> str:
     """Each run's client CPU split into its main thread and the others."""
     lines = ["client CPU by thread (user + system s, sampled every 50 ms):"]
@@ -577,6 +664,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="request counts for --scaling (comma-separated)",
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument(
+        "--ids",
+        choices=ID_KINDS,
+        default="ordered",
+        help="custom_ids of the generated file: ordered (req-00000001...) or random (32 hex)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender (median)")
     parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="poll interval of every contender"
@@ -602,7 +695,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _run_sizes(contenders: list[str], sizes: list[int], args: argparse.Namespace) -> list[Measure]:
     measures: list[Measure] = []
     for size in sizes:
-        input_path = ensure(size, args.seed, args.data_dir)
+        input_path = ensure(size, args.seed, args.data_dir, args.ids)
         meta = load_meta(input_path)
         runs: dict[str, list[Measure]] = {contender: [] for contender in contenders}
         # In rounds (each contender once per round), not one contender's runs after the
@@ -610,7 +703,7 @@ def _run_sizes(contenders: list[str], sizes: list[int], args: argparse.Namespace
         # drift then moves every contender alike, so the ratios hold.
         for i in range(args.repeat):
             for contender in contenders:
-                workdir = args.data_dir / f"run-{size}" / f"{contender}-{i}"
+                workdir = args.data_dir / f"run-{size}-{args.ids}" / f"{contender}-{i}"
                 print(f"... {contender} at {size:,} requests (round {i + 1})", file=sys.stderr)
                 runs[contender].append(run_one(contender, input_path, meta, workdir, args))
                 print(table(runs[contender][-1:]).splitlines()[-1], file=sys.stderr)
@@ -627,7 +720,14 @@ def precompile() -> None:
     pay."""
     import compileall
 
-    compileall.compile_dir(HERE.parent / "pipeline", quiet=1)
+    found = subprocess.run(
+        [sys.executable, "-c", "import pipeline, os; print(os.path.dirname(pipeline.__file__))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print(f"... pipeline from {found}", file=sys.stderr)
+    compileall.compile_dir(found, quiet=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -648,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     report["measures"] = [msgspec.to_builtins(m) for m in measures]
     print(table(measures))
     print(thread_lines(measures))
+    print(tenth_lines(measures))
     for key in ("comparison", "scaling"):
         if key in report:
             print(msgspec.json.format(msgspec.json.encode(report[key]), indent=2).decode())
