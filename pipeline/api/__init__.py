@@ -1,5 +1,6 @@
 """Wire types and the HTTP client of the Message Batches and Messages APIs."""
 
+from ._body import SplicedBody as SplicedBody
 from ._client import Client as Client
 from ._types import BatchRequest as BatchRequest
 from ._types import DeletedMessageBatch as DeletedMessageBatch
@@ -23,5 +24,6 @@ __all__ = (
     "MessageCreateParams",
     "RequestCounts",
     "ResultLine",
+    "SplicedBody",
     "Usage",
 )

@@ -44,6 +44,7 @@ from .._errors import (
 )
 from .._logging import secret_forms
 from . import _retry
+from ._body import SplicedBody
 from ._lines import BlockSplitter, LineSplitter, Splitter
 from ._observed import ApiObserver, ObservedAsyncClient
 from ._types import (
@@ -102,17 +103,22 @@ class _SentOnce:
     a body of several MB per create would stay alive until then. Streamed, the
     request holds this object instead, empty once sent, so the body is freed by
     reference counting the moment the create returns, with no ``gc.collect()``.
+    A ``SplicedBody`` goes out piece by piece (a MiB at a time, never joined whole).
     The caller sets ``content-length`` (httpx then sends no chunked encoding).
     """
 
     __slots__ = ("_data",)
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
+    def __init__(self, data: bytes | SplicedBody) -> None:
+        self._data: bytes | SplicedBody | None = data
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        data, self._data = self._data, b""
-        yield data
+        data, self._data = self._data, None
+        if isinstance(data, bytes):
+            yield data
+        elif data is not None:
+            for piece in data.pieces():
+                yield piece
 
 
 _BINARY = {"accept": "application/binary"}
@@ -249,8 +255,10 @@ class Client:
 
     # -- batches -------------------------------------------------------------------
 
-    async def create_batch(self, body: bytes, *, request_count: int) -> MessageBatch:
-        """POST an already-encoded ``{"requests":[...]}`` body.
+    async def create_batch(self, body: bytes | SplicedBody, *, request_count: int) -> MessageBatch:
+        """POST an already-encoded ``{"requests":[...]}`` body: whole ``bytes``, or a
+        ``SplicedBody`` that is joined piece by piece as it is sent (a 65 MB body
+        then costs a MiB of memory, not a second copy of the requests).
 
         Retried only when the request certainly did not reach the service (connect
         errors, and 429/5xx answers, which mean "not created"). When the body may
@@ -382,7 +390,7 @@ class Client:
         path: str,
         decoder: msgspec.json.Decoder[_T],
         *,
-        content: bytes | None = None,
+        content: bytes | SplicedBody | None = None,
         params: Mapping[str, str | int] | None = None,
         create_count: int | None = None,
     ) -> _T:
@@ -400,7 +408,11 @@ class Client:
             sent_at = self._clock()
             # a create body goes out as a one-shot stream that httpx does not keep
             # (see ``_SentOnce``); each try sends it anew
-            body = _SentOnce(content) if create_count is not None and content else content
+            body: bytes | _SentOnce | None
+            if isinstance(content, SplicedBody):
+                body = _SentOnce(content)
+            else:
+                body = _SentOnce(content) if create_count is not None and content else content
             try:
                 response = await self._http.request(
                     method, path, content=body, params=params, headers=headers
@@ -430,7 +442,7 @@ class Client:
         decoder: msgspec.json.Decoder[_T],
         response: httpx.Response,
         create_count: int | None,
-        content: bytes | None,
+        content: bytes | SplicedBody | None,
         sent_at: float,
     ) -> _T:
         try:
@@ -466,14 +478,14 @@ class Client:
     def _outcome_unknown(
         self,
         request_count: int,
-        content: bytes | None,
+        content: bytes | SplicedBody | None,
         sent_at: float,
         cause: str,
         exc: BaseException | None,
     ) -> NoReturn:
         error = CreateOutcomeUnknownError(
             request_count=request_count,
-            body_bytes=len(content or b""),
+            body_bytes=0 if content is None else len(content),
             sent_at=sent_at,
             cause=self._redact(cause),
         )

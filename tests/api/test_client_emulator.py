@@ -17,6 +17,7 @@ from pipeline._errors import (
     RequestTooLargeError,
     ResultStreamError,
 )
+from pipeline.api import SplicedBody
 from pipeline.api._client import Client
 from pipeline.api._types import (
     CanceledResult,
@@ -124,6 +125,23 @@ async def test_a_create_body_is_freed_without_the_cyclic_gc(tmp_path: Path) -> N
         assert created.request_counts.processing == 200
         assert after == before
         assert emu.submissions() == {f"r{n}": 1 for n in range(200)}
+
+
+def request_line(n: int, *, pad: int = 0) -> bytes:
+    text = f"question {n} " + "x" * pad
+    params = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": text}]}
+    return msgspec.json.encode({"custom_id": f"r{n}", "params": params})
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 100, 1 << 20])
+@pytest.mark.parametrize("count", [0, 1, 2, 7])
+def test_a_spliced_body_is_the_joined_body_in_pieces(count: int, piece_bytes: int) -> None:
+    lines = [request_line(n, pad=n * 10) for n in range(count)]
+    spliced = SplicedBody(lines)
+    joined = b'{"requests":[' + b",".join(lines) + b"]}"
+    assert b"".join(spliced.pieces(piece_bytes)) == joined
+    assert bytes(spliced) == joined  # and again: a retried create sends it anew
+    assert len(spliced) == spliced.size == len(joined)
 
 
 async def test_list_pages_and_cancel(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,11 +29,12 @@ from pipeline.ledger._base import ClaimResult
 from pipeline.stages import Capacity, Chunk, JobCounters
 from pipeline.stages._items import Entry, SubmittedBatch
 from pipeline.stages.submitter import submitter
-from pipeline.testing import EmulatorConfig, serve_emulator
+from pipeline.testing import EmulatorConfig, serve_emulator, start_emulator_process
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from pipeline.api import SplicedBody
     from pipeline.api._types import MessageBatch
 
 MODEL = "claude-3-haiku-20240307"
@@ -132,7 +134,7 @@ class DroppingClient:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    async def create_batch(self, body: bytes, *, request_count: int) -> MessageBatch:
+    async def create_batch(self, body: bytes | SplicedBody, *, request_count: int) -> MessageBatch:
         self.creates += 1
         if self.creates > self.drops:
             return await self._client.create_batch(body, request_count=request_count)
@@ -173,9 +175,9 @@ class RefusingClient:
 
     def __init__(self, errors: list[Exception]) -> None:
         self.errors = list(errors)
-        self.bodies: list[bytes] = []
+        self.bodies: list[bytes | SplicedBody] = []
 
-    async def create_batch(self, body: bytes, *, request_count: int) -> MessageBatch:
+    async def create_batch(self, body: bytes | SplicedBody, *, request_count: int) -> MessageBatch:
         self.bodies.append(body)
         if self.errors:
             raise self.errors.pop(0)
@@ -258,6 +260,48 @@ async def submit_one(
     return batches, sleeps, ledger, progress
 
 
+async def test_a_create_body_is_streamed_from_the_entries_not_joined_whole() -> None:
+    # 400 requests of 40 KB (a 16 MB body) to an emulator in its own process (its
+    # memory is not traced): the submitter holds a piece of the body at a time, not a
+    # joined copy next to the entries (which are built before tracing starts)
+    entries = [Entry(i, f"c-{i}", line(f"c-{i}", "x" * 40_000)) for i in range(1, 401)]
+    size = sum(len(e.raw) for e in entries)
+    ledger = RecordingLedger()
+    fake_ledger: Any = ledger
+    progress = Progress()
+    progress.outstanding = len(entries)
+    config = msgspec.structs.replace(CONFIG, max_batch_requests=400, max_in_flight=400)
+    send_in, recv_in = anyio.create_memory_object_stream[Chunk](1)
+    send_out, recv_out = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
+    with start_emulator_process("--batch-seconds", "3600") as url:
+        async with Client(api_key="k", base_url=url) as client:
+            tracemalloc.start()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(
+                        lambda: submitter(
+                            recv_in,
+                            send_out,
+                            client=client,
+                            ledger=fake_ledger,
+                            config=config,
+                            capacity=Capacity(400),
+                            progress=progress,
+                        )
+                    )
+                    async with send_in:
+                        await send_in.send(Chunk(entries, [], checkpoint=0, line=400))
+                    async with recv_out:
+                        batches = [b async for chunk in recv_out for b in chunk]
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            created = await client.retrieve_batch(batches[0].batch_id)
+    assert created.request_counts.processing == 400  # every request arrived, parsed
+    assert size > 16_000_000
+    assert peak < size // 4, f"{peak:,} bytes traced for a {size:,}-byte body"
+
+
 async def test_a_create_refused_for_now_is_tried_again_with_capped_exponential_backoff() -> None:
     errors = [refused(429), refused(500), APIConnectionError("refused"), refused(529)]
     errors += [refused(503), refused(408)]
@@ -265,7 +309,7 @@ async def test_a_create_refused_for_now_is_tried_again_with_capped_exponential_b
     batches, sleeps, ledger, progress = await submit_one(client, max_backoff=10.0)
     assert [b.batch_id for b in batches] == ["msgbatch_7"]  # the job goes on
     assert sleeps == [2.0, 4.0, 8.0, 10.0, 10.0, 10.0]  # doubling, capped
-    assert len(set(client.bodies)) == 1  # the same body every time
+    assert len({bytes(b) for b in client.bodies}) == 1  # the same body every time
     # each try is recorded as sending first (crash-safe), never released or spooled
     assert ledger.calls == ["claim", *["sending"] * 7, "created"]
     assert progress.spooled == 0
@@ -307,7 +351,7 @@ class OutageClient:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    async def create_batch(self, body: bytes, *, request_count: int) -> MessageBatch:
+    async def create_batch(self, body: bytes | SplicedBody, *, request_count: int) -> MessageBatch:
         self.creates += 1
         if self.creates <= self.outage:
             raise refused(529)
