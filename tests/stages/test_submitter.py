@@ -268,7 +268,7 @@ async def test_a_create_body_is_streamed_from_the_entries_not_joined_whole() -> 
     size = sum(len(e.raw) for e in entries)
     ledger = RecordingLedger()
     fake_ledger: Any = ledger
-    progress = Progress()
+    progress = JobCounters()
     progress.outstanding = len(entries)
     config = msgspec.structs.replace(CONFIG, max_batch_requests=400, max_in_flight=400)
     send_in, recv_in = anyio.create_memory_object_stream[Chunk](1)
