@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -25,6 +24,7 @@ from pipeline.testing import start_emulator_process
 
 from .ledger.jobs import (
     output_ids,
+    recorded_attempts,
     reject_lines,
     size,
     start_worker,
@@ -147,8 +147,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_pays_once(tmp_path: P
         "a reject line was lost or duplicated"
     )
 
-    with sqlite3.connect(tmp_path / "job.state") as conn:
-        attempts = dict(conn.execute("SELECT custom_id, attempt FROM requests").fetchall())
+    attempts = await recorded_attempts(tmp_path / "job.state", ids)
     assert set(submitted) == set(ids)
     overpaid = {c: (n, attempts[c]) for c, n in submitted.items() if n != attempts[c]}
     assert overpaid == {}, "submitted more (or fewer) times than the attempts recorded"

@@ -24,6 +24,7 @@ from pipeline.testing import start_emulator_process
 
 from .ledger.jobs import (
     output_ids,
+    recorded_attempts,
     size,
     start_worker,
     status_of,
@@ -77,8 +78,7 @@ async def assert_exactly_once(url: str, tmp: Path, ids: list[str]) -> None:
     written = output_ids(tmp / "out.jsonl")
     assert len(written) == len(set(written)), "an output line was duplicated"
     assert sorted(written) == ids
-    with sqlite3.connect(tmp / "job.state") as conn:
-        attempts = dict(conn.execute("SELECT custom_id, attempt FROM requests").fetchall())
+    attempts = await recorded_attempts(tmp / "job.state", ids)
     submitted = {c: n for c, n in (await submissions(url)).items() if c in attempts}
     assert submitted == attempts, "a request was paid for twice (or never sent)"
 

@@ -9,7 +9,7 @@ The cancel lives in one ``meta`` row (``CANCEL_KEY``): absent, ``requested``, th
 with the worker's own transactions (WAL; a busy wait of up to ``_BUSY_MS``), so it
 needs no job lock, and the worker notices it at its next check
 (``cancel_requested``, once per poll interval). Requests whose result was canceled
-by the job's cancel get the request state ``canceled``: neither written nor
+by the job's cancel are held in the table ``canceled``: neither written nor
 spooled (a collected batch does not spool them as missing, and ``unwritten`` does
 not owe them), until ``resume_canceled`` spools them.
 """
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
-import msgspec
 
 from .._errors import LedgerError
 from ._sqlite_schema import CANCEL_KEY, cancel_state, check_meta, connect, meta_value, table_names
+from ._sqlite_tx import done_ids, members_of, spool_members
 
 if TYPE_CHECKING:
     import os
@@ -60,18 +60,18 @@ def request_cancel_tx(c: sqlite3.Connection) -> CancelState | None:
 def mark_canceled(c: sqlite3.Connection) -> int:
     """The cancel is complete; how many requests it holds as canceled."""
     c.execute("INSERT OR REPLACE INTO meta VALUES (?, 'canceled')", (CANCEL_KEY,))
-    row = c.execute("SELECT count(*) FROM requests WHERE state = 'canceled'").fetchone()
+    row = c.execute("SELECT count(*) FROM canceled").fetchone()
     return int(row[0])
 
 
 def resume_canceled(c: sqlite3.Connection) -> int:
     """Spool the requests held as canceled (same attempt) and clear the cancel; how
     many. The spool keeps input order (by source line)."""
-    c.execute(
-        "INSERT OR IGNORE INTO spool(custom_id) SELECT custom_id FROM requests "
-        "WHERE state = 'canceled' ORDER BY json_extract(loc, '$[0]')"
-    )
-    moved = c.execute("UPDATE requests SET state = 'spooled' WHERE state = 'canceled'").rowcount
+    moved = c.execute(
+        "INSERT OR IGNORE INTO spool(h, c, custom_id, line, offset, length, raw, attempt) "
+        "SELECT h, c, custom_id, line, offset, length, raw, attempt FROM canceled ORDER BY line"
+    ).rowcount
+    c.execute("DELETE FROM canceled")
     c.execute("DELETE FROM meta WHERE key = ?", (CANCEL_KEY,))
     return int(moved)
 
@@ -79,11 +79,10 @@ def resume_canceled(c: sqlite3.Connection) -> int:
 def hold_canceled(c: sqlite3.Connection, local_id: int, custom_ids: Sequence[str]) -> None:
     """Hold these requests of batch ``local_id`` as canceled (not written, not
     spooled): their results were canceled by the job's cancel."""
-    c.execute(
-        "UPDATE requests SET state = 'canceled' WHERE custom_id IN "
-        "(SELECT value FROM json_each(?)) AND local_id = ? AND state = 'claimed'",
-        (msgspec.json.encode(list(custom_ids)), local_id),
-    )
+    wanted = set(custom_ids) - done_ids(c, local_id)
+    if wanted:
+        members = [m for m in members_of(c, local_id) if m[0] in wanted]
+        spool_members(c, local_id, members, 0, table="canceled")
 
 
 def _request_cancel_sync(path: Path) -> CancelState | None:

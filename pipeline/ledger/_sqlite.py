@@ -28,11 +28,14 @@ released by the kernel when the holder dies: ``_files.JobLock``). ``read_status`
 reads a state file without the lock, read-only, while a worker runs. Every SQLite
 error leaves as a one-line ``LedgerError`` naming the file and what to do.
 
-Memory. Nothing in Python grows with the job: duplicates are found by looking the
-claimed custom_ids up in the ``requests`` table (one ``json_each`` join per claim),
-counters live in the database, rejects and spool are paged. The page cache is
-small (``_CACHE_KIB``): a claim looks up and inserts its custom_ids in key order,
-so it walks the index once, left to right, and needs few pages at a time.
+Memory and cost. A batch's requests are one row while it is in flight (their
+ids, source lines and locations as one msgpack record, dropped once the batch is
+collected), and the job's custom_ids are 96-bit keys in sorted runs with a Bloom
+filter in memory (``_sqlite_ids``): a claim writes one batch row and one run,
+appended, whatever the ids look like, so its cost does not grow with the job. The
+filter is the one thing in memory that grows with the job: about 1.3 bytes per id.
+Counters live in the database, rejects and spool are paged. The page cache is
+small (``_CACHE_KIB``).
 
 Cost per result. ``commit_results`` appends one row per commit (the written
 custom_ids as one JSON array, table ``written``), not one UPDATE per line;
@@ -55,6 +58,7 @@ from ..stages._items import Reject, RejectError
 from . import _cancel
 from ._base import SpoolItem
 from ._files import JobLock, damaged, integrity_problems, ledger_error
+from ._sqlite_ids import IdIndex
 from ._sqlite_schema import (
     APP_TAG,
     SCHEMA,
@@ -69,20 +73,22 @@ from ._sqlite_schema import (
     table_names,
 )
 from ._sqlite_tx import (
-    _IN_BATCH,
-    _LINE,
+    MemberCache,
     WrittenIds,
     _bump,
     _claim,
-    _decode_loc,
     _encode,
     _expect,
     _insert_rejects,
     _move_checkpoint,
     _new_intent,
     _reject_row,
-    _rows,
     _settle_batch,
+    attempts_of,
+    done_ids,
+    members_of,
+    spool_members,
+    stored_elsewhere,
 )
 
 if TYPE_CHECKING:
@@ -100,18 +106,16 @@ T = TypeVar("T")
 #: the custom_id index in key order (each page is loaded once per claim), so a
 #: small cache costs little; 32 MiB made the process grow by ~35 MB at 1M requests.
 _CACHE_KIB = 4 * 1024
-#: Pages of a new state file: SQLite's largest. Claims of random (UUID-like)
-#: custom_ids land on most leaves of the custom_id index each time; fewer, larger
-#: leaves cut the per-page costs (reads, WAL frames, checkpoint copies). Claims of
-#: random ids at 1M / 3M requests: 4.54 / 10.1 µs per request with 16 KiB pages, 3.54 /
-#: 7.5 with 64 KiB (8 and 32 KiB in between, 4 KiB worse); sequential ids cost the same
-#: (``benchmarks/ledger_bench.py``). An existing file keeps the page size it was made with.
-_PAGE_SIZE = 65536
-#: WAL pages before an automatic checkpoint (default 1000: every claim of random
-#: ids would checkpoint). A page that later claims dirty again is copied back into
-#: the database once per checkpoint, not once per claim; the WAL file on disk grows
-#: to about this size (160 MiB) and is reused, the process's memory does not.
-_CHECKPOINT_PAGES = (160 << 20) // _PAGE_SIZE
+#: Pages of a new state file. Nothing is inserted at random places any more (the
+#: runs of keys are appended, batch records are one row), and the few lookups a claim
+#: makes in the runs read one page each: small pages read less.
+_PAGE_SIZE = 4096
+#: WAL pages before an automatic checkpoint (default 1000): the WAL file on disk
+#: grows to about this size (64 MiB) and is reused, the process's memory does not.
+_CHECKPOINT_PAGES = (64 << 20) // _PAGE_SIZE
+#: bytes of input per request assumed when sizing the filter of keys from the
+#: input's size (more requests than that grow it: see ``KeyFilter``)
+_BYTES_PER_REQUEST_GUESS = 512
 
 
 class SQLiteLedger:
@@ -128,6 +132,10 @@ class SQLiteLedger:
         self._mutex = anyio.Lock()
         #: the written ids of the batch ``unwritten`` was asked about last
         self._written: WrittenIds | None = None
+        #: the job's custom_ids (runs in the database, a filter in memory)
+        self._index = IdIndex()
+        #: decoded records of batches in flight, for ``requests``
+        self._members = MemberCache()
 
     def __repr__(self) -> str:
         return f"SQLiteLedger({str(self.path)!r})"
@@ -200,6 +208,7 @@ class SQLiteLedger:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
+            self._index.load(conn, _expected_requests(decode_job(meta_value(conn, "job"))))
             state = resume_state(conn, fresh)
             state.takeover_at = _takeover(conn, state)
         except sqlite3.Error as exc:
@@ -261,7 +270,8 @@ class SQLiteLedger:
     ) -> ClaimResult:
         """Record a batch intent (see ``Ledger.claim``). When every entry is a
         duplicate no batch is recorded and ``local_id`` is 0: nothing to send."""
-        return await self._run(lambda c: _claim(c, entries, rejects, checkpoint, line))
+        index = self._index
+        return await self._run(lambda c: _claim(c, index, entries, rejects, checkpoint, line))
 
     async def record_rejects(self, rejects: Sequence[Reject], *, checkpoint: int, line: int) -> int:
         """Record rejects with no batch and move the source checkpoint; how many
@@ -321,16 +331,12 @@ class SQLiteLedger:
 
         def tx(c: sqlite3.Connection) -> list[int]:
             count = _expect(c, local_id, ("intent", "sending"))[1]
-            first, last = _rows(c, local_id)
+            by_id = {m[0]: m for m in members_of(c, local_id)}
             new_ids, moved = [], 0
-            for part in parts:  # the new intents keep the old one's rowid range
-                new_id = _new_intent(c, len(part), first, last)
-                moved += c.execute(
-                    "UPDATE requests SET local_id = ? WHERE custom_id IN "
-                    "(SELECT value FROM json_each(?)) AND local_id = ? AND state = 'claimed'",
-                    (new_id, _encode(list(part)), local_id),
-                ).rowcount
-                new_ids.append(new_id)
+            for part in parts:
+                members = [by_id.pop(cid) for cid in part if cid in by_id]
+                moved += len(members)
+                new_ids.append(_new_intent(c, members))
             if moved != count:
                 raise UsageError(
                     f"resplit of batch {local_id} moved {moved} of its {count} requests"
@@ -345,14 +351,12 @@ class SQLiteLedger:
 
         def tx(c: sqlite3.Connection) -> None:
             _expect(c, local_id, ("intent", "sending"))
-            where = (*_rows(c, local_id), local_id)
+            rows = sorted((m[1], m[0], error_type, message) for m in members_of(c, local_id))
+            _insert_rejects(c, rows)
             c.execute(
-                "INSERT OR IGNORE INTO rejects(line, custom_id, type, message) "
-                f"SELECT {_LINE}, custom_id, ?, ? FROM requests WHERE {_IN_BATCH} ORDER BY 1",
-                (error_type, message, *where),
+                "UPDATE batches SET state = 'rejected', reqs = NULL WHERE local_id = ?",
+                (local_id,),
             )
-            c.execute(f"UPDATE requests SET state = 'rejected' WHERE {_IN_BATCH}", where)
-            c.execute("UPDATE batches SET state = 'rejected' WHERE local_id = ?", (local_id,))
 
         await self._run(tx)
 
@@ -361,13 +365,8 @@ class SQLiteLedger:
 
         def tx(c: sqlite3.Connection) -> None:
             _expect(c, local_id, ("intent", "sending"))
-            where = (*_rows(c, local_id), local_id)
-            c.execute(
-                "INSERT INTO spool(custom_id) SELECT custom_id FROM requests "
-                f"WHERE {_IN_BATCH} ORDER BY {_LINE}",
-                where,
-            )
-            c.execute(f"UPDATE requests SET state = 'spooled' WHERE {_IN_BATCH}", where)
+            spool_members(c, local_id, members_of(c, local_id), 0)
+            c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
             c.execute("DELETE FROM batches WHERE local_id = ?", (local_id,))
 
         await self._run(tx)
@@ -425,7 +424,6 @@ class SQLiteLedger:
         tell a re-download what is left; ``done``: the batch is collected, and what
         it claimed but got no result line for is spooled (their number is returned);
         ``durable``: fsync the commit; ``sinks``: further named sinks' positions."""
-        c_spool = _encode(list(spool)) if spool else None
         c_written = _encode(list(written_ids)).decode() if written_ids else None
 
         def tx(c: sqlite3.Connection) -> int:
@@ -447,18 +445,12 @@ class SQLiteLedger:
             _bump(c, "written", written)
             if c_written:  # one row per commit, not one UPDATE per line
                 c.execute("INSERT INTO written(local_id, ids) VALUES (?, ?)", (local_id, c_written))
-            if c_spool:
-                c.execute(
-                    "INSERT OR IGNORE INTO spool(custom_id) SELECT custom_id FROM requests "
-                    "WHERE custom_id IN (SELECT value FROM json_each(?)) AND local_id = ? "
-                    "AND state = 'claimed'",
-                    (c_spool, local_id),
-                )
-                c.execute(
-                    "UPDATE requests SET state = 'spooled', attempt = attempt + 1 WHERE custom_id "
-                    "IN (SELECT value FROM json_each(?)) AND local_id = ? AND state = 'claimed'",
-                    (c_spool, local_id),
-                )
+            if spool:
+                done_already = done_ids(c, local_id)
+                wanted = set(spool) - done_already
+                if wanted:
+                    members = [m for m in members_of(c, local_id) if m[0] in wanted]
+                    spool_members(c, local_id, members, 1)
             if canceled:
                 _cancel.hold_canceled(c, local_id, canceled)
             return _settle_batch(c, local_id) if done else 0
@@ -473,25 +465,16 @@ class SQLiteLedger:
         A re-download asks once per network chunk: the batch's written ids are read
         once and then only the commits made since (``WrittenIds``), not all of them
         again on every call."""
-        ids = _encode(list(custom_ids))
 
         def tx(c: sqlite3.Connection) -> list[str]:
             row = c.execute("SELECT state FROM batches WHERE local_id = ?", (local_id,)).fetchone()
             if row is None or row[0] == "collected":
                 return []
-            owed = {
-                row[0]
-                for row in c.execute(
-                    "SELECT r.custom_id FROM json_each(?) AS j JOIN requests AS r "
-                    "ON r.custom_id = j.value WHERE r.local_id = ? AND r.state = 'claimed'",
-                    (ids, local_id),
-                )
-            }
-            if owed:  # minus the batch's written ids (bounded by the batch's size)
-                if self._written is None or self._written.local_id != local_id:
-                    self._written = WrittenIds(local_id)
-                owed.difference_update(self._written.update(c))
-            return [cid for cid in custom_ids if cid in owed]
+            if self._written is None or self._written.local_id != local_id:
+                self._written = WrittenIds(local_id)
+            done = self._written.update(c)
+            members = self._written.members or set()
+            return [cid for cid in custom_ids if cid in members and cid not in done]
 
         return await self._run(tx)
 
@@ -525,33 +508,32 @@ class SQLiteLedger:
 
         def tx(c: sqlite3.Connection) -> list[SpoolItem]:
             rows = c.execute(
-                "SELECT r.custom_id, r.loc, r.attempt, r.raw, s.seq "
-                "FROM spool AS s JOIN requests AS r ON r.custom_id = s.custom_id "
-                "WHERE s.seq > ? ORDER BY s.seq LIMIT ?",
+                "SELECT custom_id, line, attempt, offset, length, raw, seq FROM spool "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             )
-            items = []
-            for cid, loc, attempt, raw, seq in rows:
-                line, offset, length = _decode_loc(loc)
-                items.append(SpoolItem(cid, line, attempt, offset, length, raw, seq))
-            return items
+            return [SpoolItem(*row) for row in rows]
 
         return await self._run(tx)
 
     async def requests(self, custom_ids: Sequence[str]) -> list[SpoolItem]:
-        """The stored request of each of ``custom_ids`` (see ``Ledger.requests``)."""
-        ids = _encode(list(custom_ids))
+        """The stored request of each of ``custom_ids`` (see ``Ledger.requests``):
+        from the records of the batches in flight (a result is joined with its request
+        while its batch is), then the spool and the requests held as canceled. The
+        records are decoded once per batch and kept while the batch is in flight."""
 
         def tx(c: sqlite3.Connection) -> list[SpoolItem]:
-            rows = c.execute(
-                "SELECT r.custom_id, r.loc, r.attempt, r.raw FROM json_each(?) AS j "
-                "JOIN requests AS r ON r.custom_id = j.value",
-                (ids,),
-            )
-            items = []
-            for cid, loc, attempt, raw in rows:
-                line, offset, length = _decode_loc(loc)
-                items.append(SpoolItem(cid, line, attempt, offset, length, raw))
+            wanted = set(custom_ids)
+            items: list[SpoolItem] = []
+            for local_id in self._members.in_flight(c):
+                found = self._members.get(c, local_id).keys() & wanted
+                for cid in found:
+                    cid, line, offset, length, attempt, raw = self._members.get(c, local_id)[cid]
+                    items.append(SpoolItem(cid, line, attempt, offset, length, raw))
+                wanted -= found
+                if not wanted:
+                    return items
+            items += stored_elsewhere(c, wanted)
             return items
 
         return await self._run(tx)
@@ -559,17 +541,8 @@ class SQLiteLedger:
     async def attempts(self, custom_ids: Sequence[str]) -> dict[str, int]:
         """The attempt number recorded for each custom_id: that of its current
         submission, or for a spooled request, of its next one."""
-        ids = _encode(list(custom_ids))
-
-        def tx(c: sqlite3.Connection) -> dict[str, int]:
-            rows = c.execute(
-                "SELECT r.custom_id, r.attempt FROM json_each(?) AS j "
-                "JOIN requests AS r ON r.custom_id = j.value",
-                (ids,),
-            )
-            return dict(rows.fetchall())
-
-        return await self._run(tx)
+        index = self._index
+        return await self._run(lambda c: attempts_of(c, index, custom_ids))
 
     async def known_batch_ids(self, batch_ids: Sequence[str]) -> set[str]:
         """Those of ``batch_ids`` that the ledger already holds (for reconciliation)."""
@@ -586,13 +559,13 @@ class SQLiteLedger:
         return await self._run(tx)
 
     async def last_line(self) -> int:
-        """The highest source line the job holds (see ``Ledger.last_line``): one
-        scan of the requests, for sources that cannot replay their input."""
+        """The highest source line the job holds (see ``Ledger.last_line``), for
+        sources that cannot replay their input."""
 
         def tx(c: sqlite3.Connection) -> int:
             row = c.execute(
                 "SELECT max(coalesce((SELECT line FROM checkpoint), 0), "
-                f"coalesce((SELECT max({_LINE}) FROM requests), 0), "
+                "(SELECT value FROM counters WHERE name = 'max_line'), "
                 "coalesce((SELECT max(line) FROM rejects), 0))"
             ).fetchone()
             return int(row[0])
@@ -638,6 +611,13 @@ def _takeover(conn: sqlite3.Connection, state: ResumeState) -> float | None:
     now = time.time()
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('takeover_at', ?)", (now,))
     return now
+
+
+def _expected_requests(job: JobSpec) -> int:
+    """About how many requests the job's input holds (to size the filter of keys
+    once, not grow it): its size over a small request's; 0 when unknown."""
+    size, _, _ = (job.input_fingerprint or "").partition(":")
+    return int(size) // _BYTES_PER_REQUEST_GUESS if size.isdigit() else 0
 
 
 def _job_change(stored: JobSpec, job: JobSpec) -> str:

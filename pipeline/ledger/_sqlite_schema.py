@@ -14,6 +14,7 @@ import msgspec
 from .._errors import LedgerError
 from ._base import BatchRecord, JobSpec, JobStatus, ResumeState, SinkPosition
 from ._files import ledger_error, lock_held
+from ._sqlite_ids import IDS_SCHEMA, IDS_TABLES
 
 if TYPE_CHECKING:
     import os
@@ -38,8 +39,9 @@ __all__ = (
     "table_names",
 )
 
-#: Bumped on any incompatible change of the tables below.
-SCHEMA_VERSION = 2
+#: Bumped on any incompatible change of the tables below. Version 3 holds the
+#: requests per batch, not per row, and the custom_ids as keys in sorted runs.
+SCHEMA_VERSION = 3
 #: the estimated spend is kept as an integer number of billionths of a dollar
 NANO_PER_USD = 1_000_000_000
 APP_TAG = "pipeline-ledger"
@@ -47,28 +49,14 @@ APP_TAG = "pipeline-ledger"
 #: A row, not a table, so state files made before cancel existed read as they are.
 CANCEL_KEY = "cancel"
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
--- state: claimed (in batch local_id), spooled (waiting in spool to be re-sent),
--- rejected (its batch was refused), canceled (its result was canceled by the
--- job's cancel: held until ``resume_canceled`` spools it). What a batch has written to the output is not
--- marked per row (an UPDATE per result line): see ``written`` below.
--- attempt: that of the current submission; for a spooled request, of the next.
--- loc: the JSON array [line, offset, length]: its source line, and where to read
--- it back from the source file (raw when there is no file). One column, not three:
--- a claim inserts each object member of one JSON text as is (key: custom_id,
--- value: loc), with no per-field extraction, about 3x cheaper per request.
--- No index on local_id (it would cost a quarter of a claim): the rows of a claim
--- get consecutive rowids (a retry's row is deleted and inserted anew), and each
--- batch keeps that range (first_row..last_row) to find its requests.
-CREATE TABLE requests(
-    custom_id TEXT PRIMARY KEY,
-    loc TEXT NOT NULL,
-    raw BLOB,
-    attempt INTEGER NOT NULL,
-    local_id INTEGER NOT NULL,
-    state TEXT NOT NULL
-);
+-- reqs: while the batch is in flight, its requests as one msgpack array of
+-- [custom_id, line, offset, length, attempt, raw] (raw only without a source file),
+-- in claim order; NULL once it is collected or rejected (its ids stay in the runs
+-- of keys, see _sqlite_ids). spooled: its requests sent back to the spool (``written``
+-- rows with spooled = 1 name them).
 CREATE TABLE batches(
     local_id INTEGER PRIMARY KEY AUTOINCREMENT,
     batch_id TEXT UNIQUE,
@@ -78,13 +66,14 @@ CREATE TABLE batches(
     sent_at REAL,
     output_start INTEGER,
     results_written INTEGER NOT NULL DEFAULT 0,
-    first_row INTEGER NOT NULL DEFAULT 0,
-    last_row INTEGER NOT NULL DEFAULT -1
+    spooled INTEGER NOT NULL DEFAULT 0,
+    reqs BLOB
 );
--- The custom_ids a batch has written to the output, one JSON array per
--- ``commit_results``; dropped when the batch is collected (so bounded by the
--- batches in flight). ``unwritten`` subtracts them from the batch's claimed rows.
-CREATE TABLE written(seq INTEGER PRIMARY KEY, local_id INTEGER NOT NULL, ids TEXT NOT NULL);
+-- The custom_ids a batch has written to the output (spooled = 0) or sent back to the
+-- spool (spooled = 1), one JSON array per ``commit_results``; dropped when the batch
+-- is collected (so bounded by the batches in flight).
+CREATE TABLE written(seq INTEGER PRIMARY KEY, local_id INTEGER NOT NULL, ids TEXT NOT NULL,
+                     spooled INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX written_batch ON written(local_id);
 CREATE TABLE rejects(
     seq INTEGER PRIMARY KEY,
@@ -96,28 +85,47 @@ CREATE TABLE rejects(
 -- A source line read again after a restart is rejected once, not twice.
 CREATE UNIQUE INDEX rejects_once ON rejects(line, coalesce(custom_id, ''), type, message);
 CREATE TABLE sinks(name TEXT PRIMARY KEY, offset INTEGER NOT NULL, count INTEGER NOT NULL);
-CREATE TABLE spool(seq INTEGER PRIMARY KEY AUTOINCREMENT, custom_id TEXT NOT NULL UNIQUE);
+-- Requests waiting to be sent again, with all it takes to read them back; (h, c):
+-- the custom_id's key (_sqlite_ids). attempt: that of the next submission.
+CREATE TABLE spool(seq INTEGER PRIMARY KEY AUTOINCREMENT, h INTEGER NOT NULL,
+                   c INTEGER NOT NULL, custom_id TEXT NOT NULL, line INTEGER NOT NULL,
+                   offset INTEGER NOT NULL, length INTEGER NOT NULL, raw BLOB,
+                   attempt INTEGER NOT NULL, UNIQUE (h, c));
+-- Requests whose result the job's cancel canceled: held, neither written nor
+-- spooled, until ``resume_canceled`` spools them (same attempt).
+CREATE TABLE canceled(h INTEGER NOT NULL, c INTEGER NOT NULL, custom_id TEXT NOT NULL,
+                      line INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+                      raw BLOB, attempt INTEGER NOT NULL, PRIMARY KEY (h, c));
+-- The attempt of requests submitted more than once (the others: 1).
+CREATE TABLE retried(h INTEGER NOT NULL, c INTEGER NOT NULL, attempt INTEGER NOT NULL,
+                     PRIMARY KEY (h, c)) WITHOUT ROWID;
 CREATE TABLE checkpoint(id INTEGER PRIMARY KEY CHECK (id = 0), offset INTEGER NOT NULL,
                         line INTEGER NOT NULL);
 CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO checkpoint VALUES (0, 0, 0);
 -- estimated_nano_usd: the spend guard's estimate of every request claimed, in
--- billionths of a dollar (a budget holds for the job, across runs)
+-- billionths of a dollar (a budget holds for the job, across runs); max_line: the
+-- highest source line ever claimed
 INSERT INTO counters VALUES ('submitted', 0), ('ended', 0), ('written', 0),
-                            ('estimated_nano_usd', 0);
+                            ('estimated_nano_usd', 0), ('max_line', 0);
 INSERT INTO sinks VALUES ('output', 0, 0), ('rejects', 0, 0);
 """
+    + IDS_SCHEMA
+)
 TABLES = frozenset(
     {
         "meta",
-        "requests",
         "batches",
         "written",
         "rejects",
         "sinks",
         "spool",
+        "retried",
+        "canceled",
         "checkpoint",
         "counters",
+        "runs",
+        *IDS_TABLES,
     }
 )
 
@@ -187,7 +195,7 @@ def _canceled_count(c: sqlite3.Connection) -> int:
     """Requests held as canceled (a scan, so only for a job that has a cancel)."""
     if cancel_state(c) is None:
         return 0
-    return int(_scalar(c, "SELECT count(*) FROM requests WHERE state = 'canceled'"))
+    return int(_scalar(c, "SELECT count(*) FROM canceled"))
 
 
 def _estimated_usd(c: sqlite3.Connection) -> float:

@@ -3,117 +3,201 @@ methods: plain functions of the connection, run in the worker thread inside the
 one transaction that ``SQLiteLedger._run`` opens (they never begin, commit or roll
 back one themselves).
 
-The claim is the one that costs: it looks every claimed custom_id up in one
-``json_each`` join and inserts the new rows as one JSON object, both in key order,
-so it walks the custom_id index once, left to right (see "Memory" in ``_sqlite``).
+A batch's requests are one record (``batches.reqs``, a msgpack array of
+``[custom_id, line, offset, length, attempt, raw]``) while it is in flight, and its
+custom_ids are keys in the runs of ``_sqlite_ids`` for the rest of the job: a claim
+writes one row for the batch and one sorted run of keys, whatever the ids look like.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from .._errors import UsageError
 from .._pricing import whole_units
-from ._base import ClaimResult
+from ._base import ClaimResult, SpoolItem
+from ._sqlite_ids import key_of, keys_of
 from ._sqlite_schema import NANO_PER_USD
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    import sqlite3
+    from collections.abc import Iterable, Sequence
 
     from ..stages._items import Entry, Reject
+    from ._sqlite_ids import IdIndex
 
-#: a request's state (see the schema): claimed, spooled or rejected
-_SPOOLED = "spooled"
+#: one request of a batch: custom_id, line, offset, length, attempt, raw (None when
+#: it is read back from the source file at offset, length)
+Member = tuple[str, int, int, int, int, bytes | None]
+
 _encode = msgspec.json.encode
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[tuple[str, int, int, int, int, bytes | None]]).decode
 
-_SELECT_KNOWN = (
-    "SELECT r.custom_id, json_extract(r.loc, '$[0]'), r.state FROM json_each(?) AS j "
-    "JOIN requests AS r ON r.custom_id = j.value"
-)
-_INSERT_REQUEST = "INSERT INTO requests VALUES (?, ?, ?, ?, ?, 'claimed')"
-#: first file-backed rows in one statement: a JSON object {custom_id: [line, offset,
-#: length]}, each member inserted as is (no per-field extraction). ``OR IGNORE``: a
-#: multi-row insert that may abort on a conflict makes SQLite keep a statement journal
-#: (a copy of every page it changes, spilled to a temp file: 34 MB per 100k requests,
-#: and a quarter of a claim's cost with random custom_ids). The claim has looked every
-#: id up first, so no conflict can happen; it checks the count inserted instead.
-_INSERT_REQUESTS_JSON = (
-    "INSERT OR IGNORE INTO requests SELECT key, value, NULL, 1, ?, 'claimed' FROM json_each(?)"
-)
-_LINE = "json_extract(loc, '$[0]')"
-_DELETE_REQUEST = "DELETE FROM requests WHERE custom_id = ?"
-_IN_BATCH = "rowid BETWEEN ? AND ? AND local_id = ? AND state = 'claimed'"
-_UNSPOOL = "DELETE FROM spool WHERE custom_id = ?"
 #: idempotent: a line read again after a restart is rejected once (``rejects_once``)
 _INSERT_REJECT = "INSERT OR IGNORE INTO rejects(line, custom_id, type, message) VALUES (?, ?, ?, ?)"
+_SPOOL = (
+    "INSERT OR IGNORE INTO spool(h, c, custom_id, line, offset, length, raw, attempt) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _reject_row(r: Reject) -> tuple[int, str | None, str, str]:
     return (r.line, r.custom_id, r.error.type, r.error.message)
 
 
+def member(e: Entry) -> Member:
+    """The batch record of one claimed entry."""
+    if e.end > e.offset >= 0:
+        return (e.custom_id, e.line, e.offset, e.end - e.offset, e.attempt, None)
+    return (e.custom_id, e.line, e.offset, len(e.raw), e.attempt, e.raw)
+
+
 def _claim(
     c: sqlite3.Connection,
+    index: IdIndex,
     entries: Sequence[Entry],
     rejects: Sequence[Reject],
     checkpoint: int,
     line: int,
 ) -> ClaimResult:
-    # One lookup of every claimed custom_id; the dict holds one claim, not the job.
-    # in key order: the lookups walk the custom_id B-tree once, left to right
-    in_input_order = [e.custom_id for e in entries]
-    ids = sorted(in_input_order)
-    in_key_order = ids == in_input_order  # e.g. numbered ids: no sort needed below
-    known = {row[0]: (row[1], row[2]) for row in c.execute(_SELECT_KNOWN, (_encode(ids),))}
-    seen: dict[str, int] = {}
-    fresh: list[Entry] = []
-    retries: list[Entry] = []
+    ids = [e.custom_id for e in entries]
+    keys = keys_of(ids)
+    # the first line of each key the job holds already (the filter rules most out)
+    known = index.lookup(c, keys)
+    spooled: set[tuple[int, int]] = set()
+    if known:
+        rows = c.execute(
+            "SELECT s.h, s.c FROM json_each(?) AS j CROSS JOIN spool AS s ON s.h = j.value",
+            (_encode(sorted({h for h, _ in known})),),
+        )
+        spooled = set(rows.fetchall()) & known.keys()
+    members: list[Member] = []
+    fresh_h: list[int] = []
+    fresh_cl: list[int] = []
+    retried: list[tuple[int, int]] = []
     duplicates: list[int] = []
     skipped: list[int] = []
     dup_rows: list[tuple[int, str | None, str, str]] = []
     if not known and len(set(ids)) == len(ids):
-        fresh = list(entries)  # the common case: all new, no need to look at each
-        entries = ()
-    for i, e in enumerate(entries):
-        cid = e.custom_id
-        prev = known.get(cid)
-        first = seen.get(cid)
-        if first is None and prev is not None and prev[0] == e.line:
-            if prev[1] == _SPOOLED:
-                retries.append(e)  # this request's own retry, back from the spool
-            else:  # its line, read again after a restart: accounted for already
-                skipped.append(i)
+        # the common case: all new, no need to look at each
+        members = [
+            (e.custom_id, e.line, e.offset, e.end - e.offset, e.attempt, None)
+            if e.end > e.offset >= 0
+            else member(e)
+            for e in entries
+        ]
+        fresh_h = [k[0] for k in keys]
+        fresh_cl = [k[1] << 32 | e.line for k, e in zip(keys, entries, strict=True)]
+    else:
+        seen: dict[str, int] = {}
+        for i, e in enumerate(entries):
+            cid = e.custom_id
+            k = keys[i]
+            prev = known.get(k)
+            first = seen.get(cid)
+            if first is None and prev is not None and prev == e.line:
+                if k in spooled:
+                    retried.append(k)  # this request's own retry, back from the spool
+                else:  # its line, read again after a restart: accounted for already
+                    skipped.append(i)
+                    continue
+            elif first is None and prev is None:
+                fresh_h.append(k[0])
+                fresh_cl.append(k[1] << 32 | e.line)
+            else:
+                duplicates.append(i)
+                used = first if first is not None else prev if prev is not None else 0
+                msg = f"custom_id {cid!r} already used on line {used}"
+                dup_rows.append((e.line, cid, "invalid_request_error", msg))
                 continue
-        elif first is None and prev is None:
-            fresh.append(e)
-        else:
-            duplicates.append(i)
-            used = first if first is not None else prev[0] if prev is not None else 0
-            msg = f"custom_id {cid!r} already used on line {used}"
-            dup_rows.append((e.line, cid, "invalid_request_error", msg))
-            continue
-        seen[cid] = e.line
+            seen[cid] = e.line
+            members.append(member(e))
     added = _insert_rejects(c, [_reject_row(r) for r in rejects])
     local_id = 0
-    if fresh or retries:
-        if retries:  # a retry's row is inserted anew, next to its batch's other rows
-            c.executemany(_DELETE_REQUEST, [(e.custom_id,) for e in retries])
-            c.executemany(_UNSPOOL, [(e.custom_id,) for e in retries])
-        local_id = _new_intent(c, len(fresh) + len(retries), 0, -1)
-        cost = sum([e.cost_usd for e in fresh]) + sum([e.cost_usd for e in retries])
+    if members:
+        if retried:
+            c.executemany("DELETE FROM spool WHERE h = ? AND c = ?", retried)
+        again = [(*keys[i], e.attempt) for i, e in enumerate(entries) if e.attempt > 1]
+        if again:
+            c.executemany("INSERT OR REPLACE INTO retried VALUES (?, ?, ?)", again)
+        index.insert(c, fresh_h, fresh_cl)
+        local_id = _new_intent(c, members)
+        dropped = {*duplicates, *skipped}
+        cost = sum([e.cost_usd for i, e in enumerate(entries) if i not in dropped])
         _bump(c, "estimated_nano_usd", whole_units(cost, NANO_PER_USD))  # never overflows
-        first = _max_row(c) + 1
-        _insert_requests(c, fresh + retries, local_id, in_key_order=in_key_order)
         c.execute(
-            "UPDATE batches SET first_row = ?, last_row = ? WHERE local_id = ?",
-            (first, _max_row(c), local_id),
+            "UPDATE counters SET value = max(value, ?) WHERE name = 'max_line'",
+            (max(m[1] for m in members),),
         )
     added += _insert_rejects(c, dup_rows)
     _move_checkpoint(c, checkpoint, line)
     return ClaimResult(local_id, duplicates, skipped, added)
+
+
+def members_of(c: sqlite3.Connection, local_id: int) -> list[Member]:
+    """The batch's requests (none once it is collected or rejected)."""
+    row = c.execute("SELECT reqs FROM batches WHERE local_id = ?", (local_id,)).fetchone()
+    if row is None or row[0] is None:
+        return []
+    return _unpack(row[0])
+
+
+def _new_intent(c: sqlite3.Connection, members: Sequence[Member]) -> int:
+    cur = c.execute(
+        "INSERT INTO batches(state, request_count, reqs) VALUES ('intent', ?, ?)",
+        (len(members), _pack(members)),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def spool_members(
+    c: sqlite3.Connection,
+    local_id: int,
+    members: Sequence[Member],
+    bump: int,
+    *,
+    table: str = "spool",
+) -> None:
+    """Send ``members`` of batch ``local_id`` back to the spool with their attempt
+    plus ``bump`` (or, ``table="canceled"``, hold them as canceled), and note them as
+    no longer owed by the batch."""
+    if not members:
+        return
+    rows = []
+    for cid, line, offset, length, attempt, raw in members:
+        h, k = key_of(cid)
+        rows.append((h, k, cid, line, offset, length, raw, attempt + bump))
+    rows.sort(key=lambda row: row[3])  # in source order: read back in one pass
+    if table == "spool":
+        c.executemany(_SPOOL, rows)
+    else:
+        c.executemany("INSERT OR IGNORE INTO canceled VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    if bump:
+        c.executemany(
+            "INSERT OR REPLACE INTO retried VALUES (?, ?, ?)", [(r[0], r[1], r[7]) for r in rows]
+        )
+    c.execute(
+        "INSERT INTO written(local_id, ids, spooled) VALUES (?, ?, 1)",
+        (local_id, _encode([m[0] for m in members]).decode()),
+    )
+    c.execute(
+        "UPDATE batches SET spooled = spooled + ? WHERE local_id = ?", (len(members), local_id)
+    )
+
+
+def done_ids(c: sqlite3.Connection, local_id: int) -> set[str]:
+    """The custom_ids the batch has written or sent back to the spool."""
+    return {
+        row[0]
+        for row in c.execute(
+            "SELECT j.value FROM written AS w, json_each(w.ids) AS j WHERE w.local_id = ?",
+            (local_id,),
+        )
+    }
 
 
 def _settle_batch(c: sqlite3.Connection, local_id: int) -> int:
@@ -121,106 +205,31 @@ def _settle_batch(c: sqlite3.Connection, local_id: int) -> int:
     but wrote no line for is spooled first; how many."""
     missing = _spool_missing(c, local_id)
     c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
-    c.execute("UPDATE batches SET state = 'collected' WHERE local_id = ?", (local_id,))
+    c.execute("UPDATE batches SET state = 'collected', reqs = NULL WHERE local_id = ?", (local_id,))
     return missing
 
 
 def _spool_missing(c: sqlite3.Connection, local_id: int) -> int:
     """Spool the requests a collected batch claimed but wrote no line for; how many.
 
-    Written requests stay ``claimed``, so the batch misses nothing exactly when its
-    claimed rows are as many as the lines it wrote: one range count in the common
-    case, the set difference only when something is missing."""
-    where = (*_rows(c, local_id), local_id)
-    claimed = c.execute(f"SELECT count(*) FROM requests WHERE {_IN_BATCH}", where).fetchone()[0]
-    row = c.execute("SELECT results_written FROM batches WHERE local_id = ?", (local_id,))
-    if claimed <= row.fetchone()[0]:
+    The batch misses nothing exactly when the lines it wrote and the requests it
+    spooled make its count: one row read in the common case, the set difference
+    only when something is missing."""
+    count, written, spooled = c.execute(
+        "SELECT request_count, results_written, spooled FROM batches WHERE local_id = ?",
+        (local_id,),
+    ).fetchone()
+    if count - spooled <= written:
         return 0
-    written = {
-        row[0]
-        for row in c.execute(
-            "SELECT j.value FROM written AS w, json_each(w.ids) AS j WHERE w.local_id = ?",
-            (local_id,),
-        )
-    }
-    ids = [
-        (cid,)
-        for (cid,) in c.execute(f"SELECT custom_id FROM requests WHERE {_IN_BATCH}", where)
-        if cid not in written
-    ]
-    c.executemany("INSERT OR IGNORE INTO spool(custom_id) VALUES (?)", ids)
-    c.executemany(
-        "UPDATE requests SET state = 'spooled', attempt = attempt + 1 WHERE custom_id = ?", ids
-    )
-    return len(ids)
+    done = done_ids(c, local_id)
+    missing = [m for m in members_of(c, local_id) if m[0] not in done]
+    spool_members(c, local_id, missing, 1)
+    return len(missing)
 
 
-def _insert_rejects(c: sqlite3.Connection, rows: list[tuple[int, str | None, str, str]]) -> int:
+def _insert_rejects(c: sqlite3.Connection, rows: Sequence[tuple[int, str | None, str, str]]) -> int:
     """Insert reject rows; how many were new (``rejects_once`` ignores the rest)."""
     return c.executemany(_INSERT_REJECT, rows).rowcount if rows else 0
-
-
-def _insert_requests(
-    c: sqlite3.Connection, entries: list[Entry], local_id: int, *, in_key_order: bool = False
-) -> None:
-    """First attempts of file-backed entries as one JSON object (parsed by SQLite, no
-    per-row binding), the others (retries, rows that carry their bytes) by
-    ``executemany``. Rows go in by custom_id, so the index inserts walk the B-tree once,
-    in order (``in_key_order``: the entries are in that order already)."""
-    fresh = {
-        e.custom_id: (e.line, e.offset, e.end - e.offset)
-        for e in entries
-        if e.attempt == 1 and e.end > e.offset >= 0
-    }
-    if not in_key_order:
-        fresh = dict(sorted(fresh.items()))
-    if fresh:
-        inserted = c.execute(_INSERT_REQUESTS_JSON, (local_id, _encode(fresh))).rowcount
-        if inserted != len(fresh):
-            # what the plain INSERT raised before it ignored conflicts; rolls the claim back
-            raise sqlite3.IntegrityError(
-                f"UNIQUE constraint failed: requests.custom_id (the claim inserted "
-                f"{inserted} of {len(fresh)} new requests)"
-            )
-    if len(fresh) < len(entries):
-        other = [
-            (e.custom_id, _encode(_loc(e)), None if e.end > e.offset >= 0 else e.raw, e.attempt)
-            for e in entries
-            if not (e.attempt == 1 and e.end > e.offset >= 0)
-        ]
-        other.sort()
-        c.executemany(_INSERT_REQUEST, [(*row, local_id) for row in other])
-
-
-def _loc(e: Entry) -> tuple[int, int, int]:
-    if e.offset >= 0 and e.end > e.offset:
-        return (e.line, e.offset, e.end - e.offset)
-    return (e.line, e.offset, len(e.raw))
-
-
-_decode_loc = msgspec.json.Decoder(tuple[int, int, int]).decode
-
-
-def _max_row(c: sqlite3.Connection) -> int:
-    row = c.execute("SELECT max(rowid) FROM requests").fetchone()
-    return int(row[0] or 0)
-
-
-def _rows(c: sqlite3.Connection, local_id: int) -> tuple[int, int]:
-    """The rowid range of the batch's requests."""
-    first, last = c.execute(
-        "SELECT first_row, last_row FROM batches WHERE local_id = ?", (local_id,)
-    ).fetchone()
-    return int(first), int(last)
-
-
-def _new_intent(c: sqlite3.Connection, count: int, first: int, last: int) -> int:
-    cur = c.execute(
-        "INSERT INTO batches(state, request_count, first_row, last_row) VALUES ('intent', ?, ?, ?)",
-        (count, first, last),
-    )
-    assert cur.lastrowid is not None
-    return cur.lastrowid
 
 
 def _move_checkpoint(c: sqlite3.Connection, checkpoint: int, line: int) -> None:
@@ -245,21 +254,89 @@ def _expect(c: sqlite3.Connection, local_id: int, states: Sequence[str]) -> tupl
     return row[0], row[1]
 
 
-class WrittenIds:
-    """One batch's written custom_ids, as read up to ``written`` row ``seq``: kept
-    for a batch being downloaded again, so each ``unwritten`` call reads only the
-    commits made since the last one. A batch's rows leave ``written`` only when it
-    is collected, and new rows get a higher ``seq`` than any of its own."""
+def attempts_of(c: sqlite3.Connection, index: IdIndex, custom_ids: Iterable[str]) -> dict[str, int]:
+    """The attempt of each custom_id the job holds: of the next submission when it
+    is spooled, else of its last one (1 unless it was sent again)."""
+    by_key = {key_of(cid): cid for cid in custom_ids}
+    if not by_key:
+        return {}
+    probe = _encode(sorted({h for h, _ in by_key}))
+    out: dict[str, int] = {}
+    for table in ("retried", "spool"):  # the spool's, when both, wins
+        for h, k, attempt in c.execute(
+            f"SELECT t.h, t.c, t.attempt FROM json_each(?) AS j CROSS JOIN {table} AS t "
+            "ON t.h = j.value",
+            (probe,),
+        ):
+            if (h, k) in by_key:
+                out[by_key[(h, k)]] = attempt
+    for k in index.find(c, [k for k, cid in by_key.items() if cid not in out]):
+        out[by_key[k]] = 1
+    return out
 
-    __slots__ = ("ids", "local_id", "seq")
+
+def stored_elsewhere(c: sqlite3.Connection, custom_ids: Iterable[str]) -> list[SpoolItem]:
+    """The requests of ``custom_ids`` waiting in the spool or held as canceled."""
+    by_key = {key_of(cid): cid for cid in custom_ids}
+    if not by_key:
+        return []
+    probe = _encode(sorted({h for h, _ in by_key}))
+    items = []
+    for table in ("spool", "canceled"):
+        for h, k, cid, line, attempt, offset, length, raw in c.execute(
+            "SELECT t.h, t.c, t.custom_id, t.line, t.attempt, t.offset, t.length, t.raw "
+            f"FROM json_each(?) AS j CROSS JOIN {table} AS t ON t.h = j.value",
+            (probe,),
+        ):
+            if by_key.get((h, k)) == cid:
+                items.append(SpoolItem(cid, line, attempt, offset, length, raw))
+    return items
+
+
+class MemberCache:
+    """The decoded records of the batches in flight (``batches.reqs``), by custom_id:
+    a record is decoded once, not at every ``requests`` call; one whose batch left
+    flight (collected, rejected, released, re-split) is dropped at the next call."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self) -> None:
+        self._records: dict[int, dict[str, Member]] = {}
+
+    def in_flight(self, c: sqlite3.Connection) -> list[int]:
+        """The batches with a record now (and the cache trimmed to them)."""
+        ids = [row[0] for row in c.execute("SELECT local_id FROM batches WHERE reqs IS NOT NULL")]
+        for gone in self._records.keys() - set(ids):
+            del self._records[gone]
+        return ids
+
+    def get(self, c: sqlite3.Connection, local_id: int) -> dict[str, Member]:
+        """The batch's requests by custom_id."""
+        record = self._records.get(local_id)
+        if record is None:
+            record = self._records[local_id] = {m[0]: m for m in members_of(c, local_id)}
+        return record
+
+
+class WrittenIds:
+    """One batch's requests and the custom_ids it has written or spooled, as read up
+    to ``written`` row ``seq``: kept for a batch being downloaded again, so each
+    ``unwritten`` call reads only the commits made since the last one. A batch's rows
+    leave ``written`` only when it is collected, and new rows get a higher ``seq``
+    than any of its own."""
+
+    __slots__ = ("ids", "local_id", "members", "seq")
 
     def __init__(self, local_id: int) -> None:
         self.local_id = local_id
         self.ids: set[str] = set()
+        self.members: set[str] | None = None
         self.seq = 0
 
     def update(self, c: sqlite3.Connection) -> set[str]:
         """The ids, with the rows committed since the last call added."""
+        if self.members is None:
+            self.members = {m[0] for m in members_of(c, self.local_id)}
         for seq, value in c.execute(
             "SELECT w.seq, j.value FROM written AS w, json_each(w.ids) AS j "
             "WHERE w.local_id = ? AND w.seq > ?",

@@ -13,7 +13,7 @@ import httpx
 import msgspec
 
 from pipeline._errors import LedgerError
-from pipeline.ledger import JobStatus, read_status
+from pipeline.ledger import JobStatus, SQLiteLedger, read_status
 
 if TYPE_CHECKING:
     import random
@@ -176,3 +176,14 @@ class KillTrigger:
         if stamp != self.base_wal:
             self.base_wal, self.changes = stamp, self.changes + 1
         return self.changes >= self.commits
+
+
+async def recorded_attempts(path: Path, ids: list[str]) -> dict[str, int]:
+    """The attempt the job's ledger records for each of ``ids`` it holds (opened
+    after the worker has exited)."""
+    ledger = SQLiteLedger(path)
+    await ledger.open_existing()
+    try:
+        return await ledger.attempts(ids)
+    finally:
+        await ledger.aclose()

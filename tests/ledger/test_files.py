@@ -112,16 +112,20 @@ async def test_a_newer_schema_version_is_refused(state_path: Path) -> None:
 async def test_a_state_file_of_the_previous_schema_is_refused_untouched(
     state_path: Path,
 ) -> None:
-    """Version 1 marked written requests per row and had no ``written`` table."""
+    """Version 2 held a row per request (table ``requests``) and no runs of keys."""
     led = SQLiteLedger(state_path)
     await led.open(JOB)
     await led.aclose()
     with sqlite3.connect(state_path) as conn:
-        conn.execute("DROP TABLE written")
-        conn.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+        conn.execute("DROP TABLE runs")
+        conn.execute("CREATE TABLE requests(custom_id TEXT PRIMARY KEY, loc TEXT NOT NULL)")
+        conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
     before = snapshot(state_path)
-    with pytest.raises(LedgerError, match="has schema version 1; this pipeline reads version 2"):
+    with pytest.raises(
+        LedgerError, match="has schema version 2; this pipeline reads version 3"
+    ) as e:
         await SQLiteLedger(state_path).open(JOB)
+    assert "older pipeline: finish its job with the version that started it" in str(e.value)
     assert snapshot(state_path) == before
 
 
@@ -225,16 +229,20 @@ async def test_kill_in_the_middle_of_writes_leaves_whole_transactions(state_path
     assert state.source_line >= 2500
     assert state.source_line % 500 == 0
     with sqlite3.connect(state_path) as conn:
-        per_batch = conn.execute(
-            "SELECT b.request_count, count(r.custom_id) FROM batches b "
-            "LEFT JOIN requests r ON r.local_id = b.local_id GROUP BY b.local_id"
-        ).fetchall()
-        total = conn.execute(
-            "SELECT count(*), max(json_extract(loc, '$[0]')) FROM requests"
-        ).fetchone()
-    assert all(want == have == 500 for want, have in per_batch)
-    assert total == (state.source_line, state.source_line)
+        # each batch's requests are one msgpack record [[custom_id, line, ...], ...]
+        records = conn.execute("SELECT request_count, reqs FROM batches").fetchall()
+        keys = conn.execute("SELECT sum(size) FROM runs").fetchone()[0]
+    per_batch = [(want, msgspec.msgpack.decode(reqs)) for want, reqs in records]
+    assert all(want == len(have) == 500 for want, have in per_batch)
+    lines = [m[1] for _, have in per_batch for m in have]
+    assert sorted(lines) == list(range(1, state.source_line + 1))
+    assert keys == state.source_line  # every claimed custom_id is a key in the runs
     assert len(state.pending_intents) == state.source_line // 500
+    led = SQLiteLedger(state_path)
+    await led.open(JOB)  # and every one of them is known after the crash
+    again = await led.claim([entry(1), entry(2, cid="req-7")], [], checkpoint=0, line=0)
+    await led.aclose()
+    assert (again.skipped, again.duplicates) == ([0], [1])
 
 
 async def test_status_reads_while_a_writer_commits(state_path: Path) -> None:

@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline import LedgerError
 from pipeline._errors import UsageError
-from pipeline.ledger import SinkPosition, SQLiteLedger, _sqlite_tx, read_status
+from pipeline.ledger import SinkPosition, SQLiteLedger, read_status
 
 from .conftest import JOB, entry, reject
 
@@ -64,21 +63,29 @@ async def test_duplicates_across_claims_and_within_one_become_rejects(
     assert [b.request_count for b in status.batches] == [2, 1]
 
 
-async def test_a_claim_that_would_insert_a_known_id_fails_and_changes_nothing(
-    ledger: SQLiteLedger, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The claim's lookup finds known ids first, so its insert never meets one; the
-    # insert ignores conflicts (no statement journal for a multi-row insert) and
-    # counts what it inserted instead. Blind the lookup to see that count hold.
-    await ledger.claim([entry(1), entry(2)], [], checkpoint=200, line=2)
-    monkeypatch.setattr(_sqlite_tx, "_SELECT_KNOWN", "SELECT 1, 2, 3 WHERE ? IS NULL")
-    with pytest.raises(LedgerError, match="inserted 1 of 2 new requests") as info:
-        await ledger.claim([entry(3), entry(4, cid="req-1")], [], checkpoint=400, line=4)
-    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
-    status = await ledger.status()
-    assert [b.request_count for b in status.batches] == [2]
-    assert (status.read, status.source_offset) == (2, 200)
-    assert await ledger.attempts(["req-3"]) == {}
+async def test_duplicates_are_found_across_merged_runs_and_a_reopen(state_path: Path) -> None:
+    # 80 claims of 3: the runs of keys are merged twice over (8 per level); an id of
+    # the first claim is still found, with its first line, before and after a reopen
+    ledger = SQLiteLedger(state_path)
+    await ledger.open(JOB)
+    for n in range(1, 241, 3):
+        claim = await ledger.claim(
+            [entry(n), entry(n + 1), entry(n + 2)], [], checkpoint=(n + 2) * 100, line=n + 2
+        )
+        assert claim.duplicates == []
+    for again in (False, True):
+        if again:
+            ledger = await reopen(ledger)
+            await ledger.open(JOB)
+        claim = await ledger.claim(
+            [entry(300, cid="req-2"), entry(301, cid="req-239")], [], checkpoint=0, line=0
+        )
+        assert claim.duplicates == [0, 1]
+        assert await ledger.attempts(["req-1", "req-240", "req-999"]) == {"req-1": 1, "req-240": 1}
+    rejects = await ledger.rejects_after(0, 10)
+    assert rejects[0].error.message == "custom_id 'req-2' already used on line 2"
+    assert rejects[1].error.message == "custom_id 'req-239' already used on line 239"
+    await ledger.aclose()
 
 
 async def test_claim_of_only_duplicates_records_no_batch(ledger: SQLiteLedger) -> None:
