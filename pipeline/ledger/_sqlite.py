@@ -30,10 +30,10 @@ error leaves as a one-line ``LedgerError`` naming the file and what to do.
 
 Memory and cost. A batch's requests are one row while it is in flight (their
 ids, source lines and locations as one msgpack record, dropped once the batch is
-collected), and the job's custom_ids are 96-bit keys in sorted runs with a Bloom
+collected), and the job's custom_ids are 80-bit keys in sorted runs with a Bloom
 filter in memory (``_sqlite_ids``): a claim writes one batch row and one run,
 appended, whatever the ids look like, so its cost does not grow with the job. The
-filter is the one thing in memory that grows with the job: about 1.3 bytes per id.
+filter is the one thing in memory that grows with the job: about 1.5 bytes per id.
 Counters live in the database, rejects and spool are paged. The page cache is
 small (``_CACHE_KIB``).
 

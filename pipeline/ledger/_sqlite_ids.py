@@ -6,10 +6,11 @@ claim of 10,000 random ids (UUIDs, hashes) touch, and rewrite to the WAL, most o
 its leaves: the cost per request grew with the job (3.5 µs per request at 1M, 13 in
 the last tenth of 3M). Here:
 
-- each id is a 96-bit key: the first 64 bits of its BLAKE2b digest (``h``), the
-  runs' sort key, and 32 more (``c``), checked when two ids share ``h``, so that two
-  different ids pass for one with a chance of about n² / 2^97 (6e-16 at ten million
-  ids); the runs keep ``h`` and ``c`` with the id's first line, not the id;
+- each id is an 80-bit key: the first 64 bits of its BLAKE2b digest (``h``), the
+  runs' sort key, and 16 more (``c``), checked when two ids share ``h``, so that two
+  different ids pass for one with a chance of about n² / 2^81 (4e-11 at ten million
+  ids); the runs keep ``h`` and ``c`` with the id's first line (about 24 bytes a
+  key on disk), not the id;
 - the keys live in sorted *runs* (an LSM tree): a claim writes its keys as one new
   run, sorted, appended at the end of the level-0 table (sequential pages, never
   the middle of a big tree); ``FANOUT`` runs of one level are merged into one run
@@ -71,22 +72,22 @@ IDS_SCHEMA = "".join(
 _M32 = (1 << 32) - 1
 _M64 = (1 << 64) - 1
 _blake2b = hashlib.blake2b
-#: a 12-byte digest as a signed 64-bit ``h`` and a signed 32-bit ``c``
-_unpack = struct.Struct("<qi").unpack
+#: a 10-byte digest as a signed 64-bit ``h`` and a signed 16-bit ``c``
+_unpack = struct.Struct("<qh").unpack
 _encode = msgspec.json.encode
 
 
 def key_of(custom_id: str) -> tuple[int, int]:
-    """The id's key: 64 bits and 32 more of its BLAKE2b digest, both signed (SQLite
-    integers; ``c << 32 | line`` fits one)."""
-    key: tuple[int, int] = _unpack(_blake2b(custom_id.encode(), digest_size=12).digest())
+    """The id's key: 64 bits and 16 more of its BLAKE2b digest, both signed (SQLite
+    integers; ``c << 32 | line`` fits one in 6 bytes)."""
+    key: tuple[int, int] = _unpack(_blake2b(custom_id.encode(), digest_size=10).digest())
     return key
 
 
 def keys_of(custom_ids: Iterable[str]) -> list[tuple[int, int]]:
     """``key_of`` of each id (one loop, no call per id)."""
     b2, unpack = _blake2b, _unpack
-    return [unpack(b2(cid.encode(), digest_size=12).digest()) for cid in custom_ids]
+    return [unpack(b2(cid.encode(), digest_size=10).digest()) for cid in custom_ids]
 
 
 #: bits of filter per key (false positives cost a lookup in every run)
