@@ -115,7 +115,7 @@ _PAGE_SIZE = 4096
 _CHECKPOINT_PAGES = (64 << 20) // _PAGE_SIZE
 #: bytes of input per request assumed when sizing the filter of keys from the
 #: input's size (more requests than that grow it: see ``KeyFilter``)
-_BYTES_PER_REQUEST_GUESS = 512
+_BYTES_PER_REQUEST_GUESS = 600
 
 
 class SQLiteLedger:

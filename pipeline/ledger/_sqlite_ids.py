@@ -111,7 +111,7 @@ class KeyFilter:
     """A blocked Bloom filter of keys' ``h``: one 64-bit word per key, four bits in
     it (about 1.5% false positives at 12 bits per key). When the keys outgrow it, a
     filter twice as large is added for the new ones (the old ones stay, each key is
-    checked in every filter): memory is about 1.3 bytes per id, nothing is rebuilt.
+    checked in every filter): memory is about 1.5 bytes per id, nothing is rebuilt.
     """
 
     __slots__ = ("_capacity", "_count", "_filters", "_masks")
@@ -124,15 +124,16 @@ class KeyFilter:
         self._grow(max(capacity, 1 << 20))
 
     def _grow(self, capacity: int) -> None:
-        words = 1 << max(10, (capacity * _BITS_PER_KEY // 64).bit_length())
-        self._filters.append((array("Q", bytes(8 * words)), words - 1))
+        # exactly sized (a word index is h modulo the words, not a power of two)
+        words = max(1024, capacity * _BITS_PER_KEY // 64)
+        self._filters.append((array("Q", bytes(8 * words)), words))
         self._count = 0
         self._capacity = words * 64 // _BITS_PER_KEY
 
     @property
     def nbytes(self) -> int:
         """Memory held by the filter's bits."""
-        return sum(8 * (mask + 1) for _, mask in self._filters)
+        return sum(8 * n for _, n in self._filters)
 
     def add(self, hs: Iterable[int]) -> None:
         """Add keys (when the filter is rebuilt)."""
@@ -142,8 +143,8 @@ class KeyFilter:
     def _add(self, h: int) -> None:
         if self._count >= self._capacity:
             self._grow(2 * self._capacity)
-        words, mask = self._filters[-1]
-        words[h & mask] |= self._masks[(h >> 40) & 0xFFFF]
+        words, n = self._filters[-1]
+        words[h % n] |= self._masks[(h >> 40) & 0xFFFF]
         self._count += 1
 
     def known(self, hs: Sequence[int]) -> list[int]:
@@ -151,11 +152,11 @@ class KeyFilter:
         is added now (so a second copy within ``hs`` counts as maybe known)."""
         maybe: list[int] = []
         if len(self._filters) == 1 and self._count + len(hs) <= self._capacity:
-            words, mask = self._filters[0]  # the common case, inlined
+            words, n = self._filters[0]  # the common case, inlined
             masks = self._masks
             for i, h in enumerate(hs):
                 bits = masks[(h >> 40) & 0xFFFF]
-                j = h & mask
+                j = h % n
                 word = words[j]
                 if word & bits == bits:
                     maybe.append(i)
@@ -166,8 +167,8 @@ class KeyFilter:
         filters = self._filters
         for i, h in enumerate(hs):
             bits = self._masks[(h >> 40) & 0xFFFF]
-            for words, mask in filters:
-                if words[h & mask] & bits == bits:
+            for words, n in filters:
+                if words[h % n] & bits == bits:
                     maybe.append(i)
                     break
             else:
