@@ -125,7 +125,7 @@ async def test_a_state_file_of_the_previous_schema_is_refused_untouched(
         LedgerError, match="has schema version 2; this pipeline reads version 3"
     ) as e:
         await SQLiteLedger(state_path).open(JOB)
-    assert "older pipeline: finish its job with the version that started it" in str(e.value)
+    assert "finish the job with the pipeline release that started it" in str(e.value)
     assert snapshot(state_path) == before
 
 
@@ -372,8 +372,9 @@ def test_an_sqlite_error_mid_job_is_one_line_naming_the_file(state_path: Path) -
     assert message.startswith(f"state file {state_path}: cannot be read or written (")
     assert "check the disk (full?" in message
     assert message.endswith("then run the same command again to resume")
-    with sqlite3.connect(state_path) as conn:  # whole claims only
-        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == int(claimed)
+    with sqlite3.connect(state_path) as conn:  # whole claims only: batches and their keys
+        assert conn.execute("SELECT sum(request_count) FROM batches").fetchone()[0] == int(claimed)
+        assert conn.execute("SELECT sum(size) FROM runs").fetchone()[0] == int(claimed)
 
 
 async def status_command(*args: str) -> int:
@@ -384,7 +385,7 @@ async def status_command(*args: str) -> int:
 async def test_a_damaged_page_is_found_at_open_and_by_status_check(
     state_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A page of the requests zeroed on disk (not one that opening reads): the open
+    """A page of the requests (their keys) zeroed on disk (not one that opening reads): the open
     refuses the file at once, in one line, instead of a claim meeting the damage in
     the middle of the job; ``pipeline status --check`` finds it too (exit 1)."""
     led = SQLiteLedger(state_path)
@@ -393,7 +394,9 @@ async def test_a_damaged_page_is_found_at_open_and_by_status_check(
         es = [entry(i, cid=f"request-{i:08d}-" + "x" * 40) for i in range(n + 1, n + 2001)]
         await led.claim(es, [], checkpoint=(n + 2000) * 100, line=n + 2000)
     await led.aclose()
-    page = 65536
+    with state_path.open("rb") as f:  # the page size, from the database header
+        f.seek(16)
+        page = int.from_bytes(f.read(2), "big") or 65536
     pages = state_path.stat().st_size // page
     assert pages > 20
     with state_path.open("r+b") as f:
