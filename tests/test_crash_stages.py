@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ import pytest
 
 from pipeline.testing import reply_text, start_emulator_process
 
-from .ledger.jobs import KillTrigger, size, start_definition, submissions
+from .ledger.jobs import KillTrigger, recorded_attempts, size, start_definition, submissions
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -151,8 +150,7 @@ async def test_user_stages_under_sigkill_give_each_output_once_and_pay_once(
             assert o["text"] == " ".join(reply_text(o["prompt"]))
     assert sum(o["text"] is not None for o in got) > 0.95 * len(got)
 
-    with sqlite3.connect(state) as conn:
-        attempts = dict(conn.execute("SELECT custom_id, attempt FROM requests").fetchall())
+    attempts = await recorded_attempts(state, list(submitted))
     assert set(submitted) == set(kept), "the emulator got a request no builder made"
     overpaid = {c: (n, attempts[c]) for c, n in submitted.items() if n != attempts[c]}
     assert overpaid == {}, "submitted more (or fewer) times than the attempts recorded"
