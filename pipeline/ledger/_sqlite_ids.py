@@ -45,6 +45,7 @@ __all__ = (
     "IDS_SCHEMA",
     "IDS_TABLES",
     "LEVELS",
+    "TOP_KEY",
     "IdIndex",
     "KeyFilter",
     "key_of",
@@ -75,6 +76,9 @@ _blake2b = hashlib.blake2b
 #: a 10-byte digest as a signed 64-bit ``h`` and a signed 16-bit ``c``
 _unpack = struct.Struct("<qh").unpack
 _encode = msgspec.json.encode
+_decode_top = msgspec.json.Decoder(tuple[str, int]).decode
+#: the ``meta`` row of ``IdIndex.top``: ``[top, keys held]`` (absent: not kept)
+TOP_KEY = "ids_top"
 
 
 def key_of(custom_id: str) -> tuple[int, int]:
@@ -177,27 +181,73 @@ class KeyFilter:
 
 
 class IdIndex:
-    """The runs of keys in the database, and their filter in memory (see module)."""
+    """The runs of keys in the database, and their filter in memory (see module).
 
-    __slots__ = ("filter",)
+    While every claim's ids were above all the ids held before it (string order: a
+    job whose ids go up, ``r-000000001``, ...), a claim's ids are new by one
+    comparison with ``top``, the greatest id held: such a claim is not looked up and
+    the filter is not kept (``filter`` is None; the claim's keys still go in the
+    runs). The first claim that is not above ``top`` builds the filter from the runs
+    (as an open does) and the index keeps it from then on. ``top`` is kept in the
+    meta row ``ids_top`` with the number of keys held when it was written, so that a
+    reopen trusts it only if nothing else added keys since.
+    """
+
+    __slots__ = ("_capacity", "filter", "top")
 
     def __init__(self) -> None:
-        self.filter = KeyFilter(0)
+        self.filter: KeyFilter | None = None
+        #: the greatest id held while the job's claims go up; None once one did not
+        self.top: str | None = None
+        self._capacity = 0
 
     def load(self, c: sqlite3.Connection, capacity: int) -> None:
-        """Build the filter from the runs (when the ledger opens): sized for
-        ``capacity`` ids, or the ids held if more."""
-        held = c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0]
-        self.filter = KeyFilter(max(capacity, 2 * int(held)))
+        """Read ``top``, or build the filter from the runs (when the ledger opens):
+        sized for ``capacity`` ids, or the ids held if more."""
+        held = int(c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0])
+        row = c.execute("SELECT value FROM meta WHERE key = ?", (TOP_KEY,)).fetchone()
+        self._capacity = capacity
+        self.filter, self.top = None, None
+        if row is None and held == 0:
+            self.top = ""  # nothing held: every id is above
+            return
+        if row is not None:
+            top, count = _decode_top(row[0])
+            if count == held:
+                self.top = top
+                return
+        self._build(c, held)
+
+    def _build(self, c: sqlite3.Connection, held: int) -> None:
+        self.filter = KeyFilter(max(self._capacity, 2 * held))
         for table in IDS_TABLES:
             self.filter.add(h for (h,) in c.execute(f"SELECT h FROM {table}"))
+
+    def above(self, c: sqlite3.Connection, ids: Sequence[str], *, distinct: bool) -> bool:
+        """Whether ``ids`` are all above every id held (and ``distinct``): new,
+        nothing to look up (``top`` then moves up, in the claim's transaction). When
+        not, the index leaves that mode for good: the filter is built, the meta row
+        dropped."""
+        top = self.top
+        if top is None:
+            return False
+        if not ids:
+            return True
+        if distinct and min(ids) > top:
+            self.top = max(ids)
+            return True
+        c.execute("DELETE FROM meta WHERE key = ?", (TOP_KEY,))
+        self.top = None
+        self._build(c, int(c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0]))
+        return False
 
     def lookup(
         self, c: sqlite3.Connection, keys: Sequence[tuple[int, int]]
     ) -> dict[tuple[int, int], int]:
         """The first line of each of ``keys`` the job holds; those it does not hold
         are added to the filter (``insert`` must then store them, in the same
-        transaction)."""
+        transaction). Only once ``above`` said no (there is a filter)."""
+        assert self.filter is not None
         maybe = self.filter.known([k[0] for k in keys])
         if not maybe:
             return {}
@@ -247,6 +297,12 @@ class IdIndex:
             c.executemany(
                 f"INSERT INTO {IDS_TABLES[0]} VALUES (?, ?, ?)",
                 sorted((run, h, cl) for h, cl in zip(hs, cls, strict=True)),
+            )
+        if self.top is not None:
+            held = c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0]
+            c.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                (TOP_KEY, _encode([self.top, held])),
             )
         for level in range(LEVELS - 1):
             runs = [

@@ -65,8 +65,10 @@ def _claim(
 ) -> ClaimResult:
     ids = [e.custom_id for e in entries]
     keys = keys_of(ids)
-    # the first line of each key the job holds already (the filter rules most out)
-    known = index.lookup(c, keys)
+    distinct = len(set(ids)) == len(ids)
+    # the first line of each key the job holds already: none when the ids are above
+    # all those held, else the few the filter does not rule out
+    known = {} if index.above(c, ids, distinct=distinct) else index.lookup(c, keys)
     spooled: set[tuple[int, int]] = set()
     if known:
         rows = c.execute(
@@ -81,7 +83,7 @@ def _claim(
     duplicates: list[int] = []
     skipped: list[int] = []
     dup_rows: list[tuple[int, str | None, str, str]] = []
-    if not known and len(set(ids)) == len(ids):
+    if not known and distinct:
         # the common case: all new, no need to look at each
         members = [
             (e.custom_id, e.line, e.offset, e.end - e.offset, e.attempt, None)
