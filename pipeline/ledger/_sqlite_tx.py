@@ -11,6 +11,7 @@ writes one row for the batch and one sorted run of keys, whatever the ids look l
 
 from __future__ import annotations
 
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 Member = tuple[str, int, int, int, int, bytes | None]
 
 _encode = msgspec.json.encode
+_attempt = attrgetter("attempt")
+_cost = attrgetter("cost_usd")
+_line = itemgetter(1)
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder(list[tuple[str, int, int, int, int, bytes | None]]).decode
 
@@ -122,17 +126,19 @@ def _claim(
     if members:
         if retried:
             c.executemany("DELETE FROM spool WHERE h = ? AND c = ?", retried)
-        again = [(*keys[i], e.attempt) for i, e in enumerate(entries) if e.attempt > 1]
-        if again:
+        if max(map(_attempt, entries)) > 1:
+            again = [(*keys[i], e.attempt) for i, e in enumerate(entries) if e.attempt > 1]
             c.executemany("INSERT OR REPLACE INTO retried VALUES (?, ?, ?)", again)
         index.insert(c, fresh_h, fresh_cl)
         local_id = _new_intent(c, members)
-        dropped = {*duplicates, *skipped}
-        cost = sum([e.cost_usd for i, e in enumerate(entries) if i not in dropped])
+        if dropped := {*duplicates, *skipped}:
+            cost = sum([e.cost_usd for i, e in enumerate(entries) if i not in dropped])
+        else:  # the same sum, in C
+            cost = sum(map(_cost, entries))
         _bump(c, "estimated_nano_usd", whole_units(cost, NANO_PER_USD))  # never overflows
         c.execute(
             "UPDATE counters SET value = max(value, ?) WHERE name = 'max_line'",
-            (max(m[1] for m in members),),
+            (max(map(_line, members)),),
         )
     added += _insert_rejects(c, dup_rows)
     _move_checkpoint(c, checkpoint, line)

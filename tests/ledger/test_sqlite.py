@@ -88,6 +88,49 @@ async def test_duplicates_are_found_across_merged_runs_and_a_reopen(state_path: 
     await ledger.aclose()
 
 
+@pytest.mark.parametrize("tamper", [None, "drop", "stale"])
+async def test_ids_in_order_are_still_checked_after_a_reopen_and_any_later_claim(
+    state_path: Path, tamper: str | None
+) -> None:
+    # claims whose ids go up are taken as new without a lookup; an id coming again
+    # after a reopen is a duplicate of its first line, also when the state's note of
+    # the greatest id is gone or older than the ids held (as a writer that does not
+    # keep the note leaves it)
+    ledger = SQLiteLedger(state_path)
+    await ledger.open(JOB)
+    for n in range(1, 61, 3):
+        batch = [entry(i, cid=f"r-{i:03d}") for i in range(n, n + 3)]
+        claim = await ledger.claim(batch, [], checkpoint=(n + 2) * 100, line=n + 2)
+        assert claim.duplicates == []
+    ledger = await reopen(ledger)
+    with sqlite3.connect(state_path) as db:
+        note = db.execute("SELECT value FROM meta WHERE key = 'ids_top'").fetchone()
+    db.close()
+    await ledger.open(JOB)
+    claim = await ledger.claim([entry(61, cid="r-070")], [], checkpoint=6100, line=61)
+    assert claim.duplicates == []
+    ledger = await reopen(ledger)
+    if tamper is not None:
+        with sqlite3.connect(state_path) as db:
+            db.execute("DELETE FROM meta WHERE key = 'ids_top'")
+            if tamper == "stale":
+                db.execute("INSERT INTO meta VALUES ('ids_top', ?)", note)
+        db.close()
+    await ledger.open(JOB)
+    claim = await ledger.claim([entry(62, cid="r-070")], [], checkpoint=0, line=0)
+    assert claim.duplicates == [0]
+    claim = await ledger.claim(
+        [entry(63, cid="r-080"), entry(64, cid="r-002")], [], checkpoint=0, line=0
+    )
+    assert claim.duplicates == [1]
+    rejects = await ledger.rejects_after(0, 10)
+    assert [r.error.message for r in rejects] == [
+        "custom_id 'r-070' already used on line 61",
+        "custom_id 'r-002' already used on line 2",
+    ]
+    await ledger.aclose()
+
+
 async def test_claim_of_only_duplicates_records_no_batch(ledger: SQLiteLedger) -> None:
     await ledger.claim([entry(1)], [], checkpoint=100, line=1)
     result = await ledger.claim([entry(2, cid="req-1")], [], checkpoint=200, line=2)
