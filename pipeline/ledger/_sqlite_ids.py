@@ -183,14 +183,14 @@ class KeyFilter:
 class IdIndex:
     """The runs of keys in the database, and their filter in memory (see module).
 
-    While every claim's ids were above all the ids held before it (string order: a
-    job whose ids go up, ``r-000000001``, ...), a claim's ids are new by one
-    comparison with ``top``, the greatest id held: such a claim is not looked up and
-    the filter is not kept (``filter`` is None; the claim's keys still go in the
-    runs). The first claim that is not above ``top`` builds the filter from the runs
-    (as an open does) and the index keeps it from then on. ``top`` is kept in the
-    meta row ``ids_top`` with the number of keys held when it was written, so that a
-    reopen trusts it only if nothing else added keys since.
+    While the job's ids go up (string order: ``r-000000001``, ...), an id above
+    ``top``, the greatest id held, is new by one comparison: the index keeps no
+    filter (``filter`` is None) and looks up only a claim's few ids that are not
+    above ``top`` (lines held back and released later, retries), in each run. A
+    claim for which that would be more lookups than it has ids builds the filter
+    from the runs (as an open does), and the index keeps it from then on. ``top``
+    is kept in the meta row ``ids_top`` with the number of keys held when it was
+    written, so that a reopen trusts it only if nothing else added keys since.
     """
 
     __slots__ = ("_capacity", "filter", "top")
@@ -223,30 +223,29 @@ class IdIndex:
         for table in IDS_TABLES:
             self.filter.add(h for (h,) in c.execute(f"SELECT h FROM {table}"))
 
-    def above(self, c: sqlite3.Connection, ids: Sequence[str], *, distinct: bool) -> bool:
-        """Whether ``ids`` are all above every id held (and ``distinct``): new,
-        nothing to look up (``top`` then moves up, in the claim's transaction). When
-        not, the index leaves that mode for good: the filter is built, the meta row
-        dropped."""
-        top = self.top
-        if top is None:
-            return False
-        if not ids:
-            return True
-        if distinct and min(ids) > top:
-            self.top = max(ids)
-            return True
-        c.execute("DELETE FROM meta WHERE key = ?", (TOP_KEY,))
-        self.top = None
-        self._build(c, int(c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0]))
-        return False
-
     def lookup(
-        self, c: sqlite3.Connection, keys: Sequence[tuple[int, int]]
+        self, c: sqlite3.Connection, ids: Sequence[str], keys: Sequence[tuple[int, int]]
     ) -> dict[tuple[int, int], int]:
-        """The first line of each of ``keys`` the job holds; those it does not hold
-        are added to the filter (``insert`` must then store them, in the same
-        transaction). Only once ``above`` said no (there is a filter)."""
+        """The first line of each of ``keys`` (those of ``ids``) the job holds; those
+        it does not hold must then be stored by ``insert``, in the same transaction.
+
+        While the ids go up, only the ids not above ``top`` are looked up, in the
+        runs (``top`` moves up); when those are more than the claim's ids divided by
+        the runs, the index leaves that mode for good: the filter is built, the
+        meta row dropped. Then the filter rules out most keys (and learns the new
+        ones) and only the others are looked up."""
+        top = self.top
+        if top is not None:
+            if not ids:
+                return {}
+            below = [] if min(ids) > top else [i for i, cid in enumerate(ids) if cid <= top]
+            runs = c.execute("SELECT count(*) FROM runs").fetchone()[0] if below else 0
+            if len(below) * runs <= len(ids):  # at most a lookup per id on average
+                self.top = max(top, max(ids))
+                return self._probe(c, {keys[i] for i in below})
+            c.execute("DELETE FROM meta WHERE key = ?", (TOP_KEY,))
+            self.top = None
+            self._build(c, int(c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0]))
         assert self.filter is not None
         maybe = self.filter.known([k[0] for k in keys])
         if not maybe:

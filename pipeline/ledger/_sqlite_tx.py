@@ -70,9 +70,9 @@ def _claim(
     ids = [e.custom_id for e in entries]
     keys = keys_of(ids)
     distinct = len(set(ids)) == len(ids)
-    # the first line of each key the job holds already: none when the ids are above
-    # all those held, else the few the filter does not rule out
-    known = {} if index.above(c, ids, distinct=distinct) else index.lookup(c, keys)
+    # the first line of each key the job holds already (only ids not above all those
+    # held, or the few the filter does not rule out, are looked up)
+    known = index.lookup(c, ids, keys)
     spooled: set[tuple[int, int]] = set()
     if known:
         rows = c.execute(

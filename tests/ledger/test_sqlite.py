@@ -117,16 +117,20 @@ async def test_ids_in_order_are_still_checked_after_a_reopen_and_any_later_claim
                 db.execute("INSERT INTO meta VALUES ('ids_top', ?)", note)
         db.close()
     await ledger.open(JOB)
-    claim = await ledger.claim([entry(62, cid="r-070")], [], checkpoint=0, line=0)
-    assert claim.duplicates == [0]
+    # new ids above all the others and one below (looked up in the runs directly
+    # while the ids still go up), then an id seen since the reopen
+    batch = [entry(63 + i, cid=f"r-{80 + i:03d}") for i in range(40)]
     claim = await ledger.claim(
-        [entry(63, cid="r-080"), entry(64, cid="r-002")], [], checkpoint=0, line=0
+        [entry(62, cid="r-070"), *batch, entry(103, cid="r-002")], [], checkpoint=0, line=0
     )
-    assert claim.duplicates == [1]
+    assert claim.duplicates == [0, 41]
+    claim = await ledger.claim([entry(104, cid="r-090")], [], checkpoint=0, line=0)
+    assert claim.duplicates == [0]
     rejects = await ledger.rejects_after(0, 10)
     assert [r.error.message for r in rejects] == [
         "custom_id 'r-070' already used on line 61",
         "custom_id 'r-002' already used on line 2",
+        "custom_id 'r-090' already used on line 73",
     ]
     await ledger.aclose()
 
