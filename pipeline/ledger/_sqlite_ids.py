@@ -81,17 +81,30 @@ _decode_top = msgspec.json.Decoder(tuple[str, int]).decode
 TOP_KEY = "ids_top"
 
 
+#: an empty BLAKE2b state with a 10-byte digest: ``copy`` and ``update`` of it cost
+#: a quarter less than a new ``blake2b(..., digest_size=10)`` (no keywords to parse)
+_EMPTY = _blake2b(digest_size=10)
+
+
 def key_of(custom_id: str) -> tuple[int, int]:
     """The id's key: 64 bits and 16 more of its BLAKE2b digest, both signed (SQLite
     integers; ``c << 32 | line`` fits one in 6 bytes)."""
-    key: tuple[int, int] = _unpack(_blake2b(custom_id.encode(), digest_size=10).digest())
+    h = _EMPTY.copy()
+    h.update(custom_id.encode())
+    key: tuple[int, int] = _unpack(h.digest())
     return key
 
 
 def keys_of(custom_ids: Iterable[str]) -> list[tuple[int, int]]:
     """``key_of`` of each id (one loop, no call per id)."""
-    b2, unpack = _blake2b, _unpack
-    return [unpack(b2(cid.encode(), digest_size=10).digest()) for cid in custom_ids]
+    copy, unpack = _EMPTY.copy, _unpack
+    keys: list[tuple[int, int]] = []
+    append = keys.append
+    for cid in custom_ids:
+        h = copy()
+        h.update(cid.encode())
+        append(unpack(h.digest()))
+    return keys
 
 
 #: bits of filter per key (false positives cost a lookup in every run)
