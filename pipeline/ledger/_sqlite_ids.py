@@ -21,6 +21,13 @@ the last tenth of 3M). Here:
   million) says which keys of a claim may be known; only those few (about 1.5%)
   are looked up in the runs. It is rebuilt from the runs when the ledger opens.
 
+- while the job's ids go up (string order: ``r-000000001``, ...), an id above the
+  greatest id held (``IdIndex.top``, kept in the meta row ``ids_top``) is new by
+  one comparison: no filter is kept and runs are not merged; only a claim's few ids
+  not above it (lines held back by the dry run, retries) are looked up, in each
+  run. A claim for which that would be more lookups than it has ids sorts the runs
+  into one, builds the filter, and the index works as above from then on.
+
 The runs are tables ``ids0`` ... ``ids{LEVELS-1}`` (one per level, so a merge reads
 one table and appends to another) and ``runs`` (run id, level, size). Every change
 is part of the claim's transaction: a crash leaves the runs as the last commit.
@@ -193,6 +200,12 @@ class KeyFilter:
         return maybe
 
 
+def _runs_of(c: sqlite3.Connection, level: int) -> list[int]:
+    """The runs of ``level``, oldest first."""
+    rows = c.execute("SELECT run FROM runs WHERE level = ? ORDER BY run", (level,))
+    return [row[0] for row in rows.fetchall()]
+
+
 class IdIndex:
     """The runs of keys in the database, and their filter in memory (see module).
 
@@ -232,6 +245,19 @@ class IdIndex:
         self._build(c, held)
 
     def _build(self, c: sqlite3.Connection, held: int) -> None:
+        """Leave the ids-in-order mode: merge the runs it left in level 0, build the
+        filter."""
+        if len(_runs_of(c, 0)) >= FANOUT:
+            if c.in_transaction:
+                self._compact(c)
+            else:  # at open: a transaction of its own
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    self._compact(c)
+                except BaseException:
+                    c.rollback()
+                    raise
+                c.commit()
         self.filter = KeyFilter(max(self._capacity, 2 * held))
         for table in IDS_TABLES:
             self.filter.add(h for (h,) in c.execute(f"SELECT h FROM {table}"))
@@ -311,21 +337,35 @@ class IdIndex:
                 sorted((run, h, cl) for h, cl in zip(hs, cls, strict=True)),
             )
         if self.top is not None:
+            # ids in order: few lookups, so no merges (the runs stay in level 0 until
+            # the mode ends, ``_compact``; a claim's lookups are bounded by its size)
             held = c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0]
             c.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                 (TOP_KEY, _encode([self.top, held])),
             )
+            return
         for level in range(LEVELS - 1):
-            runs = [
-                row[0]
-                for row in c.execute(
-                    "SELECT run FROM runs WHERE level = ? ORDER BY run", (level,)
-                ).fetchall()
-            ]
+            runs = _runs_of(c, level)
             if len(runs) < FANOUT:
                 break
             self._merge(c, level, runs)
+
+    @staticmethod
+    def _compact(c: sqlite3.Connection) -> None:
+        """Sort every run of level 0 into one run of the last level (never merged
+        again): the ids-in-order mode leaves any number of runs in level 0, and a
+        merge reads at most ``FANOUT``."""
+        size = c.execute("SELECT coalesce(sum(size), 0) FROM runs WHERE level = 0").fetchone()[0]
+        new = c.execute(
+            "INSERT INTO runs(level, size) VALUES (?, ?)", (LEVELS - 1, int(size))
+        ).lastrowid
+        c.execute(
+            f"INSERT INTO {IDS_TABLES[-1]} SELECT ?, h, cl FROM {IDS_TABLES[0]} ORDER BY h, cl",
+            (new,),
+        )
+        c.execute(f"DELETE FROM {IDS_TABLES[0]}")
+        c.execute("DELETE FROM runs WHERE level = 0")
 
     @staticmethod
     def _merge(c: sqlite3.Connection, level: int, runs: list[int]) -> None:
