@@ -33,7 +33,8 @@ ids, source lines and locations as one msgpack record, dropped once the batch is
 collected), and the job's custom_ids are 80-bit keys in sorted runs with a Bloom
 filter in memory (``_sqlite_ids``): a claim writes one batch row and one run,
 appended, whatever the ids look like, so its cost does not grow with the job. The
-filter is the one thing in memory that grows with the job: about 1.5 bytes per id.
+filter is the one thing in memory that grows with the job: about 1.5 bytes per id
+(none while the job's ids go up: such ids are new by a comparison with the greatest).
 Counters live in the database, rejects and spool are paged. The page cache is
 small (``_CACHE_KIB``).
 
