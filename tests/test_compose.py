@@ -11,7 +11,7 @@ import anyio
 import msgspec
 import pytest
 
-from pipeline import Client, Pipeline, PipelineConfig, StageError, UsageError
+from pipeline import Client, Pipeline, StageError, UsageError
 from pipeline.stages import (
     CHUNKER,
     POLLER,
@@ -29,6 +29,8 @@ from pipeline.stages import (
     submitter,
 )
 from pipeline.testing import EmulatorConfig, reply_text, serve_emulator
+from tests._helpers import FAST as RUNNER_FAST
+from tests._helpers import MODEL
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -36,16 +38,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-MODEL = "claude-3-haiku-20240307"
-FAST = PipelineConfig(
-    max_batch_requests=10,
-    max_in_flight=40,
-    linger_seconds=0.01,
-    poll_interval=0.01,
-    max_poll_interval=0.05,
-    dry_run="off",
-    max_attempts=6,
-)
+FAST = msgspec.structs.replace(RUNNER_FAST, max_attempts=6)
 
 
 @dataclasses.dataclass(frozen=True)
