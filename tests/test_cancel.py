@@ -18,9 +18,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pipeline import JobMonitor, Pipeline, PipelineConfig
 from pipeline.ledger import read_status
 from pipeline.testing import EmulatorConfig, ManualClock, serve_emulator
-
-from ._cancel_helpers import SECRET_KEY, batch_statuses, output_outcomes, wait_for, write_input
-from ._ops import samples, value
+from tests._helpers import (
+    SECRET_KEY,
+    batch_statuses,
+    output_outcomes,
+    samples,
+    value,
+    wait_for,
+    write_requests,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -66,7 +72,7 @@ async def _all_canceling_or_ended(url: str, count: int) -> bool:
 
 
 async def test_cancel_a_50k_job_then_rerun_then_resume_canceled(tmp_path: Path) -> None:
-    ids = write_input(tmp_path / "in.jsonl", REQUESTS)
+    ids = write_requests(tmp_path / "in.jsonl", REQUESTS)
     clock = ManualClock()
     emu_config = EmulatorConfig(batch_seconds=60, clock=clock)
     async with serve_emulator(emu_config) as emu:

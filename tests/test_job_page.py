@@ -20,8 +20,7 @@ from playwright.async_api import Page, async_playwright
 
 from pipeline import Client, JobMonitor, Pipeline, PipelineConfig
 from pipeline.testing import EmulatorConfig, ManualClock, serve_emulator
-
-from ._ops import BAD_LINES, KEY, quick
+from tests._helpers import BAD_LINES, KEY, quick
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

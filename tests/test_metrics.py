@@ -14,8 +14,7 @@ import pytest
 
 from pipeline import APIStatusError, Client, JobMonitor, Pipeline
 from pipeline.testing import EmulatorConfig, serve_emulator
-
-from ._ops import BAD_LINES, CONFIG, KEY, quick, samples, total, value, write_input
+from tests._helpers import BAD_LINES, CONFIG, KEY, quick, samples, total, value, write_mixed_input
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -59,7 +58,7 @@ def check_against(parsed: dict, stats: PipelineStatistics) -> None:  # type: ign
 async def test_metrics_agree_with_the_summary_during_and_after_a_job_with_faults(
     tmp_path: Path,
 ) -> None:
-    ids = write_input(tmp_path / "in.jsonl", 120)
+    ids = write_mixed_input(tmp_path / "in.jsonl", 120)
     emu_config = EmulatorConfig(
         batch_seconds=0.25, fault_rate=0.15, cut_rate=0.3, request_error_rate=0.1, seed=5
     )

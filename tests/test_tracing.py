@@ -16,8 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from pipeline import Client, Pipeline, PipelineConfig
 from pipeline.testing import EmulatorConfig, serve_emulator
-
-from ._ops import KEY, quick, write_input
+from tests._helpers import KEY, quick, write_mixed_input
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,7 +34,7 @@ BATCH = "/v1/messages/batches/{message_batch_id}"
 async def test_a_three_batch_job_has_a_job_span_three_batch_spans_and_http_client_spans(
     tmp_path: Path,
 ) -> None:
-    write_input(tmp_path / "in.jsonl", 30, bad=False)
+    write_mixed_input(tmp_path / "in.jsonl", 30, bad=False)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -103,7 +102,7 @@ async def test_a_three_batch_job_has_a_job_span_three_batch_spans_and_http_clien
 
 
 def test_without_opentelemetry_a_monitored_job_runs_and_imports_none_of_it(tmp_path: Path) -> None:
-    write_input(tmp_path / "in.jsonl", 12, bad=False)
+    write_mixed_input(tmp_path / "in.jsonl", 12, bad=False)
     script = textwrap.dedent(
         """
         import sys
@@ -137,7 +136,7 @@ def test_without_opentelemetry_a_monitored_job_runs_and_imports_none_of_it(tmp_p
 
 
 def test_spans_follow_the_provider_the_service_sets_and_none_before(tmp_path: Path) -> None:
-    write_input(tmp_path / "in.jsonl", 6, bad=False)
+    write_mixed_input(tmp_path / "in.jsonl", 6, bad=False)
     script = textwrap.dedent(
         """
         import sys

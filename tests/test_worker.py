@@ -9,7 +9,7 @@ import pytest
 
 from pipeline._errors import UsageError
 from pipeline._worker import load_definition, resolve_pipeline
-from tests._fake_pipelines import FakePipeline
+from tests._helpers import FakePipeline
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -18,14 +18,14 @@ if TYPE_CHECKING:
 async def test_definitions_name_a_pipeline_or_a_factory(tmp_path: Path) -> None:
     direct = tmp_path / "direct.py"
     direct.write_text(
-        "from tests._fake_pipelines import FakePipeline\n"
+        "from tests._helpers import FakePipeline\n"
         "pipeline = FakePipeline()\n"
         "if __name__ == '__main__':\n"
         "    raise SystemExit('the main block must not run in a worker')\n"
     )
     factory = tmp_path / "factory.py"
     factory.write_text(
-        "from tests._fake_pipelines import FakePipeline\n"
+        "from tests._helpers import FakePipeline\n"
         "async def make_pipeline():\n"
         "    return FakePipeline()\n"
     )

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pipeline.testing import start_emulator_process
-
-from .._cancel_helpers import (
+from tests._helpers import (
     SECRET_KEY,
     advance,
     batch_statuses,
@@ -24,7 +23,7 @@ from .._cancel_helpers import (
     status,
     submissions,
     wait_for,
-    write_input,
+    write_requests,
 )
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ async def _all_submitted(tmp: Path) -> bool:
 
 async def _job_in_flight(tmp: Path, url: str, *extra: str) -> subprocess.Popen[str]:
     """A worker running the job with every batch created (none processed yet)."""
-    write_input(tmp / "in.jsonl", REQUESTS)
+    write_requests(tmp / "in.jsonl", REQUESTS)
     worker = _run(tmp, url, *extra)
     await wait_for(lambda: _all_submitted(tmp), what="every batch created")
     await advance(url, 6)  # a tenth of each batch is processed, the rest not yet
@@ -155,7 +154,7 @@ async def test_sigkill_in_the_middle_of_a_cancel_is_completed_later(
 
 async def test_budget_action_cancel_on_the_command_line(tmp_path: Path, emulator: str) -> None:
     # several MiB: the first run cannot read it all ahead of the in-flight cap
-    write_input(tmp_path / "in.jsonl", 60_000)
+    write_requests(tmp_path / "in.jsonl", 60_000)
     # two batches at the service (the in-flight cap holds the rest back), then stopped
     first = _run(tmp_path, emulator, "--max-in-flight", "200")
     await wait_for(lambda: _submitted(tmp_path, 200), what="two batches created")
@@ -208,7 +207,7 @@ async def _cancel_under_way(tmp: Path, url: str) -> bool:
 async def test_worker_on_a_canceled_job_exits_4_until_resume_canceled(
     tmp_path: Path, emulator: str
 ) -> None:
-    write_input(tmp_path / "in.jsonl", REQUESTS)
+    write_requests(tmp_path / "in.jsonl", REQUESTS)
     # a budget of $0 with the cancel action: canceled before anything is sent
     code, printed = finish(
         _run(tmp_path, emulator, "--budget-usd", "0", "--budget-action", "cancel")

@@ -15,8 +15,7 @@ import anyio
 import httpx
 
 from pipeline import read_status
-
-from .._ops import samples, total, value, write_input
+from tests._helpers import samples, total, value, write_mixed_input
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,7 +48,7 @@ async def wait_for(check: Callable[[], bool], what: str) -> None:
 
 
 def test_run_with_a_metrics_port_in_use_exits_2_and_says_so(tmp_path: Path) -> None:
-    write_input(tmp_path / "in.jsonl", 5, bad=False)
+    write_mixed_input(tmp_path / "in.jsonl", 5, bad=False)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -80,7 +79,7 @@ async def test_a_worker_serves_metrics_health_and_the_page_on_its_metrics_port(
         assert match is not None
         async with httpx.AsyncClient(base_url=match.group().decode()) as http:
             await wait_for(lambda: b"local emulator" in log.read_bytes(), "the worker to start")
-            write_input(inbox / "drop.jsonl.tmp", 7, bad=True)
+            write_mixed_input(inbox / "drop.jsonl.tmp", 7, bad=True)
             (inbox / "drop.jsonl.tmp").rename(inbox / "drop.jsonl")
             await wait_for(
                 lambda: output.exists() and len(output.read_bytes().splitlines()) == 7,
@@ -108,7 +107,7 @@ async def test_a_worker_serves_metrics_health_and_the_page_on_its_metrics_port(
 async def test_status_serve_shows_a_job_with_no_worker_from_its_state_file(
     tmp_path: Path,
 ) -> None:
-    write_input(tmp_path / "in.jsonl", 12)
+    write_mixed_input(tmp_path / "in.jsonl", 12)
     state = tmp_path / "out.jsonl.state"
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", str(tmp_path / "in.jsonl"), "-o",

@@ -15,7 +15,7 @@ import anyio
 import msgspec
 
 from pipeline.cli.worker import run_worker
-from tests._fake_pipelines import FakePipeline, StubbornPipeline
+from tests._helpers import FakePipeline, StubbornPipeline
 
 if TYPE_CHECKING:
     from pathlib import Path
