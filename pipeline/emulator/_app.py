@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote
 import anyio
 import msgspec
 
+from pipeline._asgi_server import answer_lifespan
 from pipeline.api._schema import check_params, decode_error_message
 from pipeline.api._types import (
     ERROR_STATUS,
@@ -214,7 +215,7 @@ class EmulatorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -238,16 +239,6 @@ class EmulatorApp:
             answer = _error("api_error", "Internal error in the emulator")
         if answer is not None:
             await self._send(send, answer, request_id)
-
-    @staticmethod
-    async def _lifespan(receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     @staticmethod
     async def _send(send: Send, answer: _Answer, request_id: str) -> None:
