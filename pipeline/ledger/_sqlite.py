@@ -72,6 +72,7 @@ from ._sqlite_schema import (
     meta_value,
     resume_state,
     table_names,
+    upgrade,
 )
 from ._sqlite_tx import (
     MemberCache,
@@ -244,10 +245,11 @@ class SQLiteLedger:
             )
             conn.commit()
             return True
-        check_meta(conn, tables, str(self.path))
+        version = check_meta(conn, tables, str(self.path))
         stored = decode_job(meta_value(conn, "job"))
         if job is not None and stored != job:
             raise self._fail(f"belongs to another job: {_job_change(stored, job)}")
+        upgrade(conn, version)
         return False
 
     async def aclose(self) -> None:
@@ -272,7 +274,15 @@ class SQLiteLedger:
         """Record a batch intent (see ``Ledger.claim``). When every entry is a
         duplicate no batch is recorded and ``local_id`` is 0: nothing to send."""
         index = self._index
-        return await self._run(lambda c: _claim(c, index, entries, rejects, checkpoint, line))
+
+        def tx(c: sqlite3.Connection) -> ClaimResult:
+            try:
+                return _claim(c, index, entries, rejects, checkpoint, line)
+            except BaseException:
+                index.reset()  # rolled back: the index reads the runs again
+                raise
+
+        return await self._run(tx)
 
     async def record_rejects(self, rejects: Sequence[Reject], *, checkpoint: int, line: int) -> int:
         """Record rejects with no batch and move the source checkpoint; how many

@@ -23,14 +23,19 @@ the last tenth of 3M). Here:
 
 - while the job's ids go up (string order: ``r-000000001``, ...), an id above the
   greatest id held (``IdIndex.top``, kept in the meta row ``ids_top``) is new by
-  one comparison: no filter is kept and runs are not merged; only a claim's few ids
-  not above it (lines held back by the dry run, retries) are looked up, in each
-  run. A claim for which that would be more lookups than it has ids sorts the runs
-  into one, builds the filter, and the index works as above from then on.
+  one comparison, and nothing is hashed: a claim stores its new ids themselves, in
+  order, as one row of ``idruns`` (the run's first and last id, its size, and the
+  ids with their lines as one msgpack blob), and keeps no filter. Only a claim's
+  few ids not above ``top`` (lines held back by the dry run, retries) are looked
+  up, by bisection in the runs whose span holds them. A claim for which that would
+  cost more than the claim itself (more runs to read than a few times its size)
+  ends the mode for good: the ids of ``idruns`` are hashed into runs of keys, sorted
+  into one, the filter is built, and the index works as above from then on.
 
 The runs are tables ``ids0`` ... ``ids{LEVELS-1}`` (one per level, so a merge reads
-one table and appends to another) and ``runs`` (run id, level, size). Every change
-is part of the claim's transaction: a crash leaves the runs as the last commit.
+one table and appends to another) and ``runs`` (run id, level, size); while the ids
+go up, ``idruns``. Every change is part of the claim's transaction: a crash leaves
+the runs as the last commit.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import functools
 import hashlib
 import struct
 from array import array
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -49,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "FANOUT",
+    "IDRUNS_SCHEMA",
     "IDS_SCHEMA",
     "IDS_TABLES",
     "LEVELS",
@@ -77,6 +84,18 @@ IDS_SCHEMA = "".join(
     for table in IDS_TABLES
 ) + ("CREATE TABLE runs(run INTEGER PRIMARY KEY, level INTEGER NOT NULL, size INTEGER NOT NULL);\n")
 
+#: while the job's ids go up: a claim's new ids, sorted, with their lines (``body``:
+#: msgpack ``[ids, lines]``), and the run's first and last id (``lo``, ``hi``); the
+#: index on the span finds the runs that may hold an id, and sums the sizes
+IDRUNS_SCHEMA = (
+    "CREATE TABLE idruns(run INTEGER PRIMARY KEY, lo TEXT NOT NULL, hi TEXT NOT NULL, "
+    "size INTEGER NOT NULL, body BLOB NOT NULL);\n"
+    "CREATE INDEX idruns_span ON idruns(hi, lo, size);\n"
+)
+#: a claim may read runs of ``idruns`` holding this many times its own ids at most
+#: to look up its ids not above ``top`` (else the ids-in-order mode ends)
+_READ_FACTOR = 4
+
 _M32 = (1 << 32) - 1
 _M64 = (1 << 64) - 1
 _blake2b = hashlib.blake2b
@@ -84,6 +103,8 @@ _blake2b = hashlib.blake2b
 _unpack = struct.Struct("<qh").unpack
 _encode = msgspec.json.encode
 _decode_top = msgspec.json.Decoder(tuple[str, int]).decode
+_pack_run = msgspec.msgpack.Encoder().encode
+_unpack_run = msgspec.msgpack.Decoder(tuple[list[str], list[int]]).decode
 #: the ``meta`` row of ``IdIndex.top``: ``[top, keys held]`` (absent: not kept)
 TOP_KEY = "ids_top"
 
@@ -206,31 +227,54 @@ def _runs_of(c: sqlite3.Connection, level: int) -> list[int]:
     return [row[0] for row in rows.fetchall()]
 
 
+def _held(c: sqlite3.Connection) -> int:
+    """The number of ids the job holds (in runs of keys and in ``idruns``)."""
+    row = c.execute(
+        "SELECT (SELECT coalesce(sum(size), 0) FROM runs) + "
+        "(SELECT coalesce(sum(size), 0) FROM idruns)"
+    ).fetchone()
+    return int(row[0])
+
+
 class IdIndex:
     """The runs of keys in the database, and their filter in memory (see module).
 
     While the job's ids go up (string order: ``r-000000001``, ...), an id above
     ``top``, the greatest id held, is new by one comparison: the index keeps no
-    filter (``filter`` is None) and looks up only a claim's few ids that are not
-    above ``top`` (lines held back and released later, retries), in each run. A
-    claim for which that would be more lookups than it has ids builds the filter
-    from the runs (as an open does), and the index keeps it from then on. ``top``
-    is kept in the meta row ``ids_top`` with the number of keys held when it was
-    written, so that a reopen trusts it only if nothing else added keys since.
+    filter (``filter`` is None), hashes nothing, stores a claim's new ids as one row
+    of ``idruns``, and looks up only a claim's few ids that are not above ``top``
+    (lines held back and released later, retries) in the runs whose span holds
+    them. A claim for which that would read more than ``_READ_FACTOR`` times its
+    size, or bisect each id in more runs than the claim has ids, ends the mode: the
+    ids are hashed into runs of keys and the filter is built (as an open does), and
+    the index keeps it from then on. ``top`` is kept in the meta row ``ids_top``
+    with the number of ids held when it was written, so that a reopen trusts it
+    only if nothing else added ids since.
     """
 
-    __slots__ = ("_capacity", "filter", "top")
+    __slots__ = ("_capacity", "_stale", "filter", "top")
 
     def __init__(self) -> None:
         self.filter: KeyFilter | None = None
         #: the greatest id held while the job's claims go up; None once one did not
         self.top: str | None = None
         self._capacity = 0
+        self._stale = False
+
+    def reset(self) -> None:
+        """A transaction that used the index was rolled back: read it again from the
+        database before its next use (a mode it left may not have been left)."""
+        self._stale = True
+
+    def _fresh(self, c: sqlite3.Connection) -> None:
+        if self._stale:
+            self._stale = False
+            self.load(c, self._capacity)
 
     def load(self, c: sqlite3.Connection, capacity: int) -> None:
         """Read ``top``, or build the filter from the runs (when the ledger opens):
         sized for ``capacity`` ids, or the ids held if more."""
-        held = int(c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0])
+        held = _held(c)
         row = c.execute("SELECT value FROM meta WHERE key = ?", (TOP_KEY,)).fetchone()
         self._capacity = capacity
         self.filter, self.top = None, None
@@ -242,58 +286,115 @@ class IdIndex:
             if count == held:
                 self.top = top
                 return
-        self._build(c, held)
+        if c.in_transaction:
+            self._build(c)
+        else:  # at open: a transaction of its own
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                self._build(c)
+            except BaseException:
+                c.rollback()
+                raise
+            c.commit()
 
-    def _build(self, c: sqlite3.Connection, held: int) -> None:
-        """Leave the ids-in-order mode: merge the runs it left in level 0, build the
-        filter."""
+    def _build(self, c: sqlite3.Connection) -> None:
+        """Leave the ids-in-order mode for good: hash the ids of ``idruns`` into runs
+        of level 0 (a run at a time: memory stays that of one claim), sort level 0
+        into one run if it is full, build the filter."""
+        c.execute("DELETE FROM meta WHERE key = ?", (TOP_KEY,))
+        self.top = None
+        for (run,) in c.execute("SELECT run FROM idruns ORDER BY run").fetchall():
+            ids, lines = _unpack_run(
+                c.execute("SELECT body FROM idruns WHERE run = ?", (run,)).fetchone()[0]
+            )
+            keys = keys_of(ids)
+            self._insert_run(
+                c,
+                [k[0] for k in keys],
+                [k[1] << 32 | line for k, line in zip(keys, lines, strict=True)],
+            )
+        c.execute("DELETE FROM idruns")
         if len(_runs_of(c, 0)) >= FANOUT:
-            if c.in_transaction:
-                self._compact(c)
-            else:  # at open: a transaction of its own
-                c.execute("BEGIN IMMEDIATE")
-                try:
-                    self._compact(c)
-                except BaseException:
-                    c.rollback()
-                    raise
-                c.commit()
+            self._compact(c)
+        held = _held(c)
         self.filter = KeyFilter(max(self._capacity, 2 * held))
         for table in IDS_TABLES:
             self.filter.add(h for (h,) in c.execute(f"SELECT h FROM {table}"))
 
     def lookup(
-        self, c: sqlite3.Connection, ids: Sequence[str], keys: Sequence[tuple[int, int]]
-    ) -> dict[tuple[int, int], int]:
-        """The first line of each of ``keys`` (those of ``ids``) the job holds; those
-        it does not hold must then be stored by ``insert``, in the same transaction.
+        self, c: sqlite3.Connection, ids: Sequence[str]
+    ) -> tuple[dict[str, int], list[tuple[int, int]] | None]:
+        """The first line of each of ``ids`` the job holds, and the keys of ``ids``
+        (None while the ids go up: none is hashed). Those it does not hold must then
+        be stored by ``insert``, in the same transaction.
 
-        While the ids go up, only the ids not above ``top`` are looked up, in the
-        runs (``top`` moves up); when those are more than the claim's ids divided by
-        the runs, the index leaves that mode for good: the filter is built, the
-        meta row dropped. Then the filter rules out most keys (and learns the new
-        ones) and only the others are looked up."""
+        While the ids go up, only the ids not above ``top`` are looked up (``top``
+        moves up); when that would cost more than the claim (class doc), the index
+        leaves that mode for good. Then the filter rules out most keys (and learns
+        the new ones) and only the others are looked up."""
+        self._fresh(c)
         top = self.top
         if top is not None:
             if not ids:
-                return {}
-            below = [] if min(ids) > top else [i for i, cid in enumerate(ids) if cid <= top]
-            runs = c.execute("SELECT count(*) FROM runs").fetchone()[0] if below else 0
-            if len(below) * runs <= len(ids):  # at most a lookup per id on average
+                return {}, None
+            if min(ids) > top:
+                self.top = max(ids)
+                return {}, None
+            below = sorted({cid for cid in ids if cid <= top})
+            found = self._ordered_lookup(c, below, len(ids))
+            if found is not None:
                 self.top = max(top, max(ids))
-                return self._probe(c, {keys[i] for i in below})
-            c.execute("DELETE FROM meta WHERE key = ?", (TOP_KEY,))
-            self.top = None
-            self._build(c, int(c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0]))
+                return found, None
+            self._build(c)
         assert self.filter is not None
+        keys = keys_of(ids)
         maybe = self.filter.known([k[0] for k in keys])
         if not maybe:
-            return {}
-        return self._probe(c, {keys[i] for i in maybe})
+            return {}, keys
+        held = self._probe(c, {keys[i] for i in maybe})
+        return {ids[i]: held[keys[i]] for i in maybe if keys[i] in held}, keys
 
-    def find(self, c: sqlite3.Connection, keys: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
-        """Those of ``keys`` the job holds (the filter is not changed)."""
-        return set(self._probe(c, set(keys)))
+    @staticmethod
+    def _ordered_lookup(
+        c: sqlite3.Connection, below: list[str], claimed: int | None
+    ) -> dict[str, int] | None:
+        """The first line of each of ``below`` (sorted) held in ``idruns``; None when
+        the runs to read would cost more than a claim of ``claimed`` ids (no limit:
+        None)."""
+        spans = c.execute(
+            "SELECT run, lo, hi, size FROM idruns WHERE hi >= ? AND lo <= ? ORDER BY run",
+            (below[0], below[-1]),
+        ).fetchall()
+        if claimed is not None and (
+            sum(span[3] for span in spans) > _READ_FACTOR * claimed
+            or len(below) * len(spans) > claimed
+        ):
+            return None
+        found: dict[str, int] = {}
+        for run, lo, hi, _ in spans:
+            ids, lines = _unpack_run(
+                c.execute("SELECT body FROM idruns WHERE run = ?", (run,)).fetchone()[0]
+            )
+            for cid in below[bisect_left(below, lo) :]:
+                if cid > hi:
+                    break
+                i = bisect_left(ids, cid)
+                if i < len(ids) and ids[i] == cid:
+                    found[cid] = lines[i]
+        return found
+
+    def find(self, c: sqlite3.Connection, ids: Iterable[str]) -> set[str]:
+        """Those of ``ids`` the job holds (the filter is not changed)."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return set()
+        self._fresh(c)
+        if self.top is not None:
+            below = [cid for cid in wanted if cid <= self.top]
+            return set(self._ordered_lookup(c, below, None) or {}) if below else set()
+        keys = keys_of(wanted)
+        held = self._probe(c, set(keys))
+        return {cid for cid, k in zip(wanted, keys, strict=True) if k in held}
 
     @staticmethod
     def _probe(c: sqlite3.Connection, keys: set[tuple[int, int]]) -> dict[tuple[int, int], int]:
@@ -316,11 +417,46 @@ class IdIndex:
                     found.setdefault(key, cl & _M32)
         return found
 
-    def insert(self, c: sqlite3.Connection, hs: list[int], cls: list[int]) -> None:
-        """Store new keys as a new run, merging full levels: ``hs`` their ``h``,
-        ``cls`` their ``c << 32 | line`` (the id's line)."""
-        if not hs:
+    def insert(
+        self,
+        c: sqlite3.Connection,
+        ids: list[str],
+        lines: list[int],
+        keys: list[tuple[int, int]] | None,
+    ) -> None:
+        """Store new ids (``lines``: the line of each) as a new run: of the ids
+        themselves while they go up (``keys`` None), else of their ``keys``, merging
+        full levels."""
+        if not ids:
             return
+        if self.top is not None:
+            # ids in order: one row, no hashing, no merges (``_build`` ends the mode)
+            if ids != sorted(ids):
+                pairs = sorted(zip(ids, lines, strict=True))
+                ids, lines = [p[0] for p in pairs], [p[1] for p in pairs]
+            c.execute(
+                "INSERT INTO idruns(lo, hi, size, body) VALUES (?, ?, ?, ?)",
+                (ids[0], ids[-1], len(ids), _pack_run((ids, lines))),
+            )
+            c.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                (TOP_KEY, _encode([self.top, _held(c)])),
+            )
+            return
+        assert keys is not None
+        self._insert_run(
+            c, [k[0] for k in keys], [k[1] << 32 | n for k, n in zip(keys, lines, strict=True)]
+        )
+        for level in range(LEVELS - 1):
+            runs = _runs_of(c, level)
+            if len(runs) < FANOUT:
+                break
+            self._merge(c, level, runs)
+
+    @staticmethod
+    def _insert_run(c: sqlite3.Connection, hs: list[int], cls: list[int]) -> None:
+        """Append keys as a new run of level 0: ``hs`` their ``h``, ``cls`` their
+        ``c << 32 | line``."""
         run = c.execute("INSERT INTO runs(level, size) VALUES (0, ?)", (len(hs),)).lastrowid
         members = dict(zip(hs, cls, strict=True))
         if len(members) == len(hs):
@@ -336,20 +472,6 @@ class IdIndex:
                 f"INSERT INTO {IDS_TABLES[0]} VALUES (?, ?, ?)",
                 sorted((run, h, cl) for h, cl in zip(hs, cls, strict=True)),
             )
-        if self.top is not None:
-            # ids in order: few lookups, so no merges (the runs stay in level 0 until
-            # the mode ends, ``_compact``; a claim's lookups are bounded by its size)
-            held = c.execute("SELECT coalesce(sum(size), 0) FROM runs").fetchone()[0]
-            c.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                (TOP_KEY, _encode([self.top, held])),
-            )
-            return
-        for level in range(LEVELS - 1):
-            runs = _runs_of(c, level)
-            if len(runs) < FANOUT:
-                break
-            self._merge(c, level, runs)
 
     @staticmethod
     def _compact(c: sqlite3.Connection) -> None:

@@ -14,7 +14,7 @@ import msgspec
 from .._errors import LedgerError
 from ._base import BatchRecord, JobSpec, JobStatus, ResumeState, SinkPosition
 from ._files import ledger_error, lock_held
-from ._sqlite_ids import IDS_SCHEMA, IDS_TABLES
+from ._sqlite_ids import IDRUNS_SCHEMA, IDS_SCHEMA, IDS_TABLES
 
 if TYPE_CHECKING:
     import os
@@ -28,6 +28,7 @@ __all__ = (
     "SCHEMA",
     "SCHEMA_VERSION",
     "TABLES",
+    "UPGRADABLE_VERSION",
     "cancel_state",
     "check_meta",
     "connect",
@@ -37,11 +38,17 @@ __all__ = (
     "read_status",
     "resume_state",
     "table_names",
+    "upgrade",
 )
 
 #: Bumped on any incompatible change of the tables below. Version 3 holds the
-#: requests per batch, not per row, and the custom_ids as keys in sorted runs.
-SCHEMA_VERSION = 3
+#: requests per batch, not per row, and the custom_ids as keys in sorted runs;
+#: version 4 adds ``idruns`` (the ids themselves while they go up) and writes a
+#: batch's record as columns. A file of version 3 is upgraded when a worker opens
+#: it (``upgrade``: the table added, the job's ids taken as keys), and read as it is.
+SCHEMA_VERSION = 4
+#: the oldest version ``upgrade`` takes
+UPGRADABLE_VERSION = 3
 #: the estimated spend is kept as an integer number of billionths of a dollar
 NANO_PER_USD = 1_000_000_000
 APP_TAG = "pipeline-ledger"
@@ -111,6 +118,7 @@ INSERT INTO counters VALUES ('submitted', 0), ('ended', 0), ('written', 0),
 INSERT INTO sinks VALUES ('output', 0, 0), ('rejects', 0, 0);
 """
     + IDS_SCHEMA
+    + IDRUNS_SCHEMA
 )
 TABLES = frozenset(
     {
@@ -125,9 +133,12 @@ TABLES = frozenset(
         "checkpoint",
         "counters",
         "runs",
+        "idruns",
         *IDS_TABLES,
     }
 )
+#: the tables of a version-3 file
+_TABLES_3 = TABLES - {"idruns"}
 
 _IN_FLIGHT = ("intent", "sending", "created", "ended")
 _BATCH_COLUMNS = (
@@ -259,27 +270,51 @@ _NOT_STATE = (
 )
 
 
-def check_meta(c: sqlite3.Connection, tables: set[str], path: str) -> None:
+def check_meta(c: sqlite3.Connection, tables: set[str], path: str) -> int:
+    """Check that ``c`` is a state file this pipeline reads; its schema version
+    (``SCHEMA_VERSION``, or ``UPGRADABLE_VERSION``: see ``upgrade``)."""
     if "meta" not in tables:
         raise LedgerError(path, _NOT_STATE)
     app = c.execute("SELECT value FROM meta WHERE key = 'app'").fetchone()
     if app is None or app[0] != APP_TAG:
         raise LedgerError(path, _NOT_STATE)
     version = meta_value(c, "schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in (SCHEMA_VERSION, UPGRADABLE_VERSION):
         raise LedgerError(
             path,
-            f"has schema version {version}; this pipeline reads version {SCHEMA_VERSION}: "
+            f"has schema version {version}; this pipeline reads versions "
+            f"{UPGRADABLE_VERSION} and {SCHEMA_VERSION}: "
             "finish the job with the pipeline release that started it, or remove the "
             "state file to start the job over",
         )
-    if tables != TABLES:
-        missing = ", ".join(sorted(TABLES - tables)) or "none"
+    expected = TABLES if version == SCHEMA_VERSION else _TABLES_3
+    if tables != expected:
+        missing = ", ".join(sorted(expected - tables)) or "none"
         raise LedgerError(
             path,
             f"is damaged: tables missing: {missing}; restore it from a backup, or remove "
             "it (and its -wal file) to start the job over",
         )
+    return int(version)
+
+
+def upgrade(c: sqlite3.Connection, version: int) -> None:
+    """Bring a state file of ``UPGRADABLE_VERSION`` to ``SCHEMA_VERSION``, in one
+    transaction: ``idruns`` is added, and the note of the greatest id dropped, so
+    that the index takes the ids held as keys (its filter is built at open). Batch
+    records of version 3 are read as they are."""
+    if version == SCHEMA_VERSION:
+        return
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in IDRUNS_SCHEMA.split(";")[:-1]:
+            c.execute(statement)
+        c.execute("DELETE FROM meta WHERE key = 'ids_top'")
+        c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+    except BaseException:
+        c.rollback()
+        raise
+    c.commit()
 
 
 def _read_status_sync(path: Path) -> JobStatus:

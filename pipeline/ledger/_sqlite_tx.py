@@ -3,15 +3,16 @@ methods: plain functions of the connection, run in the worker thread inside the
 one transaction that ``SQLiteLedger._run`` opens (they never begin, commit or roll
 back one themselves).
 
-A batch's requests are one record (``batches.reqs``, a msgpack array of
-``[custom_id, line, offset, length, attempt, raw]``) while it is in flight, and its
-custom_ids are keys in the runs of ``_sqlite_ids`` for the rest of the job: a claim
-writes one row for the batch and one sorted run of keys, whatever the ids look like.
+A batch's requests are one record (``batches.reqs``, ``Columns`` in msgpack: the
+custom_ids, lines, offsets, lengths and attempts as one array each) while it is in
+flight, and its custom_ids are in the runs of ``_sqlite_ids`` for the rest of the
+job: a claim writes one row for the batch and one run of ids, whatever they look
+like.
 """
 
 from __future__ import annotations
 
-from operator import attrgetter, itemgetter
+from operator import attrgetter, sub
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -19,7 +20,7 @@ import msgspec
 from .._errors import UsageError
 from .._pricing import whole_units
 from ._base import ClaimResult, SpoolItem
-from ._sqlite_ids import key_of, keys_of
+from ._sqlite_ids import key_of
 from ._sqlite_schema import NANO_PER_USD
 
 if TYPE_CHECKING:
@@ -33,12 +34,43 @@ if TYPE_CHECKING:
 #: it is read back from the source file at offset, length)
 Member = tuple[str, int, int, int, int, bytes | None]
 
+
+class Columns(
+    msgspec.Struct,
+    omit_defaults=True,
+    rename={"ids": "i", "lines": "l", "offsets": "o", "lengths": "n", "attempts": "a", "raws": "r"},
+):
+    """A batch's requests as ``batches.reqs`` holds them: one array per field (a
+    claim builds each with one pass in C; a row per request took a tuple each).
+    ``raws`` only when a request has no place in a source file to be read back from
+    (then ``raws[i]`` is its bytes, else None)."""
+
+    ids: list[str]
+    lines: list[int]
+    offsets: list[int]
+    lengths: list[int]
+    attempts: list[int]
+    raws: list[bytes | None] | None = None
+
+    def members(self) -> list[Member]:
+        raws = self.raws if self.raws is not None else [None] * len(self.ids)
+        return list(
+            zip(self.ids, self.lines, self.offsets, self.lengths, self.attempts, raws, strict=True)
+        )
+
+
 _encode = msgspec.json.encode
+_custom_id = attrgetter("custom_id")
+_line = attrgetter("line")
+_offset = attrgetter("offset")
+_end = attrgetter("end")
 _attempt = attrgetter("attempt")
 _cost = attrgetter("cost_usd")
-_line = itemgetter(1)
 _pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder(list[tuple[str, int, int, int, int, bytes | None]]).decode
+#: a record of schema 4 (``Columns``), or of schema 3 (a row per request)
+_unpack = msgspec.msgpack.Decoder(
+    Columns | list[tuple[str, int, int, int, int, bytes | None]]
+).decode
 
 #: idempotent: a line read again after a restart is rejected once (``rejects_once``)
 _INSERT_REJECT = "INSERT OR IGNORE INTO rejects(line, custom_id, type, message) VALUES (?, ?, ?, ?)"
@@ -52,11 +84,18 @@ def _reject_row(r: Reject) -> tuple[int, str | None, str, str]:
     return (r.line, r.custom_id, r.error.type, r.error.message)
 
 
-def member(e: Entry) -> Member:
-    """The batch record of one claimed entry."""
-    if e.end > e.offset >= 0:
-        return (e.custom_id, e.line, e.offset, e.end - e.offset, e.attempt, None)
-    return (e.custom_id, e.line, e.offset, len(e.raw), e.attempt, e.raw)
+def columns_of(entries: Sequence[Entry], ids: list[str]) -> Columns:
+    """The batch record of claimed ``entries`` (``ids``: their custom_ids)."""
+    offsets = list(map(_offset, entries))
+    lengths = list(map(sub, map(_end, entries), offsets))
+    raws: list[bytes | None] | None = None
+    if offsets and (min(offsets) < 0 or min(lengths) <= 0):
+        # some have no place in a source file: their bytes go in the record
+        lengths = [e.end - e.offset if e.end > e.offset >= 0 else len(e.raw) for e in entries]
+        raws = [None if e.end > e.offset >= 0 else e.raw for e in entries]
+    return Columns(
+        ids, list(map(_line, entries)), offsets, lengths, list(map(_attempt, entries)), raws
+    )
 
 
 def _claim(
@@ -67,52 +106,45 @@ def _claim(
     checkpoint: int,
     line: int,
 ) -> ClaimResult:
-    ids = [e.custom_id for e in entries]
-    keys = keys_of(ids)
+    ids = list(map(_custom_id, entries))
     distinct = len(set(ids)) == len(ids)
-    # the first line of each key the job holds already (only ids not above all those
-    # held, or the few the filter does not rule out, are looked up)
-    known = index.lookup(c, ids, keys)
-    spooled: set[tuple[int, int]] = set()
+    # the first line of each id the job holds already (only ids not above all those
+    # held, or the few the filter does not rule out, are looked up); keys: None while
+    # the ids go up (nothing is hashed then)
+    known, keys = index.lookup(c, ids)
+    spooled: set[str] = set()
     if known:
+        by_key = {key_of(cid): cid for cid in known}
         rows = c.execute(
             "SELECT s.h, s.c FROM json_each(?) AS j CROSS JOIN spool AS s ON s.h = j.value",
-            (_encode(sorted({h for h, _ in known})),),
+            (_encode(sorted({h for h, _ in by_key})),),
         )
-        spooled = set(rows.fetchall()) & known.keys()
-    members: list[Member] = []
-    fresh_h: list[int] = []
-    fresh_cl: list[int] = []
-    retried: list[tuple[int, int]] = []
+        spooled = {by_key[row] for row in rows.fetchall() if row in by_key}
+    retried: list[str] = []
     duplicates: list[int] = []
     skipped: list[int] = []
     dup_rows: list[tuple[int, str | None, str, str]] = []
     if not known and distinct:
         # the common case: all new, no need to look at each
-        members = [
-            (e.custom_id, e.line, e.offset, e.end - e.offset, e.attempt, None)
-            if e.end > e.offset >= 0
-            else member(e)
-            for e in entries
-        ]
-        fresh_h = [k[0] for k in keys]
-        fresh_cl = [k[1] << 32 | e.line for k, e in zip(keys, entries, strict=True)]
+        kept: Sequence[Entry] = entries
+        record = columns_of(entries, ids)
+        fresh_ids, fresh_lines, fresh_keys = ids, record.lines, keys
     else:
         seen: dict[str, int] = {}
+        fresh: list[int] = []
+        kept = []
         for i, e in enumerate(entries):
             cid = e.custom_id
-            k = keys[i]
-            prev = known.get(k)
+            prev = known.get(cid)
             first = seen.get(cid)
             if first is None and prev is not None and prev == e.line:
-                if k in spooled:
-                    retried.append(k)  # this request's own retry, back from the spool
+                if cid in spooled:
+                    retried.append(cid)  # this request's own retry, back from the spool
                 else:  # its line, read again after a restart: accounted for already
                     skipped.append(i)
                     continue
             elif first is None and prev is None:
-                fresh_h.append(k[0])
-                fresh_cl.append(k[1] << 32 | e.line)
+                fresh.append(i)
             else:
                 duplicates.append(i)
                 used = first if first is not None else prev if prev is not None else 0
@@ -120,17 +152,21 @@ def _claim(
                 dup_rows.append((e.line, cid, "invalid_request_error", msg))
                 continue
             seen[cid] = e.line
-            members.append(member(e))
+            kept.append(e)
+        record = columns_of(kept, [e.custom_id for e in kept])
+        fresh_ids = [ids[i] for i in fresh]
+        fresh_lines = [entries[i].line for i in fresh]
+        fresh_keys = None if keys is None else [keys[i] for i in fresh]
     added = _insert_rejects(c, [_reject_row(r) for r in rejects])
     local_id = 0
-    if members:
+    if kept:
         if retried:
-            c.executemany("DELETE FROM spool WHERE h = ? AND c = ?", retried)
+            c.executemany("DELETE FROM spool WHERE h = ? AND c = ?", map(key_of, retried))
         if max(map(_attempt, entries)) > 1:
-            again = [(*keys[i], e.attempt) for i, e in enumerate(entries) if e.attempt > 1]
+            again = [(*key_of(e.custom_id), e.attempt) for e in entries if e.attempt > 1]
             c.executemany("INSERT OR REPLACE INTO retried VALUES (?, ?, ?)", again)
-        index.insert(c, fresh_h, fresh_cl)
-        local_id = _new_intent(c, members)
+        index.insert(c, fresh_ids, fresh_lines, fresh_keys)
+        local_id = _insert_intent(c, len(kept), _pack(record))
         if dropped := {*duplicates, *skipped}:
             cost = sum([e.cost_usd for i, e in enumerate(entries) if i not in dropped])
         else:  # the same sum, in C
@@ -138,7 +174,7 @@ def _claim(
         _bump(c, "estimated_nano_usd", whole_units(cost, NANO_PER_USD))  # never overflows
         c.execute(
             "UPDATE counters SET value = max(value, ?) WHERE name = 'max_line'",
-            (max(map(_line, members)),),
+            (max(record.lines),),
         )
     added += _insert_rejects(c, dup_rows)
     _move_checkpoint(c, checkpoint, line)
@@ -150,13 +186,23 @@ def members_of(c: sqlite3.Connection, local_id: int) -> list[Member]:
     row = c.execute("SELECT reqs FROM batches WHERE local_id = ?", (local_id,)).fetchone()
     if row is None or row[0] is None:
         return []
-    return _unpack(row[0])
+    record = _unpack(row[0])
+    return record.members() if isinstance(record, Columns) else record
 
 
 def _new_intent(c: sqlite3.Connection, members: Sequence[Member]) -> int:
+    if not members:
+        return _insert_intent(c, 0, _pack(Columns([], [], [], [], [])))
+    ids, lines, offsets, lengths, attempts, raws = (list(f) for f in zip(*members, strict=True))
+    record = Columns(
+        ids, lines, offsets, lengths, attempts, None if all(r is None for r in raws) else raws
+    )
+    return _insert_intent(c, len(members), _pack(record))
+
+
+def _insert_intent(c: sqlite3.Connection, count: int, record: bytes) -> int:
     cur = c.execute(
-        "INSERT INTO batches(state, request_count, reqs) VALUES ('intent', ?, ?)",
-        (len(members), _pack(members)),
+        "INSERT INTO batches(state, request_count, reqs) VALUES ('intent', ?, ?)", (count, record)
     )
     assert cur.lastrowid is not None
     return cur.lastrowid
@@ -278,8 +324,8 @@ def attempts_of(c: sqlite3.Connection, index: IdIndex, custom_ids: Iterable[str]
         ):
             if (h, k) in by_key:
                 out[by_key[(h, k)]] = attempt
-    for k in index.find(c, [k for k, cid in by_key.items() if cid not in out]):
-        out[by_key[k]] = 1
+    for cid in index.find(c, [cid for cid in by_key.values() if cid not in out]):
+        out[cid] = 1
     return out
 
 

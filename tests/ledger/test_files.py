@@ -122,7 +122,7 @@ async def test_a_state_file_of_the_previous_schema_is_refused_untouched(
         conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
     before = snapshot(state_path)
     with pytest.raises(
-        LedgerError, match="has schema version 2; this pipeline reads version 3"
+        LedgerError, match="has schema version 2; this pipeline reads versions 3 and 4"
     ) as e:
         await SQLiteLedger(state_path).open(JOB)
     assert "finish the job with the pipeline release that started it" in str(e.value)
@@ -229,14 +229,17 @@ async def test_kill_in_the_middle_of_writes_leaves_whole_transactions(state_path
     assert state.source_line >= 2500
     assert state.source_line % 500 == 0
     with sqlite3.connect(state_path) as conn:
-        # each batch's requests are one msgpack record [[custom_id, line, ...], ...]
+        # each batch's requests are one msgpack record of columns ({"i": ids, "l": lines, ...})
         records = conn.execute("SELECT request_count, reqs FROM batches").fetchall()
-        keys = conn.execute("SELECT sum(size) FROM runs").fetchone()[0]
+        keys = conn.execute(
+            "SELECT (SELECT coalesce(sum(size), 0) FROM runs) + "
+            "(SELECT coalesce(sum(size), 0) FROM idruns)"
+        ).fetchone()[0]
     per_batch = [(want, msgspec.msgpack.decode(reqs)) for want, reqs in records]
-    assert all(want == len(have) == 500 for want, have in per_batch)
-    lines = [m[1] for _, have in per_batch for m in have]
+    assert all(want == len(have["i"]) == len(have["l"]) == 500 for want, have in per_batch)
+    lines = [n for _, have in per_batch for n in have["l"]]
     assert sorted(lines) == list(range(1, state.source_line + 1))
-    assert keys == state.source_line  # every claimed custom_id is a key in the runs
+    assert keys == state.source_line  # every claimed custom_id is held in the runs
     assert len(state.pending_intents) == state.source_line // 500
     led = SQLiteLedger(state_path)
     await led.open(JOB)  # and every one of them is known after the crash
