@@ -55,6 +55,9 @@ class Entry(msgspec.Struct, array_like=True, gc=False):
     #: input tokens: measured by a dry run, else the documented approximation
     input_tokens: int = -1
     cost_usd: float = 0.0
+    #: ``pipeline.cache_write_factor`` of ``raw`` (the validate stage sets it once);
+    #: negative: not known yet
+    input_factor: float = -1.0
 
 
 class RejectError(msgspec.Struct, gc=False):

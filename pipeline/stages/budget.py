@@ -86,11 +86,10 @@ def entry_cost_usd(entry: Entry, prices: PriceTable = DEFAULT_PRICES) -> float:
         return entry.cost_usd
     if entry.input_tokens < 0:
         entry.input_tokens = approx_input_tokens(entry.raw)
+    if entry.input_factor < 0:
+        entry.input_factor = cache_write_factor(entry.raw)
     entry.cost_usd = prices.estimate_cost_usd(
-        entry.model,
-        entry.input_tokens,
-        entry.max_tokens,
-        input_factor=cache_write_factor(entry.raw),
+        entry.model, entry.input_tokens, entry.max_tokens, input_factor=entry.input_factor
     )
     return entry.cost_usd
 

@@ -442,8 +442,11 @@ class _DryRun:
         ):
             return  # the validate stage's estimate (default prices) still holds
         entry.input_tokens = input_tokens
+        factor = entry.input_factor
+        if factor < 0:
+            factor = entry.input_factor = cache_write_factor(entry.raw)
         entry.cost_usd = self._prices.estimate_cost_usd(
-            entry.model, input_tokens, entry.max_tokens, input_factor=cache_write_factor(entry.raw)
+            entry.model, input_tokens, entry.max_tokens, input_factor=factor
         )
 
     # -- waiting -------------------------------------------------------------------

@@ -115,14 +115,16 @@ class Validator:
             tokens = checked.approx_input_tokens
             max_tokens = checked.max_tokens
             # estimate_cost_usd, inlined (both counts are >= 1 here, so not clamped)
+            # its input may be written to the cache (priced higher) only if it asks to
+            factor = cache_write_factor(data) if checked.cache_control else 1.0
             rate = rates.get(model)
             if rate is None:
                 self.unpriced.add(model)
                 cost = 0.0
             else:
                 cost = (tokens * rate[0] + max_tokens * rate[1]) / _MILLION
-                if checked.cache_control:  # its input may be written to the cache
-                    cost += tokens * rate[0] * (cache_write_factor(data) - 1) / _MILLION
+                if factor != 1.0:
+                    cost += tokens * rate[0] * (factor - 1) / _MILLION
             offset = raw.offset
             append(
                 Entry(
@@ -137,6 +139,7 @@ class Validator:
                     max_tokens,
                     tokens,
                     cost,
+                    factor,
                 )
             )
         if last is not None:
