@@ -13,6 +13,8 @@ sending a body costs a MiB or two, not several times its size.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,21 +56,16 @@ class SplicedBody:
         envelope's tail."""
         yield BODY_HEAD
         raws = self._raws
-        group: list[bytes] = []
-        size = 0
-        sep = b""
-        for raw in raws:
-            group.append(raw)
-            size += len(raw)
-            if size >= piece_bytes:
-                if sep:
-                    yield sep
-                yield b",".join(group)
-                group = []
-                size = 0
-                sep = b","
-        if group:
-            if sep:
-                yield sep
-            yield b",".join(group)
+        # where each piece ends, found by bisection in the running sizes (C loops,
+        # not one Python step per line): a piece ends with the line that takes it to
+        # ``piece_bytes`` or past
+        ends = list(accumulate(map(len, raws)))
+        start, count = 0, len(ends)
+        while start < count:
+            target = (ends[start - 1] if start else 0) + piece_bytes
+            stop = min(bisect_left(ends, target, start) + 1, count)
+            if start:
+                yield b","
+            yield b",".join(raws[start:stop])
+            start = stop
         yield BODY_TAIL

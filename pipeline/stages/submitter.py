@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import anyio
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ("FIRST_CREATE_BACKOFF", "Submitter", "create_backoff", "submitter")
 
 logger = logging.getLogger("pipeline.submitter")
+_raw = attrgetter("raw")
 
 #: The first wait before a create refused for now is tried again, in seconds (the
 #: client has already retried it a few times over a few seconds).
@@ -217,7 +219,7 @@ class Submitter:
     async def _try_create(self, local_id: int, entries: list[Entry]) -> str | None:
         """One POST; ``_Refused`` when the service refused it for now."""
         n = len(entries)
-        body = SplicedBody([e.raw for e in entries])
+        body = SplicedBody(list(map(_raw, entries)))
         size = body.size
         sent_at = self.clock()
         await self.ledger.record_sending(local_id, body_bytes=size, sent_at=sent_at)
