@@ -32,14 +32,26 @@ class SplicedBody:
     """The create body of ``raws`` (each one request's JSON, ``{"custom_id":...}``),
     produced piece by piece each time ``pieces()`` is iterated (a retried POST sends
     it anew). ``len()`` is its size in bytes; ``bytes()`` joins it whole (for tests
-    and small bodies)."""
+    and small bodies). ``piece_bytes``: the size of a piece."""
 
-    __slots__ = ("_raws", "size")
+    __slots__ = ("_raws", "_stops", "size")
 
-    def __init__(self, raws: Sequence[bytes]) -> None:
+    def __init__(self, raws: Sequence[bytes], piece_bytes: int = PIECE_BYTES) -> None:
         self._raws = raws
+        # where each piece ends, found by bisection in the running sizes (one pass
+        # over the lines, in C, not a Python step per line): a piece ends with the
+        # line that takes it to ``piece_bytes`` or past
+        ends = list(accumulate(map(len, raws)))
+        count = len(ends)
+        stops: list[int] = []
+        start = 0
+        while start < count:
+            target = (ends[start - 1] if start else 0) + piece_bytes
+            start = min(bisect_left(ends, target, start) + 1, count)
+            stops.append(start)
+        self._stops = stops
         #: the body's exact size: envelope, lines, and a comma between two lines
-        self.size = len(BODY_HEAD) + len(BODY_TAIL) + sum(map(len, raws)) + max(len(raws) - 1, 0)
+        self.size = len(BODY_HEAD) + len(BODY_TAIL) + (ends[-1] if ends else 0) + max(count - 1, 0)
 
     def __len__(self) -> int:
         return self.size
@@ -50,20 +62,14 @@ class SplicedBody:
     def __repr__(self) -> str:
         return f"SplicedBody({len(self._raws)} requests, {self.size} bytes)"
 
-    def pieces(self, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes]:
+    def pieces(self) -> Iterator[bytes]:
         """The body in order: the envelope's head, pieces of about ``piece_bytes``
         of lines (``,`` between lines and before each piece after the first), the
         envelope's tail."""
         yield BODY_HEAD
         raws = self._raws
-        # where each piece ends, found by bisection in the running sizes (C loops,
-        # not one Python step per line): a piece ends with the line that takes it to
-        # ``piece_bytes`` or past
-        ends = list(accumulate(map(len, raws)))
-        start, count = 0, len(ends)
-        while start < count:
-            target = (ends[start - 1] if start else 0) + piece_bytes
-            stop = min(bisect_left(ends, target, start) + 1, count)
+        start = 0
+        for stop in self._stops:
             if start:
                 yield b","
             yield b",".join(raws[start:stop])

@@ -105,6 +105,9 @@ __all__ = (
 )
 
 logger = logging.getLogger("pipeline.dry_run")
+#: token counts up to this are priced inline as they are (larger ones are clamped by
+#: ``PriceTable.estimate_cost_usd``)
+_PLAIN = 2**31
 
 #: Entries held (samples included) while their shape is checked, at most.
 DEFAULT_MAX_HELD = 4096
@@ -249,6 +252,8 @@ class _DryRun:
         self._max_held = max_held
         self._meter = meter
         self._prices = prices
+        #: the prices as ``(input, output)`` tuples: ``_price`` inlines the estimate
+        self._rates = prices.rates()
         self._shapes: dict[str, _Shape] = {}
         #: shared key -> tool sets sampled apart so far, and how many of them passed
         self._tool_sets: dict[str, int] = {}
@@ -445,9 +450,17 @@ class _DryRun:
         factor = entry.input_factor
         if factor < 0:
             factor = entry.input_factor = cache_write_factor(entry.raw)
-        entry.cost_usd = self._prices.estimate_cost_usd(
-            entry.model, input_tokens, entry.max_tokens, input_factor=factor
-        )
+        rate = self._rates.get(entry.model)
+        max_tokens = entry.max_tokens
+        if rate is None:
+            entry.cost_usd = 0.0
+        elif 0 <= input_tokens <= _PLAIN and 0 <= max_tokens <= _PLAIN:
+            # PriceTable.estimate_cost_usd, inlined (the same floats: it runs per entry)
+            entry.cost_usd = (input_tokens * rate[0] * factor + max_tokens * rate[1]) / 1_000_000
+        else:  # counts arithmetic must clamp first
+            entry.cost_usd = self._prices.estimate_cost_usd(
+                entry.model, input_tokens, max_tokens, input_factor=factor
+            )
 
     # -- waiting -------------------------------------------------------------------
 

@@ -137,9 +137,9 @@ def request_line(n: int, *, pad: int = 0) -> bytes:
 @pytest.mark.parametrize("count", [0, 1, 2, 7])
 def test_a_spliced_body_is_the_joined_body_in_pieces(count: int, piece_bytes: int) -> None:
     lines = [request_line(n, pad=n * 10) for n in range(count)]
-    spliced = SplicedBody(lines)
+    spliced = SplicedBody(lines, piece_bytes)
     joined = b'{"requests":[' + b",".join(lines) + b"]}"
-    assert b"".join(spliced.pieces(piece_bytes)) == joined
+    assert b"".join(spliced.pieces()) == joined
     assert bytes(spliced) == joined  # and again: a retried create sends it anew
     assert len(spliced) == spliced.size == len(joined)
 
