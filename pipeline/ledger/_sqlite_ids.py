@@ -15,8 +15,8 @@ the last tenth of 3M). Here:
   run, sorted, appended at the end of the level-0 table (sequential pages, never
   the middle of a big tree); ``FANOUT`` runs of one level are merged into one run
   of the next (a sequential rewrite: each key is rewritten ``log_FANOUT(n /
-  claim)`` times over the job, twice at ten million, so the cost per request grows
-  by one rewrite per 16-fold growth of the job, not with its size);
+  claim)`` times over the job, once up to ten million, so the cost per request
+  grows by one rewrite per 32-fold growth of the job, not with its size);
 - a Bloom filter in memory (``KeyFilter``, about 12 bits per id: 15 MB at ten
   million) says which keys of a claim may be known; only those few (about 1.5%)
   are looked up in the runs. It is rebuilt from the runs when the ledger opens.
@@ -66,13 +66,13 @@ __all__ = (
     "keys_of",
 )
 
-#: runs of one level merged into one run of the next. 16: a key is rewritten once
-#: up to 2.56M requests (claims of 10,000), twice up to 41M; 8 rewrote it a third time
-#: at 640k (merges were a quarter of a claim's cost at 700k requests, 1.0 of 4.1 µs
-#: per request; 0.6 of 3.5 with 16). More runs per level cost the filter's false
-#: positives a lookup each in more runs.
-FANOUT = 16
-#: levels of runs (the last one is never merged: level 7 holds runs of 16^7 claims)
+#: runs of one level merged into one run of the next. 32: a key is rewritten once up
+#: to 10.24M requests (claims of 10,000), twice up to 328M. 16 rewrote it twice from
+#: 2.56M on (claims of 4M random ids: 3.51 µs per request, merges 0.92 of it; with
+#: 32: 2.98, merges 0.60, the lookups of the filter's false positives, a lookup in
+#: each run, 0.13 -> 0.17); 8 rewrote it a third time at 640k.
+FANOUT = 32
+#: levels of runs (the last one is never merged: level 7 holds runs of 32^7 claims)
 LEVELS = 8
 IDS_TABLES = tuple(f"ids{level}" for level in range(LEVELS))
 #: ``cl``: the key's ``c`` and the id's first source line as one integer, ``c << 32 |

@@ -64,7 +64,7 @@ async def test_duplicates_across_claims_and_within_one_become_rejects(
 
 
 async def test_duplicates_are_found_across_merged_runs_and_a_reopen(state_path: Path) -> None:
-    # 80 claims of 3: the runs of keys are merged twice over (8 per level); an id of
+    # 80 claims of 3: ids that stop going up, then runs of keys merged (32 a level); an id of
     # the first claim is still found, with its first line, before and after a reopen
     ledger = SQLiteLedger(state_path)
     await ledger.open(JOB)
