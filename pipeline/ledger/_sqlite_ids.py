@@ -23,18 +23,20 @@ the last tenth of 3M). Here:
 
 - while the job's ids go up (string order: ``r-000000001``, ...), an id above the
   greatest id held (``IdIndex.top``, kept in the meta row ``ids_top``) is new by
-  one comparison, and nothing is hashed: a claim stores its new ids themselves, in
-  order, as one row of ``idruns`` (the run's first and last id, its size, and the
-  ids with their lines as one msgpack blob), and keeps no filter. Only a claim's
-  few ids not above ``top`` (lines held back by the dry run, retries) are looked
-  up, by bisection in the runs whose span holds them. A claim for which that would
-  cost more than the claim itself (more runs to read than a few times its size)
-  ends the mode for good: the ids of ``idruns`` are hashed into runs of keys, sorted
-  into one, the filter is built, and the index works as above from then on.
+  one comparison, and nothing is hashed and no filter kept: a claim stores its new
+  ids themselves, in order, in rows of ``idruns`` of up to ``CHUNK`` ids each (the
+  row's first and last id, and the ids with their lines as one msgpack blob). Those
+  rows never overlap (each claim's ids are above the last one's), so an id not
+  above ``top`` (a retry, a line the dry run held back) is looked up with one seek
+  and a bisection in one row, however big the job. The few new ids that are not
+  above ``top`` when claimed go to ``idlate``, one row each. When those are more
+  than ``LATE_SHARE`` of the ids held (the ids do not go up after all: UUIDs),
+  the mode ends for good: the ids are hashed into runs of keys, sorted into one,
+  the filter is built, and the index works as above from then on.
 
 The runs are tables ``ids0`` ... ``ids{LEVELS-1}`` (one per level, so a merge reads
 one table and appends to another) and ``runs`` (run id, level, size); while the ids
-go up, ``idruns``. Every change is part of the claim's transaction: a crash leaves
+go up, ``idruns`` and ``idlate``. Every change is part of the claim's transaction: a crash leaves
 the runs as the last commit.
 """
 
@@ -44,7 +46,7 @@ import functools
 import hashlib
 import struct
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -57,7 +59,9 @@ __all__ = (
     "FANOUT",
     "IDRUNS_SCHEMA",
     "IDS_SCHEMA",
+    "CHUNK",
     "IDS_TABLES",
+    "LATE_SHARE",
     "LEVELS",
     "TOP_KEY",
     "IdIndex",
@@ -84,17 +88,22 @@ IDS_SCHEMA = "".join(
     for table in IDS_TABLES
 ) + ("CREATE TABLE runs(run INTEGER PRIMARY KEY, level INTEGER NOT NULL, size INTEGER NOT NULL);\n")
 
-#: while the job's ids go up: a claim's new ids, sorted, with their lines (``body``:
-#: msgpack ``[ids, lines]``), and the run's first and last id (``lo``, ``hi``); the
-#: index on the span finds the runs that may hold an id, and sums the sizes
+#: while the job's ids go up: a claim's new ids above the greatest one held before,
+#: sorted, ``CHUNK`` a row, with their lines (``body``: msgpack ``[ids, lines]``);
+#: ``lo``/``hi``, the row's first and last id (rows never overlap: one seek finds the
+#: row that may hold an id). ``idlate``: a claim's new ids that were not above it.
 IDRUNS_SCHEMA = (
-    "CREATE TABLE idruns(run INTEGER PRIMARY KEY, lo TEXT NOT NULL, hi TEXT NOT NULL, "
-    "size INTEGER NOT NULL, body BLOB NOT NULL);\n"
-    "CREATE INDEX idruns_span ON idruns(hi, lo, size);\n"
+    "CREATE TABLE idruns(lo TEXT PRIMARY KEY, hi TEXT NOT NULL, size INTEGER NOT NULL, "
+    "body BLOB NOT NULL);\n"
+    "CREATE TABLE idlate(id TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID;\n"
 )
-#: a claim may read runs of ``idruns`` holding this many times its own ids at most
-#: to look up its ids not above ``top`` (else the ids-in-order mode ends)
-_READ_FACTOR = 4
+#: ids in a row of ``idruns``: a lookup reads one row (about 15 KB, 30 µs to decode)
+CHUNK = 1024
+#: the ids-in-order mode ends when ``idlate`` holds more than this share of the ids
+#: held (and more than ``_LATE_FLOOR``): a string B-tree that grows with the job is
+#: what the runs of keys are for
+LATE_SHARE = 1 / 8
+_LATE_FLOOR = 20_000
 
 _M32 = (1 << 32) - 1
 _M64 = (1 << 64) - 1
@@ -227,13 +236,14 @@ def _runs_of(c: sqlite3.Connection, level: int) -> list[int]:
     return [row[0] for row in rows.fetchall()]
 
 
-def _held(c: sqlite3.Connection) -> int:
-    """The number of ids the job holds (in runs of keys and in ``idruns``)."""
+def _held(c: sqlite3.Connection) -> tuple[int, int]:
+    """The number of ids the job holds (in runs of keys, ``idruns`` and ``idlate``),
+    and of those in ``idlate``."""
     row = c.execute(
         "SELECT (SELECT coalesce(sum(size), 0) FROM runs) + "
-        "(SELECT coalesce(sum(size), 0) FROM idruns)"
+        "(SELECT coalesce(sum(size), 0) FROM idruns), (SELECT count(*) FROM idlate)"
     ).fetchone()
-    return int(row[0])
+    return int(row[0]) + int(row[1]), int(row[1])
 
 
 class IdIndex:
@@ -241,18 +251,17 @@ class IdIndex:
 
     While the job's ids go up (string order: ``r-000000001``, ...), an id above
     ``top``, the greatest id held, is new by one comparison: the index keeps no
-    filter (``filter`` is None), hashes nothing, stores a claim's new ids as one row
-    of ``idruns``, and looks up only a claim's few ids that are not above ``top``
-    (lines held back and released later, retries) in the runs whose span holds
-    them. A claim for which that would read more than ``_READ_FACTOR`` times its
-    size, or bisect each id in more runs than the claim has ids, ends the mode: the
-    ids are hashed into runs of keys and the filter is built (as an open does), and
-    the index keeps it from then on. ``top`` is kept in the meta row ``ids_top``
-    with the number of ids held when it was written, so that a reopen trusts it
-    only if nothing else added ids since.
+    filter (``filter`` is None), hashes nothing, stores a claim's new ids in rows of
+    ``idruns`` (or ``idlate``, the few not above ``top``), and looks up only a
+    claim's ids that are not above ``top`` (retries, lines held back and released
+    later): one seek each, in ``idruns`` and ``idlate``. Once ``idlate`` holds more
+    than ``LATE_SHARE`` of the ids, the mode ends: the ids are hashed into runs of
+    keys and the filter is built (as an open does), and the index keeps it from then
+    on. ``top`` is kept in the meta row ``ids_top`` with the number of ids held when
+    it was written, so that a reopen trusts it only if nothing else added ids since.
     """
 
-    __slots__ = ("_capacity", "_stale", "filter", "top")
+    __slots__ = ("_below", "_capacity", "_held", "_late", "_stale", "filter", "top")
 
     def __init__(self) -> None:
         self.filter: KeyFilter | None = None
@@ -260,6 +269,11 @@ class IdIndex:
         self.top: str | None = None
         self._capacity = 0
         self._stale = False
+        #: ids held, and of them in ``idlate``, while the ids go up
+        self._held = 0
+        self._late = 0
+        #: ``top`` before the claim being made (its new ids not above it are late)
+        self._below = ""
 
     def reset(self) -> None:
         """A transaction that used the index was rolled back: read it again from the
@@ -274,10 +288,11 @@ class IdIndex:
     def load(self, c: sqlite3.Connection, capacity: int) -> None:
         """Read ``top``, or build the filter from the runs (when the ledger opens):
         sized for ``capacity`` ids, or the ids held if more."""
-        held = _held(c)
+        held, late = _held(c)
         row = c.execute("SELECT value FROM meta WHERE key = ?", (TOP_KEY,)).fetchone()
         self._capacity = capacity
         self.filter, self.top = None, None
+        self._held, self._late = held, late
         if row is None and held == 0:
             self.top = ""  # nothing held: every id is above
             return
@@ -298,28 +313,40 @@ class IdIndex:
             c.commit()
 
     def _build(self, c: sqlite3.Connection) -> None:
-        """Leave the ids-in-order mode for good: hash the ids of ``idruns`` into runs
-        of level 0 (a run at a time: memory stays that of one claim), sort level 0
-        into one run if it is full, build the filter."""
+        """Leave the ids-in-order mode for good: hash the ids of ``idruns`` and
+        ``idlate`` into runs of level 0 (about ten thousand at a time: memory stays
+        that of a claim), sort level 0 into one run if it is full, build the filter."""
         c.execute("DELETE FROM meta WHERE key = ?", (TOP_KEY,))
         self.top = None
-        for (run,) in c.execute("SELECT run FROM idruns ORDER BY run").fetchall():
-            ids, lines = _unpack_run(
-                c.execute("SELECT body FROM idruns WHERE run = ?", (run,)).fetchone()[0]
-            )
+        batch: tuple[list[str], list[int]] = ([], [])
+        for (body,) in c.execute("SELECT body FROM idruns ORDER BY lo").fetchall():
+            ids, lines = _unpack_run(body)
+            batch[0].extend(ids)
+            batch[1].extend(lines)
+            if len(batch[0]) >= 10 * CHUNK:
+                self._hashed_run(c, *batch)
+                batch = ([], [])
+        for cid, line in c.execute("SELECT id, line FROM idlate").fetchall():
+            batch[0].append(cid)
+            batch[1].append(line)
+        self._hashed_run(c, *batch)
+        c.execute("DELETE FROM idruns")
+        c.execute("DELETE FROM idlate")
+        if len(_runs_of(c, 0)) >= FANOUT:
+            self._compact(c)
+        held = _held(c)[0]
+        self.filter = KeyFilter(max(self._capacity, 2 * held))
+        for table in IDS_TABLES:
+            self.filter.add(h for (h,) in c.execute(f"SELECT h FROM {table}"))
+
+    def _hashed_run(self, c: sqlite3.Connection, ids: list[str], lines: list[int]) -> None:
+        if ids:
             keys = keys_of(ids)
             self._insert_run(
                 c,
                 [k[0] for k in keys],
                 [k[1] << 32 | line for k, line in zip(keys, lines, strict=True)],
             )
-        c.execute("DELETE FROM idruns")
-        if len(_runs_of(c, 0)) >= FANOUT:
-            self._compact(c)
-        held = _held(c)
-        self.filter = KeyFilter(max(self._capacity, 2 * held))
-        for table in IDS_TABLES:
-            self.filter.add(h for (h,) in c.execute(f"SELECT h FROM {table}"))
 
     def lookup(
         self, c: sqlite3.Connection, ids: Sequence[str]
@@ -329,23 +356,21 @@ class IdIndex:
         be stored by ``insert``, in the same transaction.
 
         While the ids go up, only the ids not above ``top`` are looked up (``top``
-        moves up); when that would cost more than the claim (class doc), the index
-        leaves that mode for good. Then the filter rules out most keys (and learns
-        the new ones) and only the others are looked up."""
+        moves up). Once the mode has ended (``insert``), the filter rules out most
+        keys (and learns the new ones) and only the others are looked up."""
         self._fresh(c)
         top = self.top
         if top is not None:
+            self._below = top
             if not ids:
                 return {}, None
+            high = max(ids)
             if min(ids) > top:
-                self.top = max(ids)
+                self.top = high
                 return {}, None
-            below = sorted({cid for cid in ids if cid <= top})
-            found = self._ordered_lookup(c, below, len(ids))
-            if found is not None:
-                self.top = max(top, max(ids))
-                return found, None
-            self._build(c)
+            found = self._ordered_lookup(c, sorted({cid for cid in ids if cid <= top}))
+            self.top = max(top, high)
+            return found, None
         assert self.filter is not None
         keys = keys_of(ids)
         maybe = self.filter.known([k[0] for k in keys])
@@ -355,32 +380,33 @@ class IdIndex:
         return {ids[i]: held[keys[i]] for i in maybe if keys[i] in held}, keys
 
     @staticmethod
-    def _ordered_lookup(
-        c: sqlite3.Connection, below: list[str], claimed: int | None
-    ) -> dict[str, int] | None:
-        """The first line of each of ``below`` (sorted) held in ``idruns``; None when
-        the runs to read would cost more than a claim of ``claimed`` ids (no limit:
-        None)."""
-        spans = c.execute(
-            "SELECT run, lo, hi, size FROM idruns WHERE hi >= ? AND lo <= ? ORDER BY run",
-            (below[0], below[-1]),
-        ).fetchall()
-        if claimed is not None and (
-            sum(span[3] for span in spans) > _READ_FACTOR * claimed
-            or len(below) * len(spans) > claimed
-        ):
-            return None
+    def _ordered_lookup(c: sqlite3.Connection, below: list[str]) -> dict[str, int]:
+        """The first line of each of ``below`` (sorted) held in ``idruns`` or
+        ``idlate``: one seek per row of ``idruns`` that may hold some of them."""
         found: dict[str, int] = {}
-        for run, lo, hi, _ in spans:
-            ids, lines = _unpack_run(
-                c.execute("SELECT body FROM idruns WHERE run = ?", (run,)).fetchone()[0]
-            )
-            for cid in below[bisect_left(below, lo) :]:
-                if cid > hi:
-                    break
-                i = bisect_left(ids, cid)
-                if i < len(ids) and ids[i] == cid:
-                    found[cid] = lines[i]
+        if not below:
+            return found
+        i, count = 0, len(below)
+        while i < count:
+            row = c.execute(
+                "SELECT hi, body FROM idruns WHERE lo <= ? ORDER BY lo DESC LIMIT 1",
+                (below[i],),
+            ).fetchone()
+            if row is None or row[0] < below[i]:  # before every row, or between two
+                i += 1
+                continue
+            hi, body = row
+            ids, lines = _unpack_run(body)
+            while i < count and below[i] <= hi:
+                j = bisect_left(ids, below[i])
+                if j < len(ids) and ids[j] == below[i]:
+                    found[below[i]] = lines[j]
+                i += 1
+        late = c.execute(
+            "SELECT l.id, l.line FROM json_each(?) AS j CROSS JOIN idlate AS l ON l.id = j.value",
+            (_encode(below),),
+        )
+        found.update(late.fetchall())
         return found
 
     def find(self, c: sqlite3.Connection, ids: Iterable[str]) -> set[str]:
@@ -390,8 +416,8 @@ class IdIndex:
             return set()
         self._fresh(c)
         if self.top is not None:
-            below = [cid for cid in wanted if cid <= self.top]
-            return set(self._ordered_lookup(c, below, None) or {}) if below else set()
+            top = self.top
+            return set(self._ordered_lookup(c, [cid for cid in wanted if cid <= top]))
         keys = keys_of(wanted)
         held = self._probe(c, set(keys))
         return {cid for cid, k in zip(wanted, keys, strict=True) if k in held}
@@ -424,24 +450,15 @@ class IdIndex:
         lines: list[int],
         keys: list[tuple[int, int]] | None,
     ) -> None:
-        """Store new ids (``lines``: the line of each) as a new run: of the ids
-        themselves while they go up (``keys`` None), else of their ``keys``, merging
-        full levels."""
+        """Store new ids (``lines``: the line of each): while they go up (``keys``
+        None), the ids themselves, and end that mode when too many came late; else
+        their ``keys`` as a new run, merging full levels."""
         if not ids:
             return
         if self.top is not None:
-            # ids in order: one row, no hashing, no merges (``_build`` ends the mode)
-            if ids != sorted(ids):
-                pairs = sorted(zip(ids, lines, strict=True))
-                ids, lines = [p[0] for p in pairs], [p[1] for p in pairs]
-            c.execute(
-                "INSERT INTO idruns(lo, hi, size, body) VALUES (?, ?, ?, ?)",
-                (ids[0], ids[-1], len(ids), _pack_run((ids, lines))),
-            )
-            c.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                (TOP_KEY, _encode([self.top, _held(c)])),
-            )
+            self._insert_ordered(c, ids, lines)
+            if self._late > _LATE_FLOOR and self._late > LATE_SHARE * self._held:
+                self._build(c)  # the ids do not go up: hash them all, once
             return
         assert keys is not None
         self._insert_run(
@@ -452,6 +469,37 @@ class IdIndex:
             if len(runs) < FANOUT:
                 break
             self._merge(c, level, runs)
+
+    def _insert_ordered(self, c: sqlite3.Connection, ids: list[str], lines: list[int]) -> None:
+        """Ids above the greatest held before this claim in rows of ``CHUNK``, in
+        order; the others in ``idlate``; the note of ``top`` and the count held."""
+        below = self._below
+        if ids != sorted(ids):
+            pairs = sorted(zip(ids, lines, strict=True))
+            ids, lines = [p[0] for p in pairs], [p[1] for p in pairs]
+        first = bisect_right(ids, below)
+        if first:
+            # one JSON object {id: line} (the ids are distinct): one statement, in C
+            late = dict(zip(ids[:first], lines[:first], strict=True))
+            c.execute("INSERT INTO idlate SELECT key, value FROM json_each(?)", (_encode(late),))
+            self._late += first
+        c.executemany(
+            "INSERT INTO idruns(lo, hi, size, body) VALUES (?, ?, ?, ?)",
+            [
+                (
+                    ids[k],
+                    ids[min(k + CHUNK, len(ids)) - 1],
+                    min(CHUNK, len(ids) - k),
+                    _pack_run((ids[k : k + CHUNK], lines[k : k + CHUNK])),
+                )
+                for k in range(first, len(ids), CHUNK)
+            ],
+        )
+        self._held += len(ids)
+        c.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+            (TOP_KEY, _encode([self.top, self._held])),
+        )
 
     @staticmethod
     def _insert_run(c: sqlite3.Connection, hs: list[int], cls: list[int]) -> None:

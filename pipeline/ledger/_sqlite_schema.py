@@ -43,7 +43,7 @@ __all__ = (
 
 #: Bumped on any incompatible change of the tables below. Version 3 holds the
 #: requests per batch, not per row, and the custom_ids as keys in sorted runs;
-#: version 4 adds ``idruns`` (the ids themselves while they go up) and writes a
+#: version 4 adds ``idruns`` and ``idlate`` (the ids themselves while they go up) and writes a
 #: batch's record as columns. A file of version 3 is upgraded when a worker opens
 #: it (``upgrade``: the table added, the job's ids taken as keys), and read as it is.
 SCHEMA_VERSION = 4
@@ -134,11 +134,12 @@ TABLES = frozenset(
         "counters",
         "runs",
         "idruns",
+        "idlate",
         *IDS_TABLES,
     }
 )
 #: the tables of a version-3 file
-_TABLES_3 = TABLES - {"idruns"}
+_TABLES_3 = TABLES - {"idruns", "idlate"}
 
 _IN_FLIGHT = ("intent", "sending", "created", "ended")
 _BATCH_COLUMNS = (
@@ -300,7 +301,7 @@ def check_meta(c: sqlite3.Connection, tables: set[str], path: str) -> int:
 
 def upgrade(c: sqlite3.Connection, version: int) -> None:
     """Bring a state file of ``UPGRADABLE_VERSION`` to ``SCHEMA_VERSION``, in one
-    transaction: ``idruns`` is added, and the note of the greatest id dropped, so
+    transaction: ``idruns`` and ``idlate`` are added, and the note of the greatest id dropped, so
     that the index takes the ids held as keys (its filter is built at open). Batch
     records of version 3 are read as they are."""
     if version == SCHEMA_VERSION:

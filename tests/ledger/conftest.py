@@ -8,6 +8,7 @@ from pipeline.ledger import JobSpec, SQLiteLedger
 from pipeline.stages._items import Entry, Reject, RejectError
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import AsyncIterator
     from pathlib import Path
 
@@ -25,6 +26,16 @@ def entry(n: int, *, attempt: int = 1, cid: str | None = None, iterable: bool = 
     return Entry(
         line=n, custom_id=custom_id, raw=raw, offset=(n - 1) * 100, end=n * 100, attempt=attempt
     )
+
+
+def held_ids(conn: sqlite3.Connection) -> int:
+    """How many custom_ids the state file holds: as keys in runs, or as they are (in
+    rows of ids in order, and ids that came late)."""
+    row = conn.execute(
+        "SELECT (SELECT coalesce(sum(size), 0) FROM runs) + "
+        "(SELECT coalesce(sum(size), 0) FROM idruns) + (SELECT count(*) FROM idlate)"
+    ).fetchone()
+    return int(row[0])
 
 
 def reject(n: int, message: str = "bad json") -> Reject:

@@ -19,7 +19,7 @@ from pipeline._errors import LedgerError
 from pipeline.cli import main
 from pipeline.ledger import JobSpec, SQLiteLedger, read_status
 
-from .conftest import JOB, entry
+from .conftest import JOB, entry, held_ids
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -231,10 +231,7 @@ async def test_kill_in_the_middle_of_writes_leaves_whole_transactions(state_path
     with sqlite3.connect(state_path) as conn:
         # each batch's requests are one msgpack record of columns ({"i": ids, "l": lines, ...})
         records = conn.execute("SELECT request_count, reqs FROM batches").fetchall()
-        keys = conn.execute(
-            "SELECT (SELECT coalesce(sum(size), 0) FROM runs) + "
-            "(SELECT coalesce(sum(size), 0) FROM idruns)"
-        ).fetchone()[0]
+        keys = held_ids(conn)
     per_batch = [(want, msgspec.msgpack.decode(reqs)) for want, reqs in records]
     assert all(want == len(have["i"]) == len(have["l"]) == 500 for want, have in per_batch)
     lines = [n for _, have in per_batch for n in have["l"]]
@@ -377,7 +374,7 @@ def test_an_sqlite_error_mid_job_is_one_line_naming_the_file(state_path: Path) -
     assert message.endswith("then run the same command again to resume")
     with sqlite3.connect(state_path) as conn:  # whole claims only: batches and their keys
         assert conn.execute("SELECT sum(request_count) FROM batches").fetchone()[0] == int(claimed)
-        assert conn.execute("SELECT sum(size) FROM runs").fetchone()[0] == int(claimed)
+        assert held_ids(conn) == int(claimed)
 
 
 async def status_command(*args: str) -> int:

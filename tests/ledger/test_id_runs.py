@@ -16,13 +16,23 @@ from .conftest import JOB, entry
 SCHEMA3 = Path(__file__).parent / "data" / "schema3.state"
 
 
-async def test_ids_that_stop_going_up_are_checked_against_every_id_held(
+def tables(path: Path) -> dict[str, int]:
+    """Ids held in each kind of table: runs of keys, rows of ids in order, late ids."""
+    with sqlite3.connect(path) as db:
+        counts = db.execute(
+            "SELECT (SELECT coalesce(sum(size), 0) FROM runs), "
+            "(SELECT coalesce(sum(size), 0) FROM idruns), (SELECT count(*) FROM idlate)"
+        ).fetchone()
+    db.close()
+    return dict(zip(("keys", "in order", "late"), counts, strict=True))
+
+
+async def test_ids_in_order_find_retries_and_late_lines_with_one_seek_each(
     state_path: Path,
 ) -> None:
-    # 20 claims of ids in order, then one whose ids fall between them all (looking
-    # each up in each run would cost more than the claim: the ledger leaves the mode
-    # and takes every id held as a key); the first line of each id is kept through
-    # the switch and a reopen
+    # ids that go up are kept as they are; ids coming again (duplicates) and new ids
+    # below the greatest one (lines the dry run held back) are looked up in place,
+    # before and after a reopen, and nothing is hashed
     ledger = SQLiteLedger(state_path)
     await ledger.open(JOB)
     for k in range(20):
@@ -30,17 +40,21 @@ async def test_ids_that_stop_going_up_are_checked_against_every_id_held(
         claim = await ledger.claim(batch, [], checkpoint=(5 * k + 5) * 100, line=5 * k + 5)
         assert claim.duplicates == []
     assert await ledger.attempts(["r-001", "r-100", "r-101"]) == {"r-001": 1, "r-100": 1}
-    between = [entry(100 + n, cid=f"r-{5 * n:03d}a") for n in range(1, 21)]
+    late = [entry(100 + n, cid=f"r-{5 * n:03d}a") for n in range(1, 21)]
     claim = await ledger.claim(
-        [*between, entry(121, cid="r-007"), entry(122, cid="r-093")], [], checkpoint=0, line=0
+        [*late, entry(121, cid="r-007"), entry(122, cid="r-093"), entry(123, cid="r-101")],
+        [],
+        checkpoint=12300,
+        line=123,
     )
     assert claim.duplicates == [20, 21]
-    assert await ledger.attempts(["r-001", "r-050a", "r-101"]) == {"r-001": 1, "r-050a": 1}
+    assert await ledger.attempts(["r-001", "r-050a", "r-102"]) == {"r-001": 1, "r-050a": 1}
     await ledger.aclose()
+    assert tables(state_path) == {"keys": 0, "in order": 102, "late": 19}
     ledger = SQLiteLedger(state_path)
     await ledger.open(JOB)
     claim = await ledger.claim(
-        [entry(123, cid="r-015a"), entry(124, cid="r-200"), entry(125, cid="r-100")],
+        [entry(124, cid="r-015a"), entry(125, cid="r-200"), entry(126, cid="r-100")],
         [],
         checkpoint=0,
         line=0,
@@ -52,6 +66,53 @@ async def test_ids_that_stop_going_up_are_checked_against_every_id_held(
         "custom_id 'r-093' already used on line 93",
         "custom_id 'r-015a' already used on line 103",
         "custom_id 'r-100' already used on line 100",
+    ]
+    await ledger.aclose()
+
+
+async def test_ids_that_stop_going_up_are_hashed_once_and_all_still_found(
+    state_path: Path,
+) -> None:
+    # 24,000 ids in order, then ids between them: once the late ones are more than
+    # the mode allows, every id held is hashed into runs of keys, and each one is
+    # still found with its first line, in the same claim, later and after a reopen
+    ledger = SQLiteLedger(state_path)
+    await ledger.open(JOB)
+    line = 0  # the last line claimed
+
+    async def claim(cids: list[str]) -> list[int]:
+        nonlocal line
+        batch = [entry(line + i + 1, cid=cid) for i, cid in enumerate(cids)]
+        line += len(cids)
+        return (await ledger.claim(batch, [], checkpoint=line * 100, line=line)).duplicates
+
+    for k in range(12):  # even numbers, going up: lines 1-24,000
+        assert await claim([f"r-{n:06d}" for n in range(4000 * k, 4000 * (k + 1), 2)]) == []
+    for k in range(10):  # odd numbers, each below the greatest id held: late
+        assert await claim([f"r-{n:06d}" for n in range(4000 * k + 1, 4000 * (k + 1), 2)]) == []
+    assert tables(state_path) == {"keys": 0, "in order": 24_000, "late": 20_000}
+    # 2,000 more late ones (lines 44,001-46,000): more than the mode allows
+    odd = [f"r-{n:06d}" for n in range(40_001, 44_000, 2)]
+    assert await claim([*odd, "r-000002", "r-000003"]) == [2000, 2001]
+    assert tables(state_path) == {"keys": 46_000, "in order": 0, "late": 0}
+    assert await claim(["r-000004", "r-039999", "r-050000"]) == [0, 1]
+    assert await ledger.attempts(["r-000004", "r-000005", "r-999999"]) == {
+        "r-000004": 1,
+        "r-000005": 1,
+    }
+    await ledger.aclose()
+    ledger = SQLiteLedger(state_path)
+    await ledger.open(JOB)
+    assert await claim(["r-043999", "r-000001", "r-050001", "r-050000"]) == [0, 1, 3]
+    rejects = await ledger.rejects_after(0, 10)
+    assert [r.error.message for r in rejects] == [
+        "custom_id 'r-000002' already used on line 2",
+        "custom_id 'r-000003' already used on line 24002",
+        "custom_id 'r-000004' already used on line 3",
+        "custom_id 'r-039999' already used on line 44000",
+        "custom_id 'r-043999' already used on line 46000",
+        "custom_id 'r-000001' already used on line 24001",
+        "custom_id 'r-050000' already used on line 46005",
     ]
     await ledger.aclose()
 
