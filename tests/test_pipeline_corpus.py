@@ -14,7 +14,7 @@ from pipeline._pipeline import Pipeline
 from pipeline.api._client import Client
 from pipeline.api._schema import DEFAULT_MODELS
 from pipeline.testing import EmulatorConfig, serve_emulator
-from tests.api.test_schema_corpus import CORPUS, GOOD
+from tests.api._corpus import CORPUS, GOOD
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -10,7 +10,7 @@ import msgspec
 
 from pipeline.cli import main
 from pipeline.ledger import SinkPosition, SQLiteLedger
-from tests.ledger.conftest import JOB, entry, reject
+from tests.ledger._helpers import JOB, entry, reject
 
 if TYPE_CHECKING:
     from pathlib import Path

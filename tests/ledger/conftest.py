@@ -4,42 +4,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.ledger import JobSpec, SQLiteLedger
-from pipeline.stages._items import Entry, Reject, RejectError
+from pipeline.ledger import SQLiteLedger
+
+from ._helpers import JOB
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import AsyncIterator
     from pathlib import Path
-
-JOB = JobSpec(
-    input_path="in.jsonl", input_fingerprint="abc", output_path="out.jsonl", rejects_path=None
-)
-
-
-def entry(n: int, *, attempt: int = 1, cid: str | None = None, iterable: bool = False) -> Entry:
-    """Entry of input line ``n`` (100 bytes a line, starting at (n-1)*100)."""
-    custom_id = cid or f"req-{n}"
-    raw = b'{"custom_id":"' + custom_id.encode() + b'","params":{}}'
-    if iterable:
-        return Entry(line=n, custom_id=custom_id, raw=raw, attempt=attempt)
-    return Entry(
-        line=n, custom_id=custom_id, raw=raw, offset=(n - 1) * 100, end=n * 100, attempt=attempt
-    )
-
-
-def held_ids(conn: sqlite3.Connection) -> int:
-    """How many custom_ids the state file holds: as keys in runs, or as they are (in
-    rows of ids in order, and ids that came late)."""
-    row = conn.execute(
-        "SELECT (SELECT coalesce(sum(size), 0) FROM runs) + "
-        "(SELECT coalesce(sum(size), 0) FROM idruns) + (SELECT count(*) FROM idlate)"
-    ).fetchone()
-    return int(row[0])
-
-
-def reject(n: int, message: str = "bad json") -> Reject:
-    return Reject(line=n, custom_id=None, error=RejectError("invalid_request_error", message))
 
 
 @pytest.fixture

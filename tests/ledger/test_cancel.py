@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.ledger import SinkPosition, SQLiteLedger, read_status, request_cancel
 
-from .conftest import JOB, entry
+from ._helpers import JOB, entry
 
 if TYPE_CHECKING:
     from pathlib import Path

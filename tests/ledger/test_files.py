@@ -19,7 +19,7 @@ from pipeline._errors import LedgerError
 from pipeline.cli import main
 from pipeline.ledger import JobSpec, SQLiteLedger, read_status
 
-from .conftest import JOB, entry, held_ids
+from ._helpers import JOB, entry, held_ids
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -162,7 +162,7 @@ async def test_another_process_holding_the_state_is_refused(state_path: Path) ->
     code = f"""
         import anyio, sys
         from pipeline.ledger import SQLiteLedger
-        from tests.ledger.conftest import JOB
+        from tests.ledger._helpers import JOB
         async def main():
             led = SQLiteLedger({str(state_path)!r})
             await led.open(JOB)
@@ -202,7 +202,7 @@ async def test_kill_in_the_middle_of_writes_leaves_whole_transactions(state_path
     code = f"""
         import anyio
         from pipeline.ledger import SQLiteLedger
-        from tests.ledger.conftest import JOB, entry
+        from tests.ledger._helpers import JOB, entry
         async def main():
             led = SQLiteLedger({str(state_path)!r})
             await led.open(JOB)
@@ -279,7 +279,7 @@ async def test_a_second_process_is_refused_however_it_names_the_state(
     code = f"""
         import anyio, sys
         from pipeline.ledger import SQLiteLedger
-        from tests.ledger.conftest import JOB
+        from tests.ledger._helpers import JOB
         async def main():
             led = SQLiteLedger({str(state_path)!r})
             await led.open(JOB)
@@ -343,7 +343,7 @@ def test_an_sqlite_error_mid_job_is_one_line_naming_the_file(state_path: Path) -
         import anyio, resource, signal
         from pipeline import LedgerError
         from pipeline.ledger import SQLiteLedger
-        from tests.ledger.conftest import JOB, entry
+        from tests.ledger._helpers import JOB, entry
         async def main():
             led = SQLiteLedger({str(state_path)!r})
             await led.open(JOB)

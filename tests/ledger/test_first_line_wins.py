@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.ledger import SinkPosition, SQLiteLedger
 
-from .conftest import JOB, entry
+from ._helpers import JOB, entry
 
 if TYPE_CHECKING:
     from pathlib import Path

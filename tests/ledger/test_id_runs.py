@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.ledger import SQLiteLedger, read_status
 
-from .conftest import JOB, entry
+from ._helpers import JOB, entry
 
 #: made by the release before schema 4 (commit 230ffd2) with ids in order: a batch
 #: created at the service (lines 1-4), an intent (lines 5-8), a rejected line 9

@@ -11,7 +11,7 @@ import pytest
 from pipeline.api import MessageBatch, RequestCounts
 from pipeline.ledger import AmbiguousCreateError, SQLiteLedger, reconcile, reconciler
 
-from .conftest import JOB, entry
+from ._helpers import JOB, entry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -10,7 +10,7 @@ import pytest
 from pipeline._errors import UsageError
 from pipeline.ledger import SinkPosition, SQLiteLedger, read_status
 
-from .conftest import JOB, entry, reject
+from ._helpers import JOB, entry, reject
 
 if TYPE_CHECKING:
     from pathlib import Path
