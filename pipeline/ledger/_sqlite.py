@@ -88,6 +88,7 @@ from ._sqlite_tx import (
     _settle_batch,
     attempts_of,
     done_ids,
+    drop_batch,
     members_of,
     spool_members,
     stored_elsewhere,
@@ -352,7 +353,7 @@ class SQLiteLedger:
                 raise UsageError(
                     f"resplit of batch {local_id} moved {moved} of its {count} requests"
                 )
-            c.execute("DELETE FROM batches WHERE local_id = ?", (local_id,))
+            drop_batch(c, local_id)
             return new_ids
 
         return await self._run(tx)
@@ -364,10 +365,8 @@ class SQLiteLedger:
             _expect(c, local_id, ("intent", "sending"))
             rows = sorted((m[1], m[0], error_type, message) for m in members_of(c, local_id))
             _insert_rejects(c, rows)
-            c.execute(
-                "UPDATE batches SET state = 'rejected', reqs = NULL WHERE local_id = ?",
-                (local_id,),
-            )
+            c.execute("UPDATE batches SET state = 'rejected' WHERE local_id = ?", (local_id,))
+            c.execute("DELETE FROM batch_requests WHERE local_id = ?", (local_id,))
 
         await self._run(tx)
 
@@ -378,7 +377,7 @@ class SQLiteLedger:
             _expect(c, local_id, ("intent", "sending"))
             spool_members(c, local_id, members_of(c, local_id), 0)
             c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
-            c.execute("DELETE FROM batches WHERE local_id = ?", (local_id,))
+            drop_batch(c, local_id)
 
         await self._run(tx)
 

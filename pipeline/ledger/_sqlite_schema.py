@@ -43,7 +43,8 @@ __all__ = (
 
 #: Bumped on any incompatible change of the tables below. Version 3 holds the
 #: requests per batch, not per row, and the custom_ids as keys in sorted runs;
-#: version 4 adds ``idruns`` and ``idlate`` (the ids themselves while they go up) and writes a
+#: version 4 adds ``idruns`` and ``idlate`` (the ids themselves while they go up), keeps
+#: a batch's requests in ``batch_requests`` (not in its row), and writes a
 #: batch's record as columns. A file of version 3 is upgraded when a worker opens
 #: it (``upgrade``: the table added, the job's ids taken as keys), and read as it is.
 SCHEMA_VERSION = 4
@@ -59,11 +60,8 @@ CANCEL_KEY = "cancel"
 SCHEMA = (
     """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
--- reqs: while the batch is in flight, its requests as one msgpack array of
--- [custom_id, line, offset, length, attempt, raw] (raw only without a source file),
--- in claim order; NULL once it is collected or rejected (its ids stay in the runs
--- of keys, see _sqlite_ids). spooled: its requests sent back to the spool (``written``
--- rows with spooled = 1 name them).
+-- spooled: its requests sent back to the spool (``written`` rows with spooled = 1
+-- name them).
 CREATE TABLE batches(
     local_id INTEGER PRIMARY KEY AUTOINCREMENT,
     batch_id TEXT UNIQUE,
@@ -73,9 +71,14 @@ CREATE TABLE batches(
     sent_at REAL,
     output_start INTEGER,
     results_written INTEGER NOT NULL DEFAULT 0,
-    spooled INTEGER NOT NULL DEFAULT 0,
-    reqs BLOB
+    spooled INTEGER NOT NULL DEFAULT 0
 );
+-- While a batch is in flight, its requests as one record (``_sqlite_tx.Columns`` in
+-- msgpack: custom_ids, lines, offsets, lengths, attempts, and raw bytes only without
+-- a source file), dropped once it is collected or rejected (its ids stay in the runs,
+-- see _sqlite_ids). A table of its own: the batch's row changes at every step of its
+-- life, and a row holding the record (a few hundred KB) was written again each time.
+CREATE TABLE batch_requests(local_id INTEGER PRIMARY KEY, reqs BLOB NOT NULL);
 -- The custom_ids a batch has written to the output (spooled = 0) or sent back to the
 -- spool (spooled = 1), one JSON array per ``commit_results``; dropped when the batch
 -- is collected (so bounded by the batches in flight).
@@ -124,6 +127,7 @@ TABLES = frozenset(
     {
         "meta",
         "batches",
+        "batch_requests",
         "written",
         "rejects",
         "sinks",
@@ -139,7 +143,7 @@ TABLES = frozenset(
     }
 )
 #: the tables of a version-3 file
-_TABLES_3 = TABLES - {"idruns", "idlate"}
+_TABLES_3 = TABLES - {"idruns", "idlate", "batch_requests"}
 
 _IN_FLIGHT = ("intent", "sending", "created", "ended")
 _BATCH_COLUMNS = (
@@ -301,7 +305,8 @@ def check_meta(c: sqlite3.Connection, tables: set[str], path: str) -> int:
 
 def upgrade(c: sqlite3.Connection, version: int) -> None:
     """Bring a state file of ``UPGRADABLE_VERSION`` to ``SCHEMA_VERSION``, in one
-    transaction: ``idruns`` and ``idlate`` are added, and the note of the greatest id dropped, so
+    transaction: ``idruns`` and ``idlate`` are added, the batches' records move to
+    ``batch_requests``, and the note of the greatest id dropped, so
     that the index takes the ids held as keys (its filter is built at open). Batch
     records of version 3 are read as they are."""
     if version == SCHEMA_VERSION:
@@ -310,6 +315,11 @@ def upgrade(c: sqlite3.Connection, version: int) -> None:
     try:
         for statement in IDRUNS_SCHEMA.split(";")[:-1]:
             c.execute(statement)
+        c.execute("CREATE TABLE batch_requests(local_id INTEGER PRIMARY KEY, reqs BLOB NOT NULL)")
+        c.execute(
+            "INSERT INTO batch_requests SELECT local_id, reqs FROM batches WHERE reqs IS NOT NULL"
+        )
+        c.execute("ALTER TABLE batches DROP COLUMN reqs")
         c.execute("DELETE FROM meta WHERE key = 'ids_top'")
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
     except BaseException:

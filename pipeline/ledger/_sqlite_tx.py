@@ -3,7 +3,7 @@ methods: plain functions of the connection, run in the worker thread inside the
 one transaction that ``SQLiteLedger._run`` opens (they never begin, commit or roll
 back one themselves).
 
-A batch's requests are one record (``batches.reqs``, ``Columns`` in msgpack: the
+A batch's requests are one record (``batch_requests.reqs``, ``Columns`` in msgpack: the
 custom_ids, lines, offsets, lengths and attempts as one array each) while it is in
 flight, and its custom_ids are in the runs of ``_sqlite_ids`` for the rest of the
 job: a claim writes one row for the batch and one run of ids, whatever they look
@@ -40,7 +40,7 @@ class Columns(
     omit_defaults=True,
     rename={"ids": "i", "lines": "l", "offsets": "o", "lengths": "n", "attempts": "a", "raws": "r"},
 ):
-    """A batch's requests as ``batches.reqs`` holds them: one array per field (a
+    """A batch's requests as ``batch_requests.reqs`` holds them: one array per field (a
     claim builds each with one pass in C; a row per request took a tuple each).
     ``raws`` only when a request has no place in a source file to be read back from
     (then ``raws[i]`` is its bytes, else None)."""
@@ -183,7 +183,7 @@ def _claim(
 
 def members_of(c: sqlite3.Connection, local_id: int) -> list[Member]:
     """The batch's requests (none once it is collected or rejected)."""
-    row = c.execute("SELECT reqs FROM batches WHERE local_id = ?", (local_id,)).fetchone()
+    row = c.execute("SELECT reqs FROM batch_requests WHERE local_id = ?", (local_id,)).fetchone()
     if row is None or row[0] is None:
         return []
     record = _unpack(row[0])
@@ -201,11 +201,18 @@ def _new_intent(c: sqlite3.Connection, members: Sequence[Member]) -> int:
 
 
 def _insert_intent(c: sqlite3.Connection, count: int, record: bytes) -> int:
-    cur = c.execute(
-        "INSERT INTO batches(state, request_count, reqs) VALUES ('intent', ?, ?)", (count, record)
-    )
-    assert cur.lastrowid is not None
-    return cur.lastrowid
+    local_id = c.execute(
+        "INSERT INTO batches(state, request_count) VALUES ('intent', ?)", (count,)
+    ).lastrowid
+    assert local_id is not None
+    c.execute("INSERT INTO batch_requests VALUES (?, ?)", (local_id, record))
+    return local_id
+
+
+def drop_batch(c: sqlite3.Connection, local_id: int) -> None:
+    """Delete the batch and its record (released, or moved into new intents)."""
+    c.execute("DELETE FROM batches WHERE local_id = ?", (local_id,))
+    c.execute("DELETE FROM batch_requests WHERE local_id = ?", (local_id,))
 
 
 def spool_members(
@@ -259,7 +266,8 @@ def _settle_batch(c: sqlite3.Connection, local_id: int) -> int:
     but wrote no line for is spooled first; how many."""
     missing = _spool_missing(c, local_id)
     c.execute("DELETE FROM written WHERE local_id = ?", (local_id,))
-    c.execute("UPDATE batches SET state = 'collected', reqs = NULL WHERE local_id = ?", (local_id,))
+    c.execute("UPDATE batches SET state = 'collected' WHERE local_id = ?", (local_id,))
+    c.execute("DELETE FROM batch_requests WHERE local_id = ?", (local_id,))
     return missing
 
 
@@ -348,7 +356,7 @@ def stored_elsewhere(c: sqlite3.Connection, custom_ids: Iterable[str]) -> list[S
 
 
 class MemberCache:
-    """The decoded records of the batches in flight (``batches.reqs``), by custom_id:
+    """The decoded records of the batches in flight (``batch_requests``), by custom_id:
     a record is decoded once, not at every ``requests`` call; one whose batch left
     flight (collected, rejected, released, re-split) is dropped at the next call."""
 
@@ -359,7 +367,7 @@ class MemberCache:
 
     def in_flight(self, c: sqlite3.Connection) -> list[int]:
         """The batches with a record now (and the cache trimmed to them)."""
-        ids = [row[0] for row in c.execute("SELECT local_id FROM batches WHERE reqs IS NOT NULL")]
+        ids = [row[0] for row in c.execute("SELECT local_id FROM batch_requests")]
         for gone in self._records.keys() - set(ids):
             del self._records[gone]
         return ids

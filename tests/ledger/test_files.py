@@ -230,7 +230,10 @@ async def test_kill_in_the_middle_of_writes_leaves_whole_transactions(state_path
     assert state.source_line % 500 == 0
     with sqlite3.connect(state_path) as conn:
         # each batch's requests are one msgpack record of columns ({"i": ids, "l": lines, ...})
-        records = conn.execute("SELECT request_count, reqs FROM batches").fetchall()
+        records = conn.execute(
+            "SELECT b.request_count, r.reqs FROM batches AS b JOIN batch_requests AS r "
+            "USING (local_id)"
+        ).fetchall()
         keys = held_ids(conn)
     per_batch = [(want, msgspec.msgpack.decode(reqs)) for want, reqs in records]
     assert all(want == len(have["i"]) == len(have["l"]) == 500 for want, have in per_batch)
