@@ -185,18 +185,20 @@ async def kill_with_creates_settled(url: str, tmp: Path, key: str, n: int) -> No
     create is under way (it is frozen with SIGSTOP while the state is checked), so
     that the only unknown outcomes are the ones the test makes."""
     worker = start_worker(url, tmp, api_key=key)
-    for _ in range(1000):
-        await wait_for(tmp, worker, lambda s: same_size_in_flight(s, n))
-        worker.send_signal(signal.SIGSTOP)
-        status = await status_of(tmp / "job.state")
-        assert status is not None
-        settled = all(b.state not in ("intent", "sending") for b in status.batches)
-        if settled and same_size_in_flight(status, n):
-            break
-        worker.send_signal(signal.SIGCONT)
-        await anyio.sleep(0.005)
-    worker.send_signal(signal.SIGKILL)
-    worker.communicate()
+    try:
+        for _ in range(1000):
+            await wait_for(tmp, worker, lambda s: same_size_in_flight(s, n))
+            worker.send_signal(signal.SIGSTOP)
+            status = await status_of(tmp / "job.state")
+            assert status is not None
+            settled = all(b.state not in ("intent", "sending") for b in status.batches)
+            if settled and same_size_in_flight(status, n):
+                break
+            worker.send_signal(signal.SIGCONT)
+            await anyio.sleep(0.005)
+    finally:  # also when the test fails: no worker or pipe left behind
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate()
 
 
 async def test_an_unknown_outcome_create_is_adopted_not_sent_again(
