@@ -318,17 +318,22 @@ class IdIndex:
         that of a claim), sort level 0 into one run if it is full, build the filter."""
         c.execute("DELETE FROM meta WHERE key = ?", (TOP_KEY,))
         self.top = None
+        # read a row at a time (the cursors stay open while other tables are written):
+        # ten million ids would not fit in memory at once
         batch: tuple[list[str], list[int]] = ([], [])
-        for (body,) in c.execute("SELECT body FROM idruns ORDER BY lo").fetchall():
+        for (body,) in c.execute("SELECT body FROM idruns"):
             ids, lines = _unpack_run(body)
             batch[0].extend(ids)
             batch[1].extend(lines)
             if len(batch[0]) >= 10 * CHUNK:
                 self._hashed_run(c, *batch)
                 batch = ([], [])
-        for cid, line in c.execute("SELECT id, line FROM idlate").fetchall():
+        for cid, line in c.execute("SELECT id, line FROM idlate"):
             batch[0].append(cid)
             batch[1].append(line)
+            if len(batch[0]) >= 10 * CHUNK:
+                self._hashed_run(c, *batch)
+                batch = ([], [])
         self._hashed_run(c, *batch)
         c.execute("DELETE FROM idruns")
         c.execute("DELETE FROM idlate")
