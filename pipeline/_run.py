@@ -37,7 +37,7 @@ from .stages._items import SubmittedBatch
 from .stages._process import ProcessingSink
 from .stages._protocol import Capacity, JobCounters
 from .stages._user import HeldLines, Record, UserStage
-from .stages.chunker import chunker
+from .stages.chunker import ChunkHandoff, chunker
 from .stages.poller import poller
 from .stages.results import results
 from .stages.retry import retry_feeder
@@ -436,6 +436,17 @@ class JobRun:
         retry_send = send_checked.clone()
         ends.append(retry_send)
         send_chunks, recv_chunks = _stream(config.chunk_buffer)
+        # low memory: one chunk at a time (the chunker waits until the submitter let go
+        # of the last), and the entries of the input file go without their bytes (the
+        # standard submitter reads them back from the file as it sends the body)
+        handoff = ChunkHandoff() if config.one_chunk_at_a_time else None
+        chunker_options: dict[str, Any] = {}
+        submitter_options: dict[str, Any] = {}
+        if handoff is not None:
+            chunker_options["handoff"] = handoff
+            if self.files.input is not None and plan.replacement("submitter") is None:
+                chunker_options["drop_file_bytes"] = True
+                submitter_options["input_path"] = self.files.input
         # batch records: small, so these edges never hold memory worth bounding
         send_sub, recv_sub = _stream(_RECORD_BUFFER)
         send_ended, recv_ended = _stream(_RECORD_BUFFER)
@@ -459,13 +470,18 @@ class JobRun:
             (
                 "chunker",
                 (plan.replacement("chunker") or chunker)(
-                    recv_checked, send_chunks, config=config, progress=p, held=held
+                    recv_checked,
+                    send_chunks,
+                    config=config,
+                    progress=p,
+                    held=held,
+                    **chunker_options,
                 ),
             ),
             (
                 "submitter",
                 (plan.replacement("submitter") or submitter)(
-                    recv_chunks,
+                    recv_chunks if handoff is None else handoff.receiver(recv_chunks),
                     send_sub,
                     client=client,
                     ledger=ledger,
@@ -475,6 +491,7 @@ class JobRun:
                     reconcile=reconciler(ledger, client, sleep=self._settle_sleep),
                     sleep=self._sleep,
                     canceling=state.job_cancel.canceling if state.job_cancel else None,
+                    **submitter_options,
                 ),
             ),
             (

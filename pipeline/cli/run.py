@@ -48,6 +48,7 @@ from .shared import (
     SignalNotice,
     Signals,
     add_cancel_options,
+    add_memory_options,
     add_monitor_options,
     add_output_options,
     event_loop_options,
@@ -248,6 +249,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--price claude-x=1.5,7.5",
     )
     add_cancel_options(parser)
+    add_memory_options(parser)
     add_output_options(parser)
     add_monitor_options(parser)
     parser.set_defaults(func=run_command)
@@ -275,6 +277,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         budget_usd=args.budget_usd,
         budget_action=args.budget_action or "stop",
         delete_ended=args.delete_ended,
+        low_memory=args.low_memory,
         models=args.models,
         allow_fields=frozenset().union(*args.allow_field),
         api_key_env=args.api_key_env,

@@ -7,6 +7,7 @@ at once (the state on disk stays consistent) and the exit code is 128 + signal.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import logging
@@ -16,13 +17,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from .._config import DEFAULT_API_KEY_ENV
+from .._config import DEFAULT_API_KEY_ENV, LOW_MEMORY_ABOVE_BYTES
 from .._logging import LOG_FORMATS, configure_logging
 from .._monitor import DEFAULT_MONITOR_HOST
 from .._progress import PROGRESS_MODES, RunnablePipeline, run_with_progress
 
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import AsyncIterator, Callable
 
     from .._stats import PipelineStatistics
@@ -38,6 +38,7 @@ __all__ = (
     "Signals",
     "Stoppable",
     "add_cancel_options",
+    "add_memory_options",
     "add_monitor_options",
     "add_output_options",
     "event_loop_options",
@@ -115,6 +116,21 @@ def add_cancel_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="at --budget-usd: stop submitting (default; resumable, exit 3) or cancel the "
         "job, its batches in flight at the service too (exit 4)",
+    )
+
+
+def add_memory_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--low-memory`` / ``--no-low-memory`` (``PipelineConfig.low_memory``) to
+    ``run`` and ``worker``; not given: the automatic choice (``args.low_memory`` None)."""
+    group = parser.add_argument_group("memory")
+    group.add_argument(
+        "--low-memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="hold one batch at a time: pack the next batch only once the last is sent "
+        "(saves about 1.7x a body of memory; the packing is no longer done while a batch "
+        "is sent). Default: on when --max-batch-bytes is above "
+        f"{LOW_MEMORY_ABOVE_BYTES:,}",
     )
 
 

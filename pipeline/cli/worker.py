@@ -15,6 +15,7 @@ from .shared import (
     SignalNotice,
     Signals,
     add_cancel_options,
+    add_memory_options,
     add_monitor_options,
     add_output_options,
     event_loop_options,
@@ -71,6 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("definition", metavar="DEFINITION.py", help="the pipeline definition file")
     add_cancel_options(parser)
+    add_memory_options(parser)
     add_output_options(parser)
     add_monitor_options(parser)
     parser.set_defaults(func=main)
@@ -103,6 +105,7 @@ async def run_definition(args: argparse.Namespace) -> int:
     namespace = load_definition(args.definition)
     pipeline = await resolve_pipeline(namespace, path=str(args.definition))
     _apply_cancel_options(pipeline, args)
+    _apply_memory_option(pipeline, args)
     return await run_worker(pipeline, args=args)
 
 
@@ -116,6 +119,23 @@ def _apply_cancel_options(pipeline: object, args: argparse.Namespace) -> None:
     config = getattr(pipeline, "config", None)
     if action is not None and config is not None:
         pipeline.config = msgspec.structs.replace(config, budget_action=action)  # type: ignore[attr-defined]
+
+
+def _apply_memory_option(pipeline: object, args: argparse.Namespace) -> None:
+    """``--low-memory`` / ``--no-low-memory`` on the definition's pipeline (not given:
+    the definition's own ``low_memory``)."""
+    import msgspec
+
+    from .._errors import UsageError
+
+    low_memory = getattr(args, "low_memory", None)
+    config = getattr(pipeline, "config", None)
+    if low_memory is None or config is None:
+        return
+    try:
+        pipeline.config = msgspec.structs.replace(config, low_memory=low_memory)  # type: ignore[attr-defined]
+    except ValueError as exc:  # the definition's config says otherwise (chunk_buffer)
+        raise UsageError(f"--low-memory: {exc}") from exc
 
 
 async def run_worker(pipeline: StoppablePipeline, *, args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from ._protocol import SourceStage as SourceStage
 from ._protocol import Stage as Stage
 from ._user import HeldLines as HeldLines
 from ._user import Record as Record
+from .chunker import ChunkHandoff as ChunkHandoff
 from .chunker import chunker as chunker
 from .poller import poller as poller
 from .results import results as results
@@ -80,6 +81,7 @@ __all__ = (
     "CallbackSink",
     "Capacity",
     "Chunk",
+    "ChunkHandoff",
     "EndedBatch",
     "Entry",
     "Flush",

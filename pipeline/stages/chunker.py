@@ -7,13 +7,24 @@ size is known exactly before it is built; a request is never split and a body is
 never over ``max_batch_bytes`` (validate rejected any entry that could not fit).
 Rejects travel with the next chunk, so the ledger records them in input order
 together with the source checkpoint.
+
+One chunk at a time (``PipelineConfig.low_memory``): with a ``ChunkHandoff``, the
+chunker takes no more input (packs nothing) and hands nothing over while the
+submitter holds the last chunk it was given; it waits until the submitter asks for
+the next one (it let go of the last) or has ended. Upstream backpressure then keeps
+the rest of the input in the file: a chunk being sent (or waiting for room at the
+service) is the only one in memory, not a second one packed meanwhile. With
+``drop_file_bytes`` too, the entries whose bytes are the input file's own go on
+without them (``raw`` empty; the submitter reads them back by offset), so a chunk
+holds its requests' ids and positions, not their bodies.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+from anyio.abc import ObjectReceiveStream
 
 from ._items import Entry, Flush, Reject, Watermark
 from ._protocol import ENVELOPE_BYTES, Chunk
@@ -21,13 +32,94 @@ from ._protocol import ENVELOPE_BYTES, Chunk
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from anyio.abc import ObjectReceiveStream, ObjectSendStream
+    from anyio.abc import ObjectSendStream
 
     from .._config import PipelineConfig
     from ._protocol import JobCounters
     from ._user import HeldLines
 
-__all__ = ("Packer", "chunker")
+__all__ = ("ChunkHandoff", "Packer", "chunker", "file_backed")
+
+T = TypeVar("T")
+
+
+class ChunkHandoff:
+    """The handshake of one chunk at a time between the chunker and the submitter
+    (``PipelineConfig.low_memory``; the runner makes one per run).
+
+    The chunker calls ``handing()`` as it hands a chunk over, and ``await ready()``
+    before it takes more input or hands over another: ``ready()`` returns once the
+    submitter let go of every chunk it was handed. The submitter's end of the chunk
+    stream, wrapped by ``receiver(stream)``, says so by itself: asking for the next
+    chunk lets go of the last, closing the stream (the submitter ended, on a stop
+    too) ends the handshake for good, so a chunker never waits on a submitter that
+    is gone. A submitter that takes its chunks one by one needs no change; to hold
+    only one, it drops its reference to a chunk before it asks for the next
+    (``pipeline.stages.submitter`` does)."""
+
+    def __init__(self) -> None:
+        self._pending = 0
+        self._closed = False
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        """Chunks handed over and not let go of yet."""
+        return self._pending
+
+    @property
+    def closed(self) -> bool:
+        """Whether the submitter's end was closed (the handshake is over)."""
+        return self._closed
+
+    def handing(self) -> None:
+        """The chunker is handing a chunk over (call it before the send)."""
+        if self._pending == 0 and not self._closed:
+            self._idle = anyio.Event()
+        self._pending += 1
+
+    def released(self) -> None:
+        """The submitter let go of the chunk it held."""
+        self._pending = max(self._pending - 1, 0)
+        if self._pending == 0:
+            self._idle.set()
+
+    def close(self) -> None:
+        """The submitter ended: nothing waits for it any more."""
+        self._closed = True
+        self._idle.set()
+
+    async def ready(self) -> None:
+        """Wait until the submitter holds no chunk (or has ended)."""
+        await self._idle.wait()
+
+    def receiver(self, stream: ObjectReceiveStream[T]) -> ObjectReceiveStream[T]:
+        """``stream`` (the submitter's end of the chunk stream) telling this handshake
+        when the submitter asks for the next chunk and when it closes."""
+        return _HandoffReceiver(self, stream)
+
+
+class _HandoffReceiver(ObjectReceiveStream[T]):
+    """The submitter's end of the chunk stream under a ``ChunkHandoff``."""
+
+    def __init__(self, handoff: ChunkHandoff, stream: ObjectReceiveStream[T]) -> None:
+        self._handoff = handoff
+        self._stream = stream
+        self._holding = False
+
+    async def receive(self) -> T:
+        if self._holding:  # asking for the next: done with the last
+            self._holding = False
+            self._handoff.released()
+        item = await self._stream.receive()
+        self._holding = True
+        return item
+
+    async def aclose(self) -> None:
+        self._holding = False
+        self._handoff.close()
+        await self._stream.aclose()
 
 
 class Packer:
@@ -166,6 +258,8 @@ async def chunker(
     held: HeldLines | None = None,
     clock: Callable[[], float] = anyio.current_time,
     timeout: Callable[[float], anyio.CancelScope] = anyio.move_on_after,
+    handoff: ChunkHandoff | None = None,
+    drop_file_bytes: bool = False,
 ) -> None:
     """Pack entries into chunks; send each when full, on a ``Flush``, or
     ``linger_seconds`` after the first entry of a partial chunk arrived.
@@ -173,6 +267,12 @@ async def chunker(
     ``clock`` and ``timeout`` are injected so tests run the linger in virtual time.
     A final ``Flush`` (the source is done) is reported to ``progress``. ``held``:
     the items user stages hold (``HeldLines``): no checkpoint passes one of them.
+    ``handoff``: one chunk at a time (see ``ChunkHandoff``): no input is taken and
+    no chunk handed over while the submitter holds the last one.
+    ``drop_file_bytes``: the entries whose bytes are the input file's (see
+    ``file_backed``) lose them once packed (``raw`` becomes empty): only for a
+    submitter given the file (``submitter(..., input_path=...)``), which reads them
+    back.
     """
     packer = Packer(
         max_requests=config.max_batch_requests, max_bytes=config.max_batch_bytes, held=held
@@ -183,6 +283,13 @@ async def chunker(
     async with receive, send:
         while True:
             items: list[Entry | Reject | Flush | Watermark] | None = None
+            if handoff is not None and handoff.pending:
+                # pack nothing while the submitter holds a chunk; the partial chunk's
+                # linger counts only the time in which more input could come
+                waited_from = clock()
+                await handoff.ready()
+                if deadline is not None:
+                    deadline += clock() - waited_from
             try:
                 if deadline is None:
                     items = await receive.receive()
@@ -192,16 +299,18 @@ async def chunker(
             except anyio.EndOfStream:
                 break
             if items is None:  # the linger time is up
-                await _send_all(send, _flushed(packer))
+                await _send_all(send, _flushed(packer), handoff)
                 deadline = None
                 continue
             final_before = packer.final
             chunks, _ = packer.add(items)
+            if drop_file_bytes:
+                _drop_file_bytes(items)
             del items
             if progress is not None:
                 progress.outstanding += packer.entries_added
             sent_entries = any(c.entries for c in chunks)
-            await _send_all(send, chunks)
+            await _send_all(send, chunks, handoff)
             if progress is not None and packer.final and not final_before:
                 progress.source_done = True
                 progress.changed()
@@ -209,15 +318,36 @@ async def chunker(
                 deadline = None  # a new partial chunk lingers from now on
             if packer.pending and deadline is None:
                 deadline = clock() + config.linger_seconds
-        await _send_all(send, _flushed(packer))
+        await _send_all(send, _flushed(packer), handoff)
 
 
-async def _send_all(send: ObjectSendStream[Chunk], chunks: list[Chunk]) -> None:
+async def _send_all(
+    send: ObjectSendStream[Chunk], chunks: list[Chunk], handoff: ChunkHandoff | None
+) -> None:
     """Send the chunks in order, keeping no reference to one the submitter took
-    (its entries are freed as soon as the submitter is done with them)."""
+    (its entries are freed as soon as the submitter is done with them); with a
+    ``handoff``, each only once the submitter let go of the last."""
     chunks.reverse()
     while chunks:
+        if handoff is not None:
+            await handoff.ready()
+            handoff.handing()
         await send.send(chunks.pop())
+
+
+def file_backed(entry: Entry) -> bool:
+    """Whether ``entry.raw`` is the input file's bytes from ``entry.offset`` up to the
+    line's ``\n`` (at ``entry.end - 1``): read from the file, not rewritten by a
+    stage (which sets ``offset`` -1), no ``\r`` before the ``\n``: its bytes can be
+    read back from the file (``drop_file_bytes``)."""
+    return entry.offset >= 0 and entry.end - entry.offset - 1 == len(entry.raw)
+
+
+def _drop_file_bytes(items: list[Entry | Reject | Flush | Watermark]) -> None:
+    """Take the bytes off the file-backed entries of ``items`` (packed already)."""
+    for item in items:
+        if type(item) is Entry and item.offset >= 0 and item.end - item.offset - 1 == len(item.raw):
+            item.raw = b""
 
 
 def _flushed(packer: Packer) -> list[Chunk]:

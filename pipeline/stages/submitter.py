@@ -16,14 +16,20 @@ requests for the next start. Once the job is being canceled (``canceling`` set),
 nothing more is created: a claimed chunk is released to the spool instead.
 
 Memory: the submitter holds one chunk at a time, and lets go of it as soon as its
-create is recorded. The body is never joined whole: a ``SplicedBody`` of the
-entries' bytes goes out a MiB at a time (a 100,000-request body of 65 MB costs a
-MiB or two on top of the entries, not a second copy and the HTTP stack's).
+create is recorded (before it asks for the next: under a ``ChunkHandoff`` the
+chunker packs the next only then). The body is never joined whole: a
+``SplicedBody`` of the entries' bytes goes out a MiB at a time (a 100,000-request
+body of 65 MB costs a MiB or two on top of the entries, not a second copy and the
+HTTP stack's). Given the job's ``input_path``, entries that came without their
+bytes (the chunker's ``drop_file_bytes``) are read back from the file as the body
+is sent (``InputBody``): one positional read per run of adjacent lines, a MiB at
+a time.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from operator import attrgetter
 from typing import TYPE_CHECKING
@@ -40,11 +46,11 @@ from .._errors import (
     RateLimitError,
     RequestTooLargeError,
 )
-from ..api._body import SplicedBody
+from ..api._body import BODY_HEAD, BODY_TAIL, PIECE_BYTES, SplicedBody
 from ._items import SubmittedBatch
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
@@ -54,7 +60,14 @@ if TYPE_CHECKING:
     from ._items import Entry
     from ._protocol import Capacity, Chunk, JobCounters
 
-__all__ = ("FIRST_CREATE_BACKOFF", "Submitter", "create_backoff", "submitter")
+__all__ = (
+    "FIRST_CREATE_BACKOFF",
+    "InputBody",
+    "InputChangedError",
+    "Submitter",
+    "create_backoff",
+    "submitter",
+)
 
 logger = logging.getLogger("pipeline.submitter")
 _raw = attrgetter("raw")
@@ -82,6 +95,100 @@ def _try_later(exc: Exception) -> bool:
     )
 
 
+class InputChangedError(RuntimeError):
+    """The input file no longer holds, where a request was read, the bytes it had:
+    it was changed while the job ran (nothing is sent from it)."""
+
+
+class InputBody(SplicedBody):
+    """The create body of ``entries``, the bytes of those that came without them
+    (``raw`` empty: the chunker's ``drop_file_bytes``) read back from the input file
+    ``path`` as it is sent. An entry without bytes is the file's line from its
+    ``offset`` to its ``\n`` at ``end - 1``; adjacent lines are read together (up to
+    about ``PIECE_BYTES``) and their ``\n`` become the body's ``,``. Each read is
+    checked: as many lines as entries, each a JSON object; else
+    ``InputChangedError`` (the body is cut short, the service makes no batch)."""
+
+    __slots__ = ("_entries", "_path")
+
+    def __init__(self, entries: Sequence[Entry], path: str | os.PathLike[str]) -> None:
+        self._entries = entries
+        self._path = path
+        self._raws = ()
+        #: the body's exact size, as ``SplicedBody.size``
+        self.size = (
+            len(BODY_HEAD)
+            + len(BODY_TAIL)
+            + sum([len(e.raw) or e.end - e.offset - 1 for e in entries])
+            + max(len(entries) - 1, 0)
+        )
+
+    def __repr__(self) -> str:
+        return f"InputBody({len(self._entries)} requests, {self.size} bytes)"
+
+    def pieces(self, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes]:
+        """The body in order, as ``SplicedBody.pieces``."""
+        yield BODY_HEAD
+        first = True
+        for segment in self._segments(piece_bytes):
+            if not first:
+                yield b","
+            first = False
+            yield segment
+        yield BODY_TAIL
+
+    def _segments(self, piece_bytes: int) -> Iterator[bytes]:
+        """Runs of lines joined by ``,``: bytes held, or a read of adjacent lines."""
+        with open(self._path, "rb", buffering=0) as file:
+            fd = file.fileno()
+            group: list[bytes] = []
+            size = 0
+            start = stop = 0  # the run of lines to read: [start, stop)
+            count = 0
+            for e in self._entries:
+                raw = e.raw
+                if raw:
+                    if count:
+                        yield _read_lines(fd, start, stop, count, self._path)
+                        count = 0
+                    group.append(raw)
+                    size += len(raw)
+                    if size >= piece_bytes:
+                        yield b",".join(group)
+                        group, size = [], 0
+                    continue
+                if group:
+                    yield b",".join(group)
+                    group, size = [], 0
+                if count and (e.offset != stop + 1 or stop - start >= piece_bytes):
+                    yield _read_lines(fd, start, stop, count, self._path)
+                    count = 0
+                if not count:
+                    start = e.offset
+                stop = e.end - 1
+                count += 1
+            if count:
+                yield _read_lines(fd, start, stop, count, self._path)
+            if group:
+                yield b",".join(group)
+
+
+def _read_lines(fd: int, start: int, stop: int, count: int, path: object) -> bytes:
+    """``count`` adjacent lines of the file at ``[start, stop)``, joined by ``,``."""
+    data = os.pread(fd, stop - start, start)
+    if (
+        len(data) != stop - start
+        or data.count(b"\n") != count - 1
+        or data[:1] != b"{"
+        or data[-1:] != b"}"
+    ):
+        raise InputChangedError(
+            f"the input {path} changed while the job ran: bytes {start:,}..{stop:,} no longer "
+            f"hold the {count:,} request(s) read there; restore it (or start a new job)"
+        )
+    return data.replace(b"\n", b",")
+
+
 class _Refused(Exception):
     """Internal: the create was refused for now (``cause``); back off and retry."""
 
@@ -105,7 +212,10 @@ class Submitter:
         reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         canceling: anyio.Event | None = None,
+        input_path: str | os.PathLike[str] | None = None,
     ) -> None:
+        #: the job's input file, which entries without bytes are read back from
+        self.input_path = input_path
         #: set once the job is being canceled: create nothing more
         self.canceling = canceling
         #: ``reconcile(local_id, request_count, body_bytes, sent_at)``: the id of the
@@ -219,7 +329,11 @@ class Submitter:
     async def _try_create(self, local_id: int, entries: list[Entry]) -> str | None:
         """One POST; ``_Refused`` when the service refused it for now."""
         n = len(entries)
-        body = SplicedBody(list(map(_raw, entries)))
+        body = (
+            SplicedBody(list(map(_raw, entries)))
+            if self.input_path is None
+            else InputBody(entries, self.input_path)
+        )
         size = body.size
         sent_at = self.clock()
         await self.ledger.record_sending(local_id, body_bytes=size, sent_at=sent_at)
@@ -311,10 +425,13 @@ async def submitter(
     reconcile: Callable[[int, int, int, float], Awaitable[str | None]] | None = None,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     canceling: anyio.Event | None = None,
+    input_path: str | os.PathLike[str] | None = None,
 ) -> None:
     """Create a batch per chunk and send it on to the poller. ``sleep`` is the
     back-off wait after a create refused for now (inject a virtual one in tests);
-    once ``canceling`` is set (the job is being canceled), nothing more is created."""
+    once ``canceling`` is set (the job is being canceled), nothing more is created.
+    ``input_path``: the job's input file, which the bytes of entries that came
+    without them (``raw`` empty) are read back from (``InputBody``)."""
     state = Submitter(
         client=client,
         ledger=ledger,
@@ -325,6 +442,7 @@ async def submitter(
         reconcile=reconcile,
         sleep=sleep,
         canceling=canceling,
+        input_path=input_path,
     )
     async with receive, send:
         async for chunk in receive:
