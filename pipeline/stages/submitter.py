@@ -127,14 +127,25 @@ class InputBody(SplicedBody):
         return f"InputBody({len(self._entries)} requests, {self.size} bytes)"
 
     def pieces(self, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes]:
-        """The body in order, as ``SplicedBody.pieces``."""
+        """The body in order, as ``SplicedBody.pieces``: runs of lines gathered into
+        pieces of about ``piece_bytes`` (a reject or a blank line between two lines
+        ends a run; each piece is one write to the connection, not one per run)."""
         yield BODY_HEAD
-        first = True
+        gathered: list[bytes] = []
+        size = 0
+        sep = b""
         for segment in self._segments(piece_bytes):
-            if not first:
-                yield b","
-            first = False
-            yield segment
+            gathered.append(segment)
+            size += len(segment)
+            if size >= piece_bytes:
+                if sep:
+                    yield sep
+                yield b",".join(gathered)
+                gathered, size, sep = [], 0, b","
+        if gathered:
+            if sep:
+                yield sep
+            yield b",".join(gathered)
         yield BODY_TAIL
 
     def _segments(self, piece_bytes: int) -> Iterator[bytes]:
