@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ._protocol import JobCounters
     from ._user import HeldLines
 
-__all__ = ("ChunkHandoff", "Packer", "chunker", "file_backed")
+__all__ = ("ChunkHandoff", "Packer", "chunker")
 
 T = TypeVar("T")
 
@@ -269,10 +269,10 @@ async def chunker(
     the items user stages hold (``HeldLines``): no checkpoint passes one of them.
     ``handoff``: one chunk at a time (see ``ChunkHandoff``): no input is taken and
     no chunk handed over while the submitter holds the last one.
-    ``drop_file_bytes``: the entries whose bytes are the input file's (see
-    ``file_backed``) lose them once packed (``raw`` becomes empty): only for a
-    submitter given the file (``submitter(..., input_path=...)``), which reads them
-    back.
+    ``drop_file_bytes``: the entries whose bytes are the input file's own (read
+    from it, not rewritten, no ``\\r`` before the ``\\n``) lose them once packed
+    (``raw`` becomes empty): only for a submitter given the file
+    (``submitter(..., input_path=...)``), which reads them back.
     """
     packer = Packer(
         max_requests=config.max_batch_requests, max_bytes=config.max_batch_bytes, held=held
@@ -335,16 +335,11 @@ async def _send_all(
         await send.send(chunks.pop())
 
 
-def file_backed(entry: Entry) -> bool:
-    """Whether ``entry.raw`` is the input file's bytes from ``entry.offset`` up to the
-    line's ``\n`` (at ``entry.end - 1``): read from the file, not rewritten by a
-    stage (which sets ``offset`` -1), no ``\r`` before the ``\n``: its bytes can be
-    read back from the file (``drop_file_bytes``)."""
-    return entry.offset >= 0 and entry.end - entry.offset - 1 == len(entry.raw)
-
-
 def _drop_file_bytes(items: list[Entry | Reject | Flush | Watermark]) -> None:
-    """Take the bytes off the file-backed entries of ``items`` (packed already)."""
+    """Take the bytes off the entries of ``items`` (packed already) whose ``raw`` is
+    the input file's bytes from ``offset`` up to the line's ``\\n`` at ``end - 1``:
+    read from the file, not rewritten by a stage (which sets ``offset`` -1), no
+    ``\\r`` before the ``\\n``. The submitter reads them back (``InputBody``)."""
     for item in items:
         if type(item) is Entry and item.offset >= 0 and item.end - item.offset - 1 == len(item.raw):
             item.raw = b""

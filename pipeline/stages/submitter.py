@@ -29,10 +29,9 @@ a time.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 
@@ -50,6 +49,7 @@ from ..api._body import BODY_HEAD, BODY_TAIL, PIECE_BYTES, SplicedBody
 from ._items import SubmittedBatch
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -97,17 +97,20 @@ def _try_later(exc: Exception) -> bool:
 
 class InputChangedError(RuntimeError):
     """The input file no longer holds, where a request was read, the bytes it had:
-    it was changed while the job ran (nothing is sent from it)."""
+    it was changed while the job ran. The body being sent is cut short, so the
+    service makes no batch of it."""
 
 
 class InputBody(SplicedBody):
     """The create body of ``entries``, the bytes of those that came without them
     (``raw`` empty: the chunker's ``drop_file_bytes``) read back from the input file
     ``path`` as it is sent. An entry without bytes is the file's line from its
-    ``offset`` to its ``\n`` at ``end - 1``; adjacent lines are read together (up to
-    about ``PIECE_BYTES``) and their ``\n`` become the body's ``,``. Each read is
-    checked: as many lines as entries, each a JSON object; else
-    ``InputChangedError`` (the body is cut short, the service makes no batch)."""
+    ``offset`` to its ``\\n`` at ``end - 1``; adjacent lines are read together (up to
+    about ``PIECE_BYTES``) and their ``\\n`` become the body's ``,``. Each read is
+    checked: the lines where they were read (as long, as many); else
+    ``InputChangedError``. The reads are made as httpx asks for the next piece, on
+    the event loop, a MiB at a time: the lines were read moments before (the chunk
+    was just packed), so they come from the page cache."""
 
     __slots__ = ("_entries", "_path")
 
@@ -150,8 +153,7 @@ class InputBody(SplicedBody):
 
     def _segments(self, piece_bytes: int) -> Iterator[bytes]:
         """Runs of lines joined by ``,``: bytes held, or a read of adjacent lines."""
-        with open(self._path, "rb", buffering=0) as file:
-            fd = file.fileno()
+        with open(self._path, "rb") as file:
             group: list[bytes] = []
             size = 0
             start = stop = 0  # the run of lines to read: [start, stop)
@@ -160,7 +162,7 @@ class InputBody(SplicedBody):
                 raw = e.raw
                 if raw:
                     if count:
-                        yield _read_lines(fd, start, stop, count, self._path)
+                        yield _read_lines(file, start, stop, count, self._path)
                         count = 0
                     group.append(raw)
                     size += len(raw)
@@ -172,27 +174,23 @@ class InputBody(SplicedBody):
                     yield b",".join(group)
                     group, size = [], 0
                 if count and (e.offset != stop + 1 or stop - start >= piece_bytes):
-                    yield _read_lines(fd, start, stop, count, self._path)
+                    yield _read_lines(file, start, stop, count, self._path)
                     count = 0
                 if not count:
                     start = e.offset
                 stop = e.end - 1
                 count += 1
             if count:
-                yield _read_lines(fd, start, stop, count, self._path)
+                yield _read_lines(file, start, stop, count, self._path)
             if group:
                 yield b",".join(group)
 
 
-def _read_lines(fd: int, start: int, stop: int, count: int, path: object) -> bytes:
+def _read_lines(file: BinaryIO, start: int, stop: int, count: int, path: object) -> bytes:
     """``count`` adjacent lines of the file at ``[start, stop)``, joined by ``,``."""
-    data = os.pread(fd, stop - start, start)
-    if (
-        len(data) != stop - start
-        or data.count(b"\n") != count - 1
-        or data[:1] != b"{"
-        or data[-1:] != b"}"
-    ):
+    file.seek(start)
+    data = file.read(stop - start)
+    if len(data) != stop - start or data.count(b"\n") != count - 1:
         raise InputChangedError(
             f"the input {path} changed while the job ran: bytes {start:,}..{stop:,} no longer "
             f"hold the {count:,} request(s) read there; restore it (or start a new job)"

@@ -159,6 +159,7 @@ async def test_a_body_read_back_from_the_input_is_the_body_of_its_lines(tmp_path
     lines = [line(f"r{i}", "x" * (i % 7)) + b"\n" for i in range(40)]
     lines[5] = line("crlf") + b"\r\n"  # kept in memory: its bytes are not the line's
     lines[9] = b"\n"  # a blank line: the lines around it are not adjacent
+    lines[12] = b"  " + line("spaced") + b" \n"  # blanks around the JSON: its bytes too
     lines[-1] = lines[-1].removesuffix(b"\n")  # no newline at the end of the file
     validator = Validator(max_batch_bytes=10_000, models=None)
     checked = [e for e in validator.check(write_lines(path, lines)) if type(e) is Entry]
