@@ -112,12 +112,19 @@ class InputBody(SplicedBody):
     the event loop, a MiB at a time: the lines were read moments before (the chunk
     was just packed), so they come from the page cache."""
 
-    __slots__ = ("_entries", "_path")
+    __slots__ = ("_entries", "_path", "_piece_bytes")
 
-    def __init__(self, entries: Sequence[Entry], path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        path: str | os.PathLike[str],
+        piece_bytes: int = PIECE_BYTES,
+    ) -> None:
         self._entries = entries
         self._path = path
+        self._piece_bytes = piece_bytes
         self._raws = ()
+        self._stops = []
         #: the body's exact size, as ``SplicedBody.size``
         self.size = (
             len(BODY_HEAD)
@@ -129,10 +136,11 @@ class InputBody(SplicedBody):
     def __repr__(self) -> str:
         return f"InputBody({len(self._entries)} requests, {self.size} bytes)"
 
-    def pieces(self, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes]:
+    def pieces(self) -> Iterator[bytes]:
         """The body in order, as ``SplicedBody.pieces``: runs of lines gathered into
         pieces of about ``piece_bytes`` (a reject or a blank line between two lines
         ends a run; each piece is one write to the connection, not one per run)."""
+        piece_bytes = self._piece_bytes
         yield BODY_HEAD
         gathered: list[bytes] = []
         size = 0

@@ -176,8 +176,8 @@ async def test_a_body_read_back_from_the_input_is_the_body_of_its_lines(tmp_path
     # the bytes left the entries of the file's lines, not that of the CRLF line
     assert [e.custom_id for e in chunk.entries if e.raw] == ["crlf"]
     for piece_bytes in (1, 100, 1 << 20):  # any grouping of the reads
-        body = InputBody(chunk.entries, path)
-        assert b"".join(body.pieces(piece_bytes)) == expected
+        body = InputBody(chunk.entries, path, piece_bytes)
+        assert b"".join(body.pieces()) == expected
         assert len(body) == len(expected)
     # the input changed under the job: nothing wrong is sent, the reason is said
     path.write_bytes(b"".join(lines).replace(b'"r3"', b'"r3",\n'))
