@@ -22,8 +22,7 @@ chunker packs the next only then). The body is never joined whole: a
 body of 65 MB costs a MiB or two on top of the entries, not a second copy and the
 HTTP stack's). Given the job's ``input_path``, entries that came without their
 bytes (the chunker's ``drop_file_bytes``) are read back from the file as the body
-is sent (``InputBody``): one positional read per run of adjacent lines, a MiB at
-a time.
+is sent (``InputBody``): one read per run of adjacent lines, a MiB at a time.
 """
 
 from __future__ import annotations
