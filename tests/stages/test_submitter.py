@@ -376,3 +376,90 @@ async def test_a_job_rides_out_an_outage_of_creates_and_pays_each_request_once(
     assert submissions == dict.fromkeys(ids, 1)
     assert stats.finished
     assert client.creates == 3 + 4
+
+
+class GatedClient(RefusingClient):
+    """Each create waits until the test opens its gate."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.gates: list[anyio.Event] = []
+        self.started = anyio.Event()
+
+    async def create_batch(self, body: bytes | SplicedBody, *, request_count: int) -> MessageBatch:
+        gate = anyio.Event()
+        self.gates.append(gate)
+        self.started.set()
+        await gate.wait()
+        return await super().create_batch(body, request_count=request_count)
+
+
+class OrderedLedger(RecordingLedger):
+    """A ``RecordingLedger`` that numbers its intents and notes each claim's checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checkpoints: list[int] = []
+        self.claimed = anyio.Event()
+
+    async def claim(self, entries: Any, rejects: Any, *, checkpoint: int, line: int) -> Any:
+        self.calls.append("claim")
+        self.checkpoints.append(checkpoint)
+        if len(self.checkpoints) == 2:
+            self.claimed.set()
+        return ClaimResult(local_id=len(self.checkpoints), duplicates=[])
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+async def test_the_next_chunk_is_claimed_while_a_create_is_under_way(low_memory: bool) -> None:
+    # two chunks: the second is claimed (in order, after the first) while the first
+    # batch's create waits at the service, so the create's round trip and the ledger's
+    # claim overlap; one create at a time all the same. With low memory, the submitter
+    # takes the next chunk only once the last is created (one chunk at a time).
+    client = GatedClient()
+    ledger = OrderedLedger()
+    fake_ledger: Any = ledger
+    progress = JobCounters()
+    progress.outstanding = 6
+    config = msgspec.structs.replace(CONFIG, low_memory=low_memory)
+    send_in, recv_in = anyio.create_memory_object_stream[Chunk](2)
+    send_out, recv_out = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
+    chunks = [
+        Chunk([Entry(i, f"c-{i}", line(f"c-{i}")) for i in range(k, k + 3)], [], k * 100, k + 2)
+        for k in (1, 4)
+    ]
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: submitter(
+                    recv_in,
+                    send_out,
+                    client=client,
+                    ledger=fake_ledger,
+                    config=config,
+                    capacity=Capacity(100),
+                    progress=progress,
+                )
+            )
+            async with send_in:
+                for chunk in chunks:
+                    await send_in.send(chunk)
+            await client.started.wait()
+            if low_memory:
+                for _ in range(10):  # the submitter has every chance to claim ahead
+                    await anyio.lowlevel.checkpoint()
+                assert ledger.checkpoints == [100]
+            else:
+                await ledger.claimed.wait()  # the second claim, the first create still waiting
+                assert ledger.checkpoints == [100, 400]
+            assert len(client.gates) == 1  # one create at a time
+            client.gates[0].set()
+            while len(client.gates) < 2:
+                await anyio.lowlevel.checkpoint()
+            client.gates[1].set()
+            async with recv_out:
+                batches = [b async for group in recv_out for b in group]
+    assert ledger.checkpoints == [100, 400]
+    assert [(b.local_id, b.batch_id) for b in batches] == [(1, "msgbatch_1"), (2, "msgbatch_2")]
+    one = ["claim", "sending", "created"]
+    assert ledger.calls == (one * 2 if low_memory else ["claim", *one, *one[1:]])
