@@ -34,6 +34,9 @@ from pipeline.testing import EmulatorConfig, serve_emulator, start_emulator_proc
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from anyio.abc import TaskGroup
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from pipeline.api import SplicedBody
     from pipeline.api._types import MessageBatch
 
@@ -219,6 +222,35 @@ def refused(status: int) -> Exception:
     return cls(status_code=status, error_type="overloaded_error", message="try later")
 
 
+def start_submitter(
+    tg: TaskGroup,
+    client: Any,
+    ledger: Any,
+    *,
+    config: PipelineConfig,
+    capacity: int,
+    progress: JobCounters,
+    **options: Any,
+) -> tuple[MemoryObjectSendStream[Chunk], MemoryObjectReceiveStream[list[SubmittedBatch]]]:
+    """``submitter`` started in ``tg``: the stream to send it chunks, and the one its
+    batches come out of."""
+    send_in, recv_in = anyio.create_memory_object_stream[Chunk](2)
+    send_out, recv_out = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
+    tg.start_soon(
+        lambda: submitter(
+            recv_in,
+            send_out,
+            client=client,
+            ledger=ledger,
+            config=config,
+            capacity=Capacity(capacity),
+            progress=progress,
+            **options,
+        )
+    )
+    return send_in, recv_out
+
+
 async def submit_one(
     client: Any, *, on_sleep: Any = None, max_backoff: float = 10.0
 ) -> tuple[list[SubmittedBatch], list[float], RecordingLedger, JobCounters]:
@@ -236,22 +268,10 @@ async def submit_one(
     ledger = RecordingLedger()
     entries = [Entry(i, f"c-{i}", line(f"c-{i}")) for i in range(1, 4)]
     config = msgspec.structs.replace(CONFIG, max_create_backoff=max_backoff)
-    send_in, recv_in = anyio.create_memory_object_stream[Chunk](1)
-    send_out, recv_out = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
-    fake_ledger: Any = ledger
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                lambda: submitter(
-                    recv_in,
-                    send_out,
-                    client=client,
-                    ledger=fake_ledger,
-                    config=config,
-                    capacity=Capacity(100),
-                    progress=progress,
-                    sleep=sleep,
-                )
+            send_in, recv_out = start_submitter(
+                tg, client, ledger, config=config, capacity=100, progress=progress, sleep=sleep
             )
             async with send_in:
                 await send_in.send(Chunk(entries, [], checkpoint=0, line=3))
@@ -267,27 +287,16 @@ async def test_a_create_body_is_streamed_from_the_entries_not_joined_whole() -> 
     entries = [Entry(i, f"c-{i}", line(f"c-{i}", "x" * 40_000)) for i in range(1, 401)]
     size = sum(len(e.raw) for e in entries)
     ledger = RecordingLedger()
-    fake_ledger: Any = ledger
     progress = JobCounters()
     progress.outstanding = len(entries)
     config = msgspec.structs.replace(CONFIG, max_batch_requests=400, max_in_flight=400)
-    send_in, recv_in = anyio.create_memory_object_stream[Chunk](1)
-    send_out, recv_out = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
     with start_emulator_process("--batch-seconds", "3600") as url:
         async with Client(api_key="k", base_url=url) as client:
             tracemalloc.start()
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(
-                        lambda: submitter(
-                            recv_in,
-                            send_out,
-                            client=client,
-                            ledger=fake_ledger,
-                            config=config,
-                            capacity=Capacity(400),
-                            progress=progress,
-                        )
+                    send_in, recv_out = start_submitter(
+                        tg, client, ledger, config=config, capacity=400, progress=progress
                     )
                     async with send_in:
                         await send_in.send(Chunk(entries, [], checkpoint=0, line=400))
@@ -418,28 +427,17 @@ async def test_the_next_chunk_is_claimed_while_a_create_is_under_way(low_memory:
     # takes the next chunk only once the last is created (one chunk at a time).
     client = GatedClient()
     ledger = OrderedLedger()
-    fake_ledger: Any = ledger
     progress = JobCounters()
     progress.outstanding = 6
     config = msgspec.structs.replace(CONFIG, low_memory=low_memory)
-    send_in, recv_in = anyio.create_memory_object_stream[Chunk](2)
-    send_out, recv_out = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
     chunks = [
         Chunk([Entry(i, f"c-{i}", line(f"c-{i}")) for i in range(k, k + 3)], [], k * 100, k + 2)
         for k in (1, 4)
     ]
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                lambda: submitter(
-                    recv_in,
-                    send_out,
-                    client=client,
-                    ledger=fake_ledger,
-                    config=config,
-                    capacity=Capacity(100),
-                    progress=progress,
-                )
+            send_in, recv_out = start_submitter(
+                tg, client, ledger, config=config, capacity=100, progress=progress
             )
             async with send_in:
                 for chunk in chunks:
