@@ -472,13 +472,14 @@ async def test_a_compressed_input_is_one_usage_error_not_a_reject_per_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl.gz", "plain.jsonl"]
 
 
-def test_a_jsonl_file_whose_first_line_is_garbage_is_not_taken_for_compressed(
+async def test_a_jsonl_file_whose_first_line_is_garbage_is_not_taken_for_compressed(
     tmp_path: Path,
 ) -> None:
-    from pipeline._job import _check_input
-
     (tmp_path / "in.jsonl").write_bytes(b"BZh9 not bzip2\n" + b"PK but text\n")
-    _check_input(tmp_path / "in.jsonl")  # its lines are the validate stage's to reject
+    pipeline = Pipeline(tmp_path / "in.jsonl", tmp_path / "out.jsonl", config=FAST)
+    with anyio.fail_after(30):
+        stats = await pipeline.run()
+    assert stats.rejected == 2  # its lines are the validate stage's to reject
 
 
 async def test_a_gateway_named_in_the_environment_is_used_as_the_sdk_uses_it(

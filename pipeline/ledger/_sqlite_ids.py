@@ -346,12 +346,7 @@ class IdIndex:
 
     def _hashed_run(self, c: sqlite3.Connection, ids: list[str], lines: list[int]) -> None:
         if ids:
-            keys = keys_of(ids)
-            self._insert_run(
-                c,
-                [k[0] for k in keys],
-                [k[1] << 32 | line for k, line in zip(keys, lines, strict=True)],
-            )
+            self._insert_run(c, keys_of(ids), lines)
 
     def lookup(
         self, c: sqlite3.Connection, ids: Sequence[str]
@@ -466,9 +461,7 @@ class IdIndex:
                 self._build(c)  # the ids do not go up: hash them all, once
             return
         assert keys is not None
-        self._insert_run(
-            c, [k[0] for k in keys], [k[1] << 32 | n for k, n in zip(keys, lines, strict=True)]
-        )
+        self._insert_run(c, keys, lines)
         for level in range(LEVELS - 1):
             runs = _runs_of(c, level)
             if len(runs) < FANOUT:
@@ -507,9 +500,13 @@ class IdIndex:
         )
 
     @staticmethod
-    def _insert_run(c: sqlite3.Connection, hs: list[int], cls: list[int]) -> None:
-        """Append keys as a new run of level 0: ``hs`` their ``h``, ``cls`` their
-        ``c << 32 | line``."""
+    def _insert_run(
+        c: sqlite3.Connection, keys: Sequence[tuple[int, int]], lines: Sequence[int]
+    ) -> None:
+        """Append ``keys`` (``lines``: the first line of each) as a new run of level 0,
+        rows of ``h`` and ``c << 32 | line``."""
+        hs = [k[0] for k in keys]
+        cls = [k[1] << 32 | n for k, n in zip(keys, lines, strict=True)]
         run = c.execute("INSERT INTO runs(level, size) VALUES (0, ?)", (len(hs),)).lastrowid
         members = dict(zip(hs, cls, strict=True))
         if len(members) == len(hs):

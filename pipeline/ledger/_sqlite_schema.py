@@ -57,6 +57,8 @@ APP_TAG = "pipeline-ledger"
 #: A row, not a table, so state files made before cancel existed read as they are.
 CANCEL_KEY = "cancel"
 
+_BATCH_REQUESTS = "CREATE TABLE batch_requests(local_id INTEGER PRIMARY KEY, reqs BLOB NOT NULL);"
+
 SCHEMA = (
     """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -78,7 +80,9 @@ CREATE TABLE batches(
 -- a source file), dropped once it is collected or rejected (its ids stay in the runs,
 -- see _sqlite_ids). A table of its own: the batch's row changes at every step of its
 -- life, and a row holding the record (a few hundred KB) was written again each time.
-CREATE TABLE batch_requests(local_id INTEGER PRIMARY KEY, reqs BLOB NOT NULL);
+"""
+    + _BATCH_REQUESTS
+    + """
 -- The custom_ids a batch has written to the output (spooled = 0) or sent back to the
 -- spool (spooled = 1), one JSON array per ``commit_results``; dropped when the batch
 -- is collected (so bounded by the batches in flight).
@@ -315,7 +319,7 @@ def upgrade(c: sqlite3.Connection, version: int) -> None:
     try:
         for statement in IDRUNS_SCHEMA.split(";")[:-1]:
             c.execute(statement)
-        c.execute("CREATE TABLE batch_requests(local_id INTEGER PRIMARY KEY, reqs BLOB NOT NULL)")
+        c.execute(_BATCH_REQUESTS)
         c.execute(
             "INSERT INTO batch_requests SELECT local_id, reqs FROM batches WHERE reqs IS NOT NULL"
         )

@@ -28,14 +28,19 @@ def entry(n: int, *, attempt: int = 1, cid: str | None = None, iterable: bool = 
     )
 
 
-def held_ids(conn: sqlite3.Connection) -> int:
-    """How many custom_ids the state file holds: as keys in runs, or as they are (in
-    rows of ids in order, and ids that came late)."""
-    row = conn.execute(
-        "SELECT (SELECT coalesce(sum(size), 0) FROM runs) + "
-        "(SELECT coalesce(sum(size), 0) FROM idruns) + (SELECT count(*) FROM idlate)"
+def held_tables(conn: sqlite3.Connection) -> dict[str, int]:
+    """Ids a state file holds in each kind of table: runs of keys, rows of ids in
+    order, and ids that came late."""
+    counts = conn.execute(
+        "SELECT (SELECT coalesce(sum(size), 0) FROM runs), "
+        "(SELECT coalesce(sum(size), 0) FROM idruns), (SELECT count(*) FROM idlate)"
     ).fetchone()
-    return int(row[0])
+    return dict(zip(("keys", "in order", "late"), counts, strict=True))
+
+
+def held_ids(conn: sqlite3.Connection) -> int:
+    """How many custom_ids the state file holds, in all of them."""
+    return sum(held_tables(conn).values())
 
 
 def reject(n: int, message: str = "bad json") -> Reject:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.ledger import SQLiteLedger, read_status
 
-from ._helpers import JOB, entry
+from ._helpers import JOB, entry, held_tables
 
 #: made by the release before schema 4 (commit 230ffd2) with ids in order: a batch
 #: created at the service (lines 1-4), an intent (lines 5-8), a rejected line 9
@@ -19,12 +19,9 @@ SCHEMA3 = Path(__file__).parent / "data" / "schema3.state"
 def tables(path: Path) -> dict[str, int]:
     """Ids held in each kind of table: runs of keys, rows of ids in order, late ids."""
     with sqlite3.connect(path) as db:
-        counts = db.execute(
-            "SELECT (SELECT coalesce(sum(size), 0) FROM runs), "
-            "(SELECT coalesce(sum(size), 0) FROM idruns), (SELECT count(*) FROM idlate)"
-        ).fetchone()
+        counts = held_tables(db)
     db.close()
-    return dict(zip(("keys", "in order", "late"), counts, strict=True))
+    return counts
 
 
 async def test_ids_in_order_find_retries_and_late_lines_with_one_seek_each(
