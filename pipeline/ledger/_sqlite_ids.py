@@ -149,16 +149,20 @@ _BITS_PER_KEY = 12
 
 
 @functools.cache
-def _masks() -> list[int]:
+def _masks() -> array[int]:
     """The filter's bit masks, up to four bits set in each (four in 91%), chosen by
-    16 bits of ``h``: one list lookup instead of four shifts per key (a third less
-    time). The same in every process (a filter is rebuilt from the runs); made when
-    the first filter is (about 15 ms)."""
+    16 bits of ``h``: one lookup instead of four shifts per key (a third less time).
+    The same in every process (a filter is rebuilt from the runs); made when the
+    first filter is (about 15 ms). An array, not a list: 0.5 MB instead of 2.9 (a
+    list holds an int object for each), and a lookup costs the same."""
     spread = (x * 0x9E3779B97F4A7C15 & _M64 for x in range(1 << 16))  # Fibonacci hashing
-    return [
-        (1 << (m & 63)) | (1 << ((m >> 16) & 63)) | (1 << ((m >> 32) & 63)) | (1 << (m >> 58))
-        for m in spread
-    ]
+    return array(
+        "Q",
+        (
+            (1 << (m & 63)) | (1 << ((m >> 16) & 63)) | (1 << ((m >> 32) & 63)) | (1 << (m >> 58))
+            for m in spread
+        ),
+    )
 
 
 class KeyFilter:
@@ -180,7 +184,8 @@ class KeyFilter:
     def _grow(self, capacity: int) -> None:
         # exactly sized (a word index is h modulo the words, not a power of two)
         words = max(1024, capacity * _BITS_PER_KEY // 64)
-        self._filters.append((array("Q", bytes(8 * words)), words))
+        # (a repeat, not a copy of zero bytes: no second buffer of the filter's size)
+        self._filters.append((array("Q", (0,)) * words, words))
         self._count = 0
         self._capacity = words * 64 // _BITS_PER_KEY
 
