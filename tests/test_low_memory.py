@@ -12,15 +12,17 @@ import msgspec
 import pytest
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from pipeline import Client, Pipeline, PipelineConfig
+from pipeline import Client, Pipeline, PipelineConfig, StageError
 from pipeline.cli import build_parser
 from pipeline.cli.run import build_config
 from pipeline.stages import CHUNKER, POLLER, RESULTS, SUBMITTER, VALIDATE, chunker, submitter
 from pipeline.stages.sink import JsonlSink
+from pipeline.stages.submitter import InputChangedError
 from pipeline.testing import EmulatorConfig, ManualClock, serve_emulator
 from tests._helpers import FAST, entry, read_results, wait_for, write_input
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 T = TypeVar("T")
@@ -45,12 +47,16 @@ class Logged(ObjectReceiveStream[T]):
 
 
 class LoggedSend(ObjectSendStream[T]):
-    """The chunker's end of the chunk stream, noting each chunk it hands over."""
+    """The chunker's end of the chunk stream, noting each chunk it hands over (and
+    calling ``before`` first, when given)."""
 
-    def __init__(self, inner: ObjectSendStream[T], log: list[str]) -> None:
-        self.inner, self.log = inner, log
+    def __init__(
+        self, inner: ObjectSendStream[T], log: list[str], before: Callable[[], object] = list
+    ) -> None:
+        self.inner, self.log, self.before = inner, log, before
 
     async def send(self, item: T) -> None:
+        self.before()
         self.log.append("hand")
         await self.inner.send(item)
 
@@ -131,6 +137,57 @@ async def test_low_memory_sends_every_request_once_with_bodies_read_back(tmp_pat
     assert written == {f"req-{i}": 1 for i in range(60)}
     assert max(submissions.values()) > 1  # some were sent again
     assert sum(submissions.values()) == 60 + stats.retried
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        pytest.param(
+            lambda data: data.replace(b"question 3", b"question 8", 1),
+            "line 4 (custom_id 'req-3')",
+            id="same-size",
+        ),
+        pytest.param(lambda data: b" " + data, "line 1 (custom_id 'req-0')", id="shifted"),
+    ],
+)
+async def test_an_input_changed_under_the_job_sends_nothing_of_it_and_a_rerun_completes(
+    tmp_path: Path, edit: Callable[[bytes], bytes], named: str
+) -> None:
+    # the input is edited after the first chunk was packed (its bytes let go) and
+    # before its body is read back: an edit of the same size (the lines stay where
+    # they were) as much as one that moves every line
+    path = tmp_path / "in.jsonl"
+    lines = [msgspec.json.encode(entry(f"req-{i}", f"question {i}")) for i in range(30)]
+    original = b"\n".join(lines) + b"\n"
+    path.write_bytes(original)
+
+    def change_input() -> None:
+        if path.read_bytes() == original:
+            path.write_bytes(edit(original))
+
+    async def editing_chunker(receive: Any, send: Any, /, **options: Any) -> None:
+        await chunker(receive, LoggedSend(send, [], before=change_input), **options)
+
+    stages = [VALIDATE, CHUNKER.replaced_by(editing_chunker), SUBMITTER, POLLER, RESULTS]
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="k", base_url=emu.url) as client:
+            first = Pipeline(path, tmp_path / "out.jsonl", config=LOW, client=client, stages=stages)
+            with anyio.fail_after(30), pytest.raises(StageError) as failed:
+                await first.run()
+            assert emu.submissions() == {}  # no batch of a changed line, none of the others
+            path.write_bytes(original)  # restored: the job goes on
+            again = Pipeline(path, tmp_path / "out.jsonl", config=LOW, client=client)
+            with anyio.fail_after(30):
+                stats = await again.run()
+        submissions = emu.submissions()
+    reason = failed.value.__cause__
+    assert isinstance(reason, InputChangedError)
+    assert f"changed while the job ran: {named} no longer holds" in str(reason)
+    assert stats.finished
+    assert (stats.written, stats.rejected) == (30, 0)
+    written = Counter(r.custom_id for r in read_results(tmp_path / "out.jsonl"))
+    assert written == {f"req-{i}": 1 for i in range(30)}
+    assert Counter(submissions.values()) == {1: 30}  # each request paid once
 
 
 async def test_a_stop_with_low_memory_finishes_and_a_rerun_completes(tmp_path: Path) -> None:

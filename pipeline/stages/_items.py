@@ -58,6 +58,10 @@ class Entry(msgspec.Struct, array_like=True, gc=False):
     #: ``pipeline.cache_write_factor`` of ``raw`` (the validate stage sets it once);
     #: negative: not known yet
     input_factor: float = -1.0
+    #: the CRC-32 of ``raw`` when the chunker took the bytes off (low memory: ``raw``
+    #: empty, read back from the input file as the body is sent, and checked against
+    #: it); 0 while the entry holds its bytes
+    crc32: int = 0
 
 
 class RejectError(msgspec.Struct, gc=False):

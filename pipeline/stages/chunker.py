@@ -22,6 +22,7 @@ holds its requests' ids and positions, not their bodies.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
+from zlib import crc32
 
 import anyio
 from anyio.abc import ObjectReceiveStream
@@ -339,9 +340,11 @@ def _drop_file_bytes(items: list[Entry | Reject | Flush | Watermark]) -> None:
     """Take the bytes off the entries of ``items`` (packed already) whose ``raw`` is
     the input file's bytes from ``offset`` up to the line's ``\\n`` at ``end - 1``:
     read from the file, not rewritten by a stage (which sets ``offset`` -1), no
-    ``\\r`` before the ``\\n``. The submitter reads them back (``InputBody``)."""
+    ``\\r`` before the ``\\n``. Each keeps the CRC-32 of its bytes: the submitter
+    reads them back (``InputBody``) and sends nothing of a line that changed since."""
     for item in items:
         if type(item) is Entry and item.offset >= 0 and item.end - item.offset - 1 == len(item.raw):
+            item.crc32 = crc32(item.raw)
             item.raw = b""
 
 

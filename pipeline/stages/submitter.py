@@ -37,6 +37,7 @@ import logging
 import time
 from operator import attrgetter
 from typing import TYPE_CHECKING, BinaryIO
+from zlib import crc32
 
 import anyio
 
@@ -76,6 +77,7 @@ __all__ = (
 
 logger = logging.getLogger("pipeline.submitter")
 _raw = attrgetter("raw")
+_crc32 = attrgetter("crc32")
 
 #: The first wait before a create refused for now is tried again, in seconds (the
 #: client has already retried it a few times over a few seconds).
@@ -112,8 +114,8 @@ class InputBody(SplicedBody):
     ``path`` as it is sent. An entry without bytes is the file's line from its
     ``offset`` to its ``\\n`` at ``end - 1``; adjacent lines are read together (up to
     about ``PIECE_BYTES``) and their ``\\n`` become the body's ``,``. Each read is
-    checked: the lines where they were read (as long, as many); else
-    ``InputChangedError``. The reads are made as httpx asks for the next piece, on
+    checked: each line where it was read, with the CRC-32 of its bytes then
+    (``Entry.crc32``); else ``InputChangedError`` before the body's end. The reads are made as httpx asks for the next piece, on
     the event loop, a MiB at a time: the lines were read moments before (the chunk
     was just packed), so they come from the page cache."""
 
@@ -166,17 +168,18 @@ class InputBody(SplicedBody):
 
     def _segments(self, piece_bytes: int) -> Iterator[bytes]:
         """Runs of lines joined by ``,``: bytes held, or a read of adjacent lines."""
+        entries = self._entries
         with open(self._path, "rb") as file:
             group: list[bytes] = []
             size = 0
             start = stop = 0  # the run of lines to read: [start, stop)
-            count = 0
-            for e in self._entries:
+            first = -1  # the run's first entry (-1: no run)
+            for i, e in enumerate(entries):
                 raw = e.raw
                 if raw:
-                    if count:
-                        yield _read_lines(file, start, stop, count, self._path)
-                        count = 0
+                    if first >= 0:
+                        yield _read_lines(file, start, stop, entries[first:i], self._path)
+                        first = -1
                     group.append(raw)
                     size += len(raw)
                     if size >= piece_bytes:
@@ -186,29 +189,38 @@ class InputBody(SplicedBody):
                 if group:
                     yield b",".join(group)
                     group, size = [], 0
-                if count and (e.offset != stop + 1 or stop - start >= piece_bytes):
-                    yield _read_lines(file, start, stop, count, self._path)
-                    count = 0
-                if not count:
-                    start = e.offset
+                if first >= 0 and (e.offset != stop + 1 or stop - start >= piece_bytes):
+                    yield _read_lines(file, start, stop, entries[first:i], self._path)
+                    first = -1
+                if first < 0:
+                    start, first = e.offset, i
                 stop = e.end - 1
-                count += 1
-            if count:
-                yield _read_lines(file, start, stop, count, self._path)
+            if first >= 0:
+                yield _read_lines(file, start, stop, entries[first:], self._path)
             if group:
                 yield b",".join(group)
 
 
-def _read_lines(file: BinaryIO, start: int, stop: int, count: int, path: object) -> bytes:
-    """``count`` adjacent lines of the file at ``[start, stop)``, joined by ``,``."""
+def _read_lines(file: BinaryIO, start: int, stop: int, run: Sequence[Entry], path: object) -> bytes:
+    """The adjacent lines of ``run`` (entries without their bytes), the file's bytes
+    ``[start, stop)``, joined by ``,``; each line checked against the entry's
+    CRC-32 (``Entry.crc32``), so that no byte of a line changed since it was
+    validated is sent."""
     file.seek(start)
     data = file.read(stop - start)
-    if len(data) != stop - start or data.count(b"\n") != count - 1:
-        raise InputChangedError(
-            f"the input {path} changed while the job ran: bytes {start:,}..{stop:,} no longer "
-            f"hold the {count:,} request(s) read there; restore it (or start a new job)"
-        )
-    return data.replace(b"\n", b",")
+    changed = run[0]  # lines gone or added: the run's first stands for it
+    if len(data) == stop - start and data.count(b"\n") == len(run) - 1:
+        # each line where it was read (no copy of it: a split cost twice the sums)
+        with memoryview(data) as view:
+            sums = [crc32(view[e.offset - start : e.end - 1 - start]) for e in run]
+        if sums == list(map(_crc32, run)):
+            return data.replace(b"\n", b",")
+        changed = next(e for e, crc in zip(run, sums, strict=True) if crc != e.crc32)
+    raise InputChangedError(
+        f"the input {path} changed while the job ran: line {changed.line} (custom_id "
+        f"{changed.custom_id!r}) no longer holds, at byte {changed.offset:,}, the request "
+        "read there; nothing of its batch was sent: restore the input (or start a new job)"
+    )
 
 
 class _Refused(Exception):
