@@ -1,6 +1,6 @@
-"""``python -m pipeline worker``: signals, a definition that raises, and a real worker
+"""``python -m pipeline worker``: signals, a definition that raises, a real worker
 process that takes a file dropped into its watched directory and stops cleanly on
-SIGTERM."""
+SIGTERM, and ``--low-memory`` / ``--no-low-memory`` on the pipeline a definition runs."""
 
 from __future__ import annotations
 
@@ -155,3 +155,68 @@ async def test_worker_takes_a_dropped_file_and_stops_cleanly_on_sigterm(tmp_path
     assert summary["outcomes"]["succeeded"] == 5
     assert summary["output"] == str(output)
     assert any(r["logger"] == "pipeline.progress" and r["written"] == 5 for r in records)
+
+
+# -- --low-memory / --no-low-memory on a definition's pipeline ---------------------
+
+MEMORY_DEFINITION = """
+from pathlib import Path
+
+from pipeline import Pipeline, PipelineConfig
+
+
+class Noting(Pipeline):
+    async def run(self):
+        Path({note!r}).write_text(repr(self.config.low_memory))
+        return await super().run()
+
+
+pipeline = Noting(
+    {source!r},
+    {output!r},
+    config=PipelineConfig(max_batch_requests=10, linger_seconds=0.01, dry_run="off", {extra}),
+)
+"""
+
+
+def _worker_on(tmp_path: Path, extra: str, *flags: str) -> tuple[int, str, str]:
+    """Run a worker process on a 25-line job whose definition sets ``extra``: its exit
+    code, the ``low_memory`` its pipeline ran with, and its stderr."""
+    tmp_path.mkdir()
+    source, output, note = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "note"
+    lines = [
+        b'{"custom_id":"m-%d","params":{"model":"claude-3-haiku-20240307","max_tokens":16,'
+        b'"messages":[{"role":"user","content":"hi %d"}]}}' % (i, i)
+        for i in range(25)
+    ]
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    definition = tmp_path / "definition.py"
+    definition.write_text(
+        MEMORY_DEFINITION.format(
+            note=str(note), source=str(source), output=str(output), extra=extra
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "worker", str(definition), "--progress", "off", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    if done.returncode == 0:
+        ids = sorted(
+            msgspec.json.decode(line)["custom_id"] for line in output.read_bytes().splitlines()
+        )
+        assert ids == sorted(f"m-{i}" for i in range(25))  # the job ran to its end
+    return done.returncode, note.read_text() if note.exists() else "", done.stderr
+
+
+def test_the_worker_s_memory_flags_set_the_definition_s_low_memory(tmp_path: Path) -> None:
+    assert _worker_on(tmp_path / "on", "", "--low-memory")[:2] == (0, "True")
+    assert _worker_on(tmp_path / "off", "low_memory=True", "--no-low-memory")[:2] == (0, "False")
+    assert _worker_on(tmp_path / "own", "low_memory=True")[:2] == (0, "True")  # no flag: its own
+    code, note, stderr = _worker_on(tmp_path / "bad", "chunk_buffer=2", "--low-memory")
+    assert (code, note) == (2, "")  # refused before the job starts
+    assert "--low-memory: " in stderr
+    assert "chunk_buffer" in stderr
