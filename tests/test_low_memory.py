@@ -15,6 +15,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from pipeline import Client, Pipeline, PipelineConfig, StageError
 from pipeline.cli import build_parser
 from pipeline.cli.run import build_config
+from pipeline.ledger import read_status
 from pipeline.stages import CHUNKER, POLLER, RESULTS, SUBMITTER, VALIDATE, chunker, submitter
 from pipeline.stages.sink import JsonlSink
 from pipeline.stages.submitter import InputChangedError
@@ -171,12 +172,21 @@ async def test_an_input_changed_under_the_job_sends_nothing_of_it_and_a_rerun_co
     stages = [VALIDATE, CHUNKER.replaced_by(editing_chunker), SUBMITTER, POLLER, RESULTS]
     async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
         async with Client(api_key="k", base_url=emu.url) as client:
-            first = Pipeline(path, tmp_path / "out.jsonl", config=LOW, client=client, stages=stages)
+            state = tmp_path / "state.db"
+            first = Pipeline(
+                path, tmp_path / "out.jsonl", config=LOW, client=client, state=state, stages=stages
+            )
             with anyio.fail_after(30), pytest.raises(StageError) as failed:
                 await first.run()
             assert emu.submissions() == {}  # no batch of a changed line, none of the others
+            held = await read_status(state)
+            assert held is not None
+            # the cut body made certainly no batch: its requests wait in the spool, and
+            # no create of unknown outcome is left for the next start to settle
+            assert held.spooled >= 10
+            assert [b.state for b in held.batches if b.state == "sending"] == []
             path.write_bytes(original)  # restored: the job goes on
-            again = Pipeline(path, tmp_path / "out.jsonl", config=LOW, client=client)
+            again = Pipeline(path, tmp_path / "out.jsonl", config=LOW, client=client, state=state)
             with anyio.fail_after(30):
                 stats = await again.run()
         submissions = emu.submissions()

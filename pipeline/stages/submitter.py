@@ -383,6 +383,13 @@ class Submitter:
             batch = await self.client.create_batch(body, request_count=n)
         except (AuthenticationError, PermissionDeniedError, RequestTooLargeError):
             raise
+        except InputChangedError:
+            # the body was cut short before its end: certainly no batch, so its
+            # requests wait in the spool (read again from the input once restored)
+            # and the next start does not settle a create of unknown outcome
+            await self.ledger.release(local_id)
+            self._spooled(n)
+            raise
         except CreateOutcomeUnknownError as exc:
             del body
             batch_id = await self._reconcile(local_id, n, size, sent_at, exc)
