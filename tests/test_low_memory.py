@@ -30,6 +30,16 @@ T = TypeVar("T")
 LOW = msgspec.structs.replace(FAST, low_memory=True)
 
 
+def job(tmp_path: Path, client: Client, output: Any = None, **options: Any) -> Pipeline:
+    """A job of ``tmp_path``'s ``in.jsonl`` into its ``out.jsonl`` (or ``output``), the
+    state in its ``state.db``; low memory (``LOW``) unless ``config`` is given."""
+    options.setdefault("config", LOW)
+    out = tmp_path / "out.jsonl" if output is None else output
+    return Pipeline(
+        tmp_path / "in.jsonl", out, client=client, state=tmp_path / "state.db", **options
+    )
+
+
 class Logged(ObjectReceiveStream[T]):
     """The submitter's end of the chunk stream, noting when it asks for a chunk (it let
     go of the last) and when it takes one."""
@@ -86,13 +96,8 @@ async def test_low_memory_hands_a_chunk_over_only_once_the_last_is_let_go(
     ]
     async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
         async with Client(api_key="k", base_url=emu.url) as client:
-            pipeline = Pipeline(
-                tmp_path / "in.jsonl",
-                tmp_path / "out.jsonl",
-                config=msgspec.structs.replace(LOW, max_in_flight=1_000),
-                client=client,
-                stages=stages,
-            )
+            config = msgspec.structs.replace(LOW, max_in_flight=1_000)
+            pipeline = job(tmp_path, client, config=config, stages=stages)
             with anyio.fail_after(30):
                 stats = await pipeline.run()
         submissions = emu.submissions()
@@ -122,13 +127,8 @@ async def test_low_memory_sends_every_request_once_with_bodies_read_back(tmp_pat
     emu_config = EmulatorConfig(batch_seconds=0.0, request_error_rate=0.2, seed=3)
     async with serve_emulator(emu_config, data_dir=tmp_path / "e") as emu:
         async with Client(api_key="k", base_url=emu.url) as client:
-            pipeline = Pipeline(
-                tmp_path / "in.jsonl",
-                tmp_path / "out.jsonl",
-                tmp_path / "rej.jsonl",
-                config=msgspec.structs.replace(LOW, max_attempts=5),
-                client=client,
-            )
+            config = msgspec.structs.replace(LOW, max_attempts=5)
+            pipeline = job(tmp_path, client, rejects=tmp_path / "rej.jsonl", config=config)
             with anyio.fail_after(30):
                 stats = await pipeline.run()
         submissions = emu.submissions()
@@ -172,21 +172,18 @@ async def test_an_input_changed_under_the_job_sends_nothing_of_it_and_a_rerun_co
     stages = [VALIDATE, CHUNKER.replaced_by(editing_chunker), SUBMITTER, POLLER, RESULTS]
     async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
         async with Client(api_key="k", base_url=emu.url) as client:
-            state = tmp_path / "state.db"
-            first = Pipeline(
-                path, tmp_path / "out.jsonl", config=LOW, client=client, state=state, stages=stages
-            )
+            first = job(tmp_path, client, stages=stages)
             with anyio.fail_after(30), pytest.raises(StageError) as failed:
                 await first.run()
             assert emu.submissions() == {}  # no batch of a changed line, none of the others
-            held = await read_status(state)
+            held = await read_status(tmp_path / "state.db")
             assert held is not None
             # the cut body made certainly no batch: its requests wait in the spool, and
             # no create of unknown outcome is left for the next start to settle
             assert held.spooled >= 10
             assert [b.state for b in held.batches if b.state == "sending"] == []
             path.write_bytes(original)  # restored: the job goes on
-            again = Pipeline(path, tmp_path / "out.jsonl", config=LOW, client=client, state=state)
+            again = job(tmp_path, client)
             with anyio.fail_after(30):
                 stats = await again.run()
         submissions = emu.submissions()
@@ -213,24 +210,12 @@ async def test_a_stop_with_low_memory_finishes_and_a_rerun_completes(tmp_path: P
 
             # one batch in flight: the submitter waits for room holding a chunk
             config = msgspec.structs.replace(LOW, max_in_flight=10)
-            pipeline = Pipeline(
-                tmp_path / "in.jsonl",
-                StopAtFirst(tmp_path / "out.jsonl"),
-                config=config,
-                client=client,
-                state=tmp_path / "state.db",
-            )
+            pipeline = job(tmp_path, client, StopAtFirst(tmp_path / "out.jsonl"), config=config)
             with anyio.fail_after(30):
                 first = await pipeline.run()
             assert first.stopped_reason == "test"
             assert not first.finished
-            again = Pipeline(
-                tmp_path / "in.jsonl",
-                JsonlSink(tmp_path / "out.jsonl"),
-                config=config,
-                client=client,
-                state=tmp_path / "state.db",
-            )
+            again = job(tmp_path, client, JsonlSink(tmp_path / "out.jsonl"), config=config)
             with anyio.fail_after(30):
                 second = await again.run()
         submissions = emu.submissions()
@@ -246,13 +231,7 @@ async def test_a_cancel_with_low_memory_finishes(tmp_path: Path) -> None:
     async with serve_emulator(emu_config, data_dir=tmp_path / "e") as emu:
         async with Client(api_key="k", base_url=emu.url) as client:
             # two batches in flight, the third chunk held waiting for room
-            pipeline = Pipeline(
-                tmp_path / "in.jsonl",
-                tmp_path / "out.jsonl",
-                config=msgspec.structs.replace(LOW, max_in_flight=20),
-                client=client,
-                state=tmp_path / "state.db",
-            )
+            pipeline = job(tmp_path, client, config=msgspec.structs.replace(LOW, max_in_flight=20))
             async with pipeline:
 
                 async def both_sent() -> bool:
