@@ -113,11 +113,12 @@ class InputBody(SplicedBody):
     (``raw`` empty: the chunker's ``drop_file_bytes``) read back from the input file
     ``path`` as it is sent. An entry without bytes is the file's line from its
     ``offset`` to its ``\\n`` at ``end - 1``; adjacent lines are read together (up to
-    about ``PIECE_BYTES``) and their ``\\n`` become the body's ``,``. Each read is
-    checked: each line where it was read, with the CRC-32 of its bytes then
-    (``Entry.crc32``); else ``InputChangedError`` before the body's end. The reads are made as httpx asks for the next piece, on
-    the event loop, a MiB at a time: the lines were read moments before (the chunk
-    was just packed), so they come from the page cache."""
+    about ``PIECE_BYTES``) and their ``\\n`` become the body's ``,``. Each line read
+    is checked: where it was read, with the CRC-32 its bytes had then
+    (``Entry.crc32``); else ``InputChangedError``, before the body's end. The reads
+    are made as httpx asks for the next piece, on the event loop, a MiB at a time:
+    the lines were read moments before (the chunk was just packed), so they come
+    from the page cache."""
 
     __slots__ = ("_entries", "_path", "_piece_bytes")
 
