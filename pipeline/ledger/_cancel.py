@@ -24,6 +24,7 @@ import anyio
 import anyio.to_thread
 
 from .._errors import LedgerError
+from ._files import transaction
 from ._sqlite_schema import CANCEL_KEY, cancel_state, check_meta, connect, meta_value, table_names
 from ._sqlite_tx import done_ids, members_of, spool_members
 
@@ -92,13 +93,8 @@ def _request_cancel_sync(path: Path) -> CancelState | None:
     try:
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
         check_meta(conn, table_names(conn), str(path))
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             state = request_cancel_tx(conn)
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
     except sqlite3.DatabaseError as exc:
         raise LedgerError(str(path), f"cannot record the cancel ({exc})") from exc
     finally:

@@ -27,6 +27,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -35,6 +36,7 @@ import anyio.to_thread
 from .._errors import LedgerError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 __all__ = (
@@ -44,7 +46,22 @@ __all__ = (
     "integrity_problems",
     "ledger_error",
     "lock_held",
+    "transaction",
 )
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (``BEGIN IMMEDIATE``): committed when the block ends,
+    rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
 
 #: (st_dev, st_ino) of each state file this process holds the lock of -> its path
 _held: dict[tuple[int, int], str] = {}

@@ -58,7 +58,7 @@ from .._errors import LedgerError, UsageError
 from ..stages._items import Reject, RejectError
 from . import _cancel
 from ._base import SpoolItem
-from ._files import JobLock, damaged, integrity_problems, ledger_error
+from ._files import JobLock, damaged, integrity_problems, ledger_error, transaction
 from ._sqlite_ids import IdIndex
 from ._sqlite_schema import (
     APP_TAG,
@@ -153,13 +153,8 @@ class SQLiteLedger:
             if fsync:
                 conn.execute("PRAGMA synchronous = FULL")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with transaction(conn):
                     result = fn(conn)
-                except BaseException:
-                    conn.rollback()
-                    raise
-                conn.commit()
             finally:
                 if fsync:
                     conn.execute("PRAGMA synchronous = NORMAL")

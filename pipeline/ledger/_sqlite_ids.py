@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from ._files import transaction
+
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Iterable, Sequence
@@ -309,13 +311,8 @@ class IdIndex:
         if c.in_transaction:
             self._build(c)
         else:  # at open: a transaction of its own
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(c):
                 self._build(c)
-            except BaseException:
-                c.rollback()
-                raise
-            c.commit()
 
     def _build(self, c: sqlite3.Connection) -> None:
         """Leave the ids-in-order mode for good: hash the ids of ``idruns`` and

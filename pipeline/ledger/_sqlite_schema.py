@@ -13,7 +13,7 @@ import msgspec
 
 from .._errors import LedgerError
 from ._base import BatchRecord, JobSpec, JobStatus, ResumeState, SinkPosition
-from ._files import ledger_error, lock_held
+from ._files import ledger_error, lock_held, transaction
 from ._sqlite_ids import IDRUNS_SCHEMA, IDS_SCHEMA, IDS_TABLES
 
 if TYPE_CHECKING:
@@ -315,8 +315,7 @@ def upgrade(c: sqlite3.Connection, version: int) -> None:
     records of version 3 are read as they are."""
     if version == SCHEMA_VERSION:
         return
-    c.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(c):
         for statement in IDRUNS_SCHEMA.split(";")[:-1]:
             c.execute(statement)
         c.execute(_BATCH_REQUESTS)
@@ -326,10 +325,6 @@ def upgrade(c: sqlite3.Connection, version: int) -> None:
         c.execute("ALTER TABLE batches DROP COLUMN reqs")
         c.execute("DELETE FROM meta WHERE key = 'ids_top'")
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
-    except BaseException:
-        c.rollback()
-        raise
-    c.commit()
 
 
 def _read_status_sync(path: Path) -> JobStatus:

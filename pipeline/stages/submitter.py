@@ -131,8 +131,6 @@ class InputBody(SplicedBody):
         self._entries = entries
         self._path = path
         self._piece_bytes = piece_bytes
-        self._raws = ()
-        self._stops = []
         #: the body's exact size, as ``SplicedBody.size``
         self.size = (
             len(BODY_HEAD)
@@ -147,7 +145,8 @@ class InputBody(SplicedBody):
     def pieces(self) -> Iterator[bytes]:
         """The body in order, as ``SplicedBody.pieces``: runs of lines gathered into
         pieces of about ``piece_bytes`` (a reject or a blank line between two lines
-        ends a run; each piece is one write to the connection, not one per run)."""
+        ends a run; each piece is one write to the connection, not one per run or
+        per line kept in memory)."""
         piece_bytes = self._piece_bytes
         yield BODY_HEAD
         gathered: list[bytes] = []
@@ -168,38 +167,24 @@ class InputBody(SplicedBody):
         yield BODY_TAIL
 
     def _segments(self, piece_bytes: int) -> Iterator[bytes]:
-        """Runs of lines joined by ``,``: bytes held, or a read of adjacent lines."""
+        """The lines in order: the bytes of an entry that kept them, or a read of a
+        run of adjacent lines (up to about ``piece_bytes``) joined by ``,``."""
         entries = self._entries
         with open(self._path, "rb") as file:
-            group: list[bytes] = []
-            size = 0
             start = stop = 0  # the run of lines to read: [start, stop)
             first = -1  # the run's first entry (-1: no run)
             for i, e in enumerate(entries):
-                raw = e.raw
-                if raw:
-                    if first >= 0:
-                        yield _read_lines(file, start, stop, entries[first:i], self._path)
-                        first = -1
-                    group.append(raw)
-                    size += len(raw)
-                    if size >= piece_bytes:
-                        yield b",".join(group)
-                        group, size = [], 0
-                    continue
-                if group:
-                    yield b",".join(group)
-                    group, size = [], 0
-                if first >= 0 and (e.offset != stop + 1 or stop - start >= piece_bytes):
+                if first >= 0 and (e.raw or e.offset != stop + 1 or stop - start >= piece_bytes):
                     yield _read_lines(file, start, stop, entries[first:i], self._path)
                     first = -1
+                if e.raw:
+                    yield e.raw
+                    continue
                 if first < 0:
                     start, first = e.offset, i
                 stop = e.end - 1
             if first >= 0:
                 yield _read_lines(file, start, stop, entries[first:], self._path)
-            if group:
-                yield b",".join(group)
 
 
 def _read_lines(file: BinaryIO, start: int, stop: int, run: Sequence[Entry], path: object) -> bytes:
