@@ -129,7 +129,7 @@ class ProcessingSink:
         results = [_result_decoder.decode(line) for line in lines]
         stored = await self.ledger.requests([r.custom_id for r in results])
         requests = {item.custom_id: item for item in stored}
-        entries = {e.custom_id: e for e in await read_back(stored, self._handle)}
+        entries = {e.custom_id: e for e in await read_back(stored, self._handle, self.input_path)}
         out: list[bytes] = []
         routed: dict[str, list[bytes]] = {}
         for result in results:

@@ -6,7 +6,9 @@ waits on this task; this task takes a round of spooled requests, reads their byt
 back from the input file (one handle, reads sorted by offset and coalesced) or from
 the spool itself (iterable sources), and sends them into the chunker with a
 ``Flush``. It takes the next round only once the last one was claimed (requests
-stay in the spool until then).
+stay in the spool until then). A line read back must still be the request's line
+(where it was, as long, holding its custom_id): else the input changed under the
+job, and ``InputChangedError`` ends it with the requests still in the spool.
 
 It also decides when the chunker's input closes: once the source is done, nothing
 is outstanding (in the stages or at the service) and the spool is empty; or at
@@ -18,8 +20,11 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from ._files import opened
 from ._items import Entry, Flush, Reject
+from .submitter import InputChangedError
 
 if TYPE_CHECKING:
     import os
@@ -37,10 +42,41 @@ __all__ = ("read_back", "retry_feeder")
 _COALESCE_GAP = 64 * 1024
 _MAX_READ = 8 << 20
 
+_encode = msgspec.json.encode
 
-async def read_back(items: list[SpoolItem], handle: AsyncBufferedReader | None) -> list[Entry]:
-    """Entries for spooled requests, in spool order; file-backed ones are read with
-    one seek and read per run of nearby lines."""
+
+class _Identified(msgspec.Struct):
+    custom_id: str
+
+
+_identified = msgspec.json.Decoder(_Identified).decode
+
+
+def _holds(line: bytes, item: SpoolItem) -> bool:
+    """Whether ``line``, read back at ``item.offset`` for ``item.length`` bytes, is
+    still the request's line: its whole line (a ``\\n`` only at its end) holding its
+    custom_id. The id is looked for as encoded here (no parse); a line that writes it
+    otherwise (other escapes) is parsed. An edit that keeps the line's place, size
+    and id is not seen (README, "leave the input as it is")."""
+    if len(line) != item.length or line.find(b"\n") not in (-1, len(line) - 1):
+        return False
+    if _encode(item.custom_id) in line:
+        return True
+    try:
+        return _identified(line).custom_id == item.custom_id
+    except msgspec.DecodeError:  # also a line that is no longer a request
+        return False
+
+
+async def read_back(
+    items: list[SpoolItem],
+    handle: AsyncBufferedReader | None,
+    path: str | os.PathLike[str] | None = None,
+) -> list[Entry]:
+    """Entries for spooled requests, in spool order; file-backed ones are read from
+    ``handle`` (the input ``path``) with one seek and read per run of nearby lines,
+    and each checked (``_holds``): ``InputChangedError`` names the first that
+    changed."""
     data: dict[int, bytes] = {}
     by_offset = sorted(
         (i for i, item in enumerate(items) if item.raw is None), key=lambda i: items[i].offset
@@ -64,7 +100,15 @@ async def read_back(items: list[SpoolItem], handle: AsyncBufferedReader | None) 
         for i in by_offset[k : j + 1]:
             item = items[i]
             start = item.offset - first.offset
-            data[i] = span[start : start + item.length].rstrip(b"\r\n")
+            line = span[start : start + item.length]
+            if not _holds(line, item):
+                raise InputChangedError(
+                    f"the input {path} changed while the job ran: line {item.line} "
+                    f"(custom_id {item.custom_id!r}) is no longer at byte {item.offset:,}, "
+                    "where it is read back from to be sent again; it waits in the "
+                    "spool: restore the input and run the job again (or start a new job)"
+                )
+            data[i] = line.rstrip(b"\r\n")
         k = j + 1
     out = []
     for i, item in enumerate(items):
@@ -91,7 +135,7 @@ async def retry_feeder(
             if progress.spooled > 0 and progress.retry_unclaimed <= 0:
                 items = await ledger.take_spool(config.max_batch_requests)
                 if items:
-                    entries: list[Entry | Reject | Flush] = [*await read_back(items, handle)]
+                    entries: list[Entry | Reject | Flush] = [*await read_back(items, handle, path)]
                     progress.retry_unclaimed += len(entries)
                     progress.retry_ids.update(item.custom_id for item in items)
                     await send.send([*entries, Flush()])

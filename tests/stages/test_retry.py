@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 import pytest
 
+from pipeline import Client, Pipeline, StageError, read_status
 from pipeline._config import PipelineConfig
 from pipeline.ledger._sqlite import SQLiteLedger
-from pipeline.stages import JobCounters
+from pipeline.stages import JobCounters, JoinedResult, JsonlSink, process_results
 from pipeline.stages.retry import retry_feeder
+from pipeline.stages.submitter import InputChangedError
+from pipeline.testing import EmulatorConfig, serve_emulator
+from tests._helpers import FAST, entry, read_results, write_input
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 
@@ -35,3 +43,104 @@ async def test_a_feeder_cancelled_while_its_input_opens_still_ends_its_stream(
             )
         with pytest.raises(anyio.EndOfStream):
             receive.receive_nowait()
+
+
+def _shift(data: bytes) -> bytes:
+    """The input with a line put before the others: every line moves."""
+    return msgspec.json.encode(entry("inserted", "a line added while the job ran")) + b"\n" + data
+
+
+def _same_place(data: bytes) -> bytes:
+    """The input with every line in its place and of its size, but ``req-`` ids
+    renamed: each line now holds another custom_id."""
+    return data.replace(b'"req-', b'"new-')
+
+
+class _EditOnFirstWrite(JsonlSink):
+    """The output, which edits the input when the first results come (before any
+    request to retry is read back)."""
+
+    def __init__(self, path: Path, source: Path, edit: Callable[[bytes], bytes]) -> None:
+        super().__init__(path)
+        self.source, self.edit, self.original = source, edit, source.read_bytes()
+
+    async def write(self, lines: list[bytes]) -> None:
+        if self.source.read_bytes() == self.original:
+            self.source.write_bytes(self.edit(self.original))
+        await super().write(lines)
+
+
+@pytest.mark.parametrize("edit", [_shift, _same_place])
+async def test_a_retry_of_a_line_that_changed_under_the_job_is_not_sent_and_a_rerun_completes(
+    tmp_path: Path, edit: Callable[[bytes], bytes]
+) -> None:
+    # Requests to retry are read back from the input by offset. Once the input moved
+    # (or its lines hold other ids), what is read there is not the request: sending
+    # it would send another line's request again (paid twice) or a piece of a line
+    # (a body the service refuses, its good requests rejected). The job stops
+    # instead, naming the line; the requests wait in the spool.
+    source = tmp_path / "in.jsonl"
+    ids = write_input(source, 40)
+    original = source.read_bytes()
+    config = msgspec.structs.replace(FAST, max_attempts=10)
+    emu_config = EmulatorConfig(batch_seconds=0.0, request_error_rate=0.3, seed=3)
+    async with serve_emulator(emu_config, data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="k", base_url=emu.url) as client:
+            out = _EditOnFirstWrite(tmp_path / "out.jsonl", source, edit)
+            first = Pipeline(source, out, client=client, state=tmp_path / "s.db", config=config)
+            with anyio.fail_after(30), pytest.raises(StageError) as failed:
+                await first.run()
+            reason = failed.value.__cause__
+            assert isinstance(reason, InputChangedError)
+            assert re.search(r"line \d+ \(custom_id 'req-\d+'\) is no longer at byte", str(reason))
+            sent = emu.submissions()
+            assert set(sent) <= set(ids)  # nothing of the changed input was sent
+            held = await read_status(tmp_path / "s.db")
+            assert held is not None
+            assert held.spooled > 0  # the requests to retry wait there
+            source.write_bytes(original)
+            out = JsonlSink(tmp_path / "out.jsonl")
+            again = Pipeline(source, out, client=client, state=tmp_path / "s.db", config=config)
+            with anyio.fail_after(30):
+                stats = await again.run()
+        sent = emu.submissions()
+    assert stats.finished
+    assert (stats.written, stats.rejected) == (40, 0)
+    assert Counter(r.custom_id for r in read_results(tmp_path / "out.jsonl")) == dict.fromkeys(
+        ids, 1
+    )
+    assert set(sent) == set(ids)
+
+
+async def test_a_processor_never_gets_a_request_read_back_from_a_changed_input(
+    tmp_path: Path,
+) -> None:
+    # A result processor gets each result joined with its request, read back from
+    # the input by offset. Once the lines hold other ids, what is read there is
+    # another request: the job stops naming the line, it does not join the two.
+    source = tmp_path / "in.jsonl"
+    write_input(source, 40)
+    original = source.read_bytes()
+    joined: list[tuple[str, str]] = []
+
+    def note(j: JoinedResult) -> dict[str, str]:
+        joined.append((j.custom_id, j.request["custom_id"]))
+        if source.read_bytes() == original:  # after the first result's request
+            source.write_bytes(_same_place(original))
+        return {"custom_id": j.custom_id}
+
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
+        async with Client(api_key="k", base_url=emu.url) as client:
+            job = Pipeline(
+                source,
+                tmp_path / "out.jsonl",
+                client=client,
+                state=tmp_path / "s.db",
+                config=FAST,
+                stages=[process_results(note)],
+            )
+            with anyio.fail_after(30), pytest.raises(StageError) as failed:
+                await job.run()
+    assert isinstance(failed.value.__cause__, InputChangedError)
+    assert joined
+    assert all(result == request for result, request in joined)  # never another's
