@@ -47,6 +47,7 @@ import hashlib
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
+from itertools import islice
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -148,6 +149,8 @@ def keys_of(custom_ids: Iterable[str]) -> list[tuple[int, int]]:
 
 #: bits of filter per key (false positives cost a lookup in every run)
 _BITS_PER_KEY = 12
+#: keys a filter is made for at the least (1.5 MB)
+_MIN_KEYS = 1 << 20
 
 
 @functools.cache
@@ -181,7 +184,7 @@ class KeyFilter:
         self._filters: list[tuple[array[int], int]] = []
         self._capacity = 0
         self._count = 0
-        self._grow(max(capacity, 1 << 20))
+        self._grow(max(capacity, _MIN_KEYS))
 
     def _grow(self, capacity: int) -> None:
         # exactly sized (a word index is h modulo the words, not a power of two)
@@ -197,9 +200,20 @@ class KeyFilter:
         return sum(8 * n for _, n in self._filters)
 
     def add(self, hs: Iterable[int]) -> None:
-        """Add keys (when the filter is rebuilt)."""
-        for h in hs:
-            self._add(h)
+        """Add keys (when the filter is rebuilt: ten million at a reopen), as many at a
+        time as the newest filter has room for, in one loop."""
+        masks = self._masks
+        keys = iter(hs)
+        for first in keys:  # a key, then as many as there is room for (no growth
+            if self._count >= self._capacity:  # for a key that does not come)
+                self._grow(2 * self._capacity)
+            words, n = self._filters[-1]
+            words[first % n] |= masks[(first >> 40) & 0xFFFF]
+            added = 1
+            room = self._capacity - self._count - 1
+            for added, h in enumerate(islice(keys, room), 2):  # noqa: B007 (read after)
+                words[h % n] |= masks[(h >> 40) & 0xFFFF]
+            self._count += added
 
     def _add(self, h: int) -> None:
         if self._count >= self._capacity:
@@ -294,7 +308,7 @@ class IdIndex:
 
     def load(self, c: sqlite3.Connection, capacity: int) -> None:
         """Read ``top``, or build the filter from the runs (when the ledger opens):
-        sized for ``capacity`` ids, or the ids held if more."""
+        sized for ``capacity`` ids, or twice the ids held if more."""
         held, late = _held(c)
         row = c.execute("SELECT value FROM meta WHERE key = ?", (TOP_KEY,)).fetchone()
         self._capacity = capacity
@@ -341,8 +355,12 @@ class IdIndex:
         c.execute("DELETE FROM idlate")
         if len(_runs_of(c, 0)) >= FANOUT:
             self._compact(c)
+        # sized as a fresh job's, for the requests its input is guessed to hold; for
+        # twice the ids held once they pass that guess (a job of small requests). Not
+        # twice the ids held always: a job resumed near its end would hold a filter
+        # twice a fresh one's (29 MB instead of 17 at ten million)
         held = _held(c)[0]
-        self.filter = KeyFilter(max(self._capacity, 2 * held))
+        self.filter = KeyFilter(self._capacity if held <= self._capacity else 2 * held)
         for table in IDS_TABLES:
             self.filter.add(h for (h,) in c.execute(f"SELECT h FROM {table}"))
 

@@ -3,13 +3,21 @@ state file of the previous schema (version 3) carried over to this one."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from pipeline.ledger import SQLiteLedger, read_status
+from pipeline.ledger import _sqlite_ids as ids
 
 from ._helpers import JOB, entry, held_tables
+
+if TYPE_CHECKING:
+    import pytest
 
 #: made by the release before schema 4 (commit 230ffd2) with ids in order: a batch
 #: created at the service (lines 1-4), an intent (lines 5-8), a rejected line 9
@@ -154,3 +162,46 @@ async def test_a_state_file_of_schema_3_is_read_then_upgraded_with_its_job(
     )
     assert claim.duplicates == [0, 1]
     await ledger.aclose()
+
+
+async def test_a_reopened_ledger_holds_a_filter_no_larger_than_a_fresh_one(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The filter of keys lives in memory and is built again at every open. A job
+    # whose input is guessed to hold 60,000 requests, stopped with 45,000 random ids
+    # held, must not reopen with a filter sized for twice those (it was: a job
+    # resumed near its end held a filter almost twice a fresh one's). Past the
+    # guess, a reopen still makes room for as many again.
+    monkeypatch.setattr(ids, "_MIN_KEYS", 1024)  # (a filter is made for 1M keys at the least)
+    rng = random.Random(17)
+    job = msgspec.structs.replace(JOB, input_fingerprint=f"{60_000 * 600}:sha256:0")
+    cids = [f"{rng.getrandbits(128):032x}" for _ in range(70_000)]
+
+    async def run(first: int, last: int) -> tuple[int, SQLiteLedger]:
+        ledger = SQLiteLedger(state_path)
+        await ledger.open(job)
+        for start in range(first, last, 5_000):
+            batch = [entry(n + 1, cid=cids[n]) for n in range(start, start + 5_000)]
+            claim = await ledger.claim(batch, [], checkpoint=(start + 5_000) * 100, line=start)
+            assert claim.duplicates == []
+        # (no public figure for it: the filter's bits are the ledger's own memory)
+        index_filter = ledger._index.filter
+        assert index_filter is not None
+        return index_filter.nbytes, ledger
+
+    fresh, ledger = await run(0, 45_000)
+    await ledger.aclose()
+    assert tables(state_path)["keys"] == 45_000  # the ids were hashed into runs
+    reopened, ledger = await run(45_000, 45_000)
+    assert reopened == fresh
+    # ids held, on later lines: each a duplicate, found after the reopen
+    again = [entry(100_001 + k, cid=cids[n]) for k, n in enumerate(range(0, 45_000, 999))]
+    claim = await ledger.claim(again, [], checkpoint=0, line=0)
+    assert claim.duplicates == list(range(len(again)))
+    await ledger.aclose()
+    # 70,000 held, past the guess: the reopened filter is sized for twice those
+    _, ledger = await run(45_000, 70_000)
+    await ledger.aclose()
+    grown, ledger = await run(70_000, 70_000)
+    await ledger.aclose()
+    assert grown >= 140_000 * 12 // 8
