@@ -27,6 +27,11 @@ one run, and the state file's size per request.
 ``python -c "import pipeline"`` finds from the current directory: run from another
 tree's root to measure that tree (paired runs of a base and a head).
 
+``--kill-at 0.9`` kills each contender (SIGKILL) once 90% of its output is written and
+runs it again to the end against the same emulator: the figures are the resumed
+run's (what a crash costs: reopening the state, the batches in flight, the rest of
+the job), and the output must still hold each expected line once.
+
 ``--scaling`` runs the pipeline alone at 10,000, 100,000 and 1,000,000 requests and
 reports each peak RSS (the emulator's too): the flat-memory proof.
 """
@@ -363,6 +368,40 @@ def expected_lines(contender: str, meta: Meta) -> int:
     return meta.valid + meta.bad_type + meta.bad_model
 
 
+def _killed_run(
+    command: list[str], env: dict[str, str], output: Path, lines: int, log_path: Path
+) -> dict[str, float]:
+    """Run ``command`` until its output holds ``lines`` lines, then SIGKILL it (a
+    crash at that instant): its figures up to the kill. The output is counted as it
+    grows (only the bytes added since the last look are read)."""
+    with log_path.open("wb") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+        seen = done = 0
+        while proc.poll() is None and done < lines:
+            time.sleep(0.05)
+            if not output.exists():
+                continue
+            with output.open("rb") as f:
+                f.seek(seen)
+                while chunk := f.read(1 << 20):
+                    seen += len(chunk)
+                    done += chunk.count(b"\n")
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if done < lines:
+        raise Failure(f"the run to be killed ended first ({done} of {lines} lines), exit {status}")
+    return {
+        "killed_at_lines": done,
+        "wall_s": round(time.perf_counter() - start, 3),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    }
+
+
 def run_one(
     contender: str, input_path: Path, meta: Meta, workdir: Path, args: argparse.Namespace
 ) -> Measure:
@@ -384,7 +423,11 @@ def run_one(
         ]
     env = dict(os.environ, ANTHROPIC_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
     log_path = workdir / "client.log"
+    killed: dict[str, float] | None = None
     try:
+        if args.kill_at:
+            lines = int(args.kill_at * expected_lines(contender, meta))
+            killed = _killed_run(command, env, output, lines, workdir / "killed.log")
         emulator_cpu0 = _proc_cpu(emulator.pid)
         with log_path.open("wb") as log:
             start = time.perf_counter()
@@ -413,6 +456,9 @@ def run_one(
         "emulator_rss_samples_mb": sampler.samples["emulator"],
         "tenths": sampler.tenths(meta.requests, usage.ru_utime + usage.ru_stime, wall),
     }
+    if killed is not None:  # the figures above are the resumed run's, to the end
+        extra["killed_run"] = killed
+        extra["tenths"] = []
     state = workdir / "state.db"
     if state.exists():
         extra["state_bytes_per_request"] = round(state.stat().st_size / meta.requests, 1)
@@ -689,7 +735,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="run each contender under py-spy and print its top functions (timings invalid)",
     )
     parser.add_argument("--keep", action="store_true", help="keep outputs and emulator data")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--kill-at",
+        type=float,
+        default=0.0,
+        help="SIGKILL each contender once this share of its output is written, then run it "
+        "again to the end: the figures are the resumed run's (0: no kill)",
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.kill_at < 1:
+        parser.error("--kill-at takes a share of the output, from 0 to below 1")
+    return args
 
 
 def _run_sizes(contenders: list[str], sizes: list[int], args: argparse.Namespace) -> list[Measure]:
@@ -749,6 +805,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(measures))
     print(thread_lines(measures))
     print(tenth_lines(measures))
+    for m in measures:
+        if killed := m.extra.get("killed_run"):
+            print(
+                f"{m.contender}: killed at {killed['killed_at_lines']:,} output lines "
+                f"({killed['wall_s']} s, {killed['cpu_s']} s CPU, peak {killed['peak_rss_mb']} "
+                f"MB); the table's figures are its run again, to the end"
+            )
     for key in ("comparison", "scaling"):
         if key in report:
             print(msgspec.json.format(msgspec.json.encode(report[key]), indent=2).decode())
