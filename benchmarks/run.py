@@ -380,20 +380,24 @@ def _killed_run(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
         seen = done = 0
-        while proc.poll() is None and done < lines:
+        while done < lines:
+            ended, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if ended:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise Failure(
+                    f"the run to be killed ended first ({done:,} of {lines:,} lines), "
+                    f"exit {os.waitstatus_to_exitcode(status)}:\n{tail}"
+                )
             time.sleep(0.05)
-            if not output.exists():
-                continue
-            with output.open("rb") as f:
-                f.seek(seen)
-                while chunk := f.read(1 << 20):
-                    seen += len(chunk)
-                    done += chunk.count(b"\n")
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+            if output.exists():
+                with output.open("rb") as f:
+                    f.seek(seen)
+                    while chunk := f.read(1 << 20):
+                        seen += len(chunk)
+                        done += chunk.count(b"\n")
+        proc.send_signal(signal.SIGKILL)
         _, status, usage = os.wait4(proc.pid, 0)
-    if done < lines:
-        raise Failure(f"the run to be killed ended first ({done} of {lines} lines), exit {status}")
+        proc.returncode = os.waitstatus_to_exitcode(status)
     return {
         "killed_at_lines": done,
         "wall_s": round(time.perf_counter() - start, 3),
