@@ -200,18 +200,17 @@ class KeyFilter:
         return sum(8 * n for _, n in self._filters)
 
     def add(self, hs: Iterable[int]) -> None:
-        """Add keys (when the filter is rebuilt: ten million at a reopen), as many at a
-        time as the newest filter has room for, in one loop."""
+        """Add keys (when the filter is rebuilt: ten million at a reopen): each key
+        that finds the newest filter full makes room (as ``_add``), then the keys it
+        has room for go in one loop (the same bits as ``_add`` one by one)."""
         masks = self._masks
         keys = iter(hs)
-        for first in keys:  # a key, then as many as there is room for (no growth
-            if self._count >= self._capacity:  # for a key that does not come)
-                self._grow(2 * self._capacity)
+        for first in keys:
+            self._add(first)
             words, n = self._filters[-1]
-            words[first % n] |= masks[(first >> 40) & 0xFFFF]
-            added = 1
-            room = self._capacity - self._count - 1
-            for added, h in enumerate(islice(keys, room), 2):  # noqa: B007 (read after)
+            room = self._capacity - self._count
+            added = 0
+            for added, h in enumerate(islice(keys, room), 1):  # noqa: B007 (read after)
                 words[h % n] |= masks[(h >> 40) & 0xFFFF]
             self._count += added
 
