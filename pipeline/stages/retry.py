@@ -76,7 +76,7 @@ def _holds(line: bytes, item: SpoolItem) -> bool:
 async def read_back(
     items: list[SpoolItem],
     handle: AsyncBufferedReader | None,
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | None,
 ) -> list[Entry]:
     """Entries for spooled requests, in spool order; file-backed ones are read from
     ``handle`` (the input ``path``) with one seek and read per run of nearby lines,
@@ -107,12 +107,8 @@ async def read_back(
             start = item.offset - first.offset
             line = span[start : start + item.length]
             if not _holds(line, item):
-                raise InputChangedError(
-                    f"the input {path} changed while the job ran: line {item.line} "
-                    f"(custom_id {item.custom_id!r}) is no longer at byte {item.offset:,}, "
-                    "where it is read back from to be sent again; it waits in the "
-                    "spool: restore the input and run the job again (or start a new job)"
-                )
+                found = f"is no longer at byte {item.offset:,}, where it is read back from"
+                raise InputChangedError.at(path, item, found, "it waits in the spool")
             data[i] = line.rstrip(b"\r\n")
         k = j + 1
     out = []

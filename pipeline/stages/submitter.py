@@ -57,12 +57,13 @@ from ._items import SubmittedBatch
 if TYPE_CHECKING:
     import os
     from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from typing import Self
 
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
     from .._config import PipelineConfig
     from ..api._client import Client
-    from ..ledger._base import Ledger
+    from ..ledger._base import Ledger, SpoolItem
     from ._items import Entry
     from ._protocol import Capacity, Chunk, JobCounters
 
@@ -104,8 +105,18 @@ def _try_later(exc: Exception) -> bool:
 
 class InputChangedError(RuntimeError):
     """The input file no longer holds, where a request was read, the bytes it had:
-    it was changed while the job ran. The body being sent is cut short, so the
-    service makes no batch of it."""
+    it was changed while the job ran. Nothing of that request is sent (a body being
+    sent is cut short, so the service makes no batch of it)."""
+
+    @classmethod
+    def at(cls, path: object, entry: Entry | SpoolItem, found: str, outcome: str) -> Self:
+        """The error for ``entry``'s line of the input ``path``: what was ``found``
+        where it was read, and what became of it (``outcome``)."""
+        return cls(
+            f"the input {path} changed while the job ran: line {entry.line} (custom_id "
+            f"{entry.custom_id!r}) {found}; {outcome}: restore the input and run the job "
+            "again (or start a new job)"
+        )
 
 
 class InputBody(SplicedBody):
@@ -202,11 +213,8 @@ def _read_lines(file: BinaryIO, start: int, stop: int, run: Sequence[Entry], pat
         if sums == list(map(_crc32, run)):
             return data.replace(b"\n", b",")
         changed = next(e for e, crc in zip(run, sums, strict=True) if crc != e.crc32)
-    raise InputChangedError(
-        f"the input {path} changed while the job ran: line {changed.line} (custom_id "
-        f"{changed.custom_id!r}) no longer holds, at byte {changed.offset:,}, the request "
-        "read there; nothing of its batch was sent: restore the input (or start a new job)"
-    )
+    found = f"no longer holds, at byte {changed.offset:,}, the request read there"
+    raise InputChangedError.at(path, changed, found, "nothing of its batch was sent")
 
 
 class _Refused(Exception):
