@@ -442,11 +442,18 @@ class JobRun:
         handoff = ChunkHandoff() if config.one_chunk_at_a_time else None
         chunker_options: dict[str, Any] = {}
         submitter_options: dict[str, Any] = {}
+        # the standard submitter reads an entry that came without its bytes back from
+        # the input file: retries always do (a round waits in the chunker's queue), and
+        # with low memory every line of the file (a stage's own chunker or submitter
+        # is given every entry's bytes)
+        reads_back = self.files.input is not None and plan.replacement("submitter") is None
+        retries_light = reads_back and plan.replacement("chunker") is None
+        if reads_back:
+            submitter_options["input_path"] = self.files.input
         if handoff is not None:
             chunker_options["handoff"] = handoff
-            if self.files.input is not None and plan.replacement("submitter") is None:
+            if reads_back:
                 chunker_options["drop_file_bytes"] = True
-                submitter_options["input_path"] = self.files.input
         # batch records: small, so these edges never hold memory worth bounding
         send_sub, recv_sub = _stream(_RECORD_BUFFER)
         send_ended, recv_ended = _stream(_RECORD_BUFFER)
@@ -533,7 +540,12 @@ class JobRun:
             (
                 "retry",
                 retry_feeder(
-                    retry_send, ledger=ledger, config=config, progress=p, path=self.files.input
+                    retry_send,
+                    ledger=ledger,
+                    config=config,
+                    progress=p,
+                    path=self.files.input,
+                    drop_file_bytes=retries_light,
                 ),
             ),
         ]

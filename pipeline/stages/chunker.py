@@ -172,12 +172,14 @@ class Packer:
                 held.resolve(item.line)
             if type(item) is Entry:
                 added += 1
-                grow = len(item.raw) + (1 if entries else 0)
+                # an entry without its bytes (a retry read back) is its file line's size
+                line_bytes = len(item.raw) or item.end - item.offset - 1
+                grow = line_bytes + (1 if entries else 0)
                 if entries and (len(entries) >= max_requests or size + grow > max_bytes):
                     self.checkpoint, self.line, self.size = checkpoint, last_line, size
                     chunks.append(self._take())
                     entries, size = self.entries, self.size
-                    grow = len(item.raw)
+                    grow = line_bytes
                 entries.append(item)
                 size += grow
                 if item.end > checkpoint:

@@ -8,7 +8,9 @@ the spool itself (iterable sources), and sends them into the chunker with a
 ``Flush``. It takes the next round only once the last one was claimed (requests
 stay in the spool until then). A line read back must still be the request's line
 (where it was, as long, holding its custom_id): else the input changed under the
-job, and ``InputChangedError`` ends it with the requests still in the spool.
+job, and ``InputChangedError`` ends it with the requests still in the spool. With
+``drop_file_bytes`` (the runner's, for its own submitter) the round waits without
+its lines' bytes, only their CRC-32: the submitter reads them again as it sends.
 
 It also decides when the chunker's input closes: once the source is done, nothing
 is outstanding (in the stages or at the service) and the spool is empty; or at
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
+from zlib import crc32
 
 import msgspec
 
@@ -77,11 +80,18 @@ async def read_back(
     items: list[SpoolItem],
     handle: AsyncBufferedReader | None,
     path: str | os.PathLike[str] | None,
+    *,
+    drop_file_bytes: bool = False,
 ) -> list[Entry]:
     """Entries for spooled requests, in spool order; file-backed ones are read from
     ``handle`` (the input ``path``) with one seek and read per run of nearby lines,
     and each checked (``_holds``): ``InputChangedError`` names the first that
-    changed."""
+    changed.
+
+    ``drop_file_bytes``: an entry whose bytes are the file's line up to its ``\\n``
+    keeps only their CRC-32, as the chunker's ``drop_file_bytes`` leaves it (the
+    submitter's ``InputBody`` reads the line again as it sends, and checks it): a
+    round of retries waits in the chunker's queue without its bytes."""
     data: dict[int, bytes] = {}
     by_offset = sorted(
         (i for i, item in enumerate(items) if item.raw is None), key=lambda i: items[i].offset
@@ -113,9 +123,15 @@ async def read_back(
         k = j + 1
     out = []
     for i, item in enumerate(items):
-        raw = item.raw if item.raw is not None else data[i]
-        end = item.offset + item.length if item.raw is None else -1
-        out.append(Entry(item.line, item.custom_id, raw, item.offset, end, item.attempt))
+        if item.raw is not None:
+            out.append(Entry(item.line, item.custom_id, item.raw, item.offset, -1, item.attempt))
+            continue
+        raw, end = data[i], item.offset + item.length
+        entry = Entry(item.line, item.custom_id, raw, item.offset, end, item.attempt)
+        if drop_file_bytes and len(raw) == item.length - 1:  # the line and its "\n"
+            entry.crc32 = crc32(raw)
+            entry.raw = b""
+        out.append(entry)
     return out
 
 
@@ -127,8 +143,11 @@ async def retry_feeder(
     config: PipelineConfig,
     progress: JobCounters,
     path: str | os.PathLike[str] | None = None,
+    drop_file_bytes: bool = False,
 ) -> None:
-    """Feed spooled requests back into the chunker until the job's cycle is done."""
+    """Feed spooled requests back into the chunker until the job's cycle is done.
+    ``drop_file_bytes``: a round's lines of the input file go without their bytes
+    (``read_back``), for a submitter that reads them back (``InputBody``)."""
     # the stream first: it is closed even when cancelled while the input opens
     async with send, AsyncExitStack() as files:
         handle = await files.enter_async_context(opened(path)) if path is not None else None
@@ -136,7 +155,11 @@ async def retry_feeder(
             if progress.spooled > 0 and progress.retry_unclaimed <= 0:
                 items = await ledger.take_spool(config.max_batch_requests)
                 if items:
-                    entries: list[Entry | Reject | Flush] = [*await read_back(items, handle, path)]
+                    # without their bytes (read again as the batch is sent): a round of
+                    # 10,000 waits beside the source's lines (6.8 MB at a resume)
+                    entries: list[Entry | Reject | Flush] = [
+                        *await read_back(items, handle, path, drop_file_bytes=drop_file_bytes)
+                    ]
                     progress.retry_unclaimed += len(entries)
                     progress.retry_ids.update(item.custom_id for item in items)
                     # the spool's rows are let go before the round waits to be taken

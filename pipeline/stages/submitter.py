@@ -27,8 +27,9 @@ only then), claim and create one after the other. The body is never joined whole
 ``SplicedBody`` of the entries' bytes goes out a MiB at a time (a 100,000-request
 body of 65 MB costs a MiB or two on top of the entries, not a second copy and the
 HTTP stack's). Given the job's ``input_path``, entries that came without their
-bytes (the chunker's ``drop_file_bytes``) are read back from the file as the body
-is sent (``InputBody``): one read per run of adjacent lines, a MiB at a time.
+bytes (the chunker's ``drop_file_bytes``, the retry feeder's rounds) are read back
+from the file as the body is sent (``InputBody``): one read per run of adjacent
+lines, a MiB at a time.
 """
 
 from __future__ import annotations
@@ -365,9 +366,11 @@ class Submitter:
     async def _try_create(self, local_id: int, entries: list[Entry]) -> str | None:
         """One POST; ``_Refused`` when the service refused it for now."""
         n = len(entries)
+        raws = list(map(_raw, entries))
+        # entries that came without their bytes (``raw`` empty) are read back
         body = (
-            SplicedBody(list(map(_raw, entries)))
-            if self.input_path is None
+            SplicedBody(raws)
+            if self.input_path is None or all(raws)
             else InputBody(entries, self.input_path)
         )
         size = body.size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
+from zlib import crc32
 
 import anyio
 import msgspec
@@ -12,10 +13,25 @@ import pytest
 
 from pipeline import Client, Pipeline, StageError, read_status
 from pipeline._config import PipelineConfig
+from pipeline.ledger import SpoolItem
 from pipeline.ledger._sqlite import SQLiteLedger
-from pipeline.stages import JobCounters, JoinedResult, JsonlSink, process_results
-from pipeline.stages.retry import retry_feeder
-from pipeline.stages.submitter import InputChangedError
+from pipeline.stages import (
+    CHUNKER,
+    POLLER,
+    RESULTS,
+    SUBMITTER,
+    VALIDATE,
+    JobCounters,
+    JoinedResult,
+    JsonlSink,
+    StageSpec,
+    chunker,
+    process_results,
+    submitter,
+)
+from pipeline.stages._protocol import build_body
+from pipeline.stages.retry import read_back, retry_feeder
+from pipeline.stages.submitter import InputBody, InputChangedError
 from pipeline.testing import EmulatorConfig, serve_emulator
 from tests._helpers import FAST, entry, read_results, write_input
 
@@ -144,3 +160,107 @@ async def test_a_processor_never_gets_a_request_read_back_from_a_changed_input(
     assert isinstance(failed.value.__cause__, InputChangedError)
     assert joined
     assert all(result == request for result, request in joined)  # never another's
+
+
+async def test_a_round_of_retries_waits_without_its_bytes_and_is_sent_as_its_lines(
+    tmp_path: Path,
+) -> None:
+    # A round of requests to send again (up to a batch's worth: 6.8 MB at ten
+    # million) waits in the chunker's queue beside the source's lines. Each keeps
+    # only the CRC-32 of its line, which the body reads again as it is sent: the body
+    # is the lines' own, byte for byte. A line ending in "\r\n" keeps its bytes (the
+    # body reads a line up to a lone "\n").
+    source = tmp_path / "in.jsonl"
+    lines = [msgspec.json.encode(entry(f"req-{i}", f"question {i}")) for i in range(6)]
+    ends = [b"\n", b"\n", b"\r\n", b"\n", b"\n", b"\n"]
+    source.write_bytes(b"".join(line + end for line, end in zip(lines, ends, strict=True)))
+    offsets = [0]
+    for line, end in zip(lines, ends, strict=True):
+        offsets.append(offsets[-1] + len(line) + len(end))
+    spooled = [  # lines 5, 1, 2, 3 to send again, in the spool's order
+        SpoolItem(f"req-{i}", i + 1, 2, offsets[i], offsets[i + 1] - offsets[i], None)
+        for i in (4, 0, 1, 2)
+    ]
+    async with await anyio.open_file(source, "rb") as handle:
+        kept = await read_back(spooled, handle, source)
+        light = await read_back(spooled, handle, source, drop_file_bytes=True)
+    assert [e.raw for e in kept] == [lines[i] for i in (4, 0, 1, 2)]
+    assert [e.raw for e in light] == [b"", b"", b"", lines[2]]  # the "\r\n" line keeps them
+    assert [e.crc32 for e in light[:3]] == [crc32(lines[i]) for i in (4, 0, 1)]
+    assert [(e.custom_id, e.line, e.offset, e.end) for e in light] == [
+        (e.custom_id, e.line, e.offset, e.end) for e in kept
+    ]
+    body = InputBody(light, source)
+    sent = b"".join(body.pieces())
+    assert sent == build_body(kept)
+    assert body.size == len(sent)
+    # changed after the round was read back: the body stops before its end
+    source.write_bytes(source.read_bytes().replace(b"question 4", b"question X"))
+    with pytest.raises(InputChangedError, match=r"line 5 \(custom_id 'req-4'\)"):
+        b"".join(InputBody(light, source).pieces())
+
+
+def _answer(result: Any) -> tuple[list[str], int]:
+    """A succeeded result's text and input tokens (what its request decides; the
+    message's id differs from one emulator to the next)."""
+    message = result.message
+    return [block["text"] for block in message.content], message.usage.input_tokens
+
+
+async def _own_chunker(receive: Any, send: Any, /, **options: Any) -> None:
+    await chunker(receive, send, **options)
+
+
+async def _own_submitter(receive: Any, send: Any, /, **options: Any) -> None:
+    await submitter(receive, send, **options)
+
+
+@pytest.mark.parametrize(
+    ("newline", "own"),
+    [
+        (b"\n", None),
+        (b"\r\n", None),
+        (b"\n", CHUNKER.replaced_by(_own_chunker)),
+        (b"\n", SUBMITTER.replaced_by(_own_submitter)),
+    ],
+    ids=["lf", "crlf", "own-chunker", "own-submitter"],
+)
+async def test_requests_sent_again_are_answered_as_their_own_lines(
+    tmp_path: Path, newline: bytes, own: StageSpec | None
+) -> None:
+    # With three requests in ten failing at each try, most are sent more than once,
+    # read back from the input each time. Each answer must be the one its own line
+    # gets in a job where nothing fails: the request sent again was its line. A
+    # chunker or submitter of the user's own is given each request's bytes.
+    source = tmp_path / "in.jsonl"
+    ids = write_input(source, 60)
+    source.write_bytes(source.read_bytes().replace(b"\n", newline))
+    config = msgspec.structs.replace(FAST, max_attempts=20)
+    stages = None
+    if own is not None:
+        standard = [VALIDATE, CHUNKER, SUBMITTER, POLLER, RESULTS]
+        stages = [own if s.name == own.name else s for s in standard]
+    answers: dict[str, dict[str, tuple[list[str], int]]] = {}
+    for faults, name in ((0.0, "clean"), (0.3, "faulty")):
+        emu_config = EmulatorConfig(batch_seconds=0.0, request_error_rate=faults, seed=5)
+        async with serve_emulator(emu_config, data_dir=tmp_path / f"e-{name}") as emu:
+            async with Client(api_key="k", base_url=emu.url) as client:
+                job = Pipeline(
+                    source,
+                    tmp_path / f"{name}.jsonl",
+                    client=client,
+                    state=tmp_path / f"{name}.db",
+                    config=config,
+                    stages=stages,
+                )
+                with anyio.fail_after(30):
+                    stats = await job.run()
+            sent = emu.submissions()
+        assert stats.finished
+        assert (stats.written, stats.rejected) == (60, 0)
+        if faults:
+            assert sum(sent.values()) > 60  # requests were sent again
+        results = read_results(tmp_path / f"{name}.jsonl")
+        assert sorted(r.custom_id for r in results) == sorted(ids)
+        answers[name] = {r.custom_id: _answer(r.result) for r in results}
+    assert answers["faulty"] == answers["clean"]
