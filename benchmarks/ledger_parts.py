@@ -5,7 +5,7 @@ pipeline alone, its client with the SQLite ledger's parts timed.
 
 The client runs with ``benchmarks/ledger_parts`` first on ``PYTHONPATH``: its
 ``sitecustomize`` wraps the ledger's transactions and the parts of a claim (hashing,
-the filter, a run's insert, merges, lookups, commits) with ``time.thread_time``, the
+the filter, storing the keys, resolving deferred ids, commits) with ``time.thread_time``, the
 CPU of the ledger's own thread, so the parts add up to what the ledger's thread costs,
 measured where it competes with the stages for the caches and the GIL (the ledger
 alone, ``benchmarks/ledger_bench.py``, runs each part faster). Prints µs per request

@@ -116,6 +116,11 @@ class JobCollector(Collector):
             stats.in_flight,
         )
         yield _gauge("pipeline_spool_requests", "Requests waiting to be sent again", stats.retrying)
+        yield _gauge(
+            "pipeline_deferred_requests",
+            "Requests whose custom_id the ledger settles later, with others",
+            stats.deferred,
+        )
 
     def _batches(self) -> Iterator[Metric]:
         stats = self._monitor.statistics()

@@ -278,6 +278,7 @@ class Pipeline:
             ended=p.ended,
             written=p.written,
             retrying=max(0, p.spooled),
+            deferred=max(0, p.deferred),
             batches_submitted=p.batches_submitted,
             batches_in_flight=max(0, p.batches_in_flight),
             outcomes=dict(p.outcomes),

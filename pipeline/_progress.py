@@ -110,6 +110,8 @@ def _counts_text(stats: PipelineStatistics) -> str:
     )
     if stats.retrying:
         text += f" · retrying {stats.retrying:,}"
+    if stats.deferred:
+        text += f" · deferred {stats.deferred:,}"
     return text
 
 

@@ -345,6 +345,7 @@ class JobRun:
         # job holds, not from the checkpoint (claims may stand past a held entry).
         self.number_from = await ledger.last_line() if self.open_ended else resume.source_line
         p.spooled = resume.spooled
+        p.deferred = resume.deferred
         p.rejected = resume.rejects.count
         p.written = resume.output.count
         p.read = p.accounted_line = resume.source_line

@@ -39,6 +39,9 @@ class PipelineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     written: int = 0
     #: requests waiting to be re-sent
     retrying: int = 0
+    #: requests whose custom_id the ledger settles later, with others (ids in no
+    #: order: about one in a hundred, and every copy); then sent, or rejected
+    deferred: int = 0
     #: requests spooled to be sent again (a retryable error, expired, no result), in
     #: this run; each time counts
     retried: int = 0

@@ -117,7 +117,8 @@ async def test_metrics_agree_with_the_summary_during_and_after_a_job_with_faults
         assert value(after, "pipeline_requests_rejected_total", type=kind) == count
     # nothing in flight; every batch ended and was collected once, cut downloads or not
     for gauge in ("pipeline_requests_in_flight", "pipeline_batches_in_flight",
-                  "pipeline_spool_requests", "pipeline_oldest_batch_age_seconds"):  # fmt: skip
+                  "pipeline_spool_requests", "pipeline_deferred_requests",
+                  "pipeline_oldest_batch_age_seconds"):  # fmt: skip
         assert value(after, gauge) == 0, gauge
     batches = stats.batches_submitted
     assert value(after, "pipeline_batches_ended_total") == batches

@@ -50,9 +50,8 @@ def _instrument(sqlite_ledger: ModuleType) -> None:
     ids.keys_of = timed("hash the ids (BLAKE2b)", ids.keys_of)
     ids.KeyFilter.known = timed("the filter", ids.KeyFilter.known)  # type: ignore[method-assign]
     for name, label in (
-        ("_insert_run", "insert the claim's run of keys"),
-        ("_merge", "merge runs"),
-        ("_probe", "look filter positives up in the runs"),
+        ("hold", "store the claim's keys (a row of idclaims)"),
+        ("held_lines", "resolve deferred ids: read every key held"),
         ("_ordered_lookup", "look ids below the top up (ids in order)"),
         ("_insert_ordered", "store ids in order"),
     ):

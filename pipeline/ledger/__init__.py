@@ -8,6 +8,7 @@ from ._base import JobSpec as JobSpec
 from ._base import JobStatus as JobStatus
 from ._base import Ledger as Ledger
 from ._base import ResumeState as ResumeState
+from ._base import Settled as Settled
 from ._base import SinkPosition as SinkPosition
 from ._base import SpoolItem as SpoolItem
 from ._cancel import request_cancel as request_cancel
@@ -29,6 +30,7 @@ __all__ = (
     "ReconcileReport",
     "ResumeState",
     "SQLiteLedger",
+    "Settled",
     "SinkPosition",
     "SpoolItem",
     "read_status",

@@ -72,6 +72,7 @@ __all__ = (
     "JobStatus",
     "Ledger",
     "ResumeState",
+    "Settled",
     "SinkPosition",
     "SpoolItem",
 )
@@ -138,6 +139,24 @@ class ClaimResult(msgspec.Struct):
     #: rejects newly recorded (given and duplicates); a reject of a source line
     #: read again after a restart is recorded once
     rejected: int = 0
+    #: indices of entries deferred: their custom_id may be held (the filter could not
+    #: rule it out), so they are neither sent nor rejected now; the ledger keeps them
+    #: and settles them later, many at once (``resolve_deferred``)
+    deferred: list[int] = msgspec.field(default_factory=list)
+    #: deferred requests (of this claim or earlier ones) settled in this claim:
+    #: ``released`` of them were new and wait in the spool to be sent, the others were
+    #: rejected as duplicates (counted in ``rejected``) or were lines read again
+    settled: int = 0
+    released: int = 0
+
+
+class Settled(msgspec.Struct):
+    """What ``resolve_deferred`` did: requests settled, of them released to the spool
+    (new ids, to be sent), and rejects recorded (copies of ids held)."""
+
+    settled: int = 0
+    released: int = 0
+    rejected: int = 0
 
 
 class ResumeState(msgspec.Struct, kw_only=True):
@@ -154,6 +173,9 @@ class ResumeState(msgspec.Struct, kw_only=True):
     #: creates with an unknown outcome (reconcile against the service's list)
     pending_intents: list[BatchRecord] = []
     spooled: int = 0
+    #: (added) requests whose custom_id waits to be resolved (``Ledger.claim``): sent
+    #: or rejected once ``resolve_deferred`` settles them
+    deferred: int = 0
     #: the estimated cost of every request claimed so far (what a budget counts)
     estimated_cost_usd: float = 0.0
     #: (added) with ``pending_intents`` sent: when a worker of this job first opened
@@ -217,7 +239,20 @@ class Ledger(Protocol):
         duplicates and recorded as rejects naming the holder's line (the first line
         wins: see the module docstring), unless the job holds it from the same
         source line (read again after a restart): those come back as ``skipped``. Recording a reject is idempotent. The
-        entries' ``cost_usd`` adds to the job's ``estimated_cost_usd``."""
+        entries' ``cost_usd`` adds to the job's ``estimated_cost_usd``.
+
+        (added) A ledger may *defer* entries whose custom_id it cannot rule out
+        cheaply (``deferred``): it keeps them, neither sent nor rejected, and settles
+        them later, many at once, by the same rules (first line wins), in a later
+        claim (``settled``, ``released``) or in ``resolve_deferred``. Those found new
+        go to the spool (sent as retries are, same attempt); the others become
+        rejects."""
+        ...
+
+    async def resolve_deferred(self) -> Settled:
+        """(added) Settle every deferred request now (the input was read to its end,
+        or nothing else is under way): new ones to the spool, copies of ids held to
+        the rejects."""
         ...
 
     async def record_rejects(self, rejects: Sequence[Reject], *, checkpoint: int, line: int) -> int:

@@ -30,9 +30,10 @@ error leaves as a one-line ``LedgerError`` naming the file and what to do.
 
 Memory and cost. A batch's requests are one row while it is in flight (their
 ids, source lines and locations as one msgpack record, dropped once the batch is
-collected), and the job's custom_ids are 80-bit keys in sorted runs with a Bloom
-filter in memory (``_sqlite_ids``): a claim writes one batch row and one run,
-appended, whatever the ids look like, so its cost does not grow with the job. The
+collected), and the job's custom_ids are 80-bit keys, a packed row per claim, with
+a Bloom filter in memory (``_sqlite_ids``): a claim writes one batch row and one row
+of keys, whatever the ids look like, and defers the few requests whose id the filter
+cannot rule out (resolved many at once), so its cost does not grow with the job. The
 filter is the one thing in memory that grows with the job: about 1.5 bytes per id
 (none while the job's ids go up: such ids are new by a comparison with the greatest).
 Counters live in the database, rejects and spool are paged. The page cache is
@@ -90,6 +91,7 @@ from ._sqlite_tx import (
     done_ids,
     drop_batch,
     members_of,
+    resolve,
     spool_members,
     stored_elsewhere,
 )
@@ -99,7 +101,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from ..stages._items import Entry
-    from ._base import ClaimResult, JobSpec, JobStatus, ResumeState, SinkPosition
+    from ._base import ClaimResult, JobSpec, JobStatus, ResumeState, Settled, SinkPosition
 
 __all__ = ("SQLiteLedger",)
 
@@ -109,9 +111,9 @@ T = TypeVar("T")
 #: the custom_id index in key order (each page is loaded once per claim), so a
 #: small cache costs little; 32 MiB made the process grow by ~35 MB at 1M requests.
 _CACHE_KIB = 4 * 1024
-#: Pages of a new state file. Nothing is inserted at random places any more (the
-#: runs of keys are appended, batch records are one row), and the few lookups a claim
-#: makes in the runs read one page each: small pages read less.
+#: Pages of a new state file. Nothing is inserted at random places any more (keys and
+#: batch records are a row per claim). 16 KiB pages measured no faster at ten million
+#: random ids (RESULTS.md, fifth session on issue 17).
 _PAGE_SIZE = 4096
 #: WAL pages before an automatic checkpoint (default 1000): the WAL file on disk
 #: grows to about this size (64 MiB) and is reused, the process's memory does not.
@@ -135,7 +137,7 @@ class SQLiteLedger:
         self._mutex = anyio.Lock()
         #: the written ids of the batch ``unwritten`` was asked about last
         self._written: WrittenIds | None = None
-        #: the job's custom_ids (runs in the database, a filter in memory)
+        #: the job's custom_ids (keys in the database, a filter in memory)
         self._index = IdIndex()
         #: decoded records of batches in flight, for ``requests``
         self._members = MemberCache()
@@ -275,7 +277,21 @@ class SQLiteLedger:
             try:
                 return _claim(c, index, entries, rejects, checkpoint, line)
             except BaseException:
-                index.reset()  # rolled back: the index reads the runs again
+                index.reset()  # rolled back: the index reads the keys again
+                raise
+
+        return await self._run(tx)
+
+    async def resolve_deferred(self) -> Settled:
+        """Settle every deferred request now (see ``Ledger.resolve_deferred``): one
+        read of the keys held."""
+        index = self._index
+
+        def tx(c: sqlite3.Connection) -> Settled:
+            try:
+                return resolve(c, index)
+            except BaseException:
+                index.reset()
                 raise
 
         return await self._run(tx)

@@ -4,22 +4,31 @@ grow with the job, whatever the ids look like.
 A B-tree of every custom_id (the ledger's layout up to schema version 2) makes a
 claim of 10,000 random ids (UUIDs, hashes) touch, and rewrite to the WAL, most of
 its leaves: the cost per request grew with the job (3.5 µs per request at 1M, 13 in
-the last tenth of 3M). Here:
+the last tenth of 3M). Sorted runs of hashed keys merged in the background (schema
+versions 3 and 4) made it flat, but a run's insert and its merges cost SQLite about
+1.4 µs per request. Here (schema 5):
 
-- each id is an 80-bit key: the first 64 bits of its BLAKE2b digest (``h``), the
-  runs' sort key, and 16 more (``c``), checked when two ids share ``h``, so that two
-  different ids pass for one with a chance of about n² / 2^81 (4e-11 at ten million
-  ids); the runs keep ``h`` and ``c`` with the id's first line (about 24 bytes a
-  key on disk), not the id;
-- the keys live in sorted *runs* (an LSM tree): a claim writes its keys as one new
-  run, sorted, appended at the end of the level-0 table (sequential pages, never
-  the middle of a big tree); ``FANOUT`` runs of one level are merged into one run
-  of the next (a sequential rewrite: each key is rewritten ``log_FANOUT(n /
-  claim)`` times over the job, once up to ten million, so the cost per request
-  grows by one rewrite per 32-fold growth of the job, not with its size);
+- each id is an 80-bit key: the first 64 bits of its BLAKE2b digest (``h``) and 16
+  more (``c``), so that two different ids pass for one with a chance of about
+  n² / 2^81 (4e-11 at ten million ids);
 - a Bloom filter in memory (``KeyFilter``, about 12 bits per id: 15 MB at ten
-  million) says which keys of a claim may be known; only those few (about 1.5%)
-  are looked up in the runs. It is rebuilt from the runs when the ledger opens.
+  million) says which keys of a claim may be held. Those it rules out (about 98.8%
+  of new ids) are new: the claim stores them as one row of ``idclaims``, the keys'
+  ``h``, ``c`` and first lines as packed arrays (14 bytes a key), never sorted, never
+  merged, never looked up one by one;
+- the others (``lookup``'s ``maybe``: the filter's false positives, copies of ids
+  held, retries) are looked up in the spool (a retry finds its own row) and else
+  *deferred* by the claim (``_sqlite_tx``): kept with what it takes to send them,
+  and resolved many at once (``held_lines``: one read of every row of ``idclaims``,
+  its arrays tested against the deferred keys in C, about 45 ns a key held), once
+  the keys held grew by ``RESOLVE_GROWTH`` since the last time (so each key is read
+  about 1 / ``RESOLVE_GROWTH`` times over the job, whatever its size) and once the
+  input was read to its end. The first line wins, as before; the deferred requests
+  that are new are sent later, from the spool;
+- the filter is rebuilt from ``idclaims`` (and the deferred keys) when the ledger
+  opens. The runs of keys of a state file of schema 4 (tables ``ids0`` ...,
+  ``runs``) stay, read as they are (a resolution looks the keys up in them), never
+  merged.
 
 - while the job's ids go up (string order: ``r-000000001``, ...), an id above the
   greatest id held (``IdIndex.top``, kept in the meta row ``ids_top``) is new by
@@ -31,13 +40,11 @@ the last tenth of 3M). Here:
   and a bisection in one row, however big the job. The few new ids that are not
   above ``top`` when claimed go to ``idlate``, one row each. When those are more
   than ``LATE_SHARE`` of the ids held (the ids do not go up after all: UUIDs),
-  the mode ends for good: the ids are hashed into runs of keys, sorted into one,
-  the filter is built, and the index works as above from then on.
+  the mode ends for good: the ids are hashed into rows of ``idclaims``, the filter
+  is built, and the index works as above from then on.
 
-The runs are tables ``ids0`` ... ``ids{LEVELS-1}`` (one per level, so a merge reads
-one table and appends to another) and ``runs`` (run id, level, size); while the ids
-go up, ``idruns`` and ``idlate``. Every change is part of the claim's transaction: a crash leaves
-the runs as the last commit.
+Every change is part of the claim's transaction: a crash leaves the keys, the
+deferred requests and the spool as the last commit.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+import sys
 from array import array
 from bisect import bisect_left, bisect_right
 from itertools import islice
@@ -59,13 +67,15 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 __all__ = (
-    "FANOUT",
+    "DEFERRED_SCHEMA",
     "IDRUNS_SCHEMA",
     "IDS_SCHEMA",
     "CHUNK",
     "IDS_TABLES",
     "LATE_SHARE",
     "LEVELS",
+    "RESOLVE_FLOOR",
+    "RESOLVE_GROWTH",
     "TOP_KEY",
     "IdIndex",
     "KeyFilter",
@@ -73,18 +83,12 @@ __all__ = (
     "keys_of",
 )
 
-#: runs of one level merged into one run of the next. 32: a key is rewritten once up
-#: to 10.24M requests (claims of 10,000), twice up to 328M. 16 rewrote it twice from
-#: 2.56M on (claims of 4M random ids: 3.51 µs per request, merges 0.92 of it; with
-#: 32: 2.98, merges 0.60, the lookups of the filter's false positives, a lookup in
-#: each run, 0.13 -> 0.17); 8 rewrote it a third time at 640k.
-FANOUT = 32
-#: levels of runs (the last one is never merged: level 7 holds runs of 32^7 claims)
+#: levels of runs of keys in a state file of schema 3 or 4 (read as they are, never
+#: merged any more: schema 5 keeps keys in ``idclaims``)
 LEVELS = 8
 IDS_TABLES = tuple(f"ids{level}" for level in range(LEVELS))
 #: ``cl``: the key's ``c`` and the id's first source line as one integer, ``c << 32 |
-#: line`` (a claim inserts each run as one JSON object ``{h: cl}``: two atoms per row,
-#: nothing to extract; a line number stays below 2^32)
+#: line`` (a line number stays below 2^32). New files have the tables, empty.
 IDS_SCHEMA = "".join(
     f"CREATE TABLE {table}(run INTEGER NOT NULL, h INTEGER NOT NULL, cl INTEGER NOT NULL, "
     "PRIMARY KEY (run, h, cl)) WITHOUT ROWID;\n"
@@ -100,6 +104,25 @@ IDRUNS_SCHEMA = (
     "body BLOB NOT NULL);\n"
     "CREATE TABLE idlate(id TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID;\n"
 )
+#: ids in any order (schema 5): a claim's new keys as one row of packed arrays
+#: (``h`` int64, ``c`` int16, the first line int32: 14 bytes a key), never sorted
+#: nor merged; ``deferred``: the requests whose key the filter could not rule out,
+#: waiting to be resolved in bulk (``IdIndex.held_lines``), with what it takes to send
+#: them (as the spool's rows; copies of one id wait together, the first line wins)
+DEFERRED_SCHEMA = (
+    "CREATE TABLE idclaims(seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, h BLOB NOT NULL, "
+    "c BLOB NOT NULL, line BLOB NOT NULL);\n"
+    "CREATE TABLE deferred(seq INTEGER PRIMARY KEY, h INTEGER NOT NULL, c INTEGER NOT NULL, "
+    "custom_id TEXT NOT NULL, line INTEGER NOT NULL, offset INTEGER NOT NULL, "
+    "length INTEGER NOT NULL, raw BLOB, attempt INTEGER NOT NULL);\n"
+    "CREATE INDEX deferred_key ON deferred(h, c);\n"
+)
+#: resolve the deferred requests in a claim once the keys held grew by this share
+#: since the last time, and by ``RESOLVE_FLOOR`` at the least: a resolution reads
+#: every key held once (about 45 ns each), so each key is read about 1 / share times
+#: over the job, whatever its size; the last ones are resolved at the input's end
+RESOLVE_GROWTH = 0.25
+RESOLVE_FLOOR = 100_000
 #: ids in a row of ``idruns``: a lookup reads one row (about 15 KB, 30 µs to decode)
 CHUNK = 1024
 #: the ids-in-order mode ends when ``idlate`` holds more than this share of the ids
@@ -221,6 +244,11 @@ class KeyFilter:
         words[h % n] |= self._masks[(h >> 40) & 0xFFFF]
         self._count += 1
 
+    def holds(self, h: int) -> bool:
+        """Whether ``h`` may have been added (never a false no)."""
+        bits = self._masks[(h >> 40) & 0xFFFF]
+        return any(words[h % n] & bits == bits for words, n in self._filters)
+
     def known(self, hs: Sequence[int]) -> list[int]:
         """The indices of the keys that may have been added before; every other key
         is added now (so a second copy within ``hs`` counts as maybe known)."""
@@ -250,6 +278,30 @@ class KeyFilter:
         return maybe
 
 
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _packed(typecode: str, values: Iterable[int]) -> bytes:
+    """``values`` as a packed little-endian array (a state file moves between machines)."""
+    out = array(typecode, values)
+    if _BIG_ENDIAN:
+        out.byteswap()
+    return out.tobytes()
+
+
+def _unpacked(typecode: str, data: bytes) -> array[int]:
+    out = array(typecode)
+    out.frombytes(data)
+    if _BIG_ENDIAN:
+        out.byteswap()
+    return out
+
+
+def _keys_in(data: bytes) -> Sequence[int]:
+    """The ``h`` of a row of ``idclaims``, in place where the machine is little-endian."""
+    return _unpacked("q", data) if _BIG_ENDIAN else memoryview(data).cast("q")
+
+
 def _runs_of(c: sqlite3.Connection, level: int) -> list[int]:
     """The runs of ``level``, oldest first."""
     rows = c.execute("SELECT run FROM runs WHERE level = ? ORDER BY run", (level,))
@@ -261,13 +313,15 @@ def _held(c: sqlite3.Connection) -> tuple[int, int]:
     and of those in ``idlate``."""
     row = c.execute(
         "SELECT (SELECT coalesce(sum(size), 0) FROM runs) + "
-        "(SELECT coalesce(sum(size), 0) FROM idruns), (SELECT count(*) FROM idlate)"
+        "(SELECT coalesce(sum(size), 0) FROM idruns) + "
+        "(SELECT coalesce(sum(size), 0) FROM idclaims), (SELECT count(*) FROM idlate)"
     ).fetchone()
     return int(row[0]) + int(row[1]), int(row[1])
 
 
 class IdIndex:
-    """The runs of keys in the database, and their filter in memory (see module).
+    """The job's ids: while they go up, in order (``idruns``); else their keys in a row
+    per claim (``idclaims``) and a filter in memory (see module).
 
     While the job's ids go up (string order: ``r-000000001``, ...), an id above
     ``top``, the greatest id held, is new by one comparison: the index keeps no
@@ -275,13 +329,29 @@ class IdIndex:
     ``idruns`` (or ``idlate``, the few not above ``top``), and looks up only a
     claim's ids that are not above ``top`` (retries, lines held back and released
     later): one seek each, in ``idruns`` and ``idlate``. Once ``idlate`` holds more
-    than ``LATE_SHARE`` of the ids, the mode ends: the ids are hashed into runs of
-    keys and the filter is built (as an open does), and the index keeps it from then
-    on. ``top`` is kept in the meta row ``ids_top`` with the number of ids held when
-    it was written, so that a reopen trusts it only if nothing else added ids since.
+    than ``LATE_SHARE`` of the ids, the mode ends: the ids are hashed into rows of
+    ``idclaims`` and the filter is built (as an open does), and the index keeps it
+    from then on. ``top`` is kept in the meta row ``ids_top`` with the number of ids
+    held when it was written, so that a reopen trusts it only if nothing else added
+    ids since.
+
+    Once the ids are hashed, nothing is looked up when claimed: the filter rules out
+    most keys (new: stored as the claim's row), and the others (``lookup``'s
+    ``maybe``) are the caller's to defer. ``held_lines`` finds which of many keys
+    the job holds, by one read of every row (``due``: when the keys held grew by
+    ``RESOLVE_GROWTH`` since the last time).
     """
 
-    __slots__ = ("_below", "_capacity", "_held", "_late", "_stale", "filter", "top")
+    __slots__ = (
+        "_below",
+        "_capacity",
+        "_held",
+        "_late",
+        "_next",
+        "_stale",
+        "filter",
+        "top",
+    )
 
     def __init__(self) -> None:
         self.filter: KeyFilter | None = None
@@ -289,9 +359,11 @@ class IdIndex:
         self.top: str | None = None
         self._capacity = 0
         self._stale = False
-        #: ids held, and of them in ``idlate``, while the ids go up
+        #: ids held, and of them in ``idlate``, while the ids go up; keys held after
         self._held = 0
         self._late = 0
+        #: keys held at which the deferred requests are due to be resolved
+        self._next = 0
         #: ``top`` before the claim being made (its new ids not above it are late)
         self._below = ""
 
@@ -306,8 +378,8 @@ class IdIndex:
             self.load(c, self._capacity)
 
     def load(self, c: sqlite3.Connection, capacity: int) -> None:
-        """Read ``top``, or build the filter from the runs (when the ledger opens):
-        sized for ``capacity`` ids, or twice the ids held if more."""
+        """Read ``top``, or build the filter from the keys held and deferred (when the
+        ledger opens): sized for ``capacity`` ids, or twice the ids held if more."""
         held, late = _held(c)
         row = c.execute("SELECT value FROM meta WHERE key = ?", (TOP_KEY,)).fetchone()
         self._capacity = capacity
@@ -329,8 +401,9 @@ class IdIndex:
 
     def _build(self, c: sqlite3.Connection) -> None:
         """Leave the ids-in-order mode for good: hash the ids of ``idruns`` and
-        ``idlate`` into runs of level 0 (about ten thousand at a time: memory stays
-        that of a claim), sort level 0 into one run if it is full, build the filter."""
+        ``idlate`` into rows of ``idclaims`` (about ten thousand a row: memory stays
+        that of a claim), build the filter of every key held (the runs of a file of
+        schema 4 too) and deferred (a copy of a deferred id must stay a positive)."""
         c.execute("DELETE FROM meta WHERE key = ?", (TOP_KEY,))
         self.top = None
         # read a row at a time (the cursors stay open while other tables are written):
@@ -341,62 +414,56 @@ class IdIndex:
             batch[0].extend(ids)
             batch[1].extend(lines)
             if len(batch[0]) >= 10 * CHUNK:
-                self._hashed_run(c, *batch)
+                self._write_claim(c, keys_of(batch[0]), batch[1])
                 batch = ([], [])
         for cid, line in c.execute("SELECT id, line FROM idlate"):
             batch[0].append(cid)
             batch[1].append(line)
             if len(batch[0]) >= 10 * CHUNK:
-                self._hashed_run(c, *batch)
+                self._write_claim(c, keys_of(batch[0]), batch[1])
                 batch = ([], [])
-        self._hashed_run(c, *batch)
+        if batch[0]:
+            self._write_claim(c, keys_of(batch[0]), batch[1])
         c.execute("DELETE FROM idruns")
         c.execute("DELETE FROM idlate")
-        if len(_runs_of(c, 0)) >= FANOUT:
-            self._compact(c)
         # sized as a fresh job's, for the requests its input is guessed to hold; for
         # twice the ids held once they pass that guess (a job of small requests). Not
         # twice the ids held always: a job resumed near its end would hold a filter
         # twice a fresh one's (29 MB instead of 17 at ten million)
-        held = _held(c)[0]
+        held = self._held = _held(c)[0]
+        self._next = _due_at(held)
         self.filter = KeyFilter(self._capacity if held <= self._capacity else 2 * held)
-        for table in IDS_TABLES:
+        for table in IDS_TABLES:  # runs of a file of schema 4, read as they are
             self.filter.add(h for (h,) in c.execute(f"SELECT h FROM {table}"))
-
-    def _hashed_run(self, c: sqlite3.Connection, ids: list[str], lines: list[int]) -> None:
-        if ids:
-            self._insert_run(c, keys_of(ids), lines)
+        for (hs,) in c.execute("SELECT h FROM idclaims"):
+            self.filter.add(_keys_in(hs))
+        self.filter.add(h for (h,) in c.execute("SELECT h FROM deferred"))
 
     def lookup(
         self, c: sqlite3.Connection, ids: Sequence[str]
-    ) -> tuple[dict[str, int], list[tuple[int, int]] | None]:
-        """The first line of each of ``ids`` the job holds, and the keys of ``ids``
-        (None while the ids go up: none is hashed). Those it does not hold must then
-        be stored by ``insert``, in the same transaction.
-
-        While the ids go up, only the ids not above ``top`` are looked up (``top``
-        moves up). Once the mode has ended (``insert``), the filter rules out most
-        keys (and learns the new ones) and only the others are looked up."""
+    ) -> tuple[dict[str, int], list[tuple[int, int]] | None, list[int]]:
+        """While the ids go up: the first line of each of ``ids`` the job holds (only
+        the ids not above ``top`` are looked up; ``top`` moves up), no keys, nothing
+        maybe. Once the mode has ended: nothing looked up, the keys of ``ids``, and
+        the indices of those the filter could not rule out (``maybe``; it learns the
+        others, which are new). The new ones must then be stored by ``insert``, in the
+        same transaction."""
         self._fresh(c)
         top = self.top
         if top is not None:
             self._below = top
             if not ids:
-                return {}, None
+                return {}, None, []
             high = max(ids)
             if min(ids) > top:
                 self.top = high
-                return {}, None
+                return {}, None, []
             found = self._ordered_lookup(c, sorted({cid for cid in ids if cid <= top}))
             self.top = max(top, high)
-            return found, None
+            return found, None, []
         assert self.filter is not None
         keys = keys_of(ids)
-        maybe = self.filter.known([k[0] for k in keys])
-        if not maybe:
-            return {}, keys
-        held = self._probe(c, {keys[i] for i in maybe})
-        return {ids[i]: held[keys[i]] for i in maybe if keys[i] in held}, keys
+        return {}, keys, self.filter.known([k[0] for k in keys])
 
     @staticmethod
     def _ordered_lookup(c: sqlite3.Connection, below: list[str]) -> dict[str, int]:
@@ -429,7 +496,9 @@ class IdIndex:
         return found
 
     def find(self, c: sqlite3.Connection, ids: Iterable[str]) -> set[str]:
-        """Those of ``ids`` the job holds (the filter is not changed)."""
+        """Those of ``ids`` the job may hold: while the ids go up, exactly; after, those
+        the filter does not rule out (an id it does not hold passes about once in a
+        hundred). The filter is not changed."""
         wanted = sorted(set(ids))
         if not wanted:
             return set()
@@ -437,18 +506,53 @@ class IdIndex:
         if self.top is not None:
             top = self.top
             return set(self._ordered_lookup(c, [cid for cid in wanted if cid <= top]))
-        keys = keys_of(wanted)
-        held = self._probe(c, set(keys))
-        return {cid for cid, k in zip(wanted, keys, strict=True) if k in held}
+        assert self.filter is not None
+        holds = self.filter.holds
+        return {cid for cid, k in zip(wanted, keys_of(wanted), strict=True) if holds(k[0])}
+
+    def held_lines(self, c: sqlite3.Connection, wanted: set[int]) -> dict[tuple[int, int], int]:
+        """The first line of each key held whose ``h`` is in ``wanted``: one read of
+        every row of ``idclaims`` (its ``h`` array tested against ``wanted`` in C,
+        about 45 ns a key), and the runs of a file of schema 4 looked up."""
+        found: dict[tuple[int, int], int] = {}
+        if not wanted:
+            return found
+        matched: list[int] = []
+        for seq, hb in c.execute("SELECT seq, h FROM idclaims ORDER BY seq"):
+            # tested in place (no copy of the row: a resolution reads every row)
+            if not wanted.isdisjoint(_keys_in(hb)):
+                matched.append(seq)
+        for seq in matched:  # the few rows holding some of them
+            hb, cb, lb = c.execute(
+                "SELECT h, c, line FROM idclaims WHERE seq = ?", (seq,)
+            ).fetchone()
+            hs, cs, lines = _unpacked("q", hb), _unpacked("h", cb), _unpacked("i", lb)
+            for h in wanted.intersection(hs):
+                i = hs.index(h)
+                while i >= 0:  # each place of h in the row (another id may share it)
+                    found.setdefault((h, cs[i]), lines[i])
+                    try:
+                        i = hs.index(h, i + 1)
+                    except ValueError:
+                        i = -1
+        if c.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None:
+            for key, line in self._probe_h(c, wanted).items():
+                found.setdefault(key, line)
+        return found
+
+    def due(self) -> bool:
+        """Whether the deferred requests are due to be resolved (see ``held_lines``)."""
+        return self.filter is not None and self._held >= self._next
+
+    def resolved(self) -> None:
+        """The deferred requests were resolved now: the next time is further."""
+        self._next = _due_at(self._held)
 
     @staticmethod
-    def _probe(c: sqlite3.Connection, keys: set[tuple[int, int]]) -> dict[tuple[int, int], int]:
-        """Look ``keys`` up in every run: the first line of each one found. (CROSS
-        JOIN: SQLite keeps the keys as the outer loop, one seek each; left to choose,
-        it scanned the run for each key.)"""
-        if not keys:
-            return {}
-        probe = _encode(sorted({h for h, _ in keys}))
+    def _probe_h(c: sqlite3.Connection, wanted: set[int]) -> dict[tuple[int, int], int]:
+        """The first line of each key of the runs (a file of schema 4) whose ``h`` is
+        in ``wanted``."""
+        probe = _encode(sorted(wanted))
         found: dict[tuple[int, int], int] = {}
         for run, level in c.execute("SELECT run, level FROM runs ORDER BY run").fetchall():
             rows = c.execute(
@@ -457,9 +561,7 @@ class IdIndex:
                 (probe, run),
             )
             for h, cl in rows:
-                key = (h, cl >> 32)
-                if key in keys:  # the same h and the same c: the same id
-                    found.setdefault(key, cl & _M32)
+                found.setdefault((h, cl >> 32), cl & _M32)
         return found
 
     def insert(
@@ -471,7 +573,7 @@ class IdIndex:
     ) -> None:
         """Store new ids (``lines``: the line of each): while they go up (``keys``
         None), the ids themselves, and end that mode when too many came late; else
-        their ``keys`` as a new run, merging full levels."""
+        their ``keys`` as one row of ``idclaims``."""
         if not ids:
             return
         if self.top is not None:
@@ -480,12 +582,7 @@ class IdIndex:
                 self._build(c)  # the ids do not go up: hash them all, once
             return
         assert keys is not None
-        self._insert_run(c, keys, lines)
-        for level in range(LEVELS - 1):
-            runs = _runs_of(c, level)
-            if len(runs) < FANOUT:
-                break
-            self._merge(c, level, runs)
+        self._write_claim(c, keys, lines)
 
     def _insert_ordered(self, c: sqlite3.Connection, ids: list[str], lines: list[int]) -> None:
         """Ids above the greatest held before this claim in rows of ``CHUNK``, in
@@ -518,61 +615,23 @@ class IdIndex:
             (TOP_KEY, _encode([self.top, self._held])),
         )
 
-    @staticmethod
-    def _insert_run(
-        c: sqlite3.Connection, keys: Sequence[tuple[int, int]], lines: Sequence[int]
+    def _write_claim(
+        self, c: sqlite3.Connection, keys: Sequence[tuple[int, int]], lines: Sequence[int]
     ) -> None:
-        """Append ``keys`` (``lines``: the first line of each) as a new run of level 0,
-        rows of ``h`` and ``c << 32 | line``."""
-        hs = [k[0] for k in keys]
-        cls = [k[1] << 32 | n for k, n in zip(keys, lines, strict=True)]
-        run = c.execute("INSERT INTO runs(level, size) VALUES (0, ?)", (len(hs),)).lastrowid
-        members = dict(zip(hs, cls, strict=True))
-        if len(members) == len(hs):
-            # one JSON object {h: cl}, sorted by SQLite (in C): the run goes in in key
-            # order, appended, its pages full
-            c.execute(
-                f"INSERT INTO {IDS_TABLES[0]} SELECT ?, CAST(key AS INTEGER) AS h, value "
-                "FROM json_each(?) ORDER BY h",
-                (run, _encode(members)),
-            )
-        else:  # two ids of the claim share h (about 1 in 10^11 claims)
-            c.executemany(
-                f"INSERT INTO {IDS_TABLES[0]} VALUES (?, ?, ?)",
-                sorted((run, h, cl) for h, cl in zip(hs, cls, strict=True)),
-            )
+        """One row of ``idclaims``: the keys' ``h`` and ``c`` and the lines, packed."""
+        self.hold(c, [k[0] for k in keys], [k[1] for k in keys], lines)
 
-    @staticmethod
-    def _compact(c: sqlite3.Connection) -> None:
-        """Sort every run of level 0 into one run of the last level (never merged
-        again): the ids-in-order mode leaves any number of runs in level 0, and a
-        merge reads at most ``FANOUT``."""
-        size = c.execute("SELECT coalesce(sum(size), 0) FROM runs WHERE level = 0").fetchone()[0]
-        new = c.execute(
-            "INSERT INTO runs(level, size) VALUES (?, ?)", (LEVELS - 1, int(size))
-        ).lastrowid
-        c.execute(
-            f"INSERT INTO {IDS_TABLES[-1]} SELECT ?, h, cl FROM {IDS_TABLES[0]} ORDER BY h, cl",
-            (new,),
-        )
-        c.execute(f"DELETE FROM {IDS_TABLES[0]}")
-        c.execute("DELETE FROM runs WHERE level = 0")
+    def hold(
+        self, c: sqlite3.Connection, hs: Iterable[int], cs: Iterable[int], lines: Iterable[int]
+    ) -> None:
+        """Keys held from now on (``h``, ``c``, their lines), as one row of ``idclaims``
+        (once the ids are hashed)."""
+        row = (_packed("q", hs), _packed("h", cs), _packed("i", lines))
+        size = len(row[0]) // 8
+        c.execute("INSERT INTO idclaims(size, h, c, line) VALUES (?, ?, ?, ?)", (size, *row))
+        self._held += size
 
-    @staticmethod
-    def _merge(c: sqlite3.Connection, level: int, runs: list[int]) -> None:
-        """Merge ``runs`` of ``level`` into one run of the next level: each run is
-        read in key order, merged (no sort), appended to the next table."""
-        source, target = IDS_TABLES[level], IDS_TABLES[level + 1]
-        size = c.execute(
-            f"SELECT sum(size) FROM runs WHERE run IN ({', '.join('?' * len(runs))})", runs
-        ).fetchone()[0]
-        new = c.execute(
-            "INSERT INTO runs(level, size) VALUES (?, ?)", (level + 1, int(size))
-        ).lastrowid
-        arms = " UNION ALL ".join(f"SELECT h, cl FROM {source} WHERE run = ?" for _ in runs)
-        c.execute(
-            f"INSERT INTO {target} SELECT ?, h, cl FROM ({arms} ORDER BY 1, 2)",
-            (new, *runs),
-        )
-        c.execute(f"DELETE FROM {source}")  # every run of the level was merged
-        c.execute(f"DELETE FROM runs WHERE run IN ({', '.join('?' * len(runs))})", runs)
+
+def _due_at(held: int) -> int:
+    """Keys held at which deferred requests are resolved next, ``held`` held now."""
+    return int(held * (1 + RESOLVE_GROWTH)) + RESOLVE_FLOOR

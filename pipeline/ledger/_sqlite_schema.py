@@ -14,7 +14,7 @@ import msgspec
 from .._errors import LedgerError
 from ._base import BatchRecord, JobSpec, JobStatus, ResumeState, SinkPosition
 from ._files import ledger_error, lock_held, transaction
-from ._sqlite_ids import IDRUNS_SCHEMA, IDS_SCHEMA, IDS_TABLES
+from ._sqlite_ids import DEFERRED_SCHEMA, IDRUNS_SCHEMA, IDS_SCHEMA, IDS_TABLES
 
 if TYPE_CHECKING:
     import os
@@ -45,9 +45,12 @@ __all__ = (
 #: requests per batch, not per row, and the custom_ids as keys in sorted runs;
 #: version 4 adds ``idruns`` and ``idlate`` (the ids themselves while they go up), keeps
 #: a batch's requests in ``batch_requests`` (not in its row), and writes a
-#: batch's record as columns. A file of version 3 is upgraded when a worker opens
-#: it (``upgrade``: the table added, the job's ids taken as keys), and read as it is.
-SCHEMA_VERSION = 4
+#: batch's record as columns; version 5 adds ``idclaims`` (the keys of ids in any
+#: order, a row per claim: no sorted runs any more, those of a version-4 file are read
+#: as they are, never merged) and ``deferred`` (requests whose id the filter could not
+#: rule out, resolved later in bulk). Files of versions 3 and 4 are upgraded when a
+#: worker opens them (``upgrade``: tables added), and read as they are.
+SCHEMA_VERSION = 5
 #: the oldest version ``upgrade`` takes
 UPGRADABLE_VERSION = 3
 #: the estimated spend is kept as an integer number of billionths of a dollar
@@ -77,8 +80,8 @@ CREATE TABLE batches(
 );
 -- While a batch is in flight, its requests as one record (``_sqlite_tx.Columns`` in
 -- msgpack: custom_ids, lines, offsets, lengths, attempts, and raw bytes only without
--- a source file), dropped once it is collected or rejected (its ids stay in the runs,
--- see _sqlite_ids). A table of its own: the batch's row changes at every step of its
+-- a source file), dropped once it is collected or rejected (its ids stay held, see
+-- _sqlite_ids). A table of its own: the batch's row changes at every step of its
 -- life, and a row holding the record (a few hundred KB) was written again each time.
 """
     + _BATCH_REQUESTS
@@ -126,6 +129,7 @@ INSERT INTO sinks VALUES ('output', 0, 0), ('rejects', 0, 0);
 """
     + IDS_SCHEMA
     + IDRUNS_SCHEMA
+    + DEFERRED_SCHEMA
 )
 TABLES = frozenset(
     {
@@ -143,11 +147,14 @@ TABLES = frozenset(
         "runs",
         "idruns",
         "idlate",
+        "idclaims",
+        "deferred",
         *IDS_TABLES,
     }
 )
-#: the tables of a version-3 file
-_TABLES_3 = TABLES - {"idruns", "idlate", "batch_requests"}
+#: the tables of a version-4 file, and of a version-3 one
+_TABLES_4 = TABLES - {"idclaims", "deferred"}
+_TABLES_3 = _TABLES_4 - {"idruns", "idlate", "batch_requests"}
 
 _IN_FLIGHT = ("intent", "sending", "created", "ended")
 _BATCH_COLUMNS = (
@@ -196,6 +203,7 @@ def resume_state(c: sqlite3.Connection, fresh: bool) -> ResumeState:
         batches=_batches(c, ("created", "ended")),
         pending_intents=_batches(c, ("intent", "sending")),
         spooled=_scalar(c, "SELECT count(*) FROM spool"),
+        deferred=_deferred_count(c),
         estimated_cost_usd=_estimated_usd(c),
         cancel=cancel_state(c),
         canceled=_canceled_count(c),
@@ -203,6 +211,14 @@ def resume_state(c: sqlite3.Connection, fresh: bool) -> ResumeState:
             name.removeprefix("route:"): p for name, p in sinks.items() if name.startswith("route:")
         },
     )
+
+
+def _deferred_count(c: sqlite3.Connection) -> int:
+    """Requests whose custom_id waits to be resolved (a file of an older version,
+    read before its upgrade, has none)."""
+    if "deferred" not in table_names(c):
+        return 0
+    return int(_scalar(c, "SELECT count(*) FROM deferred"))
 
 
 def cancel_state(c: sqlite3.Connection) -> CancelState | None:
@@ -231,7 +247,7 @@ def job_status(c: sqlite3.Connection) -> JobStatus:
         submitted=counters["submitted"],
         ended=counters["ended"],
         written=counters["written"],
-        spooled=_scalar(c, "SELECT count(*) FROM spool"),
+        spooled=_scalar(c, "SELECT count(*) FROM spool") + _deferred_count(c),
         finished=bool(meta_value(c, "finished")),
         batches=_batches(c, _IN_FLIGHT),
         job=decode_job(meta_value(c, "job")),
@@ -288,15 +304,15 @@ def check_meta(c: sqlite3.Connection, tables: set[str], path: str) -> int:
     if app is None or app[0] != APP_TAG:
         raise LedgerError(path, _NOT_STATE)
     version = meta_value(c, "schema_version")
-    if version not in (SCHEMA_VERSION, UPGRADABLE_VERSION):
+    if version not in (SCHEMA_VERSION, 4, UPGRADABLE_VERSION):
         raise LedgerError(
             path,
             f"has schema version {version}; this pipeline reads versions "
-            f"{UPGRADABLE_VERSION} and {SCHEMA_VERSION}: "
+            f"{UPGRADABLE_VERSION} to {SCHEMA_VERSION}: "
             "finish the job with the pipeline release that started it, or remove the "
             "state file to start the job over",
         )
-    expected = TABLES if version == SCHEMA_VERSION else _TABLES_3
+    expected = {SCHEMA_VERSION: TABLES, 4: _TABLES_4}.get(version, _TABLES_3)
     if tables != expected:
         missing = ", ".join(sorted(expected - tables)) or "none"
         raise LedgerError(
@@ -308,22 +324,27 @@ def check_meta(c: sqlite3.Connection, tables: set[str], path: str) -> int:
 
 
 def upgrade(c: sqlite3.Connection, version: int) -> None:
-    """Bring a state file of ``UPGRADABLE_VERSION`` to ``SCHEMA_VERSION``, in one
-    transaction: ``idruns`` and ``idlate`` are added, the batches' records move to
-    ``batch_requests``, and the note of the greatest id dropped, so
-    that the index takes the ids held as keys (its filter is built at open). Batch
-    records of version 3 are read as they are."""
+    """Bring a state file of version 3 or 4 to ``SCHEMA_VERSION``, in one transaction.
+    From 3: ``idruns`` and ``idlate`` are added, the batches' records move to
+    ``batch_requests``, and the note of the greatest id dropped, so that the index
+    takes the ids held as keys (its filter is built at open); batch records of
+    version 3 are read as they are. From 4 (and 3): ``idclaims`` and ``deferred`` are
+    added; the runs of keys stay, read as they are."""
     if version == SCHEMA_VERSION:
         return
     with transaction(c):
-        for statement in IDRUNS_SCHEMA.split(";")[:-1]:
+        if version == UPGRADABLE_VERSION:
+            for statement in IDRUNS_SCHEMA.split(";")[:-1]:
+                c.execute(statement)
+            c.execute(_BATCH_REQUESTS)
+            c.execute(
+                "INSERT INTO batch_requests SELECT local_id, reqs FROM batches "
+                "WHERE reqs IS NOT NULL"
+            )
+            c.execute("ALTER TABLE batches DROP COLUMN reqs")
+            c.execute("DELETE FROM meta WHERE key = 'ids_top'")
+        for statement in DEFERRED_SCHEMA.split(";")[:-1]:
             c.execute(statement)
-        c.execute(_BATCH_REQUESTS)
-        c.execute(
-            "INSERT INTO batch_requests SELECT local_id, reqs FROM batches WHERE reqs IS NOT NULL"
-        )
-        c.execute("ALTER TABLE batches DROP COLUMN reqs")
-        c.execute("DELETE FROM meta WHERE key = 'ids_top'")
         c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
 

@@ -5,13 +5,15 @@ back one themselves).
 
 A batch's requests are one record (``batch_requests.reqs``, ``Columns`` in msgpack: the
 custom_ids, lines, offsets, lengths and attempts as one array each) while it is in
-flight, and its custom_ids are in the runs of ``_sqlite_ids`` for the rest of the
-job: a claim writes one row for the batch and one run of ids, whatever they look
-like.
+flight, and its custom_ids are keys of ``_sqlite_ids`` for the rest of the job: a
+claim writes one row for the batch and one row of keys, whatever they look like.
+Once the ids are hashed, a claim defers the requests whose id the filter cannot rule
+out (``deferred``); ``resolve`` settles them many at once.
 """
 
 from __future__ import annotations
 
+from array import array
 from operator import attrgetter, sub
 from typing import TYPE_CHECKING
 
@@ -19,7 +21,7 @@ import msgspec
 
 from .._errors import UsageError
 from .._pricing import whole_units
-from ._base import ClaimResult, SpoolItem
+from ._base import ClaimResult, Settled, SpoolItem
 from ._sqlite_ids import key_of
 from ._sqlite_schema import NANO_PER_USD
 
@@ -78,6 +80,10 @@ _SPOOL = (
     "INSERT OR IGNORE INTO spool(h, c, custom_id, line, offset, length, raw, attempt) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_DEFER = (
+    "INSERT INTO deferred(h, c, custom_id, line, offset, length, raw, attempt) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _reject_row(r: Reject) -> tuple[int, str | None, str, str]:
@@ -108,12 +114,21 @@ def _claim(
 ) -> ClaimResult:
     ids = list(map(_custom_id, entries))
     distinct = len(set(ids)) == len(ids)
-    # the first line of each id the job holds already (only ids not above all those
-    # held, or the few the filter does not rule out, are looked up); keys: None while
-    # the ids go up (nothing is hashed then)
-    known, keys = index.lookup(c, ids)
+    # while the ids go up: the first line of each id the job holds already (only ids
+    # not above all those held are looked up), no keys. Once hashed: nothing looked
+    # up, the keys, and those the filter could not rule out (``maybe``): each is this
+    # request's own retry (in the spool), a line read again, a copy of a spooled or
+    # deferred id, or else deferred, to be resolved with many others (``resolve``)
+    known, keys, maybe = index.lookup(c, ids)
     spooled: set[str] = set()
-    if known:
+    pending: set[int] = set()
+    deferred_lines: dict[str, set[int]] = {}
+    if maybe:
+        assert keys is not None
+        known, deferred_lines = _waiting(c, {keys[i]: ids[i] for i in maybe})
+        spooled = set(known)
+        pending = set(maybe)
+    elif known:
         by_key = {key_of(cid): cid for cid in known}
         rows = c.execute(
             "SELECT s.h, s.c FROM json_each(?) AS j CROSS JOIN spool AS s ON s.h = j.value",
@@ -123,12 +138,27 @@ def _claim(
     retried: list[str] = []
     duplicates: list[int] = []
     skipped: list[int] = []
+    deferred: list[int] = []
     dup_rows: list[tuple[int, str | None, str, str]] = []
-    if not known and distinct:
+    if not known and not maybe and distinct:
         # the common case: all new, no need to look at each
         kept: Sequence[Entry] = entries
         record = columns_of(entries, ids)
         fresh_ids, fresh_lines, fresh_keys = ids, record.lines, keys
+    elif not known and distinct:
+        # ids hashed, none in the spool, no copies within the claim: the filter's
+        # positives wait (or were read again), every other entry is new
+        assert keys is not None
+        for i in maybe:
+            if entries[i].line in deferred_lines.get(ids[i], ()):
+                skipped.append(i)  # deferred, and read again
+            else:
+                deferred.append(i)
+        kept = [e for i, e in enumerate(entries) if i not in pending]
+        fresh_ids = [ids[i] for i in range(len(ids)) if i not in pending]
+        record = columns_of(kept, fresh_ids)
+        fresh_lines = record.lines
+        fresh_keys = [keys[i] for i in range(len(keys)) if i not in pending]
     else:
         seen: dict[str, int] = {}
         fresh: list[int] = []
@@ -137,6 +167,12 @@ def _claim(
             cid = e.custom_id
             prev = known.get(cid)
             first = seen.get(cid)
+            if first is None and prev is None and i in pending:
+                if e.line in deferred_lines.get(cid, ()):  # deferred, and read again
+                    skipped.append(i)
+                else:  # maybe held: resolved later, with many others (copies too)
+                    deferred.append(i)
+                continue
             if first is None and prev is not None and prev == e.line:
                 if cid in spooled:
                     retried.append(cid)  # this request's own retry, back from the spool
@@ -167,18 +203,111 @@ def _claim(
             c.executemany("INSERT OR REPLACE INTO retried VALUES (?, ?, ?)", again)
         index.insert(c, fresh_ids, fresh_lines, fresh_keys)
         local_id = _insert_intent(c, len(kept), _pack(record))
+    if deferred:
+        assert keys is not None
+        waiting = [entries[i] for i in deferred]
+        columns = columns_of(waiting, [e.custom_id for e in waiting])
+        raws = columns.raws if columns.raws is not None else [None] * len(waiting)
+        c.executemany(
+            _DEFER,
+            [
+                (*keys[i], e.custom_id, e.line, offset, length, raw, e.attempt)
+                for i, e, offset, length, raw in zip(
+                    deferred, waiting, columns.offsets, columns.lengths, raws, strict=True
+                )
+            ],
+        )
+    if kept or deferred:
         if dropped := {*duplicates, *skipped}:
             cost = sum([e.cost_usd for i, e in enumerate(entries) if i not in dropped])
         else:  # the same sum, in C
             cost = sum(map(_cost, entries))
         _bump(c, "estimated_nano_usd", whole_units(cost, NANO_PER_USD))  # never overflows
-        c.execute(
-            "UPDATE counters SET value = max(value, ?) WHERE name = 'max_line'",
-            (max(record.lines),),
-        )
+        top = max(record.lines, default=0)
+        if deferred:
+            top = max(top, max(entries[i].line for i in deferred))
+        c.execute("UPDATE counters SET value = max(value, ?) WHERE name = 'max_line'", (top,))
     added += _insert_rejects(c, dup_rows)
     _move_checkpoint(c, checkpoint, line)
-    return ClaimResult(local_id, duplicates, skipped, added)
+    settled = resolve(c, index) if index.due() else Settled()
+    return ClaimResult(
+        local_id,
+        duplicates,
+        skipped,
+        added + settled.rejected,
+        deferred=deferred,
+        settled=settled.settled,
+        released=settled.released,
+    )
+
+
+def _waiting(
+    c: sqlite3.Connection, by_key: dict[tuple[int, int], str]
+) -> tuple[dict[str, int], dict[str, set[int]]]:
+    """Of the ids ``by_key`` (by key): the line of those in the spool (held: their
+    own retry, or a copy of it), and the lines of those deferred."""
+    probe = _encode(sorted({h for h, _ in by_key}))
+    spooled: dict[str, int] = {}
+    deferred: dict[str, set[int]] = {}
+    for table in ("spool", "deferred"):
+        rows = c.execute(
+            f"SELECT t.h, t.c, t.line FROM json_each(?) AS j CROSS JOIN {table} AS t "
+            "ON t.h = j.value",
+            (probe,),
+        )
+        for h, k, line in rows.fetchall():
+            cid = by_key.get((h, k))
+            if cid is None:
+                continue
+            if table == "spool":
+                spooled[cid] = line
+            else:
+                deferred.setdefault(cid, set()).add(line)
+    return spooled, deferred
+
+
+def resolve(c: sqlite3.Connection, index: IdIndex) -> Settled:
+    """Settle every deferred request, by line (the first line wins): a key the job
+    holds from another line makes it a reject naming that line; from its own line,
+    it was read again after a restart (nothing to do); else it is new: held from now
+    on, and spooled to be sent (as a retry is, same attempt). Memory: the deferred
+    keys' ``h`` and the new ones packed (tens of thousands at ten million)."""
+    index.resolved()
+    wanted = {h for (h,) in c.execute("SELECT h FROM deferred")}
+    if not wanted:
+        return Settled()
+    held = index.held_lines(c, wanted)
+    del wanted
+    # keys deferred more than once (copies): the first line of each wins
+    for key in c.execute("SELECT h, c FROM deferred GROUP BY h, c HAVING count(*) > 1"):
+        held.setdefault(key, 0)
+    settled = 0
+    new_seq, new_h, new_c, new_line = array("q"), array("q"), array("h"), array("q")
+    dup_rows: list[tuple[int, str | None, str, str]] = []
+    rows = c.execute("SELECT seq, h, c, line, custom_id FROM deferred ORDER BY line, seq")
+    for seq, h, k, line, cid in rows:
+        settled += 1
+        used = held.get((h, k))
+        if not used:  # (0: a key deferred more than once, its first line comes now)
+            if used == 0:
+                held[(h, k)] = line
+            new_seq.append(seq)
+            new_h.append(h)
+            new_c.append(k)
+            new_line.append(line)
+        elif used != line:
+            msg = f"custom_id {cid!r} already used on line {used}"
+            dup_rows.append((line, cid, "invalid_request_error", msg))
+    if new_seq:
+        index.hold(c, new_h, new_c, new_line)
+        c.execute(
+            "INSERT OR IGNORE INTO spool(h, c, custom_id, line, offset, length, raw, attempt) "
+            "SELECT h, c, custom_id, line, offset, length, raw, attempt FROM deferred "
+            "WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY line",
+            (_encode(new_seq.tolist()),),
+        )
+    c.execute("DELETE FROM deferred")
+    return Settled(settled, len(new_seq), _insert_rejects(c, dup_rows))
 
 
 def members_of(c: sqlite3.Connection, local_id: int) -> list[Member]:

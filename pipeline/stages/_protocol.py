@@ -167,8 +167,9 @@ class JobCounters:
 
     ``outstanding`` counts requests that entered the chunker and are not resolved
     yet (rejected as duplicate, results committed, or spooled); ``spooled`` counts
-    requests waiting in the ledger's spool. The retry feeder ends the cycle once
-    the source is done and both are zero. Every change wakes ``wait_changed``.
+    requests waiting in the ledger's spool, ``deferred`` those whose custom_id the
+    ledger resolves later (``ClaimResult.deferred``). The retry feeder ends the cycle
+    once the source is done and all are zero. Every change wakes ``wait_changed``.
     """
 
     def __init__(self) -> None:
@@ -182,6 +183,8 @@ class JobCounters:
         self.written = 0
         self.outstanding = 0
         self.spooled = 0
+        #: requests the ledger deferred (their custom_id to be resolved with others)
+        self.deferred = 0
         #: requests spooled to be sent again after their result (each time counts)
         self.retried = 0
         #: the last source line the ledger accounts for (its checkpoint: every line
@@ -227,10 +230,21 @@ class JobCounters:
 
     @property
     def cycle_done(self) -> bool:
-        """Source done, nothing at the service or in the stages, nothing spooled."""
+        """Source done, nothing at the service or in the stages, nothing spooled or
+        deferred."""
         return (
             self.source_done
             and self.outstanding <= 0
             and self.spooled <= 0
+            and self.deferred <= 0
             and self.retry_unclaimed <= 0
         )
+
+    def note_settled(self, settled: int, released: int, rejected: int) -> None:
+        """The ledger settled ``settled`` deferred requests: ``released`` of them wait
+        in the spool to be sent, ``rejected`` rejects were recorded."""
+        if settled or released:
+            self.deferred -= settled
+            self.spooled += released
+            self.changed()
+        self.note_rejects(rejected)

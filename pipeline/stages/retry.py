@@ -12,9 +12,12 @@ job, and ``InputChangedError`` ends it with the requests still in the spool. Wit
 ``drop_file_bytes`` (the runner's, for its own submitter) the round waits without
 its lines' bytes, only their CRC-32: the submitter reads them again as it sends.
 
-It also decides when the chunker's input closes: once the source is done, nothing
-is outstanding (in the stages or at the service) and the spool is empty; or at
-once when the pipeline is stopping (spooled requests wait for the next start).
+It also has the ledger settle the requests it deferred (``Ledger.resolve_deferred``)
+once the input was read to its end or nothing else is under way, and decides when
+the chunker's input closes: once the source is done, nothing is outstanding (in the
+stages or at the service), and the spool is empty and nothing deferred; or at once
+when the pipeline is stopping (spooled and deferred requests wait for the next
+start).
 """
 
 from __future__ import annotations
@@ -92,7 +95,9 @@ async def read_back(
     keeps only their CRC-32, as the chunker's ``drop_file_bytes`` leaves it (the
     submitter's ``InputBody`` reads the line again as it sends, and checks it): a
     round of retries waits in the chunker's queue without its bytes."""
-    data: dict[int, bytes] = {}
+    # each line's bytes, or (``drop_file_bytes``: a line ending in a lone "\n") only
+    # its CRC-32, taken as it is read: a round's lines are never all held at once
+    data: dict[int, bytes | int] = {}
     by_offset = sorted(
         (i for i, item in enumerate(items) if item.raw is None), key=lambda i: items[i].offset
     )
@@ -119,19 +124,21 @@ async def read_back(
             if not _holds(line, item):
                 found = f"is no longer at byte {item.offset:,}, where it is read back from"
                 raise InputChangedError.at(path, item, found, "it waits in the spool")
-            data[i] = line.rstrip(b"\r\n")
+            raw = line.rstrip(b"\r\n")
+            data[i] = crc32(raw) if drop_file_bytes and len(raw) == item.length - 1 else raw
         k = j + 1
     out = []
     for i, item in enumerate(items):
         if item.raw is not None:
             out.append(Entry(item.line, item.custom_id, item.raw, item.offset, -1, item.attempt))
             continue
-        raw, end = data[i], item.offset + item.length
-        entry = Entry(item.line, item.custom_id, raw, item.offset, end, item.attempt)
-        if drop_file_bytes and len(raw) == item.length - 1:  # the line and its "\n"
-            entry.crc32 = crc32(raw)
-            entry.raw = b""
-        out.append(entry)
+        kept, end = data[i], item.offset + item.length
+        if isinstance(kept, bytes):
+            out.append(Entry(item.line, item.custom_id, kept, item.offset, end, item.attempt))
+        else:  # without its bytes: the line up to its "\n", read again when sent
+            entry = Entry(item.line, item.custom_id, b"", item.offset, end, item.attempt)
+            entry.crc32 = kept
+            out.append(entry)
     return out
 
 
@@ -169,6 +176,19 @@ async def retry_feeder(
                     await send.send(entries)
                     continue
                 progress.spooled = 0  # the ledger knows best
+            if (
+                progress.deferred > 0
+                and (progress.source_done or progress.outstanding <= 0)
+                and progress.spooled <= 0
+                and progress.retry_unclaimed <= 0
+            ):
+                # the input was read to its end, or nothing else is under way (a
+                # source that keeps coming): settle what the ledger deferred (new
+                # ones to the spool, to be sent; copies to the rejects)
+                settled = await ledger.resolve_deferred()
+                progress.note_settled(settled.settled, settled.released, settled.rejected)
+                if settled.settled:
+                    continue
             if progress.cycle_done:
                 return
             await progress.wait_changed()

@@ -294,10 +294,13 @@ class Submitter:
         progress.retry_unclaimed -= retries
         progress.spooled -= retries
         entries = chunk.entries
-        if claim.duplicates or claim.skipped:
-            dropped = {*claim.duplicates, *claim.skipped}
+        if claim.duplicates or claim.skipped or claim.deferred:
+            # deferred: the ledger keeps them, and sends (spools) or rejects them later
+            dropped = {*claim.duplicates, *claim.skipped, *claim.deferred}
             entries = [e for i, e in enumerate(entries) if i not in dropped]
+            progress.deferred += len(claim.deferred)
             self._resolved(len(dropped))
+        progress.note_settled(claim.settled, claim.released, 0)
         progress.note_rejects(claim.rejected)
         progress.accounted_line = max(progress.accounted_line, chunk.line)
         progress.estimated_cost_usd += sum([e.cost_usd for e in entries])

@@ -29,10 +29,11 @@ def entry(n: int, *, attempt: int = 1, cid: str | None = None, iterable: bool = 
 
 
 def held_tables(conn: sqlite3.Connection) -> dict[str, int]:
-    """Ids a state file holds in each kind of table: runs of keys, rows of ids in
-    order, and ids that came late."""
+    """Ids a state file holds in each kind of table: keys (rows of claims, and runs
+    of a file of schema 4), rows of ids in order, and ids that came late."""
     counts = conn.execute(
-        "SELECT (SELECT coalesce(sum(size), 0) FROM runs), "
+        "SELECT (SELECT coalesce(sum(size), 0) FROM runs) + "
+        "(SELECT coalesce(sum(size), 0) FROM idclaims), "
         "(SELECT coalesce(sum(size), 0) FROM idruns), (SELECT count(*) FROM idlate)"
     ).fetchone()
     return dict(zip(("keys", "in order", "late"), counts, strict=True))

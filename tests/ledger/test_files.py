@@ -122,7 +122,7 @@ async def test_a_state_file_of_the_previous_schema_is_refused_untouched(
         conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
     before = snapshot(state_path)
     with pytest.raises(
-        LedgerError, match="has schema version 2; this pipeline reads versions 3 and 4"
+        LedgerError, match="has schema version 2; this pipeline reads versions 3 to 5"
     ) as e:
         await SQLiteLedger(state_path).open(JOB)
     assert "finish the job with the pipeline release that started it" in str(e.value)

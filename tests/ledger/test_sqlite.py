@@ -123,9 +123,17 @@ async def test_ids_in_order_are_still_checked_after_a_reopen_and_any_later_claim
     claim = await ledger.claim(
         [entry(62, cid="r-070"), *batch, entry(103, cid="r-002")], [], checkpoint=0, line=0
     )
-    assert claim.duplicates == [0, 41]
+    # without the note the ids are hashed (the filter rebuilt): its copies are
+    # deferred, then resolved together, with the same rejects
+    assert (claim.duplicates, claim.deferred) == (
+        ([0, 41], []) if tamper is None else ([], [0, 41])
+    )
     claim = await ledger.claim([entry(104, cid="r-090")], [], checkpoint=0, line=0)
-    assert claim.duplicates == [0]
+    assert (claim.duplicates, claim.deferred) == (([0], []) if tamper is None else ([], [0]))
+    settled = await ledger.resolve_deferred()
+    assert (settled.settled, settled.released, settled.rejected) == (
+        (0, 0, 0) if tamper is None else (3, 0, 3)
+    )
     rejects = await ledger.rejects_after(0, 10)
     assert [r.error.message for r in rejects] == [
         "custom_id 'r-070' already used on line 61",
