@@ -174,6 +174,31 @@ async def test_a_claim_resolves_the_deferred_once_the_keys_held_grew(
     assert claims < 6
 
 
+def write_requests(path: Path, cids: list[str]) -> None:
+    """An input of one request per custom_id of ``cids``, in that order."""
+    path.write_bytes(
+        b"".join(msgspec.json.encode(request(cid, f"q {n}")) + b"\n" for n, cid in enumerate(cids))
+    )
+
+
+def job(tmp_path: Path, client: Client, max_in_flight: int) -> Pipeline:
+    """The job of ``tmp_path``'s input, 100 requests a batch."""
+    return Pipeline(
+        tmp_path / "in.jsonl",
+        tmp_path / "out.jsonl",
+        client=client,
+        state=tmp_path / "s.db",
+        rejects=tmp_path / "rejects.jsonl",
+        config=msgspec.structs.replace(FAST, max_batch_requests=100, max_in_flight=max_in_flight),
+    )
+
+
+def rejects_of(tmp_path: Path) -> dict[int, str]:
+    """The rejects file's messages, by line."""
+    lines = (tmp_path / "rejects.jsonl").read_bytes().splitlines()
+    return {r["line"]: r["error"]["message"] for r in map(msgspec.json.decode, lines)}
+
+
 async def test_a_job_of_random_ids_with_copies_sends_each_id_once_and_rejects_the_copies(
     tmp_path: Path,
 ) -> None:
@@ -191,32 +216,17 @@ async def test_a_job_of_random_ids_with_copies_sends_each_id_once_and_rejects_th
         if i % 10 == 9:  # a copy of an earlier id, on a later line
             cids.append(distinct[rng.randrange(i)])
             copies[len(cids)] = cids[-1]
-    source = tmp_path / "in.jsonl"
-    source.write_bytes(
-        b"".join(msgspec.json.encode(request(cid, f"q {n}")) + b"\n" for n, cid in enumerate(cids))
-    )
-    config = msgspec.structs.replace(FAST, max_batch_requests=100, max_in_flight=1_000)
+    write_requests(tmp_path / "in.jsonl", cids)
     async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
         async with Client(api_key="k", base_url=emu.url) as client:
-            job = Pipeline(
-                source,
-                tmp_path / "out.jsonl",
-                client=client,
-                state=tmp_path / "s.db",
-                rejects=tmp_path / "rejects.jsonl",
-                config=config,
-            )
             with anyio.fail_after(60):
-                stats = await job.run()
+                stats = await job(tmp_path, client, 1_000).run()
         sent = emu.submissions()
     assert stats.finished
     assert (stats.written, stats.rejected) == (1_500, len(copies))
     assert sent == dict.fromkeys(distinct, 1)
     assert Counter(r.custom_id for r in read_results(tmp_path / "out.jsonl")) == sent
-    rejects = [
-        msgspec.json.decode(x) for x in (tmp_path / "rejects.jsonl").read_bytes().splitlines()
-    ]
-    assert {r["line"]: r["error"]["message"] for r in rejects} == {
+    assert rejects_of(tmp_path) == {
         line: f"custom_id {cid!r} already used on line {first[cid]}" for line, cid in copies.items()
     }
 
@@ -229,31 +239,16 @@ async def test_a_job_stopped_with_requests_deferred_settles_them_when_run_again(
     rng = random.Random(37)
     distinct = [f"{rng.getrandbits(128):032x}" for _ in range(1_200)]
     cids = [*distinct, *(distinct[rng.randrange(1_200)] for _ in range(60))]
-    source = tmp_path / "in.jsonl"
-    source.write_bytes(
-        b"".join(msgspec.json.encode(request(cid, f"q {n}")) + b"\n" for n, cid in enumerate(cids))
-    )
-    config = msgspec.structs.replace(FAST, max_batch_requests=100, max_in_flight=200)
+    write_requests(tmp_path / "in.jsonl", cids)
     async with serve_emulator(EmulatorConfig(batch_seconds=0.0), data_dir=tmp_path / "e") as emu:
         async with Client(api_key="k", base_url=emu.url) as client:
-
-            def job() -> Pipeline:
-                return Pipeline(
-                    source,
-                    tmp_path / "out.jsonl",
-                    client=client,
-                    state=tmp_path / "s.db",
-                    rejects=tmp_path / "rejects.jsonl",
-                    config=config,
-                )
-
-            first = job()
+            first = job(tmp_path, client, 200)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(first.run)
                 with anyio.fail_after(30):
                     while (
                         not (tmp_path / "s.db").exists()
-                        or (await read_status(tmp_path / "s.db")).read < 1_000
+                        or (await read_status(tmp_path / "s.db")).read < 500
                     ):
                         await anyio.sleep(0.01)
                 first.stop()
@@ -265,12 +260,9 @@ async def test_a_job_stopped_with_requests_deferred_settles_them_when_run_again(
             assert waiting > 0  # requests wait deferred in the state file
             assert first.statistics().deferred == waiting  # and the run counted them
             with anyio.fail_after(60):
-                stats = await job().run()
+                stats = await job(tmp_path, client, 200).run()
         sent = emu.submissions()
     assert stats.finished
     assert sent == dict.fromkeys(distinct, 1)
     assert Counter(r.custom_id for r in read_results(tmp_path / "out.jsonl")) == sent
-    rejects = [
-        msgspec.json.decode(x) for x in (tmp_path / "rejects.jsonl").read_bytes().splitlines()
-    ]
-    assert sorted(r["line"] for r in rejects) == list(range(1_201, 1_261))
+    assert sorted(rejects_of(tmp_path)) == list(range(1_201, 1_261))
