@@ -302,12 +302,6 @@ def _keys_in(data: bytes) -> Sequence[int]:
     return _unpacked("q", data) if _BIG_ENDIAN else memoryview(data).cast("q")
 
 
-def _runs_of(c: sqlite3.Connection, level: int) -> list[int]:
-    """The runs of ``level``, oldest first."""
-    rows = c.execute("SELECT run FROM runs WHERE level = ? ORDER BY run", (level,))
-    return [row[0] for row in rows.fetchall()]
-
-
 def _held(c: sqlite3.Connection) -> tuple[int, int]:
     """The number of ids the job holds (in runs of keys, ``idruns`` and ``idlate``),
     and of those in ``idlate``."""
