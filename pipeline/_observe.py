@@ -62,6 +62,7 @@ class _BatchView(msgspec.Struct):
     request_counts: _Counts = msgspec.field(default_factory=_Counts)
     created_at: datetime | None = None
     ended_at: datetime | None = None
+    cancel_initiated_at: datetime | None = None
 
 
 _BATCH_VIEW = msgspec.json.Decoder(_BatchView)
@@ -97,8 +98,10 @@ class JobObserver:
         #: batches created (or resumed) and not collected yet, by batch id
         self.batches: dict[str, BatchTrack] = {}
         self.batches_ended = 0
-        #: batches the service accepted a cancel of (``POST .../cancel`` answered 200)
-        self.batches_canceled = 0
+        #: ids of the batches the service accepted a cancel of: ``POST .../cancel``
+        #: answered 200, or a view of the batch says a cancel was initiated (the
+        #: answer to a cancel whose caller was itself canceled is never read)
+        self._canceled: set[str] = set()
         self.batches_collected = 0
         #: the last API call was refused as unauthenticated / forbidden: what it was
         self.auth_error: str | None = None
@@ -119,6 +122,11 @@ class JobObserver:
         from ._tracing import JobTracer
 
         self._tracer = JobTracer(tracer_provider)
+
+    @property
+    def batches_canceled(self) -> int:
+        """Batches the service accepted a cancel of, each counted once."""
+        return len(self._canceled)
 
     @property
     def tracing(self) -> bool:
@@ -183,8 +191,8 @@ class JobObserver:
             self.auth_error = f"{status} to {call.method} {call.route}"
             return
         self.auth_error = None
-        if response.is_success and call.tail == "/cancel":
-            self.batches_canceled += 1
+        if response.is_success and call.tail == "/cancel" and call.batch_id is not None:
+            self._canceled.add(call.batch_id)
         if not response.is_success or call.tail is not None:
             return
         if call.route.startswith("/v1/messages/batches") and call.method in ("GET", "POST"):
@@ -200,6 +208,8 @@ class JobObserver:
     def _batch_seen(self, view: _BatchView, created: bool) -> None:
         if view.type != "message_batch":
             return
+        if view.cancel_initiated_at is not None:
+            self._canceled.add(view.id)
         counts = msgspec.structs.asdict(view.request_counts)
         track = self.batches.get(view.id)
         if track is None:

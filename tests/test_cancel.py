@@ -12,15 +12,17 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
+import httpx
 from prometheus_client import CollectorRegistry, generate_latest
 
-from pipeline import JobMonitor, Pipeline, PipelineConfig
+from pipeline import Client, JobMonitor, Pipeline, PipelineConfig
 from pipeline.ledger import read_status
 from pipeline.testing import EmulatorConfig, ManualClock, serve_emulator
 from tests._helpers import (
     SECRET_KEY,
     batch_statuses,
     output_outcomes,
+    quick,
     samples,
     value,
     wait_for,
@@ -149,3 +151,58 @@ def _submitted(
         return stats.submitted >= n and stats.batches_in_flight == batches
 
     return check
+
+
+class _AnswerLostOnce(httpx.AsyncBaseTransport):
+    """The first cancel of each batch reaches the emulator, which cancels it, and
+    then the connection breaks before its answer is read (the client asks again)."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._lost: set[str] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        path = request.url.path
+        if path.endswith("/cancel") and path not in self._lost:
+            self._lost.add(path)
+            await response.aclose()
+            raise httpx.ReadError("connection reset while reading the answer", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_each_canceled_batch_counts_once_even_when_the_answer_to_its_cancel_is_lost(
+    tmp_path: Path,
+) -> None:
+    write_requests(tmp_path / "in.jsonl", 300)
+    emu_config = EmulatorConfig(batch_seconds=60, clock=ManualClock())
+    async with (
+        serve_emulator(emu_config) as emu,
+        Client(
+            api_key=SECRET_KEY, base_url=emu.url, transport=_AnswerLostOnce(), sleep=quick
+        ) as client,
+    ):
+        pipeline = Pipeline(
+            tmp_path / "in.jsonl",
+            tmp_path / "out.jsonl",
+            state=tmp_path / "job.state",
+            client=client,
+            config=PipelineConfig(dry_run="off", poll_interval=0.05, max_batch_requests=100),
+        )
+        metrics = JobMonitor(pipeline).collector()
+        async with pipeline:
+            await wait_for(
+                _submitted(pipeline, 300, batches=3), timeout=30, what="every batch created"
+            )
+            stats = await pipeline.cancel()
+        assert stats.canceled
+        assert stats.outcomes == {"canceled": 300}
+        for batch in await batch_statuses(emu.url):
+            assert batch.request_counts.canceled == 100
+        parsed = samples(generate_latest(_Registry(metrics)).decode())
+        # three batches, each asked to cancel at least twice (the job's watcher and its
+        # end both ask, and every first answer is lost): three canceled batches
+        assert value(parsed, "pipeline_batches_canceled_total") == 3

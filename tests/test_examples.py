@@ -152,8 +152,8 @@ async def test_web_service_answers_a_rejected_request_with_an_error(tmp_path: Pa
             del params["max_tokens"]  # the pipeline rejects it: no result will come
         return params
 
-    got = await service.serve(tmp_path, 8, timeout=3, params=params)
-    assert got["req-3"].startswith("error: no answer within 3 s: the pipeline rejected")
+    got = await service.serve(tmp_path, 8, timeout=6, params=params)
+    assert got["req-3"].startswith("error: no answer within 6 s: the pipeline rejected")
     assert str(tmp_path / "rejects.jsonl") in got["req-3"]
     assert got["req-7"] == " ".join(reply_text("Question 7?"))
     [reject] = (tmp_path / "rejects.jsonl").read_bytes().splitlines()

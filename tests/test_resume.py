@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from pipeline.ledger import JobSpec, SQLiteLedger
-from pipeline.testing import start_emulator_process
+from pipeline.testing import EmulatorConfig, ManualClock, serve_emulator, start_emulator_process
 
 from .ledger.jobs import (
     output_ids,
@@ -342,27 +342,28 @@ async def test_a_batch_of_another_job_adopted_by_mistake_loses_no_request(
     assert all(1 <= sent.get(cid, 0) <= 3 for cid in ids)
 
 
-async def test_a_second_worker_through_a_symlinked_state_is_refused(
-    emulator: str, tmp_path: Path
-) -> None:
+async def test_a_second_worker_through_a_symlinked_state_is_refused(tmp_path: Path) -> None:
     """Two `pipeline run` processes on one job, the second given a symlink to the
     state file as --state: it is refused (exit 1, one line) and the first finishes
-    with every result written once."""
+    with every result written once. The emulator's clock stands still until the
+    second was refused, so the first cannot have finished (and let go) before."""
     ids, _ = write_input(tmp_path / "in.jsonl", 300, prefix="link")
     (tmp_path / "link.state").symlink_to(tmp_path / "job.state")
-    first = start_worker(emulator, tmp_path, api_key="symlink")
-    await wait_for(tmp_path, first, created)
-    second = start_worker(
-        emulator, tmp_path, "--state", str(tmp_path / "link.state"), api_key="symlink"
-    )
-    _, err = second.communicate(timeout=30)
-    assert second.returncode == 1, err.decode()
-    reason = err.decode().strip().splitlines()[-1]
-    assert reason.startswith("pipeline run: failed: state file"), reason
-    assert "in use by another process" in reason
-    _, err = first.communicate(timeout=60)
-    assert first.returncode == 0, err.decode()
-    await assert_exactly_once(emulator, tmp_path, ids)
+    async with serve_emulator(EmulatorConfig(batch_seconds=60, clock=ManualClock())) as emu:
+        first = start_worker(emu.url, tmp_path, batch=300, api_key="symlink")
+        await wait_for(tmp_path, first, created)  # its one batch
+        second = start_worker(
+            emu.url, tmp_path, "--state", str(tmp_path / "link.state"), api_key="symlink"
+        )
+        _, err = await anyio.to_thread.run_sync(lambda: second.communicate(timeout=30))
+        assert second.returncode == 1, err.decode()
+        reason = err.decode().strip().splitlines()[-1]
+        assert reason.startswith("pipeline run: failed: state file"), reason
+        assert "in use by another process" in reason
+        emu.advance(61)
+        _, err = await anyio.to_thread.run_sync(lambda: first.communicate(timeout=60))
+        assert first.returncode == 0, err.decode()
+        await assert_exactly_once(emu.url, tmp_path, ids)
 
 
 @contextlib.contextmanager
