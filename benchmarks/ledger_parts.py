@@ -29,10 +29,9 @@ import run  # noqa: E402
 _CLAIM_PARTS = (
     "hash the ids (BLAKE2b)",
     "the filter",
-    "look filter positives up in the runs",
+    "store the claim's keys (a row of idclaims)",
+    "resolve deferred ids: read every key held",
     "look ids below the top up (ids in order)",
-    "insert the claim's run of keys",
-    "merge runs",
     "store ids in order",
 )
 

@@ -74,7 +74,7 @@ class Deferred:
     def claim(self, ids: list[str], lines: list[int]) -> None:
         clock, parts = time.process_time, self.parts
         t0 = clock()
-        keys = keys_of(ids)
+        keys = list(zip(*keys_of(ids), strict=True))  # (h, c) pairs
         t1 = clock()
         hs = [k[0] for k in keys]
         maybe = self.filter.known(hs)

@@ -125,7 +125,8 @@ def _claim(
     deferred_lines: dict[str, set[int]] = {}
     if maybe:
         assert keys is not None
-        known, deferred_lines = _waiting(c, {keys[i]: ids[i] for i in maybe})
+        hs, cs = keys
+        known, deferred_lines = _waiting(c, {(hs[i], cs[i]): ids[i] for i in maybe})
         spooled = set(known)
         pending = set(maybe)
     elif known:
@@ -154,11 +155,18 @@ def _claim(
                 skipped.append(i)  # deferred, and read again
             else:
                 deferred.append(i)
-        kept = [e for i, e in enumerate(entries) if i not in pending]
-        fresh_ids = [ids[i] for i in range(len(ids)) if i not in pending]
+        # the few positives taken out of copies (in C), not every entry looked at
+        kept, fresh_ids, fresh_hs, fresh_cs = (
+            list(entries),
+            list(ids),
+            list(keys[0]),
+            list(keys[1]),
+        )
+        for i in reversed(maybe):
+            del kept[i], fresh_ids[i], fresh_hs[i], fresh_cs[i]
         record = columns_of(kept, fresh_ids)
         fresh_lines = record.lines
-        fresh_keys = [keys[i] for i in range(len(keys)) if i not in pending]
+        fresh_keys = (fresh_hs, fresh_cs)
     else:
         seen: dict[str, int] = {}
         fresh: list[int] = []
@@ -192,7 +200,9 @@ def _claim(
         record = columns_of(kept, [e.custom_id for e in kept])
         fresh_ids = [ids[i] for i in fresh]
         fresh_lines = [entries[i].line for i in fresh]
-        fresh_keys = None if keys is None else [keys[i] for i in fresh]
+        fresh_keys = (
+            None if keys is None else ([keys[0][i] for i in fresh], [keys[1][i] for i in fresh])
+        )
     added = _insert_rejects(c, [_reject_row(r) for r in rejects])
     local_id = 0
     if kept:
@@ -211,7 +221,7 @@ def _claim(
         c.executemany(
             _DEFER,
             [
-                (*keys[i], e.custom_id, e.line, offset, length, raw, e.attempt)
+                (keys[0][i], keys[1][i], e.custom_id, e.line, offset, length, raw, e.attempt)
                 for i, e, offset, length, raw in zip(
                     deferred, waiting, columns.offsets, columns.lengths, raws, strict=True
                 )
