@@ -22,10 +22,12 @@ start).
 
 from __future__ import annotations
 
+import os
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 from zlib import crc32
 
+import anyio
 import msgspec
 
 from ._files import opened
@@ -33,8 +35,6 @@ from ._items import Entry, Flush, Reject
 from .submitter import InputChangedError
 
 if TYPE_CHECKING:
-    import os
-
     from aiofiles.threadpool.binary import AsyncBufferedReader
     from anyio.abc import ObjectSendStream
 
@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ("read_back", "retry_feeder")
 
-#: reads of spooled lines closer than this are done as one read
-_COALESCE_GAP = 64 * 1024
+#: reads of spooled lines closer than this are done as one read: a ``pread`` of a line
+#: from the page cache costs about what copying 16 KiB does
+_COALESCE_GAP = 16 * 1024
 #: one read at the most: a MiB, as the source's and the sink's. A larger block, freed
 #: once its lines are cut out, raises glibc's mmap threshold to its size, and every
 #: smaller block is served from the heaps from then on (a job of ten million resumed
@@ -87,46 +88,26 @@ async def read_back(
     drop_file_bytes: bool = False,
 ) -> list[Entry]:
     """Entries for spooled requests, in spool order; file-backed ones are read from
-    ``handle`` (the input ``path``) with one seek and read per run of nearby lines,
-    and each checked (``_holds``): ``InputChangedError`` names the first that
-    changed.
+    ``handle`` (the input ``path``) with one read per run of nearby lines, sorted by
+    offset, all in one call to a worker thread (``os.pread``: not two calls, a seek
+    and a read, each a thread's turn, per line: the lines of a round are scattered
+    through the input), and each checked (``_holds``): ``InputChangedError`` names
+    the first that changed.
 
     ``drop_file_bytes``: an entry whose bytes are the file's line up to its ``\\n``
     keeps only their CRC-32, as the chunker's ``drop_file_bytes`` leaves it (the
     submitter's ``InputBody`` reads the line again as it sends, and checks it): a
     round of retries waits in the chunker's queue without its bytes."""
-    # each line's bytes, or (``drop_file_bytes``: a line ending in a lone "\n") only
-    # its CRC-32, taken as it is read: a round's lines are never all held at once
-    data: dict[int, bytes | int] = {}
     by_offset = sorted(
         (i for i, item in enumerate(items) if item.raw is None), key=lambda i: items[i].offset
     )
-    k = 0
-    while k < len(by_offset):
-        first = items[by_offset[k]]
-        j, end = k, first.offset + first.length
-        while j + 1 < len(by_offset):
-            nxt = items[by_offset[j + 1]]
-            if (
-                nxt.offset - end > _COALESCE_GAP
-                or nxt.offset + nxt.length - first.offset > _MAX_READ
-            ):
-                break
-            j, end = j + 1, max(end, nxt.offset + nxt.length)
+    data: dict[int, bytes | int] = {}
+    if by_offset:
         if handle is None:
             raise RuntimeError("spooled requests of a file source, but no file to read them from")
-        await handle.seek(first.offset)
-        span = await handle.read(end - first.offset)
-        for i in by_offset[k : j + 1]:
-            item = items[i]
-            start = item.offset - first.offset
-            line = span[start : start + item.length]
-            if not _holds(line, item):
-                found = f"is no longer at byte {item.offset:,}, where it is read back from"
-                raise InputChangedError.at(path, item, found, "it waits in the spool")
-            raw = line.rstrip(b"\r\n")
-            data[i] = crc32(raw) if drop_file_bytes and len(raw) == item.length - 1 else raw
-        k = j + 1
+        data = await anyio.to_thread.run_sync(
+            _read_lines, handle.fileno(), items, by_offset, path, drop_file_bytes
+        )
     out = []
     for i, item in enumerate(items):
         if item.raw is not None:
@@ -140,6 +121,44 @@ async def read_back(
             entry.crc32 = kept
             out.append(entry)
     return out
+
+
+def _read_lines(
+    fd: int,
+    items: list[SpoolItem],
+    by_offset: list[int],
+    path: str | os.PathLike[str] | None,
+    drop_file_bytes: bool,
+) -> dict[int, bytes | int]:
+    """(In a worker thread) the line of each of ``items`` at ``by_offset`` (their
+    indices, by offset), checked, by index: its bytes, or (``drop_file_bytes``: a
+    line ending in a lone ``\\n``) only its CRC-32, taken as it is read (a round's
+    lines are never all held at once)."""
+    data: dict[int, bytes | int] = {}
+    k = 0
+    while k < len(by_offset):
+        first = items[by_offset[k]]
+        j, end = k, first.offset + first.length
+        while j + 1 < len(by_offset):
+            nxt = items[by_offset[j + 1]]
+            if (
+                nxt.offset - end > _COALESCE_GAP
+                or nxt.offset + nxt.length - first.offset > _MAX_READ
+            ):
+                break
+            j, end = j + 1, max(end, nxt.offset + nxt.length)
+        span = os.pread(fd, end - first.offset, first.offset)
+        for i in by_offset[k : j + 1]:
+            item = items[i]
+            start = item.offset - first.offset
+            line = span[start : start + item.length]
+            if not _holds(line, item):
+                found = f"is no longer at byte {item.offset:,}, where it is read back from"
+                raise InputChangedError.at(path, item, found, "it waits in the spool")
+            raw = line.rstrip(b"\r\n")
+            data[i] = crc32(raw) if drop_file_bytes and len(raw) == item.length - 1 else raw
+        k = j + 1
+    return data
 
 
 async def retry_feeder(
