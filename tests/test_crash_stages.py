@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import time
 from typing import TYPE_CHECKING
 
-import anyio
 import msgspec
 import pytest
 
 from pipeline.testing import reply_text, start_emulator_process
 
-from .ledger.jobs import KillTrigger, recorded_attempts, size, start_definition, submissions
+from .ledger.jobs import (
+    KillTrigger,
+    recorded_attempts,
+    run_until_killed,
+    size,
+    start_definition,
+    submissions,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -116,15 +120,7 @@ async def test_user_stages_under_sigkill_give_each_output_once_and_pay_once(
         kills = 0
         while kills < KILLS:
             trigger = KillTrigger(rng, out, state, total=len(kept), kills_left=KILLS - kills)
-            worker = start_definition(url, definition)
-            started = time.monotonic()
-            while worker.poll() is None and not trigger.fired(started):
-                await anyio.sleep(0.005)
-            finished = worker.poll() is not None
-            worker.send_signal(signal.SIGKILL)
-            _, err = worker.communicate()
-            assert not finished or worker.returncode == 0, err.decode()
-            if finished:
+            if await run_until_killed(start_definition(url, definition), trigger):
                 break
             kills += 1
         worker = start_definition(url, definition)

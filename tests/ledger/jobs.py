@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
 
+import anyio
 import httpx
 import msgspec
 
@@ -176,6 +178,19 @@ class KillTrigger:
         if stamp != self.base_wal:
             self.base_wal, self.changes = stamp, self.changes + 1
         return self.changes >= self.commits
+
+
+async def run_until_killed(worker: subprocess.Popen[bytes], trigger: KillTrigger) -> bool:
+    """Let ``worker`` run until ``trigger`` fires, then SIGKILL it; whether it had
+    finished by itself first (then it must have exited 0)."""
+    started = time.monotonic()
+    while worker.poll() is None and not trigger.fired(started):
+        await anyio.sleep(0.005)
+    finished = worker.poll() is not None
+    worker.send_signal(signal.SIGKILL)
+    _, err = worker.communicate()
+    assert not finished or worker.returncode == 0, err.decode()
+    return finished
 
 
 async def recorded_attempts(path: Path, ids: list[str]) -> dict[str, int]:

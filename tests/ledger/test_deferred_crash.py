@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anyio
 import msgspec
 import pytest
 
@@ -27,10 +25,14 @@ from .jobs import (
     KillTrigger,
     output_ids,
     recorded_attempts,
+    run_until_killed,
     size,
     start_worker,
     submissions,
 )
+
+if TYPE_CHECKING:
+    import subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -91,22 +93,18 @@ async def test_random_ids_under_sigkill_give_each_result_once_and_each_copy_one_
     out, state = tmp_path / "out.jsonl", tmp_path / "job.state"
     emulator = ["--batch-seconds", "0.3", "--request-error-rate", "0.03"]
     with start_emulator_process(*emulator, "--seed", str(SEED)) as url:
+
+        def start() -> subprocess.Popen[bytes]:
+            return start_worker(url, tmp_path, batch=100, in_flight=300, attempts=MAX_ATTEMPTS)
+
         kills = deferred_seen = 0
         while kills < KILLS:
             trigger = KillTrigger(rng, out, state, total=REQUESTS, kills_left=KILLS - kills)
-            worker = start_worker(url, tmp_path, batch=100, in_flight=300, attempts=MAX_ATTEMPTS)
-            started = time.monotonic()
-            while worker.poll() is None and not trigger.fired(started):
-                await anyio.sleep(0.005)
-            finished = worker.poll() is not None
-            worker.send_signal(signal.SIGKILL)
-            _, err = worker.communicate()
-            assert not finished or worker.returncode == 0, err.decode()
-            if finished:
+            if await run_until_killed(start(), trigger):
                 break
             kills += 1
             deferred_seen += _deferred(state) > 0
-        worker = start_worker(url, tmp_path, batch=100, in_flight=300, attempts=MAX_ATTEMPTS)
+        worker = start()
         _, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err.decode()
         submitted = await submissions(url)
