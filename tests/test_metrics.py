@@ -75,16 +75,20 @@ async def test_metrics_agree_with_the_summary_during_and_after_a_job_with_faults
         async with monitor.serve() as url, httpx.AsyncClient(base_url=url) as http:
             assert (await http.get("/readyz")).status_code == 503  # not started
             with anyio.fail_after(60):
-                async with pipeline:
-                    # scrape while the job runs, each scrape as soon as the last is read
-                    while not pipeline.statistics().finished:
-                        response = await http.get("/metrics")
-                        assert response.status_code == 200
-                        scrapes.append(samples(response.text))
-                        readies.append((await http.get("/readyz")).status_code)
-                        if pipeline.statistics().finished:
-                            break
+                async with pipeline, anyio.create_task_group() as tg:
+
+                    async def scrape() -> None:
+                        # while the job runs, each scrape as soon as the last is read
+                        while not pipeline.statistics().finished:
+                            response = await http.get("/metrics")
+                            assert response.status_code == 200
+                            scrapes.append(samples(response.text))
+                            readies.append((await http.get("/readyz")).status_code)
+
+                    tg.start_soon(scrape)
+                    # a job that fails raises here at once (not a minute of scrapes)
                     stats = await pipeline.wait()
+                    tg.cancel_scope.cancel()
             after = samples((await http.get("/metrics")).text)
             assert (await http.get("/healthz")).status_code == 200
             assert (await http.get("/readyz")).status_code == 503  # the job is over

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from .._errors import APIError, ResultStreamError
+from .._errors import (
+    APIConnectionError,
+    APIError,
+    InternalServerError,
+    RateLimitError,
+    ResultStreamError,
+)
 from .._pricing import DEFAULT_PRICES, PriceTable
 from ..api._lines import cut_lines, split_block
 from .sink import JsonlSink
@@ -54,8 +60,10 @@ logger = logging.getLogger("pipeline.results")
 
 #: Error types worth re-sending: the service failed, not the request.
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error"})
-#: Re-opens in a row of a broken download that bring no new line before the job
-#: fails (a download that makes progress is re-opened as often as it breaks).
+#: Re-opens in a row of a broken download that bring no new line (or starts of a
+#: download that failed after the client's own tries: a burst of 5xx, 429 or resets)
+#: before the job fails (a download that makes progress is re-opened as often as it
+#: breaks).
 MAX_REOPENS = 5
 #: Lines written between two ledger commits (each commit fsyncs the sink).
 COMMIT_LINES = 4096
@@ -154,12 +162,14 @@ class ResultsCollector:
         """Download, route and commit one batch; then release its capacity."""
         if ended.adopted:  # it may hold requests of another job: write only ours
             self.resumed.setdefault(ended.local_id, ended.request_count)
-        batch = await self.client.retrieve_batch(ended.batch_id)
         state = _BatchState(ended)
+        batch: MessageBatch | None = None
         fruitless = 0  # re-opens in a row that delivered no new line
         while True:
             before = len(state.handled)
             try:
+                if batch is None:
+                    batch = await self.client.retrieve_batch(ended.batch_id)
                 await self._download(state, batch)
                 break
             except ResultStreamError as exc:
@@ -167,6 +177,14 @@ class ResultsCollector:
                 if fruitless > MAX_REOPENS:
                     raise
                 logger.warning("results download broke, re-opening: %s", exc)
+            except (APIConnectionError, RateLimitError, InternalServerError) as exc:
+                # the client's own tries all failed (a burst of 5xx, 429 or resets):
+                # the batch's results are still there, so the download starts again
+                # (with the client's tries anew) rather than failing the job
+                fruitless += 1
+                if fruitless > MAX_REOPENS:
+                    raise
+                logger.warning("results download did not start, trying again: %s", exc)
         await self._commit(state, done=True)
         self._started.discard(ended.local_id)
         self.resumed.pop(ended.local_id, None)

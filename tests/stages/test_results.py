@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 import msgspec
 import pytest
 
@@ -24,6 +25,7 @@ from pipeline.stages._items import EndedBatch
 from pipeline.stages.results import ResultsCollector
 from pipeline.stages.sink import CallbackSink, JsonlSink, ResultSink
 from pipeline.testing import EmulatorConfig, serve_emulator
+from tests._helpers import quick
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -73,6 +75,62 @@ async def test_a_cut_download_is_reopened_and_each_line_written_once(
     assert sorted(written) == ids  # ... nor lost
     assert submissions == dict.fromkeys(ids, 1)  # re-downloading never re-submits
     assert stats.written == 600
+    assert stats.finished
+
+
+class _ResultsRefused(httpx.AsyncBaseTransport):
+    """The emulator behind a gateway that answers 503 to the first ``refusals`` GETs of
+    a batch's results (a burst longer than the client's own tries)."""
+
+    def __init__(self, refusals: int) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.refusals = refusals
+        self.refused = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/results") and self.refused < self.refusals:
+            self.refused += 1
+            error = {"type": "error", "error": {"type": "api_error", "message": "unavailable"}}
+            return httpx.Response(503, json=error, request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_download_refused_longer_than_the_client_tries_is_started_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = [f"r-{i:04d}" for i in range(300)]
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(line(cid) for cid in ids) + b"\n")
+    config = PipelineConfig(
+        max_batch_requests=100, linger_seconds=0.01, poll_interval=0.01, dry_run="off"
+    )
+    # the client tries twice (max_retries=1): 5 refusals make it give up twice, then
+    # the third start of that download goes through
+    gateway = _ResultsRefused(refusals=5)
+    caplog.set_level(logging.WARNING, logger="pipeline.results")
+    async with serve_emulator(EmulatorConfig(batch_seconds=0.0)) as emu:
+        client = Client(
+            api_key="k", base_url=emu.url, transport=gateway, max_retries=1, sleep=quick
+        )
+        async with client:
+            pipeline = Pipeline(
+                tmp_path / "in.jsonl", tmp_path / "out.jsonl", config=config, client=client
+            )
+            with anyio.fail_after(20):
+                stats = await pipeline.run()
+        submissions = emu.submissions()
+    assert gateway.refused == 5
+    again = [r.getMessage() for r in caplog.records if "did not start" in r.getMessage()]
+    assert len(again) == 2, again
+    assert "503" in again[0]
+    written = [
+        msgspec.json.decode(x)["custom_id"]
+        for x in (tmp_path / "out.jsonl").read_bytes().splitlines()
+    ]
+    assert sorted(written) == ids  # each once, none lost
+    assert submissions == dict.fromkeys(ids, 1)  # nothing sent again
     assert stats.finished
 
 
