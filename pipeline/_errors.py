@@ -55,6 +55,7 @@ __all__ = (
     "RequestTooLargeError",
     "ResultStreamError",
     "StageError",
+    "TRANSIENT_ERRORS",
     "UnpricedModelError",
     "UsageError",
     "status_error_class",
@@ -154,6 +155,11 @@ def status_error_class(status_code: int) -> type[APIStatusError]:
 
 class APIConnectionError(APIError):
     """No answer from the service: connection refused, reset or timed out."""
+
+
+#: Failures worth the same call again later, once the client's own tries are spent: a
+#: burst of 429, 5xx (529 too) or connections refused or reset.
+TRANSIENT_ERRORS = (RateLimitError, InternalServerError, APIConnectionError)
 
 
 class CreateOutcomeUnknownError(APIError):

@@ -27,11 +27,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._errors import (
-    APIConnectionError,
+    TRANSIENT_ERRORS,
     BatchNotFoundError,
-    InternalServerError,
     NotFoundError,
-    RateLimitError,
 )
 from ._items import EndedBatch, SubmittedBatch
 
@@ -50,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = ("QUICK_LOOK", "Poller", "next_interval", "poller")
 
 logger = logging.getLogger("pipeline.poller")
-_TRANSIENT = (RateLimitError, InternalServerError, APIConnectionError)
 #: The first look at a new batch, as a fraction of the floor (then at doubling ages).
 QUICK_LOOK = 0.125
 
@@ -121,7 +118,7 @@ class Poller:
                 batch = await self.client.retrieve_batch(w.batch.batch_id)
             except NotFoundError as exc:
                 raise BatchNotFoundError(w.batch.batch_id, w.batch.local_id) from exc
-            except _TRANSIENT as exc:
+            except TRANSIENT_ERRORS as exc:
                 self.backoff = min(
                     self.config.max_poll_interval, max(self.config.poll_interval, self.backoff * 2)
                 )

@@ -32,13 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from .._errors import (
-    APIConnectionError,
-    APIError,
-    InternalServerError,
-    RateLimitError,
-    ResultStreamError,
-)
+from .._errors import TRANSIENT_ERRORS, APIError, ResultStreamError
 from .._pricing import DEFAULT_PRICES, PriceTable
 from ..api._lines import cut_lines, split_block
 from .sink import JsonlSink
@@ -172,19 +166,17 @@ class ResultsCollector:
                     batch = await self.client.retrieve_batch(ended.batch_id)
                 await self._download(state, batch)
                 break
-            except ResultStreamError as exc:
+            except (ResultStreamError, *TRANSIENT_ERRORS) as exc:
+                # a download cut short, or one that did not start after the client's
+                # own tries (a burst of 5xx, 429 or resets): the batch's results are
+                # still there, so it starts again rather than failing the job
                 fruitless = 0 if len(state.handled) > before else fruitless + 1
                 if fruitless > MAX_REOPENS:
                     raise
-                logger.warning("results download broke, re-opening: %s", exc)
-            except (APIConnectionError, RateLimitError, InternalServerError) as exc:
-                # the client's own tries all failed (a burst of 5xx, 429 or resets):
-                # the batch's results are still there, so the download starts again
-                # (with the client's tries anew) rather than failing the job
-                fruitless += 1
-                if fruitless > MAX_REOPENS:
-                    raise
-                logger.warning("results download did not start, trying again: %s", exc)
+                if isinstance(exc, ResultStreamError):
+                    logger.warning("results download broke, re-opening: %s", exc)
+                else:
+                    logger.warning("results download did not start, trying again: %s", exc)
         await self._commit(state, done=True)
         self._started.discard(ended.local_id)
         self.resumed.pop(ended.local_id, None)

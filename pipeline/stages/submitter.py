@@ -43,13 +43,12 @@ from zlib import crc32
 import anyio
 
 from .._errors import (
+    TRANSIENT_ERRORS,
     APIConnectionError,
     APIStatusError,
     AuthenticationError,
     CreateOutcomeUnknownError,
-    InternalServerError,
     PermissionDeniedError,
-    RateLimitError,
     RequestTooLargeError,
 )
 from ..api._body import BODY_HEAD, BODY_TAIL, PIECE_BYTES, SplicedBody
@@ -86,7 +85,6 @@ _crc32 = attrgetter("crc32")
 FIRST_CREATE_BACKOFF = 2.0
 #: Statuses of a definitive answer that still means "try later" (no batch was made).
 _TRY_LATER_STATUSES = frozenset({408, 409, 429})
-_TRY_LATER = (RateLimitError, InternalServerError, APIConnectionError)
 
 
 def create_backoff(tries: int, *, ceiling: float) -> float:
@@ -97,7 +95,7 @@ def create_backoff(tries: int, *, ceiling: float) -> float:
 
 def _try_later(exc: Exception) -> bool:
     """Whether a failed create certainly made no batch and may simply be tried again."""
-    if isinstance(exc, _TRY_LATER):
+    if isinstance(exc, TRANSIENT_ERRORS):
         return True
     return isinstance(exc, APIStatusError) and (
         exc.status_code >= 500 or exc.status_code in _TRY_LATER_STATUSES
