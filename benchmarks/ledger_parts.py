@@ -9,7 +9,8 @@ the filter, storing the keys, resolving deferred ids, commits) with ``time.threa
 CPU of the ledger's own thread, so the parts add up to what the ledger's thread costs,
 measured where it competes with the stages for the caches and the GIL (the ledger
 alone, ``benchmarks/ledger_bench.py``, runs each part faster). Prints µs per request
-of each part; ``run.py``'s own figures first.
+of each part, and the bytes each kind of transaction wrote to the WAL per request (its
+frames, read from the WAL index in the ``-shm`` file); ``run.py``'s own figures first.
 """
 
 from __future__ import annotations
@@ -36,14 +37,25 @@ _CLAIM_PARTS = (
 )
 
 
-def parts_table(seconds: dict[str, float], calls: dict[str, int], requests: int) -> str:
-    """µs per request of each part, a claim's parts under its transaction."""
-    rows = [f"{'ledger thread, µs per request':52s} {'µs/req':>8s} {'calls':>8s}"]
+def parts_table(
+    seconds: dict[str, float],
+    calls: dict[str, int],
+    requests: int,
+    pages: dict[str, int] | None = None,
+) -> str:
+    """µs per request of each part, a claim's parts under its transaction; for each
+    transaction, the bytes it wrote to the WAL per request (pages of 4 KiB)."""
+    pages = pages or {}
+    rows = [
+        f"{'ledger thread, µs per request':52s} {'µs/req':>8s} {'calls':>8s} {'WAL B/req':>10s}"
+    ]
 
     def row(label: str, indent: str = "") -> None:
         if label in seconds:
+            wal = f"{pages[label] * 4096 / requests:10.1f}" if label in pages else ""
             rows.append(
-                f"{indent + label:52s} {seconds[label] / requests * 1e6:8.2f} {calls.get(label, 0):8d}"
+                f"{indent + label:52s} {seconds[label] / requests * 1e6:8.2f} "
+                f"{calls.get(label, 0):8d} {wal}".rstrip()
             )
 
     transactions = sorted(
@@ -55,6 +67,9 @@ def parts_table(seconds: dict[str, float], calls: dict[str, int], requests: int)
             for part in _CLAIM_PARTS:
                 row(part, "  ")
     row("commits (the WAL)")
+    if pages:
+        total = sum(pages.values()) * 4096 / requests
+        rows.append(f"{'WAL, all transactions':52s} {'':8s} {'':8s} {total:10.1f}")
     return "\n".join(rows)
 
 
@@ -71,7 +86,7 @@ def main(argv: list[str]) -> int:
         if len(dumps) != 1:
             raise SystemExit(f"expected the client's timings in one file, found {len(dumps)}")
         timings = json.loads(dumps[0].read_bytes())
-    print(parts_table(timings["seconds"], timings["calls"], args.requests))
+    print(parts_table(timings["seconds"], timings["calls"], args.requests, timings.get("pages")))
     return code
 
 

@@ -34,7 +34,11 @@ def _instrument(sqlite_ledger: ModuleType) -> None:
 
     seconds: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
+    #: pages each kind of transaction wrote to the WAL
+    pages: collections.Counter[str] = collections.Counter()
     clock = time.thread_time
+    #: the transaction running now (set by ``timed_run`` in the ledger's thread)
+    running = ["?"]
 
     def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -61,20 +65,37 @@ def _instrument(sqlite_ledger: ModuleType) -> None:
 
     transaction = sqlite_ledger.transaction
 
+    def wal_frames(conn: Any) -> int:
+        """Frames in the WAL now: ``mxFrame`` of the WAL-index header (a native u32
+        at byte 16 of the ``-shm`` file), which a checkpoint's restart sets back."""
+        shm = conn.execute("PRAGMA database_list").fetchone()[2] + "-shm"
+        with open(shm, "rb") as f:
+            header = f.read(20)
+        return int.from_bytes(header[16:20], sys.byteorder)
+
     @contextlib.contextmanager
     def timed_transaction(conn: Any) -> Iterator[None]:
+        before = wal_frames(conn)
         with transaction(conn):
             yield
             start = clock()  # the commit: leaving the block
         seconds["commits (the WAL)"] += clock() - start
         calls["commits (the WAL)"] += 1
+        after = wal_frames(conn)
+        pages[running[0]] += after - before if after >= before else after
 
     sqlite_ledger.transaction = timed_transaction
     run = sqlite_ledger.SQLiteLedger._run
 
     async def timed_run(self: Any, fn: Callable[..., Any], **kwargs: Any) -> Any:
         label = "transaction: " + fn.__qualname__.split(".<locals>")[0].split(".")[-1]
-        return await run(self, timed(label, fn), **kwargs)
+        timed_fn = timed(label, fn)
+
+        def labelled(conn: Any) -> Any:
+            running[0] = label
+            return timed_fn(conn)
+
+        return await run(self, labelled, **kwargs)
 
     sqlite_ledger.SQLiteLedger._run = timed_run
 
@@ -82,7 +103,9 @@ def _instrument(sqlite_ledger: ModuleType) -> None:
     def _dump() -> None:
         if seconds:
             with open(f"{os.environ['LEDGER_PARTS']}.{os.getpid()}", "w") as out:
-                json.dump({"seconds": dict(seconds), "calls": dict(calls)}, out)
+                json.dump(
+                    {"seconds": dict(seconds), "calls": dict(calls), "pages": dict(pages)}, out
+                )
 
 
 class _WhenLedgerLoads:
