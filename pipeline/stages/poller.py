@@ -8,9 +8,10 @@ at an eighth of ``poll_interval`` (at most three quick looks: a short batch ends
 well under the floor, and its results should not wait a whole interval). From then
 on the interval is ``poll_interval`` (the floor), grows with the batch's age (a
 tenth of it) up to ``max_poll_interval``, and drops back to the floor when the
-batch's counts moved since the last look. While batches keep arriving, the poller
-takes them in at least every quick-look interval, so a new batch never waits behind
-an old batch's long interval. A batch's age is measured
+batch's counts moved since the last look. Between looks the poller also waits for new
+batches and takes each in as it arrives, so a new batch never waits behind an old
+batch's long interval, and a job whose batches take hours wakes only to look at them.
+A batch's age is measured
 in wall-clock time (``wall_clock``, against ``SubmittedBatch.submitted_at``, which
 survives a restart); the schedule itself runs on the monotonic ``clock``. Failed polls (429, 5xx,
 connection errors, after the client's own retries) back off the whole poller,
@@ -190,13 +191,12 @@ async def poller(
             delay = state.next_due() - clock()
             if delay > 0:
                 if open_input:
-                    # wake up in time to give a batch arriving now its quick looks
-                    delay = min(delay, config.poll_interval * QUICK_LOOK)
-                await sleep(delay)
-                if open_input:
-                    open_input = _drain(receive, state)
-                    if state.next_due() > clock():
-                        continue
+                    # until the next look is due, or a batch arrives (its quick looks)
+                    open_input = await _sleep_or_take(receive, state, delay, sleep)
+                else:
+                    await sleep(delay)
+                if state.next_due() > clock():
+                    continue
             ended = await state.poll_due()
             if ended:
                 await send.send(ended)
@@ -204,6 +204,33 @@ async def poller(
 
 def _stopping(progress: JobCounters | None) -> bool:
     return progress is not None and progress.stopping
+
+
+async def _sleep_or_take(
+    receive: MemoryObjectReceiveStream[list[SubmittedBatch]],
+    state: Poller,
+    delay: float,
+    sleep: Callable[[float], Awaitable[None]],
+) -> bool:
+    """Sleep ``delay`` seconds, or less if batches arrive (they are taken in); whether
+    the input is still open. A job whose batches take hours wakes only to look at
+    them, not every quick-look interval in case a batch came (measured: a third of
+    what such a job spends waiting)."""
+    open_input = True
+    async with anyio.create_task_group() as tg:
+
+        async def wake() -> None:
+            await sleep(delay)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wake)
+        try:
+            state.add(await receive.receive())
+            open_input = _drain(receive, state)
+        except anyio.EndOfStream:
+            open_input = False
+        tg.cancel_scope.cancel()
+    return open_input
 
 
 def _drain(receive: MemoryObjectReceiveStream[list[SubmittedBatch]], state: Poller) -> bool:

@@ -180,3 +180,114 @@ def test_young_batches_are_looked_at_when_their_age_doubles() -> None:
     assert next_interval(age=0.3, moved=False, floor=1, ceiling=60, previous=0.25) == 0.3
     assert next_interval(age=0.3, moved=True, floor=1, ceiling=60, previous=0.25) == 0.3
     assert next_interval(age=1.0, moved=False, floor=1, ceiling=60, previous=0.5) == 1
+
+
+class EndsAtLook:
+    """Each batch stays in progress until its ``looks[batch_id]``-th retrieve."""
+
+    def __init__(self, looks: dict[str, int]) -> None:
+        self.looks = looks
+        self.calls: list[str] = []
+
+    async def retrieve_batch(self, batch_id: str) -> MessageBatch:
+        self.calls.append(batch_id)
+        ended = self.calls.count(batch_id) >= self.looks[batch_id]
+        return MessageBatch(
+            id=batch_id,
+            processing_status="ended" if ended else "in_progress",
+            request_counts=RequestCounts(processing=0 if ended else 5, succeeded=5 if ended else 0),
+            created_at="2024-01-01T00:00:00Z",
+            expires_at="2024-01-02T00:00:00Z",
+            results_url=f"/v1/messages/batches/{batch_id}/results" if ended else None,
+        )
+
+
+WALL_START = 1_700_000_000.0
+
+
+async def test_an_old_batch_is_looked_at_on_its_schedule_while_the_input_stays_open() -> None:
+    # a job whose batch takes hours, its input still open (retries may come): the
+    # poller sleeps until the next look, a minute, not an eighth of the floor at a time
+    now = [0.0]
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+        await anyio.lowlevel.checkpoint()
+
+    config = PipelineConfig(poll_interval=2.0, max_poll_interval=60.0, dry_run="off")
+    send_in, recv_in = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
+    send_out, recv_out = anyio.create_memory_object_stream[list[EndedBatch]](4)
+    client: Any = EndsAtLook({"b1": 4})
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: poller(
+                recv_in,
+                send_out,
+                client=client,
+                ledger=FakeLedger(),
+                config=config,
+                resumed=[SubmittedBatch(1, "b1", 5, WALL_START - 7200.0)],
+                clock=lambda: now[0],
+                wall_clock=lambda: WALL_START + now[0],
+                sleep=sleep,  # type: ignore[arg-type]
+            )
+        )
+        async with recv_out:
+            [ended] = await recv_out.receive()
+        await send_in.aclose()
+    assert ended.batch_id == "b1"
+    assert client.calls == ["b1"] * 4
+    assert sleeps == [60.0, 60.0, 60.0]
+
+
+async def test_a_batch_submitted_while_the_poller_waits_on_an_old_one_gets_its_quick_look() -> None:
+    # the poller waits a minute for an old batch's next look; a new batch arrives: it
+    # is taken in at once and looked at after its quick look, not after the minute
+    now = [0.0]
+    sleeps: list[float] = []
+    wakes: list[anyio.Event] = []
+
+    async def sleep(seconds: float) -> None:
+        # virtual time that passes only when the test says (``wakes``)
+        sleeps.append(seconds)
+        wake = anyio.Event()
+        wakes.append(wake)
+        await wake.wait()
+        now[0] += seconds
+
+    config = PipelineConfig(poll_interval=2.0, max_poll_interval=60.0, dry_run="off")
+    send_in, recv_in = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
+    send_out, recv_out = anyio.create_memory_object_stream[list[EndedBatch]](4)
+    client: Any = EndsAtLook({"old": 2, "new": 1})
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: poller(
+                    recv_in,
+                    send_out,
+                    client=client,
+                    ledger=FakeLedger(),
+                    config=config,
+                    resumed=[SubmittedBatch(1, "old", 5, WALL_START - 7200.0)],
+                    clock=lambda: now[0],
+                    wall_clock=lambda: WALL_START + now[0],
+                    sleep=sleep,  # type: ignore[arg-type]
+                )
+            )
+            await anyio.wait_all_tasks_blocked()
+            assert (client.calls, sleeps) == (["old"], [60.0])  # looked at, then a minute
+            await send_in.send([SubmittedBatch(2, "new", 5, WALL_START + now[0])])
+            await anyio.wait_all_tasks_blocked()
+            assert sleeps == [60.0, 0.25]  # the minute cut short: the new one's quick look
+            assert now[0] == 0.0
+            wakes[-1].set()
+            async with recv_out:
+                assert [b.batch_id for b in await recv_out.receive()] == ["new"]
+                await anyio.wait_all_tasks_blocked()
+                assert sleeps[-1] == 59.75  # then the old one's look, when it is due
+                await send_in.aclose()
+                wakes[-1].set()
+                assert [b.batch_id for b in await recv_out.receive()] == ["old"]
+    assert client.calls == ["old", "new", "old"]
