@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 
 from pipeline._config import PipelineConfig
 from pipeline._errors import RateLimitError
 from pipeline.api._types import MessageBatch, RequestCounts
 from pipeline.stages._items import EndedBatch, SubmittedBatch
 from pipeline.stages.poller import next_interval, poller
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+
+def batch_view(batch_id: str, *, ended: bool) -> MessageBatch:
+    """The service's view of a batch of 5 requests, in progress or ended."""
+    return MessageBatch(
+        id=batch_id,
+        processing_status="ended" if ended else "in_progress",
+        request_counts=RequestCounts(processing=0 if ended else 5, succeeded=5 if ended else 0),
+        created_at="2024-01-01T00:00:00Z",
+        expires_at="2024-01-02T00:00:00Z",
+        results_url=f"/v1/messages/batches/{batch_id}/results" if ended else None,
+    )
 
 
 class FakeClient:
@@ -29,14 +45,7 @@ class FakeClient:
             )
         n = sum(1 for _, b in self.calls if b == batch_id)
         ended = n >= self.polls_to_end
-        return MessageBatch(
-            id=batch_id,
-            processing_status="ended" if ended else "in_progress",
-            request_counts=RequestCounts(processing=0 if ended else 5, succeeded=5 if ended else 0),
-            created_at="2024-01-01T00:00:00Z",
-            expires_at="2024-01-02T00:00:00Z",
-            results_url=f"/v1/messages/batches/{batch_id}/results" if ended else None,
-        )
+        return batch_view(batch_id, ended=ended)
 
 
 class FakeLedger:
@@ -108,14 +117,7 @@ class SteadyClient:
     async def retrieve_batch(self, batch_id: str) -> MessageBatch:
         self.calls += 1
         ended = self.calls > self.looks
-        return MessageBatch(
-            id=batch_id,
-            processing_status="ended" if ended else "in_progress",
-            request_counts=RequestCounts(processing=0 if ended else 5, succeeded=5 if ended else 0),
-            created_at="2024-01-01T00:00:00Z",
-            expires_at="2024-01-02T00:00:00Z",
-            results_url=f"/v1/messages/batches/{batch_id}/results" if ended else None,
-        )
+        return batch_view(batch_id, ended=ended)
 
 
 async def sleeps_for(batch_age: float, *, resumed: bool, looks: int = 3) -> list[float]:
@@ -192,17 +194,41 @@ class EndsAtLook:
     async def retrieve_batch(self, batch_id: str) -> MessageBatch:
         self.calls.append(batch_id)
         ended = self.calls.count(batch_id) >= self.looks[batch_id]
-        return MessageBatch(
-            id=batch_id,
-            processing_status="ended" if ended else "in_progress",
-            request_counts=RequestCounts(processing=0 if ended else 5, succeeded=5 if ended else 0),
-            created_at="2024-01-01T00:00:00Z",
-            expires_at="2024-01-02T00:00:00Z",
-            results_url=f"/v1/messages/batches/{batch_id}/results" if ended else None,
-        )
+        return batch_view(batch_id, ended=ended)
 
 
 WALL_START = 1_700_000_000.0
+
+
+def watch_an_old_batch(
+    tg: anyio.abc.TaskGroup,
+    client: Any,
+    sleep: Any,
+    now: list[float],
+    batch_id: str,
+) -> tuple[
+    MemoryObjectSendStream[list[SubmittedBatch]], MemoryObjectReceiveStream[list[EndedBatch]]
+]:
+    """Start a poller (floor 2 s, ceiling a minute) on a batch submitted two hours
+    before the clock's ``now``, its input left open: the ends to send it batches and to
+    take the ended ones."""
+    config = PipelineConfig(poll_interval=2.0, max_poll_interval=60.0, dry_run="off")
+    send_in, recv_in = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
+    send_out, recv_out = anyio.create_memory_object_stream[list[EndedBatch]](4)
+    tg.start_soon(
+        lambda: poller(
+            recv_in,
+            send_out,
+            client=client,
+            ledger=FakeLedger(),
+            config=config,
+            resumed=[SubmittedBatch(1, batch_id, 5, WALL_START - 7200.0)],
+            clock=lambda: now[0],
+            wall_clock=lambda: WALL_START + now[0],
+            sleep=sleep,
+        )
+    )
+    return send_in, recv_out
 
 
 async def test_an_old_batch_is_looked_at_on_its_schedule_while_the_input_stays_open() -> None:
@@ -216,24 +242,9 @@ async def test_an_old_batch_is_looked_at_on_its_schedule_while_the_input_stays_o
         now[0] += seconds
         await anyio.lowlevel.checkpoint()
 
-    config = PipelineConfig(poll_interval=2.0, max_poll_interval=60.0, dry_run="off")
-    send_in, recv_in = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
-    send_out, recv_out = anyio.create_memory_object_stream[list[EndedBatch]](4)
-    client: Any = EndsAtLook({"b1": 4})
+    client = EndsAtLook({"b1": 4})
     async with anyio.create_task_group() as tg:
-        tg.start_soon(
-            lambda: poller(
-                recv_in,
-                send_out,
-                client=client,
-                ledger=FakeLedger(),
-                config=config,
-                resumed=[SubmittedBatch(1, "b1", 5, WALL_START - 7200.0)],
-                clock=lambda: now[0],
-                wall_clock=lambda: WALL_START + now[0],
-                sleep=sleep,  # type: ignore[arg-type]
-            )
-        )
+        send_in, recv_out = watch_an_old_batch(tg, client, sleep, now, "b1")
         async with recv_out:
             [ended] = await recv_out.receive()
         await send_in.aclose()
@@ -257,25 +268,10 @@ async def test_a_batch_submitted_while_the_poller_waits_on_an_old_one_gets_its_q
         await wake.wait()
         now[0] += seconds
 
-    config = PipelineConfig(poll_interval=2.0, max_poll_interval=60.0, dry_run="off")
-    send_in, recv_in = anyio.create_memory_object_stream[list[SubmittedBatch]](4)
-    send_out, recv_out = anyio.create_memory_object_stream[list[EndedBatch]](4)
-    client: Any = EndsAtLook({"old": 2, "new": 1})
+    client = EndsAtLook({"old": 2, "new": 1})
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                lambda: poller(
-                    recv_in,
-                    send_out,
-                    client=client,
-                    ledger=FakeLedger(),
-                    config=config,
-                    resumed=[SubmittedBatch(1, "old", 5, WALL_START - 7200.0)],
-                    clock=lambda: now[0],
-                    wall_clock=lambda: WALL_START + now[0],
-                    sleep=sleep,  # type: ignore[arg-type]
-                )
-            )
+            send_in, recv_out = watch_an_old_batch(tg, client, sleep, now, "old")
             await anyio.wait_all_tasks_blocked()
             assert (client.calls, sleeps) == (["old"], [60.0])  # looked at, then a minute
             await send_in.send([SubmittedBatch(2, "new", 5, WALL_START + now[0])])
