@@ -65,13 +65,18 @@ def _instrument(sqlite_ledger: ModuleType) -> None:
 
     transaction = sqlite_ledger.transaction
 
+    #: the ``-shm`` file of each connection (by ``id``), opened once: it lives as long
+    #: as the ledger's connection does
+    shm_fds: dict[int, int] = {}
+
     def wal_frames(conn: Any) -> int:
         """Frames in the WAL now: ``mxFrame`` of the WAL-index header (a native u32
         at byte 16 of the ``-shm`` file), which a checkpoint's restart sets back."""
-        shm = conn.execute("PRAGMA database_list").fetchone()[2] + "-shm"
-        with open(shm, "rb") as f:
-            header = f.read(20)
-        return int.from_bytes(header[16:20], sys.byteorder)
+        fd = shm_fds.get(id(conn))
+        if fd is None:
+            shm = conn.execute("PRAGMA database_list").fetchone()[2] + "-shm"
+            fd = shm_fds[id(conn)] = os.open(shm, os.O_RDONLY)
+        return int.from_bytes(os.pread(fd, 4, 16), sys.byteorder)
 
     @contextlib.contextmanager
     def timed_transaction(conn: Any) -> Iterator[None]:
